@@ -1,0 +1,51 @@
+"""The ``sciml`` command line: ``sciml <command> [options]``; ``sciml <command> --help`` for each."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional
+
+from sciml import __version__
+from sciml.cli import bench
+
+
+class CommandError(Exception):
+    """A user-facing failure: printed as one line (a traceback only with ``--debug``)."""
+
+
+COMMANDS = {"bench": bench}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sciml",
+        description="Equivariant scientific machine learning for molecules, crystals and PDEs.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"sciml {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="<command>")
+    for name, module in COMMANDS.items():
+        module.register(sub)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return int(args.run(args) or 0)
+    except (CommandError, ValueError, FileNotFoundError, KeyError) as err:
+        if args.debug:
+            raise
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"sciml {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

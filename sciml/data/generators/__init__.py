@@ -1,0 +1,18 @@
+"""Generators of training data: semi-empirical MD trajectories and the charged n-body system."""
+
+from sciml.data.generators.nbody import (
+    load_nbody,
+    nbody_samples,
+    save_nbody,
+    simulate_charged_nbody,
+)
+from sciml.data.generators.xtb_md import MOLECULE_ALIASES, generate_xtb_md
+
+__all__ = [
+    "MOLECULE_ALIASES",
+    "generate_xtb_md",
+    "load_nbody",
+    "nbody_samples",
+    "save_nbody",
+    "simulate_charged_nbody",
+]

@@ -1,0 +1,45 @@
+"""The base class of every sciml graph model: graph settings, edge geometry and aggregation."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from sciml.graph.atomic_graph import AtomicGraph
+from sciml.graph.geometry import EdgeGeometry, edge_geometry
+from sciml.ops.scatter import scatter
+
+
+class MessagePassing(nn.Module):
+    """Base of graph models and their layers.
+
+    A model records the graph it was built for (``cutoff`` in Å and ``max_neighbors``), so that
+    calculators, ``sciml.predict`` and the CLI build matching graphs; models themselves never
+    build graphs. Subclasses call :meth:`geometry` for differentiable edge vectors and
+    :meth:`aggregate` to reduce edge messages onto their centre atoms.
+    """
+
+    def __init__(self, cutoff: Optional[float] = None, max_neighbors: Optional[int] = None):
+        super().__init__()
+        self.cutoff = None if cutoff is None else float(cutoff)
+        self.max_neighbors = max_neighbors
+
+    def check_graph(self, graph: AtomicGraph) -> None:
+        """Raise ValueError when ``graph`` was not built for this model's cutoff."""
+        if self.cutoff is not None and graph.cutoff is not None and graph.cutoff + 1e-9 < self.cutoff:
+            raise ValueError(
+                f"graph was built with cutoff {graph.cutoff} Å but the model needs {self.cutoff} Å; "
+                f"rebuild it with graph.with_edges({self.cutoff})"
+            )
+
+    @staticmethod
+    def geometry(graph: AtomicGraph, forces: bool = False, stress: bool = False) -> EdgeGeometry:
+        """Edge vectors (E, 3) Å and lengths (E,) Å, differentiable for forces and stress."""
+        return edge_geometry(graph, forces=forces, stress=stress)
+
+    @staticmethod
+    def aggregate(messages: torch.Tensor, centres: torch.Tensor, num_nodes: int, reduce: str = "sum") -> torch.Tensor:
+        """Reduce edge messages (E, ...) onto their centre atoms: (num_nodes, ...)."""
+        return scatter(messages, centres, num_nodes, reduce)

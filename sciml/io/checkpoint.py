@@ -1,0 +1,118 @@
+"""Checkpoints: atomic writes, metadata, and safe loading with ``weights_only=True``.
+
+A checkpoint is a dict of plain types and tensors only, so ``torch.load(..., weights_only=True)``
+reads it without running any code from the file:
+
+    {"format": "sciml-checkpoint", "format_version": 1, "sciml_version": str,
+     "model_name": str, "config": dict, "statistics": dict, "state_dict": dict, **extra}
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+
+FORMAT = "sciml-checkpoint"
+FORMAT_VERSION = 1
+_PLAIN = (str, int, float, bool, type(None), torch.Tensor)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, truncated, corrupted, foreign or of an unknown version."""
+
+
+def _check_plain(value: Any, where: str) -> None:
+    """Only plain containers, scalars and tensors may be saved (weights_only loading needs it)."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, (str, int)):
+                raise TypeError(f"checkpoint key {where}[{k!r}] must be str or int")
+            _check_plain(v, f"{where}[{k!r}]")
+    elif isinstance(value, (list, tuple)):
+        for n, v in enumerate(value):
+            _check_plain(v, f"{where}[{n}]")
+    elif not isinstance(value, _PLAIN):
+        raise TypeError(f"checkpoint entry {where} has type {type(value).__name__}; only plain values and tensors are allowed")
+
+
+def atomic_torch_save(obj: Any, path: "str | os.PathLike") -> Path:
+    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``.
+
+    A crash or a full disk mid-write leaves any existing file at ``path`` untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def save_checkpoint(
+    path: "str | os.PathLike",
+    state_dict: Dict[str, torch.Tensor],
+    model_name: str,
+    config: Optional[Dict[str, Any]] = None,
+    statistics: Optional[Dict[str, Any]] = None,
+    **extra: Any,
+) -> Path:
+    """Write a checkpoint atomically. ``extra`` holds e.g. optimizer state, epoch, metrics."""
+    from sciml import __version__
+
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "sciml_version": __version__,
+        "model_name": model_name,
+        "config": dict(config or {}),
+        "statistics": dict(statistics or {}),
+        "state_dict": dict(state_dict),
+        **extra,
+    }
+    _check_plain(payload, "checkpoint")
+    return atomic_torch_save(payload, path)
+
+
+def load_checkpoint(path: "str | os.PathLike", map_location: "str | torch.device" = "cpu") -> Dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint`, never executing code from the file.
+
+    Raises:
+        CheckpointError: the file is missing, empty, truncated, corrupted, not a sciml checkpoint,
+            or from a newer format version.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"checkpoint {path} holds objects other than tensors and plain values and was not loaded "
+            f"(untrusted code is never run): {str(err).splitlines()[0]}"
+        ) from None
+    except Exception as err:  # torch raises many types for damaged files (RuntimeError, KeyError, EOFError...)
+        reason = (str(err).splitlines() or [type(err).__name__])[0].split(". ")[0]
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupted ({type(err).__name__}: {reason})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a sciml checkpoint (no '{FORMAT}' header)")
+    version = payload.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {path} has format version {version!r}; this sciml reads versions <= {FORMAT_VERSION}"
+        )
+    return payload
