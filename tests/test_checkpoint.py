@@ -54,8 +54,9 @@ def test_failed_save_keeps_the_existing_file(tmp_path, monkeypatch):
     with pytest.raises(TypeError, match="only plain values"):
         save_checkpoint(path, {"w": torch.ones(2)}, "egnn", config={"bad": object()})
 
-    def exploding_save(obj, handle):
-        handle.write(b"partial")
+    def exploding_save(obj, target):
+        with open(target, "wb") as handle:
+            handle.write(b"partial")
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", exploding_save)

@@ -7,6 +7,9 @@ import argparse
 EXAMPLES = """examples:
   sciml bench neighbors                      # 1k, 10k, 100k atoms against ase and matscipy
   sciml bench neighbors --sizes 1000 10000 --cutoff 6
+  sciml bench md                             # EGNN calculator MD steps/s at 32, 256, 2048 atoms
+  sciml bench md --checkpoint runs/ethanol/best.pt --sizes 32 256
+  sciml bench egnn                           # EGNN forward/backward against the reference's timings
 """
 
 
@@ -22,10 +25,37 @@ def register(sub) -> None:
     neighbors.add_argument("--repeats", type=int, default=3, help="timed repeats; the best is reported")
     neighbors.set_defaults(run=_run_neighbors)
 
+    md = targets.add_parser("md", help="MD steps/s of the EGNN calculator", epilog=EXAMPLES,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    md.add_argument("--sizes", type=int, nargs="+", default=[32, 256, 2048], help="atom counts")
+    md.add_argument("--steps", type=int, default=20, help="timed MD steps per size")
+    md.add_argument("--checkpoint", help="a trained model (default: EGNN with random weights)")
+    md.add_argument("--threads", type=int, default=2)
+    md.set_defaults(run=_run_md)
+
+    egnn = targets.add_parser("egnn", help="EGNN forward/backward time vs the reference implementation",
+                              epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    egnn.set_defaults(run=_run_egnn)
+
 
 def _run_neighbors(args) -> int:
     from sciml.bench.neighbors import bench_neighbors, format_neighbor_table
 
     rows = bench_neighbors(args.sizes, args.cutoff, args.repeats)
     print(format_neighbor_table(rows, args.cutoff))
+    return 0
+
+
+def _run_md(args) -> int:
+    from sciml.bench.md import bench_md, format_md_table
+
+    rows = bench_md(args.sizes, args.steps, checkpoint=args.checkpoint, threads=args.threads)
+    print(format_md_table(rows, args.checkpoint or "EGNN default config, random weights"))
+    return 0
+
+
+def _run_egnn(args) -> int:
+    from sciml.bench.egnn import bench_egnn, format_egnn_table
+
+    print(format_egnn_table(bench_egnn()))
     return 0

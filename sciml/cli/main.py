@@ -7,14 +7,15 @@ import sys
 from typing import List, Optional
 
 from sciml import __version__
-from sciml.cli import bench
+from sciml.cli import bench, check, data, md, plot, predict, train
 
 
 class CommandError(Exception):
     """A user-facing failure: printed as one line (a traceback only with ``--debug``)."""
 
 
-COMMANDS = {"bench": bench}
+# Each module registers its subcommand(s); md registers both "md" and "relax".
+MODULES = (train, predict, md, data, check, plot, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"sciml {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="<command>")
-    for name, module in COMMANDS.items():
+    for module in MODULES:
         module.register(sub)
     return parser
 

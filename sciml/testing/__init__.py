@@ -1,5 +1,6 @@
 """Test utilities for sciml models, exposed to users (``sciml check``)."""
 
+from sciml.testing.consistency import check_conservative
 from sciml.testing.equivariance import (
     ALL_CHECKS,
     EquivarianceReport,
@@ -8,4 +9,4 @@ from sciml.testing.equivariance import (
     random_rotation,
 )
 
-__all__ = ["ALL_CHECKS", "EquivarianceReport", "assert_equivariant", "check_equivariance", "random_rotation"]
+__all__ = ["ALL_CHECKS", "check_conservative", "EquivarianceReport", "assert_equivariant", "check_equivariance", "random_rotation"]

@@ -7,10 +7,8 @@ forces (eV/Å) in a :class:`~ase.calculators.singlepoint.SinglePointCalculator`,
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-import ase.io
 import numpy as np
 from ase import Atoms, units
 from ase.build import molecule as build_molecule
@@ -19,6 +17,8 @@ from ase.constraints import FixCom
 from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import Stationary
 from tqdm.auto import tqdm
+
+from sciml.io.files import write_extxyz
 
 #: Common names accepted besides the names known to :func:`ase.build.molecule`.
 MOLECULE_ALIASES: dict[str, str] = {
@@ -46,19 +46,6 @@ def resolve_molecule(name: str) -> Atoms:
             f"unknown molecule {name!r}: use an ase.build.molecule name (e.g. 'CH3CH2OH') "
             f"or one of the aliases {aliases}"
         ) from None
-
-
-def _write_extxyz_atomically(frames: list[Atoms], output: Path) -> None:
-    """Write ``frames`` to a temporary file beside ``output`` and move it into place."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w") as handle:
-            ase.io.write(handle, frames, format="extxyz")
-        os.replace(tmp, output)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def generate_xtb_md(
@@ -139,5 +126,5 @@ def generate_xtb_md(
             frames.append(frame)
 
     if output is not None:
-        _write_extxyz_atomically(frames, Path(output))
+        write_extxyz(output, frames)
     return frames

@@ -1,0 +1,48 @@
+"""``sciml check``: symmetry and energy/force consistency of a trained model."""
+
+from __future__ import annotations
+
+from sciml.cli.common import add_command, read_one_structure
+
+EXAMPLES = """  sciml check runs/ethanol/best.pt                       # a built-in molecule and crystal
+  sciml check model.pt POSCAR --tolerance 1e-5
+"""
+
+
+def register(sub) -> None:
+    parser = add_command(sub, "check", "check equivariance and force/stress consistency of a checkpoint", EXAMPLES)
+    parser.add_argument("checkpoint")
+    parser.add_argument("structures", nargs="*", help="structures to test (default: ethanol and a rattled Cu crystal)")
+    parser.add_argument("--tolerance", type=float, default=1e-6, help="max allowed error (float64), default 1e-6")
+    parser.set_defaults(run=run)
+
+
+def run(args) -> int:
+    import torch
+    from ase.build import bulk, molecule
+
+    from sciml.testing import ALL_CHECKS, check_conservative, check_equivariance
+    from sciml.train import load_model
+
+    model = load_model(args.checkpoint).double()
+    if args.structures:
+        structures = [read_one_structure(path) for path in args.structures]
+    else:
+        crystal = bulk("Cu", "fcc", a=3.6) * (2, 2, 1)
+        crystal.rattle(0.05, seed=0)
+        structures = [molecule("CH3CH2OH"), crystal]
+    worst = 0.0
+    print(f"{'structure':<12} {'check':<14} {'output':<8} max abs error (float64)")
+    for atoms in structures:
+        name = atoms.get_chemical_formula()
+        report = check_equivariance(model, atoms, checks=ALL_CHECKS, dtype=torch.float64)
+        for check, per_output in report.errors.items():
+            for output, error in per_output.items():
+                print(f"{name:<12} {check:<14} {output:<8} {error:.2e}")
+        consistency = check_conservative(model, atoms)
+        for output, error in consistency.items():
+            print(f"{name:<12} {'finite diff.':<14} {output:<8} {error:.2e}")
+        worst = max([worst, report.max_error()] + list(consistency.values()))
+    verdict = "PASS" if worst <= args.tolerance else "FAIL"
+    print(f"{verdict}: largest error {worst:.2e} (tolerance {args.tolerance:g})")
+    return 0 if verdict == "PASS" else 1

@@ -1,0 +1,35 @@
+"""Helpers shared by the ``sciml`` subcommands."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_command(sub, name: str, help_text: str, examples: str) -> argparse.ArgumentParser:
+    """A subcommand parser whose ``--help`` ends with usage examples."""
+    return sub.add_parser(
+        name, help=help_text, description=help_text, epilog="examples:\n" + examples,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def refuse_overwrite(path: "str | Path", force: bool) -> Path:
+    """Return ``path``; raise ValueError if it exists and ``force`` is not set."""
+    path = Path(path)
+    if path.exists() and not force:
+        raise ValueError(f"{path} already exists; pass --force to overwrite it or choose another --output")
+    return path
+
+
+def load_calculator(checkpoint: str, device: str):
+    from sciml.calculator import SciMLCalculator
+
+    return SciMLCalculator.from_checkpoint(checkpoint, device=device)
+
+
+def read_one_structure(path: str):
+    """The last structure of a file (CIF, POSCAR, xyz, extxyz, ...), as ase.Atoms."""
+    from sciml.data.readers import read_structures
+
+    return read_structures(path, index="-1:", energy_key=None, forces_key=None, stress_key=None)[-1]

@@ -1,0 +1,60 @@
+"""``sciml plot``: parity plots and learning curves as PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sciml.cli.common import add_command, refuse_overwrite
+
+EXAMPLES = """  sciml plot curves runs/ethanol                      # runs/ethanol/learning_curves.png
+  sciml plot parity --checkpoint runs/ethanol/best.pt data.extxyz --output parity.png
+"""
+
+
+def register(sub) -> None:
+    plot = add_command(sub, "plot", "parity plots and learning curves (PNG)", EXAMPLES)
+    kinds = plot.add_subparsers(dest="kind", metavar="<kind>", required=True)
+    curves = kinds.add_parser("curves", help="learning curves from a run directory's metrics.csv")
+    curves.add_argument("run_dir")
+    curves.add_argument("--output", help="PNG path (default RUN_DIR/learning_curves.png)")
+    curves.add_argument("--force", action="store_true")
+    curves.set_defaults(run=_run_curves)
+    parity = kinds.add_parser("parity", help="energy and force parity plot of a checkpoint on labelled data")
+    parity.add_argument("--checkpoint", required=True)
+    parity.add_argument("data")
+    parity.add_argument("--output", default="parity.png")
+    parity.add_argument("--energy-key", default="energy")
+    parity.add_argument("--forces-key", default="forces")
+    parity.add_argument("--force", action="store_true")
+    parity.set_defaults(run=_run_parity)
+
+
+def _run_curves(args) -> int:
+    from sciml.plots import learning_curves
+
+    output = refuse_overwrite(args.output or Path(args.run_dir) / "learning_curves.png", args.force)
+    print(f"wrote {learning_curves(Path(args.run_dir) / 'metrics.csv', output)}")
+    return 0
+
+
+def _run_parity(args) -> int:
+    import numpy as np
+
+    from sciml.calculator import predict
+    from sciml.data.readers import read_structures
+    from sciml.plots import parity_plot
+    from sciml.train import load_model
+
+    output = refuse_overwrite(args.output, args.force)
+    structures = read_structures(args.data, energy_key=args.energy_key, forces_key=args.forces_key, stress_key=None)
+    model = load_model(args.checkpoint)
+    results = predict(structures, model)
+    counts = np.array([len(a) for a in structures])
+    energy_ref = np.array([a.get_potential_energy() for a in structures]) / counts
+    energy_pred = np.array([r["energy"] for r in results]) / counts
+    forces_ref = np.concatenate([a.get_forces() for a in structures])
+    forces_pred = np.concatenate([r["forces"] for r in results])
+    parity_plot({"energy per atom": (energy_ref, energy_pred), "forces": (forces_ref, forces_pred)}, output,
+                {"energy per atom": "eV/atom", "forces": "eV/Å"})
+    print(f"wrote {output}")
+    return 0

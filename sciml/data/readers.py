@@ -1,0 +1,179 @@
+"""Reading labelled structures from any ase-readable file and turning them into graphs.
+
+Every failure is a one-line ``ValueError`` that names the file and, where it applies, the frame
+(0-based), so a user can fix the data without a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import ase
+import ase.io
+import numpy as np
+import torch
+from ase.data import atomic_numbers as _SYMBOL_TO_Z
+from tqdm.auto import tqdm
+
+from sciml.graph.atomic_graph import AtomicGraph
+
+LABELS = ("energy", "forces", "stress")
+_PROGRESS_THRESHOLD = 1000
+
+
+def read_structures(
+    path: Union[str, os.PathLike],
+    index: Union[str, int] = ":",
+    energy_key: str = "energy",
+    forces_key: str = "forces",
+    stress_key: str = "stress",
+    property_keys: Sequence[str] = (),
+    required: Sequence[str] = (),
+    format: Optional[str] = None,
+) -> List[ase.Atoms]:
+    """Read structures with ``ase.io.read`` (extxyz/xyz, ase db, CIF, POSCAR, ...) and check them.
+
+    Labels are looked up, as :meth:`AtomicGraph.from_ase` does, in the attached calculator's
+    results, then ``atoms.info`` (per structure), then ``atoms.arrays`` (per atom). Units are
+    those of the file: ase convention is energy eV, forces eV/Å, stress eV/Å^3.
+
+    Args:
+        path: the file.
+        index: which frames, in ase syntax (``":"`` all, ``"0:100"``, ``-1``).
+        energy_key, forces_key, stress_key: where the labels are stored.
+        property_keys: extra labels that every frame must carry.
+        required: which of ``"energy"``, ``"forces"``, ``"stress"`` every frame must carry. A label
+            not required may be absent, but then from every frame (a batch cannot mix them).
+        format: ase format name when it cannot be guessed from the file name.
+
+    Returns:
+        One ``ase.Atoms`` per frame.
+
+    Raises:
+        ValueError: missing, empty, unreadable or malformed file; no structures; unknown
+            elements; non-finite coordinates or labels; a label missing from a frame.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"{path}: no such file")
+    if path.is_dir():
+        raise ValueError(f"{path}: is a directory, not a structure file")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: file is empty")
+    try:
+        frames = ase.io.read(path, index=index, format=format)
+    except KeyError as err:
+        key = err.args[0] if err.args else None
+        if isinstance(key, str) and key not in _SYMBOL_TO_Z:
+            raise ValueError(f"{path}: unknown element symbol {key!r}") from None
+        raise ValueError(f"{path}: cannot read file (KeyError: {key!r})") from None
+    except Exception as err:  # ase raises many types for malformed input (XYZError, ValueError, IndexError...)
+        reason = (str(err).strip().splitlines() or [""])[0]
+        raise ValueError(f"{path}: cannot read file ({type(err).__name__}: {reason})") from None
+    frames = [frames] if isinstance(frames, ase.Atoms) else list(frames)
+    check_structures(frames, str(path), energy_key, forces_key, stress_key, property_keys, required)
+    return frames
+
+
+def check_structures(
+    frames: Sequence[ase.Atoms],
+    source: str = "structures",
+    energy_key: str = "energy",
+    forces_key: str = "forces",
+    stress_key: str = "stress",
+    property_keys: Sequence[str] = (),
+    required: Sequence[str] = (),
+) -> None:
+    """Validate frames as :func:`read_structures` does; ``source`` names them in messages."""
+    unknown = set(required) - set(LABELS)
+    if unknown:
+        raise ValueError(f"required labels must be among {LABELS}, got {sorted(unknown)}")
+    if len(frames) == 0:
+        raise ValueError(f"{source}: contains no structures")
+    keys = {"energy": energy_key, "forces": forces_key, "stress": stress_key}
+    for number, atoms in enumerate(frames):
+        where = f"{source}: frame {number}"
+        if len(atoms) == 0:
+            raise ValueError(f"{where} has no atoms")
+        z = atoms.get_atomic_numbers()
+        if (z < 1).any() or (z > 118).any():
+            bad = atoms.get_chemical_symbols()[int(np.flatnonzero((z < 1) | (z > 118))[0])]
+            raise ValueError(f"{where}: unknown element {bad!r}")
+        for name, values in (("coordinates", atoms.positions), ("cell", atoms.cell.array)):
+            if not np.isfinite(values).all():
+                raise ValueError(f"{where}: {name} contain NaN or inf")
+    for label, key in keys.items():
+        present = [_lookup(atoms, key) is not None for atoms in frames]
+        if label in required or any(present):
+            _require(frames, present, key, f"{label} label", source)
+    for key in property_keys:
+        _require(frames, [_lookup(atoms, key) is not None for atoms in frames], key, "property", source)
+    for key in [keys[label] for label in LABELS] + list(property_keys):
+        for number, atoms in enumerate(frames):
+            value = _lookup(atoms, key)
+            if value is not None and _is_numeric(value) and not np.isfinite(np.asarray(value, dtype=float)).all():
+                raise ValueError(f"{source}: frame {number}: {key!r} contains NaN or inf")
+
+
+def load_graph_dataset(
+    source: Union[str, os.PathLike, Sequence[ase.Atoms]],
+    cutoff: float,
+    max_neighbors: Optional[int] = None,
+    energy_key: str = "energy",
+    forces_key: str = "forces",
+    stress_key: str = "stress",
+    property_keys: Sequence[str] = (),
+    required: Sequence[str] = (),
+    dtype: torch.dtype = torch.float32,
+    index: Union[str, int] = ":",
+) -> List[AtomicGraph]:
+    """One single-structure :class:`AtomicGraph` per frame, edges built once within ``cutoff`` Å.
+
+    ``source`` is a file (read with :func:`read_structures`) or a list of ``ase.Atoms`` (checked
+    the same way). A progress bar is shown for more than 1000 structures on a terminal.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        name = str(source)
+        frames = read_structures(source, index, energy_key, forces_key, stress_key, property_keys, required)
+    else:
+        name, frames = "structures", list(source)
+        check_structures(frames, name, energy_key, forces_key, stress_key, property_keys, required)
+    graphs = []
+    progress = tqdm(frames, desc="building graphs", unit="structure", disable=True if len(frames) <= _PROGRESS_THRESHOLD else None)
+    for number, atoms in enumerate(progress):
+        try:
+            graphs.append(
+                AtomicGraph.from_ase(atoms, cutoff, max_neighbors, dtype, energy_key, forces_key, stress_key, property_keys)
+            )
+        except ValueError as err:
+            raise ValueError(f"{name}: frame {number}: {err}") from None
+    return graphs
+
+
+def _lookup(atoms: ase.Atoms, key: str) -> Any:
+    """A label from the calculator's results, ``info`` or ``arrays`` (None when absent)."""
+    results = atoms.calc.results if atoms.calc is not None else {}
+    for store in (results, atoms.info, atoms.arrays):
+        if key in store:
+            return store[key]
+    return None
+
+
+def _require(frames: Sequence[ase.Atoms], present: List[bool], key: str, what: str, source: str) -> None:
+    if all(present):
+        return
+    number = present.index(False)
+    atoms = frames[number]
+    stores: Dict[str, List[str]] = {
+        "calculator": sorted(atoms.calc.results) if atoms.calc is not None else [],
+        "info": sorted(atoms.info),
+        "arrays": sorted(k for k in atoms.arrays if k not in ("numbers", "positions")),
+    }
+    found = "; ".join(f"{store}: {', '.join(names) or '-'}" for store, names in stores.items())
+    raise ValueError(f"{source}: frame {number} has no {what} {key!r} (keys present: {found})")
+
+
+def _is_numeric(value: Any) -> bool:
+    return np.asarray(value).dtype.kind in "biuf"
