@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Optional
 
 import numpy as np
 import torch
@@ -10,13 +10,7 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from sciml.graph import AtomicGraph
-
-
-def _model_dtype(model: torch.nn.Module) -> torch.dtype:
-    for parameter in model.parameters():
-        if parameter.is_floating_point():
-            return parameter.dtype
-    return torch.get_default_dtype()
+from sciml.inference import load_model, model_dtype
 
 
 class SciMLCalculator(Calculator):
@@ -40,13 +34,11 @@ class SciMLCalculator(Calculator):
         self.model = model.to(self.device).eval()
         self.cutoff = float(cutoff if cutoff is not None else model.cutoff)
         self.max_neighbors = getattr(model, "max_neighbors", None)
-        self.dtype = _model_dtype(model)
+        self.dtype = model_dtype(model)
 
     @classmethod
     def from_checkpoint(cls, path: str, device: str = "cpu", **kwargs) -> "SciMLCalculator":
         """A calculator for the model saved at ``path`` (see ``sciml train``)."""
-        from sciml.train import load_model
-
         return cls(load_model(path, device=device), device=device, **kwargs)
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:
@@ -64,34 +56,3 @@ class SciMLCalculator(Calculator):
         }
         if periodic and "stress" in out:
             self.results["stress"] = full_3x3_to_voigt_6_stress(out["stress"][0].detach().cpu().double().numpy())
-
-
-def predict(
-    structures: List,
-    model: torch.nn.Module,
-    batch_size: int = 32,
-    compute_stress: Optional[bool] = None,
-    device: str = "cpu",
-) -> List[dict]:
-    """Evaluate many ``ase.Atoms`` in batches (the ASE calculator API is one structure at a time).
-
-    Returns one dict per structure: ``energy`` (eV, float), ``forces`` ((n, 3) eV/Å) and, for
-    periodic structures when ``compute_stress`` is not False, ``stress`` ((3, 3) eV/Å^3).
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    model = model.to(device).eval()
-    dtype = _model_dtype(model)
-    results: List[dict] = []
-    for start in range(0, len(structures), batch_size):
-        chunk = structures[start:start + batch_size]
-        graph = AtomicGraph.from_ase(chunk, cutoff=model.cutoff, max_neighbors=getattr(model, "max_neighbors", None), dtype=dtype)
-        stress = bool(graph.pbc.any()) if compute_stress is None else compute_stress and bool(graph.pbc.any())
-        out = model(graph.to(device), compute_forces=True, compute_stress=stress)
-        for k, single in enumerate(graph.split()):
-            lo, hi = int(graph.ptr[k]), int(graph.ptr[k + 1])
-            row = {"energy": float(out["energy"][k]), "forces": out["forces"][lo:hi].detach().cpu().double().numpy()}
-            if stress and "stress" in out and bool(single.pbc.any()):
-                row["stress"] = out["stress"][k].detach().cpu().double().numpy()
-            results.append(row)
-    return results

@@ -22,7 +22,7 @@ def run(args) -> int:
     from ase.build import bulk, molecule
 
     from sciml.testing import ALL_CHECKS, check_conservative, check_equivariance
-    from sciml.train import load_model
+    from sciml.inference import load_model
 
     model = load_model(args.checkpoint).double()
     if args.structures:

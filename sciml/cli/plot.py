@@ -40,10 +40,10 @@ def _run_curves(args) -> int:
 def _run_parity(args) -> int:
     import numpy as np
 
-    from sciml.calculator import predict
+    from sciml.inference import predict
     from sciml.data.readers import read_structures
     from sciml.plots import parity_plot
-    from sciml.train import load_model
+    from sciml.inference import load_model
 
     output = refuse_overwrite(args.output, args.force)
     structures = read_structures(args.data, energy_key=args.energy_key, forces_key=args.forces_key, stress_key=None)

@@ -29,10 +29,10 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from sciml.calculator import predict
+    from sciml.inference import predict
     from sciml.data.readers import read_structures
     from sciml.io.files import atomic_path, write_extxyz
-    from sciml.train import load_model
+    from sciml.inference import load_model
 
     output = refuse_overwrite(args.output, args.force)
     kind = output.suffix.lower().lstrip(".")

@@ -57,7 +57,8 @@ def run_train(args) -> int:
 
 def run_eval(args) -> int:
     from sciml.data.readers import load_graph_dataset
-    from sciml.train import evaluate, format_metrics, load_model
+    from sciml.inference import load_model
+    from sciml.train import evaluate, format_metrics
 
     model = load_model(args.checkpoint, device=args.device)
     graphs = load_graph_dataset(

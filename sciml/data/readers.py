@@ -26,9 +26,9 @@ _PROGRESS_THRESHOLD = 1000
 def read_structures(
     path: Union[str, os.PathLike],
     index: Union[str, int] = ":",
-    energy_key: str = "energy",
-    forces_key: str = "forces",
-    stress_key: str = "stress",
+    energy_key: Optional[str] = "energy",
+    forces_key: Optional[str] = "forces",
+    stress_key: Optional[str] = "stress",
     property_keys: Sequence[str] = (),
     required: Sequence[str] = (),
     format: Optional[str] = None,
@@ -42,7 +42,7 @@ def read_structures(
     Args:
         path: the file.
         index: which frames, in ase syntax (``":"`` all, ``"0:100"``, ``-1``).
-        energy_key, forces_key, stress_key: where the labels are stored.
+        energy_key, forces_key, stress_key: where the labels are stored; None ignores that label.
         property_keys: extra labels that every frame must carry.
         required: which of ``"energy"``, ``"forces"``, ``"stress"`` every frame must carry. A label
             not required may be absent, but then from every frame (a batch cannot mix them).
@@ -80,9 +80,9 @@ def read_structures(
 def check_structures(
     frames: Sequence[ase.Atoms],
     source: str = "structures",
-    energy_key: str = "energy",
-    forces_key: str = "forces",
-    stress_key: str = "stress",
+    energy_key: Optional[str] = "energy",
+    forces_key: Optional[str] = "forces",
+    stress_key: Optional[str] = "stress",
     property_keys: Sequence[str] = (),
     required: Sequence[str] = (),
 ) -> None:
@@ -92,7 +92,9 @@ def check_structures(
         raise ValueError(f"required labels must be among {LABELS}, got {sorted(unknown)}")
     if len(frames) == 0:
         raise ValueError(f"{source}: contains no structures")
-    keys = {"energy": energy_key, "forces": forces_key, "stress": stress_key}
+    keys = {label: key for label, key in zip(LABELS, (energy_key, forces_key, stress_key)) if key is not None}
+    if set(required) - set(keys):
+        raise ValueError(f"labels {sorted(set(required) - set(keys))} are required but their keys are None")
     for number, atoms in enumerate(frames):
         where = f"{source}: frame {number}"
         if len(atoms) == 0:
@@ -110,7 +112,7 @@ def check_structures(
             _require(frames, present, key, f"{label} label", source)
     for key in property_keys:
         _require(frames, [_lookup(atoms, key) is not None for atoms in frames], key, "property", source)
-    for key in [keys[label] for label in LABELS] + list(property_keys):
+    for key in list(keys.values()) + list(property_keys):
         for number, atoms in enumerate(frames):
             value = _lookup(atoms, key)
             if value is not None and _is_numeric(value) and not np.isfinite(np.asarray(value, dtype=float)).all():
@@ -121,9 +123,9 @@ def load_graph_dataset(
     source: Union[str, os.PathLike, Sequence[ase.Atoms]],
     cutoff: float,
     max_neighbors: Optional[int] = None,
-    energy_key: str = "energy",
-    forces_key: str = "forces",
-    stress_key: str = "stress",
+    energy_key: Optional[str] = "energy",
+    forces_key: Optional[str] = "forces",
+    stress_key: Optional[str] = "stress",
     property_keys: Sequence[str] = (),
     required: Sequence[str] = (),
     dtype: torch.dtype = torch.float32,
@@ -141,8 +143,8 @@ def load_graph_dataset(
         name, frames = "structures", list(source)
         check_structures(frames, name, energy_key, forces_key, stress_key, property_keys, required)
     graphs = []
-    progress = tqdm(frames, desc="building graphs", unit="structure", disable=True if len(frames) <= _PROGRESS_THRESHOLD else None)
-    for number, atoms in enumerate(progress):
+    quiet = True if len(frames) <= _PROGRESS_THRESHOLD else None  # None: show on a terminal only
+    for number, atoms in enumerate(tqdm(frames, desc="building graphs", unit="structure", disable=quiet)):
         try:
             graphs.append(
                 AtomicGraph.from_ase(atoms, cutoff, max_neighbors, dtype, energy_key, forces_key, stress_key, property_keys)

@@ -1,0 +1,89 @@
+"""Inference: load a trained model and evaluate structures in batches (no trainer needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+
+from sciml.graph.atomic_graph import AtomicGraph
+from sciml.io.checkpoint import load_checkpoint
+from sciml.models import build_model
+
+
+def model_dtype(model: torch.nn.Module) -> torch.dtype:
+    """The floating dtype of the model's parameters (the default dtype if it has none)."""
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.get_default_dtype())
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of the model's first parameter (CPU for a model without parameters)."""
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
+def predict_batches(
+    model: torch.nn.Module,
+    graphs: Sequence[AtomicGraph],
+    batch_size: int = 32,
+    device: "str | torch.device | None" = None,
+    compute_forces: bool = True,
+    compute_stress: Optional[bool] = None,
+) -> Iterator[Tuple[AtomicGraph, Dict[str, torch.Tensor]]]:
+    """Run ``model`` (in eval mode) over ``graphs`` in order, ``batch_size`` structures at a time.
+
+    Yields each collated batch (on ``device``, default the model's) and the model's outputs with
+    the autograd graph dropped: energy (B,) eV, forces (N, 3) eV/Å, stress (B, 3, 3) eV/Å^3.
+    ``compute_stress`` None asks for stress when the batch has a periodic structure.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    device = torch.device(device) if device is not None else model_device(model)
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(graphs), batch_size):
+            batch = AtomicGraph.collate(list(graphs[start:start + batch_size])).to(device)
+            stress = bool(batch.pbc.any()) if compute_stress is None else compute_stress
+            out = model(batch, compute_forces=compute_forces, compute_stress=stress)
+            yield batch, {k: v.detach() for k, v in out.items()}
+    finally:
+        model.train(was_training)
+
+
+def load_model(checkpoint_path: "str | Path", device: "str | torch.device" = "cpu") -> torch.nn.Module:
+    """The model saved in a checkpoint, on ``device`` in the dtype it was saved in, in eval mode."""
+    payload = load_checkpoint(checkpoint_path, map_location=device)
+    model = build_model(payload["model_name"], **payload["config"])
+    state = payload["state_dict"]
+    dtype = next((v.dtype for v in state.values() if v.is_floating_point()), torch.get_default_dtype())
+    model.to(device=device, dtype=dtype)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def predict(
+    structures: List,
+    model: torch.nn.Module,
+    batch_size: int = 32,
+    compute_stress: Optional[bool] = None,
+    device: "str | torch.device | None" = None,
+) -> List[dict]:
+    """Evaluate many ``ase.Atoms`` in batches (the ASE calculator API is one structure at a time).
+
+    Returns one dict per structure: ``energy`` (eV, float), ``forces`` ((n, 3) eV/Å) and, for
+    periodic structures unless ``compute_stress`` is False, ``stress`` ((3, 3) eV/Å^3).
+    """
+    graphs = [
+        AtomicGraph.from_ase(atoms, cutoff=model.cutoff, max_neighbors=getattr(model, "max_neighbors", None), dtype=model_dtype(model))
+        for atoms in structures
+    ]
+    results: List[dict] = []
+    for batch, out in predict_batches(model, graphs, batch_size, device, compute_stress=None if compute_stress is not False else False):
+        for k in range(batch.num_graphs):
+            lo, hi = int(batch.ptr[k]), int(batch.ptr[k + 1])
+            row = {"energy": float(out["energy"][k]), "forces": out["forces"][lo:hi].cpu().double().numpy()}
+            if "stress" in out and bool(batch.pbc[k].any()):
+                row["stress"] = out["stress"][k].cpu().double().numpy()
+            results.append(row)
+    return results

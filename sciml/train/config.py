@@ -1,0 +1,335 @@
+"""The training configuration: typed sections, strict YAML loading and dotted overrides.
+
+A config file is YAML whose keys mirror :class:`TrainConfig`; only ``data.path`` is required::
+
+    model: {name: egnn, options: {hidden: 64, layers: 4}}
+    data: {path: datasets/ethanol_xtb_500K/ethanol_xtb_500K.extxyz}
+    optimizer: {lr: 1.0e-3}
+    epochs: 200
+
+Unknown keys are errors that suggest the closest valid key, and every key can be overridden with
+a dotted ``KEY=VALUE`` string (the value parsed as YAML), e.g. ``optimizer.lr=5e-4``.
+Relative paths are relative to the working directory.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+
+import yaml
+
+
+@dataclass
+class ModelConfig:
+    """Which model to build: ``build_model(name, **options)``."""
+
+    name: str = "egnn"
+    options: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DataConfig:
+    """Where the labelled structures are and under which keys their labels are stored.
+
+    ``cutoff`` (Å) is the radius the graphs are built with; None uses the model's cutoff, and a
+    given value must not be smaller than it. ``max_neighbors`` None likewise uses the model's.
+    """
+
+    path: Optional[str] = None
+    energy_key: str = "energy"
+    forces_key: Optional[str] = "forces"
+    stress_key: Optional[str] = "stress"
+    property_keys: List[str] = field(default_factory=list)
+    cutoff: Optional[float] = None
+    max_neighbors: Optional[int] = None
+
+
+@dataclass
+class SplitConfig:
+    """Random train/valid/test split: a float in [0, 1] is a fraction, an int a count.
+
+    ``train`` None takes every structure not in valid or test.
+    """
+
+    train: Optional[Union[int, float]] = None
+    valid: Union[int, float] = 0.1
+    test: Union[int, float] = 0.1
+    seed: int = 0
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = field(default="adam", metadata={"choices": ("adam", "adamw")})
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+
+
+@dataclass
+class SchedulerConfig:
+    """Learning-rate schedule after a linear warm-up of ``warmup_epochs`` epochs.
+
+    cosine: decay to 1% of ``lr`` at the last epoch. onecycle: the warm-up (30% of training when
+    ``warmup_epochs`` is 0) rises from ``lr``/25, then cosine decay to ``lr``/1e4. plateau: multiply
+    by ``factor`` when the validation loss has not improved for ``patience`` epochs. none: constant.
+    """
+
+    name: str = field(default="cosine", metadata={"choices": ("cosine", "plateau", "onecycle", "none")})
+    warmup_epochs: int = 0
+    factor: float = 0.5
+    patience: int = 10
+
+
+@dataclass
+class LossConfig:
+    """Weights of the loss terms; a term is used only when its labels are present.
+
+    Each term is a mean squared error made dimensionless by a training-set scale: energy per
+    atom by the energy head's scale (the force RMS x 1 Å when forces are labelled), forces and
+    stress by the RMS of their labels, a property by its standard deviation.
+    """
+
+    energy: float = 1.0
+    forces: float = 10.0
+    stress: float = 1.0
+    properties: Dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on (see the module docstring for the YAML form).
+
+    ``valid_batch_size`` None uses ``batch_size``; ``ema_decay`` None disables the exponential
+    moving average of weights; ``grad_clip`` None disables gradient-norm clipping;
+    ``early_stopping_patience`` None never stops early; ``device`` "auto" picks CUDA when present.
+    """
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    epochs: int = 100
+    batch_size: int = 16
+    valid_batch_size: Optional[int] = None
+    ema_decay: Optional[float] = None
+    grad_clip: Optional[float] = None
+    early_stopping_patience: Optional[int] = None
+    seed: int = 0
+    device: str = "cpu"
+    output_dir: str = "runs/train"
+    dtype: str = field(default="float32", metadata={"choices": ("float32", "float64")})
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Plain nested dict (YAML/JSON/checkpoint friendly) that :meth:`from_dict` reads back."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "TrainConfig":
+        """Build and validate a config; unknown keys, wrong types and bad values raise ValueError."""
+        config = _build(cls, values, "")
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        """Check values that types alone cannot (ranges, required keys, consistency)."""
+        if not self.data.path:
+            raise ValueError("missing required config key data.path (the labelled structures file)")
+        positive = {
+            "epochs": self.epochs, "batch_size": self.batch_size, "valid_batch_size": self.valid_batch_size,
+            "early_stopping_patience": self.early_stopping_patience, "data.max_neighbors": self.data.max_neighbors,
+            "scheduler.patience": self.scheduler.patience, "optimizer.lr": self.optimizer.lr,
+            "grad_clip": self.grad_clip, "data.cutoff": self.data.cutoff, "scheduler.factor": self.scheduler.factor,
+        }
+        non_negative = {
+            "optimizer.weight_decay": self.optimizer.weight_decay, "scheduler.warmup_epochs": self.scheduler.warmup_epochs,
+            "loss.energy": self.loss.energy, "loss.forces": self.loss.forces, "loss.stress": self.loss.stress,
+            "split.train": self.split.train, "split.valid": self.split.valid, "split.test": self.split.test,
+            **{f"loss.properties.{k}": v for k, v in self.loss.properties.items()},
+        }
+        for name, value in positive.items():
+            if value is not None and not value > 0:
+                raise ValueError(f"config key {name} must be positive, got {value}")
+        for name, value in non_negative.items():
+            if value is not None and not value >= 0:
+                raise ValueError(f"config key {name} must be >= 0, got {value}")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ValueError(f"config key ema_decay must lie in (0, 1), got {self.ema_decay}")
+        if self.scheduler.factor >= 1:
+            raise ValueError(f"config key scheduler.factor must be < 1, got {self.scheduler.factor}")
+        for name in ("train", "valid", "test"):
+            value = getattr(self.split, name)
+            if isinstance(value, float) and value > 1:
+                raise ValueError(f"config key split.{name} is a fraction ({value}) above 1; write an integer for a count")
+        for key in self.loss.properties:
+            if key not in self.data.property_keys:
+                raise ValueError(f"loss.properties has {key!r}, which is not in data.property_keys {self.data.property_keys}")
+        if self.device != "auto" and self.device.split(":")[0] not in ("cpu", "cuda", "mps", "xpu"):
+            raise ValueError(f"config key device must be auto, cpu, cuda, cuda:N, mps or xpu, got {self.device!r}")
+
+
+def load_config(
+    path: "str | Path | None",
+    overrides: "Mapping[str, Any] | Sequence[str] | None" = None,
+) -> TrainConfig:
+    """Read a YAML config, apply overrides (see :func:`apply_overrides`) and validate it.
+
+    ``path`` None starts from the defaults (then ``data.path`` must come from an override).
+    """
+    values: Dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"config file {path} does not exist")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise ValueError(f"config file {path} is not valid YAML: {' '.join(str(err).split())}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ValueError(f"config file {path} must hold a mapping of keys, got {type(loaded).__name__}")
+        values = loaded or {}
+    return TrainConfig.from_dict(apply_overrides(values, overrides or ()))
+
+
+def apply_overrides(
+    config: Mapping[str, Any], overrides: "Mapping[str, Any] | Sequence[str]"
+) -> Dict[str, Any]:
+    """A copy of the nested ``config`` dict with dotted overrides applied.
+
+    ``overrides`` is a list of ``"section.key=value"`` strings, whose values are parsed as YAML
+    (``1e-3`` and ``5`` become numbers, ``null`` None, ``[a, b]`` a list), or a mapping of dotted
+    keys to already typed values. Misspelled keys are reported by :meth:`TrainConfig.from_dict`.
+    """
+    result = copy.deepcopy(dict(config))
+    if isinstance(overrides, Mapping):
+        items = list(overrides.items())
+    else:
+        items = []
+        for text in overrides:
+            key, sep, raw = str(text).partition("=")
+            if not sep or not key.strip():
+                raise ValueError(f"override {text!r} must look like KEY=VALUE, e.g. optimizer.lr=1e-3")
+            try:
+                items.append((key.strip(), yaml.safe_load(raw) if raw.strip() else None))
+            except yaml.YAMLError:
+                raise ValueError(f"override {text!r}: the value is not valid YAML") from None
+    for key, value in items:
+        *parents, leaf = key.split(".")
+        node = result
+        for depth, part in enumerate(parents):
+            child = node.setdefault(part, {})
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ValueError(f"override {key!r}: {'.'.join(parents[:depth + 1])} is not a section")
+            node = child
+        node[leaf] = value
+    return result
+
+
+# ------------------------------------------------------------------------------- validation
+
+
+def _all_keys(cls: type, prefix: str = "") -> List[str]:
+    """Every dotted key of a config dataclass, sections included."""
+    keys = []
+    for name, kind in typing.get_type_hints(cls).items():
+        keys.append(prefix + name)
+        if dataclasses.is_dataclass(kind):
+            keys += _all_keys(kind, f"{prefix}{name}.")
+    return keys
+
+
+def _unknown_key_error(key: str, where: str, cls: type) -> ValueError:
+    valid = [f.name for f in dataclasses.fields(cls)]
+    full = where + key
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+    if close:
+        hint = f"; did you mean {where + close[0]!r}?"
+    else:
+        everywhere = _all_keys(TrainConfig)
+        same_leaf = [k for k in everywhere if k.rsplit(".", 1)[-1] == key]
+        close = same_leaf or difflib.get_close_matches(full, everywhere, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys here: {', '.join(valid)}"
+    return ValueError(f"unknown config key {full!r}{hint}")
+
+
+def _build(cls: type, values: Any, where: str) -> Any:
+    if not isinstance(values, Mapping):
+        raise ValueError(f"config key {where.rstrip('.') or '<top>'} must be a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in names:
+            raise _unknown_key_error(str(key), where, cls)
+        kwargs[key] = _coerce(value, hints[key], where + key, names[key].metadata.get("choices"))
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, kind: Any, name: str, choices: Optional[Sequence[str]] = None) -> Any:
+    """``value`` converted to the annotated type ``kind``, or a ValueError naming the key."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if dataclasses.is_dataclass(kind):
+        return _build(kind, value if value is not None else {}, name + ".")
+    if origin is Union:
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        if set(options) == {int, float}:
+            if isinstance(value, str):
+                value = _parse_number(value, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"config key {name} must be a number (fraction or count), got {value!r}")
+            return value
+        return _coerce(value, options[0], name, choices)
+    if kind is float:
+        if isinstance(value, str):
+            value = _parse_number(value, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"config key {name} must be a finite number, got {value!r}")
+        return float(value)
+    if kind is int:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"config key {name} must be an integer, got {value!r}")
+        return value
+    if kind is str:
+        if not isinstance(value, str):
+            raise ValueError(f"config key {name} must be a string, got {value!r}")
+        if choices is not None and value not in choices:
+            close = difflib.get_close_matches(value, choices, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"config key {name} must be one of {', '.join(choices)}, got {value!r}{hint}")
+        return value
+    if origin is list:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"config key {name} must be a list, got {value!r}")
+        return [_coerce(v, args[0], f"{name}[{n}]") for n, v in enumerate(value)]
+    if origin is dict:
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            raise ValueError(f"config key {name} must be a mapping, got {value!r}")
+        return {str(k): v if args[1] is Any else _coerce(v, args[1], f"{name}.{k}") for k, v in value.items()}
+    raise TypeError(f"unsupported config annotation {kind!r} for {name}")
+
+
+def _parse_number(text: str, name: str) -> "int | float":
+    """YAML 1.1 reads ``1e-3`` as a string; accept it (and ints) here."""
+    for parse in (int, float):
+        try:
+            return parse(text)
+        except ValueError:
+            pass
+    raise ValueError(f"config key {name} must be a number, got {text!r}")
