@@ -74,10 +74,11 @@ def predict(
     Returns one dict per structure: ``energy`` (eV, float), ``forces`` ((n, 3) eV/Å) and, for
     periodic structures unless ``compute_stress`` is False, ``stress`` ((3, 3) eV/Å^3).
     """
-    graphs = [
-        AtomicGraph.from_ase(atoms, cutoff=model.cutoff, max_neighbors=getattr(model, "max_neighbors", None), dtype=model_dtype(model))
-        for atoms in structures
-    ]
+    graphs = []
+    for number, atoms in enumerate(structures):
+        graph = AtomicGraph.from_ase(atoms, model.cutoff, getattr(model, "max_neighbors", None), model_dtype(model))
+        graph.require_neighbors(f"structure {number} ({atoms.get_chemical_formula()})")
+        graphs.append(graph)
     results: List[dict] = []
     for batch, out in predict_batches(model, graphs, batch_size, device, compute_stress=None if compute_stress is not False else False):
         for k in range(batch.num_graphs):

@@ -83,14 +83,13 @@ def run_md(
             frames.append(atoms.copy())
             frames[-1].calc = None
 
-    record()
-    dyn.attach(record, interval=1)
+    dyn.attach(record, interval=1)  # ase also calls it once before the first step
     start = time.perf_counter()
     dyn.run(steps)
     seconds = time.perf_counter() - start
     if trajectory is not None:
         write_extxyz(trajectory, frames)
-    return MDReport(steps, len(atoms), timestep_fs, np.array(energies[1:]), np.array(temperatures[1:]), seconds)
+    return MDReport(steps, len(atoms), timestep_fs, np.array(energies), np.array(temperatures), seconds)
 
 
 def relax(atoms, fmax: float = 0.05, steps: int = 500, cell: bool = False, output: Optional[Path] = None) -> Tuple[int, bool]:

@@ -105,5 +105,9 @@ def test_bad_structures_raise_clear_errors(build, message):
 def test_isolated_atoms_have_no_edges():
     graph = AtomicGraph.from_tensors([[0.0, 0, 0], [10.0, 0, 0]], [1, 1], cutoff=3.0)
     assert graph.num_edges == 0
+    with pytest.raises(ValueError, match=r"atoms 0, 1 have no neighbour within the cutoff of 3.0 Å"):
+        graph.require_neighbors()
+    AtomicGraph.from_tensors([[0.0, 0, 0]], [1], cutoff=3.0).require_neighbors()  # a lone atom is fine
+    AtomicGraph.from_tensors([[0.0, 0, 0], [1.0, 0, 0]], [1, 1], cutoff=3.0).require_neighbors()
     i, j, s = neighbor_list(graph.positions, None, False, 3.0)
     assert i.numel() == 0

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from sciml.cli.common import add_command, refuse_overwrite
 
 EXAMPLES = """  sciml plot curves runs/ethanol                      # runs/ethanol/learning_curves.png
-  sciml plot parity --checkpoint runs/ethanol/best.pt data.extxyz --output parity.png
+  sciml plot parity runs/ethanol                      # best.pt on the run's test split -> runs/ethanol/parity.png
+  sciml plot parity data.extxyz --checkpoint model.pt --output parity.png
 """
 
 
@@ -20,9 +22,10 @@ def register(sub) -> None:
     curves.add_argument("--force", action="store_true")
     curves.set_defaults(run=_run_curves)
     parity = kinds.add_parser("parity", help="energy and force parity plot of a checkpoint on labelled data")
-    parity.add_argument("--checkpoint", required=True)
-    parity.add_argument("data")
-    parity.add_argument("--output", default="parity.png")
+    parity.add_argument("source", help="a run directory (its best.pt on its test split) or a labelled data file")
+    parity.add_argument("--checkpoint", help="model checkpoint (required when SOURCE is a data file)")
+    parity.add_argument("--split", default="test", choices=["train", "valid", "test"], help="split of a run directory")
+    parity.add_argument("--output", help="PNG path (default RUN_DIR/parity.png or parity.png)")
     parity.add_argument("--energy-key", default="energy")
     parity.add_argument("--forces-key", default="forces")
     parity.add_argument("--force", action="store_true")
@@ -45,9 +48,20 @@ def _run_parity(args) -> int:
     from sciml.plots import parity_plot
     from sciml.inference import load_model
 
-    output = refuse_overwrite(args.output, args.force)
-    structures = read_structures(args.data, energy_key=args.energy_key, forces_key=args.forces_key, stress_key=None)
-    model = load_model(args.checkpoint)
+    source = Path(args.source)
+    if source.is_dir():
+        splits = json.loads((source / "splits.json").read_text())
+        data, checkpoint, indices = splits["data_path"], args.checkpoint or source / "best.pt", splits[args.split]
+        output = refuse_overwrite(args.output or source / "parity.png", args.force)
+    else:
+        if not args.checkpoint:
+            raise ValueError("--checkpoint is required when SOURCE is a data file")
+        data, checkpoint, indices = source, args.checkpoint, None
+        output = refuse_overwrite(args.output or "parity.png", args.force)
+    structures = read_structures(data, energy_key=args.energy_key, forces_key=args.forces_key, stress_key=None)
+    if indices is not None:
+        structures = [structures[k] for k in indices]
+    model = load_model(checkpoint)
     results = predict(structures, model)
     counts = np.array([len(a) for a in structures])
     energy_ref = np.array([a.get_potential_energy() for a in structures]) / counts
@@ -56,5 +70,5 @@ def _run_parity(args) -> int:
     forces_pred = np.concatenate([r["forces"] for r in results])
     parity_plot({"energy per atom": (energy_ref, energy_pred), "forces": (forces_ref, forces_pred)}, output,
                 {"energy per atom": "eV/atom", "forces": "eV/Å"})
-    print(f"wrote {output}")
+    print(f"wrote {output} ({len(structures)} structures)")
     return 0

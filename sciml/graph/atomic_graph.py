@@ -217,6 +217,22 @@ class AtomicGraph:
         edge_index, shifts = batched_neighbor_list(self, cutoff, max_neighbors)
         return replace(self, edge_index=edge_index, cell_shifts=shifts, cutoff=check_cutoff(cutoff))
 
+    def require_neighbors(self, where: str = "structure") -> None:
+        """Raise ValueError if an atom of a multi-atom structure has no neighbour within the cutoff.
+
+        Such an atom sees nothing: a model can only return its element's reference energy, which
+        for training or prediction input almost always means a wrong cutoff or broken geometry.
+        """
+        if self.cutoff is None:
+            raise ValueError(f"{where}: edges were never built; build the graph with a cutoff")
+        has_edge = torch.zeros(self.num_nodes, dtype=torch.bool, device=self.device)
+        has_edge[self.edge_index[0]] = True
+        lonely = ~has_edge & (self.num_atoms_per_graph[self.batch] > 1)
+        if bool(lonely.any()):
+            atoms = lonely.nonzero().reshape(-1)
+            shown = ", ".join(str(int(a)) for a in atoms[:5]) + (", ..." if atoms.numel() > 5 else "")
+            raise ValueError(f"{where}: atoms {shown} have no neighbour within the cutoff of {self.cutoff} Å")
+
     # ----------------------------------------------------------------------------- batching
     @classmethod
     def collate(cls, graphs: Sequence["AtomicGraph"]) -> "AtomicGraph":

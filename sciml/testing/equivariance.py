@@ -79,7 +79,9 @@ def _unimodular(rng: np.random.Generator, periodic: np.ndarray) -> np.ndarray:
 
 
 def _outputs(model: Callable, atoms, build_graph: Callable, names: Mapping[str, str]) -> Dict[str, torch.Tensor]:
-    result = model(build_graph(atoms))
+    # sciml models compute stress only when asked (it costs a strain derivative).
+    kwargs = {"compute_stress": True} if "stress" in names else {}
+    result = model(build_graph(atoms), **kwargs)
     missing = [n for n in names if n not in result]
     if missing:
         raise KeyError(f"model output lacks {missing}; it returned {sorted(result)}")

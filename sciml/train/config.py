@@ -40,13 +40,21 @@ class DataConfig:
 
     ``cutoff`` (Å) is the radius the graphs are built with; None uses the model's cutoff, and a
     given value must not be smaller than it. ``max_neighbors`` None likewise uses the model's.
+    ``energy_key`` None (or a file without energies) trains a model on properties alone.
+
+    ``property_keys`` are extra per-structure (``info``) or per-atom (``arrays``) values loaded
+    into the graphs: model inputs (e.g. velocities) as well as labels. A label is compared with
+    the model output of the same name unless ``prediction_keys`` maps it to another one, e.g.
+    ``{positions_target: positions}`` when the model predicts ``positions`` and the file stores
+    the target positions under ``positions_target``.
     """
 
     path: Optional[str] = None
-    energy_key: str = "energy"
+    energy_key: Optional[str] = "energy"
     forces_key: Optional[str] = "forces"
     stress_key: Optional[str] = "stress"
     property_keys: List[str] = field(default_factory=list)
+    prediction_keys: Dict[str, str] = field(default_factory=dict)
     cutoff: Optional[float] = None
     max_neighbors: Optional[int] = None
 
@@ -56,12 +64,17 @@ class SplitConfig:
     """Random train/valid/test split: a float in [0, 1] is a fraction, an int a count.
 
     ``train`` None takes every structure not in valid or test.
+
+    ``ranges`` replaces the random split by fixed, half-open index ranges of the data file,
+    ``{train: [start, stop], valid: [start, stop], test: [start, stop]}`` (test may be omitted),
+    for benchmarks whose split is prescribed; the other keys are then ignored.
     """
 
     train: Optional[Union[int, float]] = None
     valid: Union[int, float] = 0.1
     test: Union[int, float] = 0.1
     seed: int = 0
+    ranges: Dict[str, List[int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -92,7 +105,8 @@ class LossConfig:
 
     Each term is a mean squared error made dimensionless by a training-set scale: energy per
     atom by the energy head's scale (the force RMS x 1 Å when forces are labelled), forces and
-    stress by the RMS of their labels, a property by its standard deviation.
+    stress by the RMS of their labels, a property by its standard deviation. ``properties`` are
+    keyed by label (see ``data.prediction_keys`` for labels whose model output has another name).
     """
 
     energy: float = 1.0
@@ -171,6 +185,20 @@ class TrainConfig:
         for key in self.loss.properties:
             if key not in self.data.property_keys:
                 raise ValueError(f"loss.properties has {key!r}, which is not in data.property_keys {self.data.property_keys}")
+        for key in self.data.prediction_keys:
+            if key not in self.data.property_keys:
+                raise ValueError(f"data.prediction_keys has {key!r}, which is not in data.property_keys {self.data.property_keys}")
+        if self.split.ranges:
+            unknown = set(self.split.ranges) - {"train", "valid", "test"}
+            if unknown or not {"train", "valid"} <= set(self.split.ranges):
+                raise ValueError(f"config key split.ranges needs train and valid (and optionally test) ranges, "
+                                 f"got {sorted(self.split.ranges)}")
+            for name, bounds in self.split.ranges.items():
+                if len(bounds) != 2 or not 0 <= bounds[0] < bounds[1]:
+                    raise ValueError(f"config key split.ranges.{name} must be [start, stop] with 0 <= start < stop, got {bounds}")
+            spans = sorted(tuple(b) for b in self.split.ranges.values())
+            if any(a[1] > b[0] for a, b in zip(spans, spans[1:])):
+                raise ValueError(f"config key split.ranges has overlapping ranges: {self.split.ranges}")
         if self.device != "auto" and self.device.split(":")[0] not in ("cpu", "cuda", "mps", "xpu"):
             raise ValueError(f"config key device must be auto, cpu, cuda, cuda:N, mps or xpu, got {self.device!r}")
 

@@ -6,17 +6,55 @@ RMSE over Cartesian components), stress in meV/Å^3, properties in the units of 
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional, Sequence
+import functools
+import inspect
+from typing import Callable, Dict, Iterator, Mapping, Optional, Sequence, Tuple
 
 import torch
 
 from sciml.graph.atomic_graph import AtomicGraph
-from sciml.inference import predict_batches
+from sciml.inference import model_device
 from sciml.models.heads import element_counts, fit_element_energies
 
 _MEV = 1000.0
 
 LossFn = Callable[[AtomicGraph, Dict[str, torch.Tensor]], torch.Tensor]
+
+
+@functools.lru_cache(maxsize=None)
+def _accepts_derivative_flags(forward: Callable) -> bool:
+    parameters = inspect.signature(forward).parameters
+    return "compute_forces" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+
+
+def model_outputs(
+    model: torch.nn.Module, batch: AtomicGraph, compute_forces: bool = False, compute_stress: bool = False
+) -> Dict[str, torch.Tensor]:
+    """``model(batch)``: a dict of predictions. ``compute_forces``/``compute_stress`` are passed
+    to models whose ``forward`` takes them (energy models); any other model, e.g. one that
+    predicts positions, is called with the batch alone."""
+    if _accepts_derivative_flags(type(model).forward):
+        return model(batch, compute_forces=compute_forces, compute_stress=compute_stress)
+    return model(batch)
+
+
+def _predict_batches(
+    model: torch.nn.Module, graphs: Sequence[AtomicGraph], batch_size: int, device, compute_forces: bool,
+    compute_stress: bool,
+) -> Iterator[Tuple[AtomicGraph, Dict[str, torch.Tensor]]]:
+    """Like :func:`sciml.inference.predict_batches`, for any model (see :func:`model_outputs`)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    device = torch.device(device) if device is not None else model_device(model)
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(graphs), batch_size):
+            batch = AtomicGraph.collate(list(graphs[start:start + batch_size])).to(device)
+            out = model_outputs(model, batch, compute_forces, compute_stress and bool(batch.pbc.any()))
+            yield batch, {k: v.detach() for k, v in out.items()}
+    finally:
+        model.train(was_training)
 
 
 def evaluate(
@@ -25,18 +63,22 @@ def evaluate(
     batch_size: int = 32,
     device: "str | torch.device | None" = None,
     loss_fn: Optional[LossFn] = None,
+    prediction_keys: Optional[Mapping[str, str]] = None,
 ) -> Dict[str, float]:
     """Errors of ``model`` against the labels the graphs carry.
 
     Returns ``num_structures`` and, for each label present: ``energy_mae_meV``,
     ``energy_mae_meV_per_atom``, ``energy_rmse_meV_per_atom``, ``forces_mae_meV_per_A``,
-    ``forces_rmse_meV_per_A``, ``stress_mae_meV_per_A3``, ``<property>_mae``; with ``loss_fn``
+    ``forces_rmse_meV_per_A``, ``stress_mae_meV_per_A3``, and ``<property>_mae`` and
+    ``<property>_mse`` (over components) for every property the model predicts, under the
+    property's name or the output name ``prediction_keys[property]``; with ``loss_fn``
     (batch, outputs) -> scalar also ``loss``, the structure-weighted mean over batches.
     """
     if len(graphs) == 0:
         raise ValueError("cannot evaluate on an empty set of structures")
     first = graphs[0]
     keys = sorted(first.properties) + sorted(first.atom_properties)
+    prediction_keys = dict(prediction_keys or {})
     sums: Dict[str, float] = {}
     counts: Dict[str, int] = {}
 
@@ -44,8 +86,8 @@ def evaluate(
         sums[name] = sums.get(name, 0.0) + float(total)
         counts[name] = counts.get(name, 0) + count
 
-    for batch, out in predict_batches(model, graphs, batch_size, device, compute_forces=first.forces is not None,
-                                      compute_stress=None if first.stress is not None else False):
+    for batch, out in _predict_batches(model, graphs, batch_size, device, compute_forces=first.forces is not None,
+                                       compute_stress=first.stress is not None):
         structures = batch.num_graphs
         if loss_fn is not None:
             add("loss", loss_fn(batch, out) * structures, structures)
@@ -64,9 +106,11 @@ def evaluate(
             add("stress_mae_meV_per_A3", error.abs().sum() * _MEV, error.numel())
         for key in keys:
             target = batch.properties.get(key, batch.atom_properties.get(key))
-            if key in out:
-                error = (out[key] - target).double()
+            predicted = prediction_keys.get(key, key)
+            if predicted in out:
+                error = (out[predicted].reshape(target.shape) - target).double()
                 add(f"{key}_mae", error.abs().sum(), error.numel())
+                add(f"{key}_mse", error.pow(2).sum(), error.numel())
     metrics = {"num_structures": float(len(graphs))}
     for name, total in sums.items():
         mean = total / counts[name]

@@ -1,5 +1,10 @@
 """Training any sciml graph model on labelled structures: :func:`train` and :class:`Trainer`.
 
+The model maps a batch (:class:`AtomicGraph`) to a dict of predictions: an energy model (one
+:class:`EnergyHead`, trained on energy/forces/stress and any properties) or any other model,
+trained on the properties of ``loss.properties`` (e.g. predicted positions, see
+``data.prediction_keys``).
+
 A run writes into ``config.output_dir``:
 
 - ``config.yaml``: the resolved configuration; ``splits.json``: the train/valid/test indices;
@@ -34,7 +39,7 @@ from sciml.io.files import atomic_path
 from sciml.models import build_model
 from sciml.models.heads import EnergyHead, fit_element_energies
 from sciml.train.config import TrainConfig
-from sciml.train.evaluation import evaluate, format_metrics, mean_baseline_metrics
+from sciml.train.evaluation import evaluate, format_metrics, mean_baseline_metrics, model_outputs
 from sciml.train.optim import ExponentialMovingAverage, LearningRateSchedule, build_optimizer
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -75,7 +80,8 @@ def train(config: TrainConfig, resume: bool = False, verbose: bool = True) -> Tr
 def fit_statistics(graphs: Sequence[AtomicGraph], property_keys: Sequence[str] = ()) -> Dict[str, Any]:
     """Training-set statistics for the energy head and the loss normalisation.
 
-    Returns ``element_energies`` (119,) eV (least-squares per-element reference energies),
+    Returns ``element_energies`` (119,) eV (least-squares per-element reference energies; None,
+    like ``energy_rms_per_atom`` and ``energy_scale``, when the graphs carry no energies),
     ``energy_rms_per_atom`` eV (RMS per-atom residual of that fit), ``forces_rms`` eV/Å and
     ``stress_rms`` eV/Å^3 (RMS of the label components, None without labels), ``property_std``
     (each property's standard deviation) and ``energy_scale`` eV, the energy head's per-atom
@@ -87,11 +93,14 @@ def fit_statistics(graphs: Sequence[AtomicGraph], property_keys: Sequence[str] =
         value = float(values.double().square().mean().sqrt())
         return value if value > 1e-12 else 1.0
 
-    energies = torch.cat([g.energy for g in graphs]).double().cpu()
-    element_energies, residual_rms = fit_element_energies(list(graphs), energies)
+    element_energies, residual_rms = None, None
+    if graphs[0].energy is not None:
+        energies = torch.cat([g.energy for g in graphs]).double().cpu()
+        element_energies, residual_rms = fit_element_energies(list(graphs), energies)
+        element_energies, residual_rms = element_energies.double().cpu(), residual_rms if residual_rms > 1e-12 else 1.0
     stats: Dict[str, Any] = {
-        "element_energies": element_energies.double().cpu(),
-        "energy_rms_per_atom": residual_rms if residual_rms > 1e-12 else 1.0,
+        "element_energies": element_energies,
+        "energy_rms_per_atom": residual_rms,
         "forces_rms": rms(torch.cat([g.forces for g in graphs])) if graphs[0].forces is not None else None,
         "stress_rms": rms(torch.cat([g.stress for g in graphs])) if graphs[0].stress is not None else None,
         "property_std": {},
@@ -129,7 +138,15 @@ class Trainer:
         self.train_graphs, self.valid_graphs, self.test_graphs = (
             [self.graphs[i] for i in self.splits[name]] for name in ("train", "valid", "test"))
         self.statistics = fit_statistics(self.train_graphs, config.data.property_keys)
-        _energy_head(self.model).set_statistics(self.statistics["element_energies"], self.statistics["energy_scale"])
+        head = _energy_head(self.model)
+        if head is not None:
+            if self.statistics["element_energies"] is None:
+                raise ValueError(f"model {config.model.name!r} predicts energies but {config.data.path} has no "
+                                 f"energy labels under data.energy_key={config.data.energy_key!r}")
+            head.set_statistics(self.statistics["element_energies"], self.statistics["energy_scale"])
+        elif not any(weight > 0 for weight in config.loss.properties.values()):
+            raise ValueError(f"model {config.model.name!r} has no energy head: set loss.properties, the labels "
+                             f"to train it on (its outputs: see data.prediction_keys)")
         self.model.to(device=self.device, dtype=self.dtype)
 
         first = self.train_graphs[0]
@@ -172,15 +189,22 @@ class Trainer:
         if model_cutoff is not None and cutoff < model_cutoff:
             raise ValueError(f"data.cutoff {cutoff} Å is smaller than the model's cutoff {model_cutoff} Å")
         max_neighbors = data.max_neighbors if data.max_neighbors is not None else getattr(self.model, "max_neighbors", None)
-        required = ["energy"] + (["forces"] if self.config.loss.forces > 0 and data.forces_key is not None else [])
+        required = (["energy"] if data.energy_key is not None else []) + (["forces"] if self.config.loss.forces > 0 and data.forces_key is not None else [])
         frames = read_structures(data.path, ":", data.energy_key, data.forces_key, data.stress_key,
                                  data.property_keys, required)
         return load_graph_dataset(frames, cutoff, max_neighbors, data.energy_key, data.forces_key, data.stress_key,
                                   data.property_keys, dtype=self.dtype)
 
     def _make_splits(self, total: int) -> Dict[str, List[int]]:
-        """Seeded random split; saved to ``splits.json``."""
+        """Seeded random split, or the fixed ``split.ranges``; saved to ``splits.json``."""
         split = self.config.split
+        if split.ranges:
+            splits = {name: list(range(*split.ranges.get(name, (0, 0)))) for name in ("train", "valid", "test")}
+            stop = max(bounds[1] for bounds in split.ranges.values())
+            if stop > total:
+                raise ValueError(f"split.ranges {split.ranges} reach index {stop - 1}, but {self.config.data.path} "
+                                 f"holds {total} structures")
+            return self._save_splits(total, splits)
 
         def size(value: "int | float") -> int:
             return int(value) if isinstance(value, int) else int(round(value * total))
@@ -192,6 +216,10 @@ class Trainer:
                              f"(train and valid need at least one each)")
         order = torch.randperm(total, generator=torch.Generator().manual_seed(split.seed)).tolist()
         splits = {"valid": order[:valid], "test": order[valid:valid + test], "train": order[valid + test:valid + test + train]}
+        return self._save_splits(total, splits)
+
+    def _save_splits(self, total: int, splits: Dict[str, List[int]]) -> Dict[str, List[int]]:
+        split = self.config.split
         with atomic_path(self.output_dir / "splits.json") as tmp:
             tmp.write_text(json.dumps({"data_path": str(self.config.data.path), "num_structures": total,
                                        "seed": split.seed, **splits}))
@@ -230,20 +258,27 @@ class Trainer:
         """Weighted sum of mean squared errors, each made dimensionless by a training-set scale.
 
         Energy per atom is divided by the energy head's scale, forces and stress by the RMS of
-        their labels, each property by its standard deviation (see :func:`fit_statistics`).
+        their labels, each property by its standard deviation (see :func:`fit_statistics`). A term
+        is used when its weight is positive, the batch carries its label and the model predicts it
+        (properties: the model must predict them, under ``data.prediction_keys`` names).
         """
         weights, stats = self.config.loss, self.statistics
-        atoms = batch.num_atoms_per_graph.to(out["energy"].dtype)
-        total = weights.energy * (((out["energy"] - batch.energy) / atoms / stats["energy_scale"]) ** 2).mean()
+        total = torch.zeros((), device=batch.positions.device, dtype=batch.positions.dtype)
+        if weights.energy > 0 and batch.energy is not None and "energy" in out:
+            atoms = batch.num_atoms_per_graph.to(out["energy"].dtype)
+            total = total + weights.energy * (((out["energy"] - batch.energy) / atoms / stats["energy_scale"]) ** 2).mean()
         if weights.forces > 0 and batch.forces is not None and "forces" in out:
             total = total + weights.forces * (((out["forces"] - batch.forces) / stats["forces_rms"]) ** 2).mean()
         if weights.stress > 0 and batch.stress is not None and "stress" in out:
             total = total + weights.stress * (((out["stress"] - batch.stress) / stats["stress_rms"]) ** 2).mean()
         for key, weight in weights.properties.items():
-            if key not in out:
-                raise ValueError(f"loss.properties has {key!r} but model {self.config.model.name!r} does not predict it")
+            predicted = self.config.data.prediction_keys.get(key, key)
+            if predicted not in out:
+                raise ValueError(f"loss.properties has {key!r} but model {self.config.model.name!r} does not predict "
+                                 f"{predicted!r} (it predicts {sorted(out)}; map labels with data.prediction_keys)")
             target = batch.properties.get(key, batch.atom_properties.get(key))
-            total = total + weight * (((out[key] - target) / stats["property_std"][key]) ** 2).mean()
+            error = out[predicted].reshape(target.shape) - target
+            total = total + weight * ((error / stats["property_std"][key]) ** 2).mean()
         return total
 
     def fit(self) -> TrainResult:
@@ -273,7 +308,8 @@ class Trainer:
         result = TrainResult(self.output_dir, epoch, self.best_epoch, self.best_valid_loss, stopped_early,
                              valid_metrics=dict(best["valid_metrics"]))
         if self.test_graphs:
-            result.test_metrics = evaluate(self.model, self.test_graphs, self._valid_batch_size(), self.device)
+            result.test_metrics = evaluate(self.model, self.test_graphs, self._valid_batch_size(), self.device,
+                                           prediction_keys=config.data.prediction_keys)
             result.baseline_metrics = mean_baseline_metrics(self.train_graphs, self.test_graphs)
             with atomic_path(self.output_dir / "test_metrics.json") as tmp:
                 tmp.write_text(json.dumps({"model": result.test_metrics, "baselines": result.baseline_metrics}, indent=1))
@@ -292,7 +328,7 @@ class Trainer:
         for indices in progress:
             batch = AtomicGraph.collate([self.train_graphs[i] for i in indices]).to(self.device)
             lr = self.schedule.apply()
-            out = self.model(batch, compute_forces=self.use_forces, compute_stress=self.use_stress)
+            out = model_outputs(self.model, batch, self.use_forces, self.use_stress)
             loss = self.loss(batch, out)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -307,7 +343,8 @@ class Trainer:
             raise FloatingPointError(f"training loss became {loss_sum} in epoch {epoch}; lower optimizer.lr or set grad_clip")
 
         with self.ema.applied(self.model) if self.ema is not None else contextlib.nullcontext():
-            valid = evaluate(self.model, self.valid_graphs, self._valid_batch_size(), self.device, self.loss)
+            valid = evaluate(self.model, self.valid_graphs, self._valid_batch_size(), self.device, self.loss,
+                             config.data.prediction_keys)
         valid_loss = valid.pop("loss")
         if not math.isfinite(valid_loss):
             raise FloatingPointError(f"validation loss became {valid_loss} in epoch {epoch}; lower optimizer.lr or set grad_clip")
@@ -388,12 +425,13 @@ class Trainer:
             tmp.write_text(yaml.safe_dump(values, sort_keys=False))
 
 
-def _energy_head(model: torch.nn.Module) -> EnergyHead:
-    """The model's :class:`EnergyHead`, which receives the training-set statistics."""
+def _energy_head(model: torch.nn.Module) -> Optional[EnergyHead]:
+    """The model's :class:`EnergyHead`, which receives the training-set statistics (None for a
+    model that predicts no energy)."""
     heads = [m for m in model.modules() if isinstance(m, EnergyHead)]
-    if len(heads) != 1:
-        raise ValueError(f"the trainer needs a model with exactly one EnergyHead, {type(model).__name__} has {len(heads)}")
-    return heads[0]
+    if len(heads) > 1:
+        raise ValueError(f"the trainer needs a model with at most one EnergyHead, {type(model).__name__} has {len(heads)}")
+    return heads[0] if heads else None
 
 
 def _differences(old: Dict[str, Any], new: Dict[str, Any], prefix: str = "") -> List[str]:
