@@ -16,7 +16,7 @@ class LennardJonesModel(MessagePassing):
     def pair_energy(self, r):
         return 4 * self.epsilon * ((self.sigma / r) ** 12 - (self.sigma / r) ** 6)
 
-    def forward(self, graph: AtomicGraph, compute_stress: bool = True):
+    def forward(self, graph: AtomicGraph, compute_forces: bool = True, compute_stress: bool = True):
         periodic = bool(graph.pbc.any())
         geometry = self.geometry(graph, forces=True, stress=compute_stress and periodic)
         shift = self.pair_energy(torch.tensor(self.cutoff, dtype=geometry.lengths.dtype))

@@ -5,6 +5,7 @@ from ase.build import bulk, molecule
 from ase.calculators.lj import LennardJones
 
 from sciml.graph import AtomicGraph, BesselBasis, CosineEnvelope, GaussianBasis, PolynomialEnvelope
+from sciml.testing import check_conservative
 from pair_potential import LennardJonesModel
 
 
@@ -38,30 +39,20 @@ def test_energy_forces_stress_equal_ase_lennard_jones(kind):
 def test_forces_and_stress_equal_finite_differences():
     atoms = bulk("Ar", "fcc", a=5.2).repeat((2, 1, 1))
     atoms.rattle(0.2, seed=0)
-    model = LennardJonesModel(3.4, 0.0104, 7.0)
+    errors = check_conservative(LennardJonesModel(3.4, 0.0104, 7.0), atoms, step=1e-5, components=12)
+    assert errors["forces"] < 1e-8 and errors["stress"] < 1e-9
 
-    def energy(a):
-        return float(model(AtomicGraph.from_ase(a, cutoff=7.0, dtype=torch.float64))["energy"])
 
-    out = model(AtomicGraph.from_ase(atoms, cutoff=7.0, dtype=torch.float64))
-    h = 1e-5
-    for atom, axis in [(0, 0), (1, 2)]:
-        plus, minus = atoms.copy(), atoms.copy()
-        plus.positions[atom, axis] += h
-        minus.positions[atom, axis] -= h
-        assert -(energy(plus) - energy(minus)) / (2 * h) == pytest.approx(float(out["forces"][atom, axis]), abs=1e-8)
-    for a, b in [(0, 0), (0, 1), (2, 1)]:
-        # d/d eps_ab of a symmetric strain: eps_ab = eps_ba = h/2 for a != b, eps_aa = h.
-        strain = np.zeros((3, 3))
-        strain[a, b] += h / 2
-        strain[b, a] += h / 2
-        values = []
-        for sign in (1, -1):
-            strained = atoms.copy()
-            strained.set_cell(atoms.cell.array @ (np.eye(3) + sign * strain), scale_atoms=True)
-            values.append(energy(strained))
-        derivative = (values[0] - values[1]) / (2 * h) / atoms.get_volume()
-        assert derivative == pytest.approx(float(out["stress"][0, a, b]), abs=1e-9)
+def test_consistency_checker_catches_non_conservative_forces():
+    class Scaled(LennardJonesModel):
+        def forward(self, graph, compute_forces=True, compute_stress=True):
+            out = super().forward(graph, compute_forces, compute_stress)
+            return {name: value * (1.1 if name in ("forces", "stress") else 1.0) for name, value in out.items()}
+
+    atoms = bulk("Ar", "fcc", a=5.2).repeat((2, 1, 1))
+    atoms.rattle(0.2, seed=0)
+    errors = check_conservative(Scaled(3.4, 0.0104, 7.0), atoms, step=1e-5)
+    assert errors["forces"] > 1e-4 and errors["stress"] > 1e-6
 
 
 def derivatives(module, r):
