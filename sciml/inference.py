@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -22,6 +24,23 @@ def model_device(model: torch.nn.Module) -> torch.device:
     return next((p.device for p in model.parameters()), torch.device("cpu"))
 
 
+@functools.lru_cache(maxsize=None)
+def _accepts_derivative_flags(forward: Callable) -> bool:
+    parameters = inspect.signature(forward).parameters
+    return "compute_forces" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+
+
+def model_outputs(
+    model: torch.nn.Module, batch: AtomicGraph, compute_forces: bool = False, compute_stress: bool = False
+) -> Dict[str, torch.Tensor]:
+    """``model(batch)``: a dict of predictions. ``compute_forces``/``compute_stress`` are passed
+    to models whose ``forward`` takes them (energy models); any other model, e.g. one that
+    predicts positions, is called with the batch alone."""
+    if _accepts_derivative_flags(type(model).forward):
+        return model(batch, compute_forces=compute_forces, compute_stress=compute_stress)
+    return model(batch)
+
+
 def predict_batches(
     model: torch.nn.Module,
     graphs: Sequence[AtomicGraph],
@@ -34,7 +53,8 @@ def predict_batches(
 
     Yields each collated batch (on ``device``, default the model's) and the model's outputs with
     the autograd graph dropped: energy (B,) eV, forces (N, 3) eV/Å, stress (B, 3, 3) eV/Å^3.
-    ``compute_stress`` None asks for stress when the batch has a periodic structure.
+    ``compute_stress`` None asks for stress when the batch has a periodic structure (True asks
+    for it only then too). Any model works: see :func:`model_outputs`.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -44,8 +64,8 @@ def predict_batches(
     try:
         for start in range(0, len(graphs), batch_size):
             batch = AtomicGraph.collate(list(graphs[start:start + batch_size])).to(device)
-            stress = bool(batch.pbc.any()) if compute_stress is None else compute_stress
-            out = model(batch, compute_forces=compute_forces, compute_stress=stress)
+            stress = compute_stress is not False and bool(batch.pbc.any())
+            out = model_outputs(model, batch, compute_forces, stress)
             yield batch, {k: v.detach() for k, v in out.items()}
     finally:
         model.train(was_training)

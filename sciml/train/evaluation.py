@@ -6,55 +6,17 @@ RMSE over Cartesian components), stress in meV/Å^3, properties in the units of 
 
 from __future__ import annotations
 
-import functools
-import inspect
-from typing import Callable, Dict, Iterator, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, Mapping, Optional, Sequence
 
 import torch
 
 from sciml.graph.atomic_graph import AtomicGraph
-from sciml.inference import model_device
+from sciml.inference import predict_batches
 from sciml.models.heads import element_counts, fit_element_energies
 
 _MEV = 1000.0
 
 LossFn = Callable[[AtomicGraph, Dict[str, torch.Tensor]], torch.Tensor]
-
-
-@functools.lru_cache(maxsize=None)
-def _accepts_derivative_flags(forward: Callable) -> bool:
-    parameters = inspect.signature(forward).parameters
-    return "compute_forces" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
-
-
-def model_outputs(
-    model: torch.nn.Module, batch: AtomicGraph, compute_forces: bool = False, compute_stress: bool = False
-) -> Dict[str, torch.Tensor]:
-    """``model(batch)``: a dict of predictions. ``compute_forces``/``compute_stress`` are passed
-    to models whose ``forward`` takes them (energy models); any other model, e.g. one that
-    predicts positions, is called with the batch alone."""
-    if _accepts_derivative_flags(type(model).forward):
-        return model(batch, compute_forces=compute_forces, compute_stress=compute_stress)
-    return model(batch)
-
-
-def _predict_batches(
-    model: torch.nn.Module, graphs: Sequence[AtomicGraph], batch_size: int, device, compute_forces: bool,
-    compute_stress: bool,
-) -> Iterator[Tuple[AtomicGraph, Dict[str, torch.Tensor]]]:
-    """Like :func:`sciml.inference.predict_batches`, for any model (see :func:`model_outputs`)."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    device = torch.device(device) if device is not None else model_device(model)
-    was_training = model.training
-    model.eval()
-    try:
-        for start in range(0, len(graphs), batch_size):
-            batch = AtomicGraph.collate(list(graphs[start:start + batch_size])).to(device)
-            out = model_outputs(model, batch, compute_forces, compute_stress and bool(batch.pbc.any()))
-            yield batch, {k: v.detach() for k, v in out.items()}
-    finally:
-        model.train(was_training)
 
 
 def evaluate(
@@ -86,7 +48,7 @@ def evaluate(
         sums[name] = sums.get(name, 0.0) + float(total)
         counts[name] = counts.get(name, 0) + count
 
-    for batch, out in _predict_batches(model, graphs, batch_size, device, compute_forces=first.forces is not None,
+    for batch, out in predict_batches(model, graphs, batch_size, device, compute_forces=first.forces is not None,
                                        compute_stress=first.stress is not None):
         structures = batch.num_graphs
         if loss_fn is not None:

@@ -39,7 +39,8 @@ from sciml.io.files import atomic_path
 from sciml.models import build_model
 from sciml.models.heads import EnergyHead, fit_element_energies
 from sciml.train.config import TrainConfig
-from sciml.train.evaluation import evaluate, format_metrics, mean_baseline_metrics, model_outputs
+from sciml.inference import model_outputs
+from sciml.train.evaluation import evaluate, format_metrics, mean_baseline_metrics
 from sciml.train.optim import ExponentialMovingAverage, LearningRateSchedule, build_optimizer
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -189,7 +190,9 @@ class Trainer:
         if model_cutoff is not None and cutoff < model_cutoff:
             raise ValueError(f"data.cutoff {cutoff} Å is smaller than the model's cutoff {model_cutoff} Å")
         max_neighbors = data.max_neighbors if data.max_neighbors is not None else getattr(self.model, "max_neighbors", None)
-        required = (["energy"] if data.energy_key is not None else []) + (["forces"] if self.config.loss.forces > 0 and data.forces_key is not None else [])
+        required = ["energy"] if data.energy_key is not None else []
+        if self.config.loss.forces > 0 and data.forces_key is not None:
+            required.append("forces")
         frames = read_structures(data.path, ":", data.energy_key, data.forces_key, data.stress_key,
                                  data.property_keys, required)
         return load_graph_dataset(frames, cutoff, max_neighbors, data.energy_key, data.forces_key, data.stress_key,
