@@ -21,20 +21,25 @@ Usage (from the repository root)::
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, Sequence, Tuple
 
 import ase
 import ase.io
 import numpy as np
 
-from sciml.data.generators.nbody import load_nbody, nbody_samples, save_nbody, simulate_charged_nbody
+from sciml.data.generators.nbody import (
+    load_nbody,
+    nbody_samples,
+    save_nbody,
+    simulate_charged_nbody,
+)
 
 # (name, first simulation, count) of the reference's nbody_small split with --num-train 10000.
-REFERENCE_SETS: Tuple[Tuple[str, int, int], ...] = (("train", 0, 3000), ("valid", 10000, 2000), ("test", 12000, 2000))
+REFERENCE_SETS: tuple[tuple[str, int, int], ...] = (("train", 0, 3000), ("valid", 10000, 2000), ("test", 12000, 2000))
 
 
-def nbody_frames(sim: Dict[str, np.ndarray], frame_in: int = 30, frame_out: int = 40) -> list:
+def nbody_frames(sim: dict[str, np.ndarray], frame_in: int = 30, frame_out: int = 40) -> list:
     """One ``ase.Atoms`` per simulation (see the module docstring for its arrays)."""
     samples = nbody_samples(sim, frame_in, frame_out)
     frames = []
@@ -47,7 +52,7 @@ def nbody_frames(sim: Dict[str, np.ndarray], frame_in: int = 30, frame_out: int 
     return frames
 
 
-def select_sets(sim: Dict[str, np.ndarray], sets: Sequence[Tuple[str, int, int]] = REFERENCE_SETS):
+def select_sets(sim: dict[str, np.ndarray], sets: Sequence[tuple[str, int, int]] = REFERENCE_SETS):
     """The simulations of ``sets`` concatenated in order, and each set's ``[start, stop)`` range."""
     if max(first + count for _, first, count in sets) > len(sim["loc"]):
         raise ValueError(f"the sets {sets} need more than the {len(sim['loc'])} simulations given")
