@@ -10,10 +10,6 @@ from sciml import __version__
 from sciml.cli import bench, check, data, md, plot, predict, train
 
 
-class CommandError(Exception):
-    """A user-facing failure: printed as one line (a traceback only with ``--debug``)."""
-
-
 # Each module registers its subcommand(s); md registers both "md" and "relax".
 MODULES = (train, predict, md, data, check, plot, bench)
 
@@ -40,7 +36,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     try:
         return int(args.run(args) or 0)
-    except (CommandError, ValueError, FileNotFoundError, KeyError) as err:
+    # User-facing failures (bad input, files, diverged training) print one line; --debug re-raises.
+    except (ValueError, FileNotFoundError, PermissionError, FloatingPointError, KeyError) as err:
         if args.debug:
             raise
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
