@@ -73,7 +73,7 @@ def test_prepare_writes_inputs_targets_and_reference_split(sim, dataset):
         prepare.select_sets(sim, (("train", 0, 400),))
 
 
-def test_training_positions_beats_constant_position_baseline(dataset, tmp_path):
+def test_training_positions_beats_constant_position_baseline(dataset, tmp_path, capsys):
     path, ranges = dataset
     config = config_for(path, ranges, tmp_path / "run", "epochs=6", "batch_size=20", "optimizer.lr=1e-3",
                         "model.options={hidden: 32, layers: 3}")
@@ -94,6 +94,13 @@ def test_training_positions_beats_constant_position_baseline(dataset, tmp_path):
     assert result.test_metrics["positions_target_mse"] < prepare.constant_position_mse(ase.io.read(path, index="260:300"))
     header = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[0]
     assert "valid_positions_target_mse" in header
+
+    # `sciml eval` takes the label keys from the checkpoint's training config.
+    from sciml.cli.main import main
+
+    assert main(["eval", "--checkpoint", str(tmp_path / "run" / "best.pt"), str(path)]) == 0
+    printed = capsys.readouterr().out
+    assert "positions_target_mse" in printed and "(300 structures)" in printed
 
 
 def test_split_ranges_and_property_models_are_checked(dataset, tmp_path):

@@ -9,6 +9,7 @@ TRAIN_EXAMPLES = """  sciml train workflows/ethanol/egnn.yaml
   sciml train config.yaml --output-dir runs/try2 --resume      # continue from runs/try2/last.pt
 """
 EVAL_EXAMPLES = """  sciml eval --checkpoint runs/ethanol/best.pt datasets/ethanol_xtb_500K/ethanol_xtb_500K.extxyz
+  sciml eval --checkpoint runs/nbody_egnn/best.pt datasets/nbody/nbody_small.extxyz   # keys from training
   sciml eval --checkpoint model.pt test.extxyz --energy-key REF_energy --forces-key REF_forces
 """
 
@@ -33,9 +34,10 @@ def register(sub) -> None:
     evaluate = add_command(sub, "eval", "evaluate a checkpoint on a labelled data file", EVAL_EXAMPLES)
     evaluate.add_argument("--checkpoint", required=True)
     evaluate.add_argument("data", help="labelled structures (extxyz, ase db, ...)")
-    evaluate.add_argument("--energy-key", default="energy")
-    evaluate.add_argument("--forces-key", default="forces")
-    evaluate.add_argument("--stress-key", default="stress")
+    # Label keys default to those the checkpoint was trained with (its stored training config).
+    evaluate.add_argument("--energy-key", help="label key of energies ('none' to ignore)")
+    evaluate.add_argument("--forces-key", help="label key of forces ('none' to ignore)")
+    evaluate.add_argument("--stress-key", help="label key of stress ('none' to ignore)")
     evaluate.add_argument("--batch-size", type=int, default=32)
     evaluate.add_argument("--device", default="cpu")
     evaluate.set_defaults(run=run_eval)
@@ -58,13 +60,21 @@ def run_train(args) -> int:
 def run_eval(args) -> int:
     from sciml.data.readers import load_graph_dataset
     from sciml.inference import load_model
+    from sciml.io import load_checkpoint
     from sciml.train import evaluate, format_metrics
 
     model = load_model(args.checkpoint, device=args.device)
+    data = load_checkpoint(args.checkpoint).get("train_config", {}).get("data", {})
+    keys = {}
+    for name, default in (("energy_key", "energy"), ("forces_key", "forces"), ("stress_key", "stress")):
+        value = getattr(args, name)
+        value = data.get(name, default) if value is None else value
+        keys[name] = None if value in (None, "none") else value
     graphs = load_graph_dataset(
         args.data, cutoff=model.cutoff, max_neighbors=model.max_neighbors,
-        energy_key=args.energy_key, forces_key=args.forces_key, stress_key=args.stress_key,
+        property_keys=data.get("property_keys", []), **keys,
     )
-    metrics = evaluate(model, graphs, batch_size=args.batch_size, device=args.device)
+    metrics = evaluate(model, graphs, batch_size=args.batch_size, device=args.device,
+                       prediction_keys=data.get("prediction_keys") or None)
     print(format_metrics(metrics, title=f"{args.checkpoint} on {args.data} ({len(graphs)} structures)"))
     return 0
