@@ -100,7 +100,7 @@ def predict(
         graph.require_neighbors(f"structure {number} ({atoms.get_chemical_formula()})")
         graphs.append(graph)
     results: List[dict] = []
-    for batch, out in predict_batches(model, graphs, batch_size, device, compute_stress=None if compute_stress is not False else False):
+    for batch, out in predict_batches(model, graphs, batch_size, device, compute_stress=compute_stress):
         for k in range(batch.num_graphs):
             lo, hi = int(batch.ptr[k]), int(batch.ptr[k + 1])
             row = {"energy": float(out["energy"][k]), "forces": out["forces"][lo:hi].cpu().double().numpy()}

@@ -27,7 +27,10 @@ class MessagePassing(nn.Module):
         self.max_neighbors = max_neighbors
 
     def check_graph(self, graph: AtomicGraph) -> None:
-        """Raise ValueError when ``graph`` was not built for this model's cutoff."""
+        """Raise ValueError when ``graph`` was not built for this model's cutoff, or its edges were
+        never built for a multi-atom structure (isolated atoms of a built graph are fine)."""
+        if graph.num_edges == 0 and graph.cutoff is None and bool((graph.num_atoms_per_graph > 1).any()):
+            raise ValueError(f"graph has no edges; build it with cutoff={self.cutoff} (graph.with_edges)")
         if self.cutoff is not None and graph.cutoff is not None and graph.cutoff + 1e-9 < self.cutoff:
             raise ValueError(
                 f"graph was built with cutoff {graph.cutoff} Å but the model needs {self.cutoff} Å; "

@@ -179,18 +179,7 @@ def _check_options(hidden: int, layers: int, cutoff: Optional[float], coords_ran
         raise ValueError(f"coords_range must be positive, got {coords_range!r}")
 
 
-class _EGNNModel(MessagePassing):
-    """Graph checks shared by the EGNN models."""
-
-    def check_graph(self, graph: AtomicGraph) -> None:
-        """Also reject multi-atom structures whose edges were never built (isolated atoms of a
-        built graph are fine)."""
-        super().check_graph(graph)
-        if graph.num_edges == 0 and graph.cutoff is None and bool((graph.num_atoms_per_graph > 1).any()):
-            raise ValueError(f"graph has no edges; build it with cutoff={self.cutoff} (graph.with_edges)")
-
-
-class EGNNEnergyModel(_EGNNModel):
+class EGNNEnergyModel(MessagePassing):
     """EGNN interatomic potential: energy (eV), conservative forces (eV/Å) and stress (eV/Å^3).
 
     Atoms are embedded by element, pass through ``layers`` :class:`EGNNLayer` s, and a per-atom
@@ -273,7 +262,7 @@ class EGNNEnergyModel(_EGNNModel):
         return self.head(atomic_output, graph, geometry if derivatives else None, training=self.training)
 
 
-class EGNNDynamics(_EGNNModel):
+class EGNNDynamics(MessagePassing):
     """The n-body velocity model of the paper (EGNN_vel): future positions of charged particles.
 
     Inputs per particle, from ``graph.atom_properties``: ``velocities`` (N, 3) and ``charges``
