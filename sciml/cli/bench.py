@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import argparse
+from sciml.cli.common import add_command
 
-EXAMPLES = """examples:
-  sciml bench neighbors                      # 1k, 10k, 100k atoms against ase and matscipy
+EXAMPLES = """  sciml bench neighbors                      # 1k, 10k, 100k atoms against ase and matscipy
   sciml bench neighbors --sizes 1000 10000 --cutoff 6
   sciml bench md                             # EGNN calculator MD steps/s at 32, 256, 2048 atoms
   sciml bench md --checkpoint runs/ethanol/best.pt --sizes 32 256
@@ -14,27 +13,22 @@ EXAMPLES = """examples:
 
 
 def register(sub) -> None:
-    parser = sub.add_parser(
-        "bench", help="run speed benchmarks", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = add_command(sub, "bench", "run speed benchmarks", EXAMPLES)
     targets = parser.add_subparsers(dest="target", metavar="<target>", required=True)
-    neighbors = targets.add_parser("neighbors", help="neighbour list vs ase and matscipy", epilog=EXAMPLES,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    neighbors = add_command(targets, "neighbors", "neighbour list vs ase and matscipy", EXAMPLES)
     neighbors.add_argument("--sizes", type=int, nargs="+", default=[1_000, 10_000, 100_000], help="atom counts")
     neighbors.add_argument("--cutoff", type=float, default=5.0, help="cutoff radius in Å (default 5)")
     neighbors.add_argument("--repeats", type=int, default=3, help="timed repeats; the best is reported")
     neighbors.set_defaults(run=_run_neighbors)
 
-    md = targets.add_parser("md", help="MD steps/s of the EGNN calculator", epilog=EXAMPLES,
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    md = add_command(targets, "md", "MD steps/s of the EGNN calculator", EXAMPLES)
     md.add_argument("--sizes", type=int, nargs="+", default=[32, 256, 2048], help="atom counts")
     md.add_argument("--steps", type=int, default=20, help="timed MD steps per size")
     md.add_argument("--checkpoint", help="a trained model (default: EGNN with random weights)")
     md.add_argument("--threads", type=int, default=2)
     md.set_defaults(run=_run_md)
 
-    egnn = targets.add_parser("egnn", help="EGNN forward/backward time vs the reference implementation",
-                              epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    egnn = add_command(targets, "egnn", "EGNN forward/backward time vs the reference implementation", EXAMPLES)
     egnn.set_defaults(run=_run_egnn)
 
 

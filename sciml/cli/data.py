@@ -12,8 +12,7 @@ EXAMPLES = """  sciml data generate xtb-md --molecule ethanol --frames 1500 --te
 def register(sub) -> None:
     data = add_command(sub, "data", "generate datasets", EXAMPLES)
     actions = data.add_subparsers(dest="action", metavar="<action>", required=True)
-    generate = actions.add_parser("generate", help="generate a dataset", epilog="examples:\n" + EXAMPLES,
-                                  formatter_class=data.formatter_class)
+    generate = add_command(actions, "generate", "generate a dataset", EXAMPLES)
     kinds = generate.add_subparsers(dest="kind", metavar="<kind>", required=True)
 
     md = kinds.add_parser("xtb-md", help="GFN2-xTB Langevin MD of a small molecule (needs tblite)")
