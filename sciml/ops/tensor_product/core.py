@@ -1,0 +1,198 @@
+"""The sparse tensor-product core that every fast backend implements.
+
+Every tensor product (and its gradients) is lowered to one primitive over four operands in the
+slots ``a`` (input 1), ``b`` (input 2), ``s`` (a per-channel scale, e.g. per-edge weights) and ``o``
+(output). Each operand is a row-major matrix; each *term* z (an edge, or a batch row) reads row
+``rowmap[slot][z]`` of every operand (row z where the rowmap is None). Within a row, the plan's
+*paths* address blocks in the ``ir_mul`` layout: block element (component i, channel u) sits at
+column ``offset + i * channels + u``, or ``offset + i`` for a broadcast operand (one channel shared
+by all u). For every term, path, Clebsch-Gordan entry e = (i_a, i_b, i_o, value) and channel u::
+
+    o[row_o(z), off_o + i_o.U + u] += value * a[row_a(z), off_a + i_a.U + u]
+                                            * b[row_b(z), off_b + i_b.U + u] * s[row_s(z), off_s + u]
+
+The product is symmetric in its four operands, so the gradient with respect to any input slot is
+the same primitive with that slot as the output and the incoming gradient in slot ``o``: backends
+implement only this forward, and gradients of any order follow. Only structural non-zeros of the
+Clebsch-Gordan tensors are visited, outer products are never materialised, and a non-identity
+output rowmap means the output is a scatter-sum (fused gather -> product -> scatter).
+
+A backend is a function ``(plan, operands, rowmaps, out_slot, out_rows, num_terms) -> Tensor``
+registered with :func:`register_core_backend`; it must not track gradients itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+SLOTS = ("a", "b", "s", "o")
+INDEX_COLUMN = {0: 0, 1: 1, 3: 2}  # slot -> column of ``indices``; slot s has no component index
+PATH_COLUMNS = ("off_a", "off_b", "off_s", "off_o", "bc_a", "bc_b", "bc_s", "bc_o", "channels", "begin", "end")
+
+
+@dataclass
+class CorePlan:
+    """Static description of one sparse core: operand widths, paths and Clebsch-Gordan entries.
+
+    ``paths`` is int64 (P, 11) with the columns of ``PATH_COLUMNS``; ``indices`` int64 (n, 3) holds
+    each entry's component index in slots a, b, o; ``values`` float64 (n,) the coefficients
+    (Clebsch-Gordan value times the path's normalisation).
+    """
+
+    widths: Tuple[int, int, int, int]
+    paths: np.ndarray
+    indices: np.ndarray
+    values: np.ndarray
+    _device_cache: Dict = field(default_factory=dict, repr=False, compare=False)
+
+    def tensors(self, device: torch.device) -> tuple:
+        """(paths, indices, values) as torch tensors on ``device`` (cached)."""
+        key = str(device)
+        if key not in self._device_cache:
+            self._device_cache[key] = (
+                torch.as_tensor(self.paths, dtype=torch.int64, device=device),
+                torch.as_tensor(self.indices, dtype=torch.int64, device=device),
+                torch.as_tensor(self.values, dtype=torch.float64, device=device),
+            )
+        return self._device_cache[key]
+
+    def addresses(self, slot: int, path: int, device: torch.device) -> torch.Tensor:
+        """Column of every (entry, channel) of ``path`` in operand ``slot``: int64 (n_entries, U)."""
+        key = ("addr", slot, path, str(device))
+        if key not in self._device_cache:
+            row = self.paths[path]
+            begin, end, channels = int(row[9]), int(row[10]), int(row[8])
+            broadcast = bool(row[4 + slot])
+            component = (
+                self.indices[begin:end, INDEX_COLUMN[slot]] if slot in INDEX_COLUMN else np.zeros(end - begin, np.int64)
+            )
+            stride = 1 if broadcast else channels
+            channel = np.zeros(channels, np.int64) if broadcast else np.arange(channels)
+            columns = int(row[slot]) + component[:, None] * stride + channel[None, :]
+            self._device_cache[key] = torch.as_tensor(columns, dtype=torch.int64, device=device)
+        return self._device_cache[key]
+
+
+CoreBackend = Callable[..., torch.Tensor]
+_CORE_BACKENDS: Dict[str, CoreBackend] = {}
+
+
+def register_core_backend(name: str, function: CoreBackend) -> None:
+    """Make ``function`` available as the sparse core of backend ``name``."""
+    _CORE_BACKENDS[name] = function
+
+
+def core_backend(name: str) -> CoreBackend:
+    if name not in _CORE_BACKENDS:
+        raise ValueError(f"tensor-product core backend {name!r} is not available; have {sorted(_CORE_BACKENDS)}")
+    return _CORE_BACKENDS[name]
+
+
+def _row(rowmap: Optional[torch.Tensor], num_terms: int, device: torch.device) -> torch.Tensor:
+    return rowmap if rowmap is not None else torch.arange(num_terms, device=device)
+
+
+def torch_core(
+    plan: CorePlan,
+    operands: Sequence[Optional[torch.Tensor]],
+    rowmaps: Sequence[Optional[torch.Tensor]],
+    out_slot: int,
+    out_rows: int,
+    num_terms: int,
+) -> torch.Tensor:
+    """Portable core in plain torch ops (gather, multiply, index_add); used where no kernel is built."""
+    reference = next(op for op in operands if op is not None)
+    device, dtype = reference.device, reference.dtype
+    width = plan.widths[out_slot]
+    out = torch.zeros(out_rows * width, dtype=dtype, device=device)
+    _, _, values = plan.tensors(device)
+    out_row = _row(rowmaps[out_slot], num_terms, device)
+    inputs = [slot for slot in range(4) if slot != out_slot]
+    for path in range(plan.paths.shape[0]):
+        begin, end = int(plan.paths[path, 9]), int(plan.paths[path, 10])
+        if end == begin:
+            continue
+        product = values[begin:end].to(dtype)[None, :, None]
+        for slot in inputs:
+            rows = operands[slot][_row(rowmaps[slot], num_terms, device)]
+            product = product * rows[:, plan.addresses(slot, path, device)]
+        columns = plan.addresses(out_slot, path, device)
+        product = product.expand(num_terms, *columns.shape)
+        flat = (out_row[:, None, None] * width + columns[None]).reshape(-1)
+        out.index_add_(0, flat, product.reshape(-1))
+    return out.view(out_rows, width)
+
+
+register_core_backend("torch", torch_core)
+
+
+class _SparseCore(torch.autograd.Function):
+    """Autograd wrapper: the gradient for an input slot is the core with that slot as the output."""
+
+    @staticmethod
+    def forward(ctx, config, *inputs):
+        plan, rowmaps, out_slot, out_rows, num_terms, backend = config
+        slots = [slot for slot in range(4) if slot != out_slot]
+        operands = [None] * 4
+        for slot, tensor in zip(slots, inputs):
+            operands[slot] = tensor.contiguous()
+        ctx.config = config
+        ctx.slots = slots
+        ctx.save_for_backward(*inputs)
+        return core_backend(backend)(plan, operands, rowmaps, out_slot, out_rows, num_terms)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        plan, rowmaps, out_slot, out_rows, num_terms, backend = ctx.config
+        inputs = ctx.saved_tensors
+        operands = [None] * 4
+        for slot, tensor in zip(ctx.slots, inputs):
+            operands[slot] = tensor
+        operands[out_slot] = grad_out.contiguous()
+        grads = []
+        for position, slot in enumerate(ctx.slots):
+            if not ctx.needs_input_grad[position + 1]:
+                grads.append(None)
+                continue
+            others = list(operands)
+            others[slot] = None
+            grads.append(sparse_core(plan, others, rowmaps, slot, inputs[position].shape[0], num_terms, backend))
+        return (None, *grads)
+
+
+def sparse_core(
+    plan: CorePlan,
+    operands: Sequence[Optional[torch.Tensor]],
+    rowmaps: Sequence[Optional[torch.Tensor]],
+    out_slot: int,
+    out_rows: int,
+    num_terms: int,
+    backend: str = "torch",
+) -> torch.Tensor:
+    """Differentiable sparse core (see the module docstring); returns (out_rows, widths[out_slot]).
+
+    ``operands`` has four entries in slot order with ``None`` at ``out_slot``; ``rowmaps`` four int64
+    (num_terms,) row maps or None (identity).
+    """
+    slots = [slot for slot in range(4) if slot != out_slot]
+    config = (plan, tuple(rowmaps), out_slot, out_rows, num_terms, backend)
+    return _SparseCore.apply(config, *[operands[slot] for slot in slots])
+
+
+def sorted_rows(rowmap: Optional[torch.Tensor], out_rows: int, num_terms: int) -> tuple:
+    """CSR view of the terms grouped by output row: (ptr (out_rows+1,), order (num_terms,) or None).
+
+    Terms of row n are ``order[ptr[n]:ptr[n+1]]`` in increasing term order (a stable sort), so
+    kernels can sum each row without atomics, deterministically. ``order`` is None for the identity.
+    """
+    if rowmap is None:
+        return torch.arange(num_terms + 1, dtype=torch.int64), None
+    order = torch.sort(rowmap, stable=True).indices
+    counts = torch.bincount(rowmap, minlength=out_rows)
+    ptr = torch.zeros(out_rows + 1, dtype=torch.int64, device=rowmap.device)
+    torch.cumsum(counts, 0, out=ptr[1:])
+    return ptr, order

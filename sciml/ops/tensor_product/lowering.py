@@ -1,0 +1,298 @@
+"""Lowering of a tensor product onto the sparse core (see ``core.py``) plus dense channel mixing.
+
+Each instruction becomes one core path; what the core cannot express directly is done by dense
+torch ops around it:
+
+- ``uvu`` with mul2 = 1, ``uuu``, ``uvuv``: straight onto the core, per-sample or shared weights as
+  the core's per-channel scale ``s`` (fused, never a separate pass);
+- ``uvu``/``uvv`` with both multiplicities > 1: the weights are first contracted with the input
+  whose channel is summed (one small batched matmul), then the core runs channelwise;
+- ``uvw``/``uuw``: the core computes the unweighted channelwise product into a temporary block,
+  which one GEMM with the weights mixes into the output channels (the GEMM is where a fully
+  connected product spends its FLOPs, at matmul speed);
+- outer products of channels (``uvuv``, ``uvw`` with both multiplicities > 1) expand the channel
+  index of the inputs, as e3nn does.
+
+All paths of one product go into a single core call, and the output slot sums paths sharing an
+output irrep. Features are converted from e3nn's ``mul_ir`` layout to ``ir_mul`` for the core (so
+its inner loop runs over contiguous channels) and back.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from sciml.ops.irreps import clebsch_gordan
+from sciml.ops.tensor_product.core import CorePlan, sparse_core
+from sciml.ops.tensor_product.instructions import Path
+
+A, B, S, O = 0, 1, 2, 3
+
+
+def ir_mul_columns(sl: slice, mul: int, dim: int) -> np.ndarray:
+    """Columns of block ``sl`` (mul copies of a dim-component irrep, mul_ir order) in ir_mul order."""
+    return (sl.start + np.arange(mul)[None, :] * dim + np.arange(dim)[:, None]).reshape(-1)
+
+
+class _Permute(torch.autograd.Function):
+    """``x[:, columns]`` for a permutation of all columns; the gradient is the inverse permutation."""
+
+    @staticmethod
+    def forward(ctx, x, columns, inverse):
+        ctx.columns, ctx.inverse = columns, inverse
+        return x.index_select(1, columns)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _Permute.apply(grad, ctx.inverse, ctx.columns), None, None
+
+
+def select_columns(x: torch.Tensor, columns: np.ndarray, cache: dict) -> torch.Tensor:
+    """``x[:, columns]``: no copy for the identity, a cheap permutation where possible."""
+    if len(columns) == x.shape[1] and np.array_equal(columns, np.arange(x.shape[1])):
+        return x
+    key = (columns.tobytes(), str(x.device))
+    if key not in cache:
+        index = torch.as_tensor(columns, dtype=torch.int64, device=x.device)
+        is_permutation = len(columns) == x.shape[1] and np.array_equal(np.sort(columns), np.arange(x.shape[1]))
+        inverse = torch.as_tensor(np.argsort(columns), dtype=torch.int64, device=x.device) if is_permutation else None
+        cache[key] = (index, inverse)
+    index, inverse = cache[key]
+    if inverse is not None:
+        return _Permute.apply(x, index, inverse)
+    return x.index_select(1, index)
+
+
+def _entries(path: Path, swap: bool) -> tuple:
+    cg = clebsch_gordan(path.l1, path.l2, path.l3)
+    i, j, k = np.nonzero(cg)
+    values = cg[i, j, k] * path.coefficient
+    index = np.stack([j, i, k] if swap else [i, j, k], axis=1)
+    return index.astype(np.int64), values
+
+
+class _Operand:
+    """Blocks of one core operand: column gathers from an input (deduplicated) or derived tensors."""
+
+    def __init__(self) -> None:
+        self.blocks: List[tuple] = []  # ("gather", source, columns) or ("derived", make)
+        self.origins: set = set()
+        self.width = 0
+        self._gathered: dict = {}
+
+    def gather(self, source: str, columns: np.ndarray) -> int:
+        key = (source, columns.tobytes())
+        if key not in self._gathered:
+            self._gathered[key] = self.width
+            self.blocks.append(("gather", source, columns))
+            self.origins.add(source)
+            self.width += len(columns)
+        return self._gathered[key]
+
+    def derived(self, width: int, make: Callable, origin: str) -> int:
+        offset = self.width
+        self.blocks.append(("derived", make))
+        self.origins.add(origin)
+        self.width += width
+        return offset
+
+    def build(self, env: dict, cache: dict) -> torch.Tensor:
+        pieces, pending = [], None  # merge consecutive gathers from one source into one index_select
+        for block in self.blocks:
+            if block[0] == "gather":
+                if pending is not None and pending[0] == block[1]:
+                    pending[1].append(block[2])
+                    continue
+                if pending is not None:
+                    pieces.append(select_columns(env[pending[0]], np.concatenate(pending[1]), cache))
+                pending = (block[1], [block[2]])
+            else:
+                if pending is not None:
+                    pieces.append(select_columns(env[pending[0]], np.concatenate(pending[1]), cache))
+                    pending = None
+                pieces.append(block[1](env))
+        if pending is not None:
+            pieces.append(select_columns(env[pending[0]], np.concatenate(pending[1]), cache))
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
+
+
+class LoweredTensorProduct:
+    """A tensor product as one sparse-core call plus dense channel mixing.
+
+    Args:
+        paths: normalised instructions (``instructions.build_paths``).
+        dim_out: flat output size.
+        out_blocks: (slice, mul, dim) of every output irrep.
+        shared_weights: weights are (1, weight_numel) rather than (Z, weight_numel).
+    """
+
+    def __init__(self, paths: Sequence[Path], dim_out: int, out_blocks: Sequence[tuple], shared_weights: bool):
+        self.dim_out = dim_out
+        self.out_blocks = list(out_blocks)
+        self.shared = shared_weights
+        self.mixers: List[Callable] = []
+        self._cache: dict = {}
+        operand = [_Operand() for _ in range(3)]
+        out_offsets = np.cumsum([0] + [mul * dim for _, mul, dim in self.out_blocks])
+        self.out_columns = np.concatenate(
+            [ir_mul_columns(slice(int(out_offsets[i]), None), mul, dim) for i, (_, mul, dim) in enumerate(self.out_blocks)]
+            or [np.zeros(0, np.int64)]
+        )
+        self.out_back = np.argsort(self.out_columns)  # ir_mul buffer -> mul_ir output
+        out_width = dim_out
+        rows, indices, values = [], [], []
+        one = np.zeros(1, np.int64)
+
+        for path in paths:
+            d1, d2, d3 = 2 * path.l1 + 1, 2 * path.l2 + 1, 2 * path.l3 + 1
+            u_mul, v_mul = path.mul1, path.mul2
+            if 0 in (u_mul, v_mul, path.mul_out):
+                continue
+            cols1 = ir_mul_columns(path.slice1, u_mul, d1)
+            cols2 = ir_mul_columns(path.slice2, v_mul, d2)
+            weight_cols = np.arange(path.weight_slice.start, path.weight_slice.stop) if path.has_weight else None
+            swap, bc_a, bc_b, bc_o = False, 0, 0, 0
+            mode, out_offset = path.mode, int(out_offsets[path.i_out])
+            scale = None  # per-channel scale columns in the weights, or None for 1
+            if mode == "uuu" or (mode == "uvu" and v_mul == 1):
+                channels = u_mul
+                off_a = operand[A].gather("x1", cols1)
+                if mode == "uuu":
+                    off_b = operand[B].gather("x2", cols2)
+                else:
+                    off_b, bc_b = operand[B].gather("x2", cols2), 1
+                scale, off_o = weight_cols, out_offset
+            elif mode == "uvv" and u_mul == 1:
+                channels, swap = v_mul, True
+                off_a = operand[A].gather("x2", cols2)
+                off_b, bc_b = operand[B].gather("x1", cols1), 1
+                scale, off_o = weight_cols, out_offset
+            elif mode == "uvu":
+                channels, off_o = u_mul, out_offset
+                off_a = operand[A].gather("x1", cols1)
+                if path.has_weight:  # b'[z, j, u] = sum_v w[z, u, v] x2[z, v, j]
+                    make = self._mixed("x2", cols2, weight_cols, "uv,zvj->zju", v_mul, d2, (u_mul, v_mul))
+                    off_b = operand[B].derived(d2 * u_mul, make, "x2")
+                else:
+                    off_b, bc_b = operand[B].derived(d2, self._summed("x2", cols2, v_mul, d2), "x2"), 1
+            elif mode == "uvv":
+                channels, swap, off_o = v_mul, True, out_offset
+                off_a = operand[A].gather("x2", cols2)
+                if path.has_weight:  # a'[z, i, v] = sum_u w[z, u, v] x1[z, u, i]
+                    make = self._mixed("x1", cols1, weight_cols, "uv,zui->ziv", u_mul, d1, (u_mul, v_mul))
+                    off_b = operand[B].derived(d1 * v_mul, make, "x1")
+                else:
+                    off_b, bc_b = operand[B].derived(d1, self._summed("x1", cols1, u_mul, d1), "x1"), 1
+            elif mode in ("uvuv", "uvw"):
+                channels = u_mul * v_mul
+                if u_mul == 1:
+                    off_a, bc_a = operand[A].gather("x1", cols1), 1
+                else:  # channel (u, v) of the outer product reads x1 channel u
+                    off_a = operand[A].gather("x1", np.repeat(cols1.reshape(d1, u_mul), v_mul, axis=1).reshape(-1))
+                if v_mul == 1:
+                    off_b, bc_b = operand[B].gather("x2", cols2), 1
+                else:  # ... and x2 channel v
+                    off_b = operand[B].gather("x2", np.tile(cols2.reshape(d2, v_mul), (1, u_mul)).reshape(-1))
+                if mode == "uvuv":
+                    scale, off_o = weight_cols, out_offset
+                else:
+                    off_o, out_width = out_width, out_width + d3 * channels
+                    self.mixers.append(self._mixer(path, off_o, d3, channels, out_offset))
+            else:  # uuw: channelwise product, then mixed into the output channels
+                channels = u_mul
+                off_a = operand[A].gather("x1", cols1)
+                off_b = operand[B].gather("x2", cols2)
+                if path.has_weight:
+                    off_o, out_width = out_width, out_width + d3 * channels
+                    self.mixers.append(self._mixer(path, off_o, d3, channels, out_offset))
+                else:  # unweighted uuw sums the channels into mul_out = 1
+                    off_o, bc_o = out_offset, 1
+            if scale is None:
+                off_s, bc_s = operand[S].gather("ones", one), 1
+            else:
+                off_s, bc_s = operand[S].gather("w", scale), 0
+            index, value = _entries(path, swap)
+            begin = sum(len(v) for v in values)
+            indices.append(index)
+            values.append(value)
+            rows.append([off_a, off_b, off_s, off_o, bc_a, bc_b, bc_s, bc_o, channels, begin, begin + len(value)])
+
+        self.operands = operand
+        # the fused gather reads x1 through a rowmap only when operand a holds nothing but x1 columns
+        self.fused_gather = operand[A].origins == {"x1"} and "x1" not in operand[B].origins and not self.mixers
+        self.plan = CorePlan(
+            widths=(operand[A].width, operand[B].width, operand[S].width, out_width),
+            paths=np.asarray(rows, dtype=np.int64).reshape(-1, 11),
+            indices=np.concatenate(indices) if indices else np.zeros((0, 3), np.int64),
+            values=np.concatenate(values) if values else np.zeros(0),
+        )
+
+    # ---- run-time builders of derived blocks and mixers (closures over static shapes) ----
+    def _mixed(self, source: str, columns: np.ndarray, weight_cols: np.ndarray, equation: str, mul: int, dim: int, shape: tuple) -> Callable:
+        def make(env):
+            x = select_columns(env[source], columns, self._cache).reshape(-1, dim, mul).transpose(1, 2)  # (Z, mul, dim)
+            w = env["w"][:, weight_cols[0] : weight_cols[-1] + 1]
+            if self.shared:
+                mixed = torch.einsum(equation, w.reshape(shape), x)
+            else:
+                mixed = torch.einsum("z" + equation, w.reshape((-1,) + shape), x)
+            return mixed.reshape(x.shape[0], -1)
+
+        return make
+
+    def _summed(self, source: str, columns: np.ndarray, mul: int, dim: int) -> Callable:
+        return lambda env: select_columns(env[source], columns, self._cache).reshape(-1, dim, mul).sum(dim=2)
+
+    def _mixer(self, path: Path, temp_offset: int, d3: int, channels: int, out_offset: int) -> Callable:
+        """out[z, w, k] += sum_c W[c, w] temp[z, k, c] for uvw/uuw (c = (u, v) or u)."""
+        width = d3 * path.mul_out
+
+        def mix(env, out_buffer, out):
+            temp = out_buffer[:, temp_offset : temp_offset + d3 * channels].reshape(-1, d3, channels)
+            w = env["w"][:, path.weight_slice]
+            if self.shared:
+                mixed = torch.matmul(temp, w.reshape(channels, path.mul_out))
+            else:
+                mixed = torch.bmm(temp, w.reshape(-1, channels, path.mul_out))
+            update = mixed.transpose(1, 2).reshape(temp.shape[0], width)
+            out[:, out_offset : out_offset + width] += update
+
+        return mix
+
+    def __call__(
+        self,
+        x1: torch.Tensor,
+        x2: torch.Tensor,
+        weights: torch.Tensor,
+        backend: str,
+        rowmap_x1: Optional[torch.Tensor] = None,
+        rowmap_out: Optional[torch.Tensor] = None,
+        out_rows: Optional[int] = None,
+    ) -> torch.Tensor:
+        """Tensor product of ``x1`` (rows picked by ``rowmap_x1``) and ``x2`` (Z, dim2) -> (rows, dim_out).
+
+        ``weights`` is (1, weight_numel) when shared, else (Z, weight_numel). With ``rowmap_out`` the
+        Z products are summed into ``out_rows`` output rows (a fused scatter).
+        """
+        num_terms = x2.shape[0]
+        if rowmap_x1 is not None and not self.fused_gather:
+            x1, rowmap_x1 = x1[rowmap_x1], None
+        if rowmap_out is not None and self.mixers:
+            raise ValueError("a fused scatter needs products without channel-mixing GEMMs (uvw/uuw paths)")
+        rows = out_rows if rowmap_out is not None else num_terms
+        if self.plan.paths.shape[0] == 0:
+            return x1.new_zeros(rows, self.dim_out)
+        env = {"x1": x1, "x2": x2, "w": weights, "ones": weights.new_ones(weights.shape[0], 1)}
+        tensors = [self.operands[slot].build(env, self._cache) for slot in (A, B, S)]
+        rowmap_s = torch.zeros(num_terms, dtype=torch.int64, device=x2.device) if self.shared else None
+        rowmaps = [rowmap_x1, None, rowmap_s, rowmap_out]
+        out_buffer = sparse_core(self.plan, [*tensors, None], rowmaps, O, rows, num_terms, backend)
+        out = select_columns(out_buffer, self.out_back, self._cache) if self.out_back.size else out_buffer[:, :0]
+        if self.mixers:
+            out = out.clone()
+            for mix in self.mixers:
+                mix(env, out_buffer, out)
+        return out
