@@ -141,9 +141,10 @@ class TensorProduct(nn.Module):
             internal_weights=tp.internal_weights, shared_weights=tp.shared_weights, backend=backend,
         )
         if new.internal_weights and new.weight_numel > 0:
+            new = new.to(dtype=tp.weight.dtype, device=tp.weight.device)
             with torch.no_grad():
                 new.weight.copy_(tp.weight.detach())
-        return new.to(dtype=tp.weight.dtype if tp.weight.numel() else torch.get_default_dtype())
+        return new
 
 
 def _fully_connected_instructions(irreps_in1, irreps_in2, irreps_out) -> list:

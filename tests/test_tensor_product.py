@@ -1,0 +1,148 @@
+"""TensorProduct: equal to e3nn (values and gradients) on every backend, every mode, both dtypes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from e3nn import o3
+
+from sciml.ops import ChannelwiseTensorProduct, FullyConnectedTensorProduct, TensorProduct
+from sciml.ops.tensor_product import cpu
+from tp_cases import MODES, e3nn_module, random_e3nn_tensor_product
+
+CPU_BACKENDS = ["reference", "torch"] + (["cpu"] if cpu.available() else [])
+TOLERANCE = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float64: dict(rtol=1e-10, atol=1e-10)}
+
+
+def _inputs(tp, batch: int, dtype, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    x1 = torch.randn(batch, tp.irreps_in1.dim, generator=generator, dtype=dtype, requires_grad=True)
+    x2 = torch.randn(batch, tp.irreps_in2.dim, generator=generator, dtype=dtype, requires_grad=True)
+    weight = None
+    if not tp.shared_weights and tp.weight_numel:
+        weight = torch.randn(batch, tp.weight_numel, generator=generator, dtype=dtype, requires_grad=True)
+    return x1, x2, weight
+
+
+def _forward_backward(module, x1, x2, weight):
+    out = module(x1, x2) if weight is None else module(x1, x2, weight)
+    probe = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).reshape(out.shape)
+    leaves = [t for t in (x1, x2, weight) if t is not None]
+    if module.internal_weights and module.weight.numel():
+        leaves.append(module.weight)
+    grads = torch.autograd.grad((out * probe).sum(), leaves, allow_unused=True)
+    return [out, *grads]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("shared", [True, False])
+@pytest.mark.parametrize("mode", MODES)
+def test_every_backend_equals_e3nn(mode, shared, dtype):
+    for seed in range(2):
+        e3nn_tp = random_e3nn_tensor_product(seed, mode, shared, dtype=dtype)
+        inputs = _inputs(e3nn_tp, 5, dtype, seed)
+        expected = _forward_backward(e3nn_tp, *inputs)
+        ours = TensorProduct.from_e3nn(e3nn_tp)
+        assert ours.weight_numel == e3nn_tp.weight_numel
+        for backend in CPU_BACKENDS:
+            ours.backend = backend
+            for got, want in zip(_forward_backward(ours, *inputs), expected):
+                torch.testing.assert_close(got, want, **TOLERANCE[dtype], msg=f"{mode} {backend}")
+
+
+@pytest.mark.parametrize("irrep_normalization", ["component", "norm", "none"])
+@pytest.mark.parametrize("path_normalization", ["element", "path", "none"])
+def test_normalisation_arguments_match_e3nn(irrep_normalization, path_normalization):
+    irreps1, irreps2, irreps_out = o3.Irreps("2x0e+3x1o"), o3.Irreps("1x0e+2x1o+1x2e"), o3.Irreps("2x0e+2x1o+2x2e+1x1e")
+    instructions = [(i1, i2, io, "uvw", True) for i1, (_, a) in enumerate(irreps1) for i2, (_, b) in enumerate(irreps2)
+                    for io, (_, c) in enumerate(irreps_out) if c in a * b]
+    kwargs = dict(in1_var=[1.0, 2.0], in2_var=[0.5, 1.0, 3.0], out_var=[1.0, 2.0, 0.5, 1.5],
+                  irrep_normalization=irrep_normalization, path_normalization=path_normalization)
+    reference = e3nn_module(lambda: o3.TensorProduct(irreps1, irreps2, irreps_out, instructions, **kwargs), torch.float64)
+    ours = TensorProduct(irreps1, irreps2, irreps_out, instructions, **kwargs).double()
+    with torch.no_grad():
+        ours.weight.copy_(reference.weight)
+    x1, x2 = torch.randn(4, irreps1.dim, dtype=torch.float64), torch.randn(4, irreps2.dim, dtype=torch.float64)
+    torch.testing.assert_close(ours(x1, x2), reference(x1, x2), rtol=1e-12, atol=1e-12)
+
+
+def test_builders_equal_e3nn_and_broadcast_batch_dimensions():
+    irreps1, irreps2 = o3.Irreps("4x0e+3x1o+2x2e"), o3.Irreps.spherical_harmonics(2)
+    fc_e3nn = e3nn_module(lambda: o3.FullyConnectedTensorProduct(irreps1, irreps2, "3x0e+2x1o+2x2e"), torch.float64)
+    fc = FullyConnectedTensorProduct(irreps1, irreps2, "3x0e+2x1o+2x2e").double()
+    assert [p[:5] for p in fc.raw_instructions] == [i[:5] for i in fc_e3nn.instructions]
+    with torch.no_grad():
+        fc.weight.copy_(fc_e3nn.weight)
+    x1 = torch.randn(2, 3, irreps1.dim, dtype=torch.float64)
+    x2 = torch.randn(1, 3, irreps2.dim, dtype=torch.float64)
+    torch.testing.assert_close(fc(x1, x2), fc_e3nn(x1, x2))
+    assert fc(x1, x2).shape == (2, 3, fc.irreps_out.dim)
+
+    channelwise = ChannelwiseTensorProduct(irreps1, irreps2)
+    assert all(p.mode == "uvu" for p in channelwise.paths) and not channelwise.shared_weights
+    e3nn_uvu = o3.TensorProduct(irreps1, irreps2, irreps1, channelwise.raw_instructions,
+                                shared_weights=False, internal_weights=False)
+    x1, x2 = torch.randn(6, irreps1.dim), torch.randn(6, irreps2.dim)
+    weight = torch.randn(6, channelwise.weight_numel)
+    torch.testing.assert_close(channelwise(x1, x2, weight), e3nn_uvu(x1, x2, weight), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS[1:])
+def test_gradcheck_and_second_derivatives(backend):
+    irreps = o3.Irreps("2x0e+2x1o+1x2e")
+    tp = ChannelwiseTensorProduct(irreps, o3.Irreps.spherical_harmonics(2), backend=backend).double()
+    x1 = torch.randn(3, irreps.dim, dtype=torch.float64, requires_grad=True)
+    x2 = torch.randn(3, 9, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(3, tp.weight_numel, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(tp, (x1, x2, weight))
+    assert torch.autograd.gradgradcheck(tp, (x1, x2, weight))
+
+
+def test_output_rotates_with_the_inputs():
+    irreps1, irreps2, irreps_out = o3.Irreps("3x0e+2x1o+2x2e"), o3.Irreps("0e+1o+2e"), o3.Irreps("2x0e+2x1o+2x2e+1x1e")
+    tp = FullyConnectedTensorProduct(irreps1, irreps2, irreps_out).double()
+    rotation = o3.rand_matrix(dtype=torch.float64)
+    x1, x2 = torch.randn(5, irreps1.dim, dtype=torch.float64), torch.randn(5, irreps2.dim, dtype=torch.float64)
+    d1, d2, d_out = (e3nn_module(lambda: irreps.D_from_matrix(rotation), torch.float64) for irreps in (irreps1, irreps2, irreps_out))
+    torch.testing.assert_close(tp(x1 @ d1.T, x2 @ d2.T), tp(x1, x2) @ d_out.T)
+
+
+def test_backend_selection(monkeypatch):
+    tp = ChannelwiseTensorProduct("2x0e+2x1o", "0e+1o")
+    x1, x2, weight = torch.randn(4, 8), torch.randn(4, 4), torch.randn(4, tp.weight_numel)
+    expected = tp(x1, x2, weight)
+    monkeypatch.setenv("SCIML_TP_BACKEND", "torch")
+    torch.testing.assert_close(tp(x1, x2, weight), expected)
+    monkeypatch.setenv("SCIML_TP_BACKEND", "fastest")
+    with pytest.raises(ValueError, match="unknown tensor-product backend 'fastest'"):
+        tp(x1, x2, weight)
+    with pytest.raises(ValueError, match="backend 'cuda' is not usable on cpu"):
+        ChannelwiseTensorProduct("2x0e", "0e", backend="cuda")(torch.randn(1, 2), torch.randn(1, 1), torch.randn(1, 2))
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (("2x1q", "0e", "2x1q", []), r"irreps_in1: cannot parse '2x1q'"),
+        (("1o", "1o", "1o", [(0, 0, 0, "uvw", True)]), r"1o x 1o -> 1o violates parity"),
+        (("1o", "1o", "3e", [(0, 0, 0, "uvw", True)]), r"1o x 1o -> 3e violates the selection rule"),
+        (("1o", "1o", "1e", [(0, 0, 0, "uvx", True)]), r"unknown connection mode 'uvx'"),
+        (("1o", "1o", "1e", [(0, 1, 0, "uvw", True)]), r"index 1 out of range for irreps_in2"),
+        (("2x1o", "1o", "3x1e", [(0, 0, 0, "uvu", True)]), r"mode 'uvu': mul_out \(3\) must equal mul1 \(2\)"),
+    ],
+)
+def test_bad_construction_is_a_clear_value_error(arguments, message):
+    with pytest.raises(ValueError, match=message):
+        TensorProduct(*arguments)
+
+
+def test_bad_call_is_a_clear_value_error():
+    tp = ChannelwiseTensorProduct("2x0e+2x1o", "0e+1o")
+    with pytest.raises(ValueError, match=r"x1 has 7 features but irreps_in1 = 2x0e\+2x1o has dim 8"):
+        tp(torch.randn(3, 7), torch.randn(3, 4), torch.randn(3, tp.weight_numel))
+    with pytest.raises(ValueError, match=r"weights must have shape \(\.\.\., 8\)"):
+        tp(torch.randn(3, 8), torch.randn(3, 4), torch.randn(3, 5))
+    with pytest.raises(ValueError, match="no internal weights: pass `weight`"):
+        tp(torch.randn(3, 8), torch.randn(3, 4))
+    with pytest.raises(ValueError, match="batch shapes do not broadcast"):
+        tp(torch.randn(3, 8), torch.randn(2, 4), torch.randn(3, tp.weight_numel))
