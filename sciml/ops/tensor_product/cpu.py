@@ -25,7 +25,7 @@ import torch
 
 from sciml.ops.tensor_product.core import INDEX_COLUMN, CorePlan, register_core_backend, sorted_rows
 
-FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c99"]
+FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu99"]
 SOURCE = Path(__file__).with_name("cpu_kernel.c")
 _kernels: Dict[str, Callable] = {}
 _failure: Optional[str] = None
@@ -91,16 +91,25 @@ def _pointer(tensor: Optional[torch.Tensor]) -> Optional[int]:
     return None if tensor is None else tensor.data_ptr()
 
 
+SCALE = 2
+
+
+def input_order(out_slot: int) -> list:
+    """The kernel's three inputs for ``out_slot``, the scale slot last when it is an input."""
+    return [slot for slot in (0, 1, 3, 2) if slot != out_slot]
+
+
 def _program(plan: CorePlan, out_slot: int) -> tuple:
-    """The plan compiled for ``out_slot``: (paths (P, 7), groups (G, 3), offsets (n, 3), values (n,)).
+    """The plan compiled for ``out_slot``: (paths (P, 8), groups (G, 3), offsets (n, 3), values (n,)).
 
     Entries of a path are grouped by the output column they write, so the kernel accumulates a
-    group in registers and stores once; columns are precomputed per input slot.
+    group in registers and stores once; columns are precomputed per input slot. The scale slot s,
+    when an input, comes last: per-channel, it multiplies each accumulated group once (pattern 2).
     """
     key = ("cpu_program", out_slot)
     if key in plan._device_cache:
         return plan._device_cache[key]
-    inputs = [slot for slot in range(4) if slot != out_slot]
+    inputs = input_order(out_slot)
     path_rows, group_rows, offsets, values = [], [], [], []
     for row in plan.paths:
         channels, begin, end = int(row[8]), int(row[9]), int(row[10])
@@ -121,9 +130,12 @@ def _program(plan: CorePlan, out_slot: int) -> tuple:
         stops = np.r_[starts[1:], len(order)]
         first_group = len(group_rows)
         group_rows += [[sorted_columns[a], first_entry + a, first_entry + b] for a, b in zip(starts, stops)]
-        path_rows.append([channels, *(row[4 + slot] for slot in inputs), first_group, len(group_rows), row[4 + out_slot]])
+        pattern = [int(row[4 + slot]) for slot in inputs]
+        if inputs[2] == SCALE and not row[4 + SCALE]:
+            pattern[2] = 2
+        path_rows.append([channels, *pattern, first_group, len(group_rows), row[4 + out_slot], row[SCALE]])
     program = (
-        torch.as_tensor(np.asarray(path_rows, dtype=np.int64).reshape(-1, 7)),
+        torch.as_tensor(np.asarray(path_rows, dtype=np.int64).reshape(-1, 8)),
         torch.as_tensor(np.asarray(group_rows, dtype=np.int64).reshape(-1, 3)),
         torch.as_tensor(np.concatenate(offsets) if offsets else np.zeros((0, 3), np.int64)),
         torch.as_tensor(np.concatenate(values) if values else np.zeros(0)),
@@ -143,7 +155,7 @@ def cpu_core(
     """Run the compiled core; same contract as ``core.torch_core``."""
     if not available():
         raise RuntimeError(f"cpu tensor-product kernel unavailable: {_failure}")
-    inputs = [slot for slot in range(4) if slot != out_slot]
+    inputs = input_order(out_slot)
     dtype = operands[inputs[0]].dtype
     if dtype not in (torch.float32, torch.float64) or any(operands[s].dtype != dtype for s in inputs):
         raise TypeError(f"the cpu tensor-product kernel needs float32 or float64 operands of one dtype, got {dtype}")

@@ -14,28 +14,41 @@
 typedef float vec_f32 __attribute__((vector_size(64), aligned(4)));
 typedef double vec_f64 __attribute__((vector_size(64), aligned(8)));
 
-/* One path's groups for a fixed pattern of broadcast inputs (B0, B1, B2: compile-time 0/1):
- * broadcast inputs fold into the scalar f, the others are vectors over channels. Full blocks of
- * LANES channels use explicit vector types (the compiler otherwise vectorises the entry loop with
- * gathers, 5-10x slower); a channel tail runs scalar. */
+/* One path's groups for a fixed pattern of inputs (compile-time): B0, B1 = 1 if input 0/1 is
+ * broadcast over channels (folded into the scalar f) else a vector over channels; B2 likewise, or
+ * 2 when input 2 is the per-channel scale, which is the same for every entry of a path and so
+ * multiplies the accumulated block once instead of every entry. Full blocks of channels use
+ * explicit vector types (the compiler otherwise vectorises the entry loop with gathers, 5-10x
+ * slower); a channel tail runs scalar. */
+#define ENTRY_TERM(REAL, VEC, B0, B1, B2, E, TERM)                                                      \
+    VEC TERM = {0};                                                                                    \
+    {                                                                                                  \
+        const int64_t *q = offsets + 3 * (E);                                                          \
+        const REAL *x = row[0] + q[0], *y = row[1] + q[1], *w = row[2] + q[2];                         \
+        TERM += (REAL)values[E] * (B0 ? x[0] : 1) * (B1 ? y[0] : 1) * (B2 == 1 ? w[0] : 1);             \
+        if (!B0) TERM *= *(const VEC *)(x + u0);                                                       \
+        if (!B1) TERM *= *(const VEC *)(y + u0);                                                       \
+        if (B2 == 0) TERM *= *(const VEC *)(w + u0);                                                   \
+    }
+
 #define GROUP_LOOP(REAL, VEC, B0, B1, B2)                                                               \
     for (int64_t g = path[4]; g < path[5]; ++g) {                                                      \
         const int64_t *G = groups + 3 * g;                                                             \
         const int64_t lanes = (int64_t)(sizeof(VEC) / sizeof(REAL));                                    \
+        const REAL *scale = row[2] + path[7];                                                          \
         int64_t u0 = 0;                                                                                \
         for (; u0 + lanes <= channels; u0 += lanes) {                                                  \
-            VEC acc = {0};                                                                             \
-            for (int64_t e = G[1]; e < G[2]; ++e) {                                                    \
-                const int64_t *q = offsets + 3 * e;                                                    \
-                const REAL *x = row[0] + q[0], *y = row[1] + q[1], *w = row[2] + q[2];                 \
-                const REAL f = (REAL)values[e] * (B0 ? x[0] : 1) * (B1 ? y[0] : 1) * (B2 ? w[0] : 1);   \
-                VEC term = {0};                                                                        \
-                term += f;                                                                             \
-                if (!B0) term *= *(const VEC *)(x + u0);                                               \
-                if (!B1) term *= *(const VEC *)(y + u0);                                               \
-                if (!B2) term *= *(const VEC *)(w + u0);                                               \
-                acc += term;                                                                           \
+            VEC acc = {0}, acc1 = {0};  /* two chains hide the add latency */                          \
+            int64_t e = G[1];                                                                          \
+            for (; e + 1 < G[2]; e += 2) {                                                             \
+                ENTRY_TERM(REAL, VEC, B0, B1, B2, e, term0)                                            \
+                ENTRY_TERM(REAL, VEC, B0, B1, B2, e + 1, term1)                                        \
+                acc += term0;                                                                          \
+                acc1 += term1;                                                                         \
             }                                                                                          \
+            if (e < G[2]) { ENTRY_TERM(REAL, VEC, B0, B1, B2, e, term0) acc += term0; }                 \
+            acc += acc1;                                                                               \
+            if (B2 == 2) acc *= *(const VEC *)(scale + u0);                                            \
             if (out_broadcast) {                                                                       \
                 REAL sum = 0;                                                                          \
                 for (int64_t u = 0; u < lanes; ++u) sum += acc[u];                                     \
@@ -49,13 +62,16 @@ typedef double vec_f64 __attribute__((vector_size(64), aligned(8)));
             for (int64_t e = G[1]; e < G[2]; ++e) {                                                    \
                 const int64_t *q = offsets + 3 * e;                                                    \
                 const REAL *x = row[0] + q[0], *y = row[1] + q[1], *w = row[2] + q[2];                 \
-                acc += (REAL)values[e] * (B0 ? x[0] : x[u0]) * (B1 ? y[0] : y[u0]) * (B2 ? w[0] : w[u0]); \
+                acc += (REAL)values[e] * (B0 ? x[0] : x[u0]) * (B1 ? y[0] : y[u0])                      \
+                       * (B2 == 1 ? w[0] : B2 == 2 ? 1 : w[u0]);                                       \
             }                                                                                          \
+            if (B2 == 2) acc *= scale[u0];                                                             \
             out_row[G[0] + (out_broadcast ? 0 : u0)] += acc;                                           \
         }                                                                                              \
     }
 
-/* paths: (P, 7) = channels, broadcast flag of inputs 0..2, group begin, group end, output broadcast.
+/* paths: (P, 8) = channels, pattern of inputs 0..2 (see GROUP_LOOP), group begin, group end, output
+ * broadcast, column of the hoisted scale (input 2).
  * groups: (G, 3) = output column (component offset; + channel for vector outputs), entry begin, end.
  * offsets: (n, 3) column of each input for the entry (component offset, channel 0). */
 #define DEFINE_CORE(NAME, REAL, VEC)                                                                       \
@@ -72,19 +88,23 @@ void NAME(int64_t out_rows, const int64_t *ptr, const int64_t *order, REAL *cons
             const REAL *row[3];                                                                       \
             for (int k = 0; k < 3; ++k) row[k] = inputs[k] + (rowmaps[k] ? rowmaps[k][z] : z) * widths[k]; \
             for (int64_t p = 0; p < num_paths; ++p) {                                                 \
-                const int64_t *path = paths + 7 * p;                                                  \
+                const int64_t *path = paths + 8 * p;                                                  \
                 const int64_t channels = path[0];                                                     \
                 const int out_broadcast = (int)path[6];                                               \
-                const int pattern = (int)(path[1] * 4 + path[2] * 2 + path[3]);                       \
+                const int pattern = (int)(path[1] * 6 + path[2] * 3 + path[3]);                       \
                 switch (pattern) {                                                                    \
                     case 0: GROUP_LOOP(REAL, VEC, 0, 0, 0) break;                                     \
                     case 1: GROUP_LOOP(REAL, VEC, 0, 0, 1) break;                                     \
-                    case 2: GROUP_LOOP(REAL, VEC, 0, 1, 0) break;                                     \
-                    case 3: GROUP_LOOP(REAL, VEC, 0, 1, 1) break;                                     \
-                    case 4: GROUP_LOOP(REAL, VEC, 1, 0, 0) break;                                     \
-                    case 5: GROUP_LOOP(REAL, VEC, 1, 0, 1) break;                                     \
-                    case 6: GROUP_LOOP(REAL, VEC, 1, 1, 0) break;                                     \
-                    default: GROUP_LOOP(REAL, VEC, 1, 1, 1) break;                                    \
+                    case 2: GROUP_LOOP(REAL, VEC, 0, 0, 2) break;                                     \
+                    case 3: GROUP_LOOP(REAL, VEC, 0, 1, 0) break;                                     \
+                    case 4: GROUP_LOOP(REAL, VEC, 0, 1, 1) break;                                     \
+                    case 5: GROUP_LOOP(REAL, VEC, 0, 1, 2) break;                                     \
+                    case 6: GROUP_LOOP(REAL, VEC, 1, 0, 0) break;                                     \
+                    case 7: GROUP_LOOP(REAL, VEC, 1, 0, 1) break;                                     \
+                    case 8: GROUP_LOOP(REAL, VEC, 1, 0, 2) break;                                     \
+                    case 9: GROUP_LOOP(REAL, VEC, 1, 1, 0) break;                                     \
+                    case 10: GROUP_LOOP(REAL, VEC, 1, 1, 1) break;                                    \
+                    case 11: GROUP_LOOP(REAL, VEC, 1, 1, 2) break;                                    \
                 }                                                                                     \
             }                                                                                         \
         }                                                                                             \

@@ -7,9 +7,11 @@ torch ops around it:
   the core's per-channel scale ``s`` (fused, never a separate pass);
 - ``uvu``/``uvv`` with both multiplicities > 1: the weights are first contracted with the input
   whose channel is summed (one small batched matmul), then the core runs channelwise;
-- ``uvw``/``uuw``: the core computes the unweighted channelwise product into a temporary block,
-  which one GEMM with the weights mixes into the output channels (the GEMM is where a fully
-  connected product spends its FLOPs, at matmul speed);
+- ``uvw`` with one multiplicity 1 (e.g. features x spherical harmonics): the weights first mix the
+  other input's channels into output channels (one GEMM per path, at matmul speed), then the core
+  runs channelwise straight into the output;
+- ``uuw`` and ``uvw`` with both multiplicities > 1: the core computes the unweighted channelwise
+  product into temporary blocks, which one GEMM per output irrep mixes into the output channels;
 - outer products of channels (``uvuv``, ``uvw`` with both multiplicities > 1) expand the channel
   index of the inputs, as e3nn does.
 
@@ -113,7 +115,8 @@ class _Operand:
                 if pending is not None:
                     pieces.append(select_columns(env[pending[0]], np.concatenate(pending[1]), cache))
                     pending = None
-                pieces.append(block[1](env))
+                made = block[1](env)
+                pieces.extend(made if isinstance(made, list) else [made])
         if pending is not None:
             pieces.append(select_columns(env[pending[0]], np.concatenate(pending[1]), cache))
         return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
@@ -133,7 +136,7 @@ class LoweredTensorProduct:
         self.dim_out = dim_out
         self.out_blocks = list(out_blocks)
         self.shared = shared_weights
-        self.mixers: List[Callable] = []
+        self.mixers: dict = {}  # i_out -> [(temp offset, channels, path)] for uvw/uuw paths
         self._cache: dict = {}
         operand = [_Operand() for _ in range(3)]
         out_offsets = np.cumsum([0] + [mul * dim for _, mul, dim in self.out_blocks])
@@ -145,6 +148,7 @@ class LoweredTensorProduct:
         out_width = dim_out
         rows, indices, values = [], [], []
         one = np.zeros(1, np.int64)
+        premixed: dict = {}  # id(path) -> offset of its weight-mixed x1 block in operand a
 
         for path in paths:
             d1, d2, d3 = 2 * path.l1 + 1, 2 * path.l2 + 1, 2 * path.l3 + 1
@@ -186,6 +190,23 @@ class LoweredTensorProduct:
                     off_b = operand[B].derived(d1 * v_mul, make, "x1")
                 else:
                     off_b, bc_b = operand[B].derived(d1, self._summed("x1", cols1, u_mul, d1), "x1"), 1
+            elif mode == "uvw" and v_mul == 1:  # weights first: a'[z, i, w] = sum_u W[u, w] x1[z, u, i]
+                channels, off_o = path.mul_out, out_offset
+                if id(path) not in premixed:  # one block for every such path reading this x1 irrep
+                    group = [p for p in paths if p.mode == "uvw" and p.mul2 == 1 and p.i_in1 == path.i_in1 and p.mul_out]
+                    start = operand[A].derived(
+                        sum(d1 * p.mul_out for p in group), self._premix(group), "x1" if self.shared else "x1, weights"
+                    )
+                    for p in group:
+                        premixed[id(p)] = start
+                        start += d1 * p.mul_out
+                off_a = premixed[id(path)]
+                off_b, bc_b = operand[B].gather("x2", cols2), 1
+            elif mode == "uvw" and u_mul == 1:  # a'[z, j, w] = sum_v W[v, w] x2[z, v, j]; x1 broadcast
+                channels, swap, off_o = path.mul_out, True, out_offset
+                make = self._mixed("x2", cols2, weight_cols, "vw,zvj->zjw", v_mul, d2, (v_mul, path.mul_out))
+                off_a = operand[A].derived(d2 * channels, make, "x2")
+                off_b, bc_b = operand[B].gather("x1", cols1), 1
             elif mode in ("uvuv", "uvw"):
                 channels = u_mul * v_mul
                 if u_mul == 1:
@@ -200,14 +221,14 @@ class LoweredTensorProduct:
                     scale, off_o = weight_cols, out_offset
                 else:
                     off_o, out_width = out_width, out_width + d3 * channels
-                    self.mixers.append(self._mixer(path, off_o, d3, channels, out_offset))
+                    self.mixers.setdefault(path.i_out, []).append((off_o, channels, path))
             else:  # uuw: channelwise product, then mixed into the output channels
                 channels = u_mul
                 off_a = operand[A].gather("x1", cols1)
                 off_b = operand[B].gather("x2", cols2)
                 if path.has_weight:
                     off_o, out_width = out_width, out_width + d3 * channels
-                    self.mixers.append(self._mixer(path, off_o, d3, channels, out_offset))
+                    self.mixers.setdefault(path.i_out, []).append((off_o, channels, path))
                 else:  # unweighted uuw sums the channels into mul_out = 1
                     off_o, bc_o = out_offset, 1
             if scale is None:
@@ -222,7 +243,7 @@ class LoweredTensorProduct:
 
         self.operands = operand
         # the fused gather reads x1 through a rowmap only when operand a holds nothing but x1 columns
-        self.fused_gather = operand[A].origins == {"x1"} and "x1" not in operand[B].origins and not self.mixers
+        self.fused_gather = operand[A].origins == {"x1"} and not operand[B].origins & {"x1", "x1, weights"} and not self.mixers
         self.plan = CorePlan(
             widths=(operand[A].width, operand[B].width, operand[S].width, out_width),
             paths=np.asarray(rows, dtype=np.int64).reshape(-1, 11),
@@ -243,24 +264,51 @@ class LoweredTensorProduct:
 
         return make
 
+    def _premix(self, group: Sequence[Path]) -> Callable:
+        """Block of ``group`` (uvw paths with mul2 = 1 sharing one x1 irrep): for each path the
+        (d1, mul_out) ir_mul block sum_u W[u, w] x1[z, u, i], all from one GEMM."""
+        first = group[0]
+        d1, u_mul = 2 * first.l1 + 1, first.mul1
+
+        def make(env):
+            x = env["x1"][:, first.slice1].reshape(-1, u_mul, d1)
+            rows = x.shape[0]
+            x = x.transpose(1, 2).reshape(rows * d1, u_mul)  # (Z d1, U): one plain GEMM per path
+            w = env["w"]
+            if self.shared:
+                return [torch.mm(x, w[0, p.weight_slice].reshape(u_mul, p.mul_out)).reshape(rows, -1) for p in group]
+            x = x.reshape(rows, d1, u_mul)
+            return [torch.bmm(x, w[:, p.weight_slice].reshape(-1, u_mul, p.mul_out)).reshape(rows, -1) for p in group]
+
+        return make
+
     def _summed(self, source: str, columns: np.ndarray, mul: int, dim: int) -> Callable:
         return lambda env: select_columns(env[source], columns, self._cache).reshape(-1, dim, mul).sum(dim=2)
 
-    def _mixer(self, path: Path, temp_offset: int, d3: int, channels: int, out_offset: int) -> Callable:
-        """out[z, w, k] += sum_c W[c, w] temp[z, k, c] for uvw/uuw (c = (u, v) or u)."""
-        width = d3 * path.mul_out
+    def _mix(self, env: dict, out_buffer: torch.Tensor, i_out: int) -> torch.Tensor:
+        """sum over the uvw/uuw paths into output irrep ``i_out`` of W_p^T temp_p, as one GEMM.
 
-        def mix(env, out_buffer, out):
-            temp = out_buffer[:, temp_offset : temp_offset + d3 * channels].reshape(-1, d3, channels)
-            w = env["w"][:, path.weight_slice]
-            if self.shared:
-                mixed = torch.matmul(temp, w.reshape(channels, path.mul_out))
-            else:
-                mixed = torch.bmm(temp, w.reshape(-1, channels, path.mul_out))
-            update = mixed.transpose(1, 2).reshape(temp.shape[0], width)
-            out[:, out_offset : out_offset + width] += update
-
-        return mix
+        The paths' channelwise products (ir_mul blocks of the core's output) are gathered into one
+        (Z, d3, sum C_p) tensor and multiplied by their weights stacked into (sum C_p, mul_out)
+        (per sample: a batched matmul). Returns the (Z, mul_out * d3) mul_ir update.
+        """
+        parts = self.mixers[i_out]
+        d3 = 2 * parts[0][2].l3 + 1
+        mul_out = parts[0][2].mul_out
+        key = ("mix", i_out)
+        if key not in self._cache:
+            self._cache[key] = np.concatenate(
+                [np.concatenate([offset + k * channels + np.arange(channels) for offset, channels, _ in parts]) for k in range(d3)]
+            )
+        temp = select_columns(out_buffer, self._cache[key], self._cache).reshape(out_buffer.shape[0], d3, -1)
+        w = env["w"]
+        if self.shared:
+            stacked = torch.cat([w[0, p.weight_slice].reshape(channels, mul_out) for _, channels, p in parts])
+            mixed = torch.matmul(temp, stacked)
+        else:
+            stacked = torch.cat([w[:, p.weight_slice].reshape(-1, channels, mul_out) for _, channels, p in parts], dim=1)
+            mixed = torch.bmm(temp, stacked)
+        return mixed.transpose(1, 2).reshape(out_buffer.shape[0], mul_out * d3)
 
     def __call__(
         self,
@@ -292,7 +340,9 @@ class LoweredTensorProduct:
         out_buffer = sparse_core(self.plan, [*tensors, None], rowmaps, O, rows, num_terms, backend)
         out = select_columns(out_buffer, self.out_back, self._cache) if self.out_back.size else out_buffer[:, :0]
         if self.mixers:
-            out = out.clone()
-            for mix in self.mixers:
-                mix(env, out_buffer, out)
+            pieces = []
+            for i_out, (sl, mul, dim) in enumerate(self.out_blocks):
+                piece = out[:, sl]
+                pieces.append(piece + self._mix(env, out_buffer, i_out) if i_out in self.mixers else piece)
+            out = torch.cat(pieces, dim=1)
         return out
