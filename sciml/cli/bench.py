@@ -9,7 +9,10 @@ EXAMPLES = """  sciml bench neighbors                      # 1k, 10k, 100k atoms
   sciml bench md                             # EGNN calculator MD steps/s at 32, 256, 2048 atoms
   sciml bench md --checkpoint runs/ethanol/best.pt --sizes 32 256
   sciml bench egnn                           # EGNN forward/backward against the reference's timings
+  sciml bench tp                             # tensor products, SO(2), Wigner-D, Gaunt vs e3nn (minutes)
+  sciml bench tp --channels 16 --lmax 1 2 3 --edges 2000 --sections channelwise conv
 """
+TP_SECTIONS = ("channelwise", "fully_connected", "conv", "so3", "gaunt")
 
 
 def register(sub) -> None:
@@ -30,6 +33,15 @@ def register(sub) -> None:
 
     egnn = add_command(targets, "egnn", "EGNN forward/backward time vs the reference implementation", EXAMPLES)
     egnn.set_defaults(run=_run_egnn)
+
+    tp = add_command(targets, "tp", "tensor products and SO(3) kernels vs e3nn, with the machine's roofline", EXAMPLES)
+    tp.add_argument("--channels", type=int, nargs="+", default=[16, 32, 64], help="channelwise TP channel counts")
+    tp.add_argument("--lmax", type=int, nargs="+", default=[1, 2, 3, 4, 5, 6], help="degrees L of the channelwise TP")
+    tp.add_argument("--edges", type=int, default=10_000, help="edges (batch rows) per call")
+    tp.add_argument("--threads", type=int, default=2)
+    tp.add_argument("--repeats", type=int, default=3, help="timed runs per case; the best is reported")
+    tp.add_argument("--sections", nargs="+", choices=TP_SECTIONS, default=list(TP_SECTIONS), help="what to run")
+    tp.set_defaults(run=_run_tp)
 
 
 def _run_neighbors(args) -> int:
@@ -52,4 +64,31 @@ def _run_egnn(args) -> int:
     from sciml.bench.egnn import bench_egnn, format_egnn_table
 
     print(format_egnn_table(bench_egnn()))
+    return 0
+
+
+def _run_tp(args) -> int:
+    import torch
+
+    from sciml.bench import tp as bench
+
+    torch.set_num_threads(args.threads)
+    limits = bench.machine_limits()
+    rows = []
+    if "channelwise" in args.sections:
+        rows += bench.channelwise_rows(args.channels, args.lmax, args.edges, limits, args.repeats)
+    if "fully_connected" in args.sections:
+        rows += bench.fully_connected_rows(32, [1, 2, 3], args.edges, args.repeats)
+    if "conv" in args.sections:
+        rows += bench.conv_rows(32, [1, 2, 3], max(args.edges // 20, 1), args.edges, args.repeats)
+    if rows:
+        print(bench.format_tp_table(rows, limits), flush=True)
+    if "so3" in args.sections:
+        from sciml.bench.so3 import format_so3_table, so3_rows
+
+        print("\n" + format_so3_table(so3_rows(args.edges, args.repeats)), flush=True)
+    if "gaunt" in args.sections:
+        from sciml.bench.gaunt import format_gaunt_table, gaunt_rows
+
+        print("\n" + format_gaunt_table(gaunt_rows(args.edges, repeats=args.repeats)), flush=True)
     return 0
