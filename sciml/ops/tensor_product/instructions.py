@@ -56,6 +56,19 @@ class Path:
     weight_shape: tuple
     weight_slice: Optional[slice]
 
+    # e3nn's ``Instruction`` field names, for code written against ``tp.instructions``
+    @property
+    def connection_mode(self) -> str:
+        return self.mode
+
+    @property
+    def path_weight(self) -> float:
+        return self.coefficient
+
+    @property
+    def path_shape(self) -> tuple:
+        return self.weight_shape
+
 
 def weight_shape(mode: str, mul1: int, mul2: int, mul_out: int) -> tuple:
     """Shape of one instruction's weights for ``mode``."""

@@ -100,7 +100,9 @@ class TensorProduct(nn.Module):
             raise ValueError(f"weights must have shape (..., {self.weight_numel}), got {tuple(weight.shape)}")
         return weight.expand(*batch_shape, self.weight_numel).reshape(-1, self.weight_numel)
 
-    def forward(self, x1: torch.Tensor, x2: torch.Tensor, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, y: torch.Tensor, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Product of ``x`` (..., irreps_in1.dim) and ``y`` (..., irreps_in2.dim) (e3nn's argument names)."""
+        x1, x2 = x, y
         if x1.shape[-1] != self.irreps_in1.dim:
             raise ValueError(f"x1 has {x1.shape[-1]} features but irreps_in1 = {self.irreps_in1} has dim {self.irreps_in1.dim}")
         if x2.shape[-1] != self.irreps_in2.dim:
