@@ -183,14 +183,14 @@ def sparse_core(
     return _SparseCore.apply(config, *[operands[slot] for slot in slots])
 
 
-def sorted_rows(rowmap: Optional[torch.Tensor], out_rows: int, num_terms: int) -> tuple:
+def sorted_rows(rowmap: Optional[torch.Tensor], out_rows: int, num_terms: int, device: Optional[torch.device] = None) -> tuple:
     """CSR view of the terms grouped by output row: (ptr (out_rows+1,), order (num_terms,) or None).
 
     Terms of row n are ``order[ptr[n]:ptr[n+1]]`` in increasing term order (a stable sort), so
     kernels can sum each row without atomics, deterministically. ``order`` is None for the identity.
     """
     if rowmap is None:
-        return torch.arange(num_terms + 1, dtype=torch.int64), None
+        return torch.arange(num_terms + 1, dtype=torch.int64, device=device), None
     order = torch.sort(rowmap, stable=True).indices
     counts = torch.bincount(rowmap, minlength=out_rows)
     ptr = torch.zeros(out_rows + 1, dtype=torch.int64, device=rowmap.device)
