@@ -3,8 +3,10 @@
 Built on first use with ``cc -O3 -march=native -fopenmp`` into ``$SCIML_CACHE_DIR`` (default
 ``~/.cache/sciml``), keyed by the source, the flags and the CPU model so a shared home directory on
 a heterogeneous cluster never loads a binary built for another CPU; loaded with ctypes (no torch
-headers, so building takes about a second; one compact kernel serves every plan: a plan-specialised,
-fully unrolled variant was measured 2x slower here, from instruction-cache misses). Without a working compiler the backend reports itself
+headers, so building takes about a second). One generic kernel serves every plan from tables; for
+large workloads a kernel specialised to the plan (``cpu_codegen.py``) is compiled once and cached:
+``SCIML_CPU_SPECIALISE`` = "auto" (default: when terms x entries x channels exceeds
+``SPECIALISE_WORK``), "always" or "never"). Without a working compiler the backend reports itself
 unavailable and "auto" falls back to the reference.
 """
 
@@ -24,6 +26,7 @@ import numpy as np
 import torch
 
 from sciml.ops.tensor_product.core import INDEX_COLUMN, CorePlan, register_core_backend, sorted_rows
+from sciml.ops.tensor_product.cpu_codegen import generate_source
 
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu99"]
 SOURCE = Path(__file__).with_name("cpu_kernel.c")
@@ -144,6 +147,27 @@ def _program(plan: CorePlan, out_slot: int) -> tuple:
     return program
 
 
+SPECIALISE_MODES = ("auto", "always", "never")
+SPECIALISE_WORK = 20_000_000  # terms x entries x channels above which "auto" specialises (compile: 0.1-10 s, once)
+
+
+def _kernel(plan: CorePlan, out_slot: int, dtype: torch.dtype, program: tuple, num_terms: int) -> Callable:
+    """The plan-specialised kernel when worth it (``SCIML_CPU_SPECIALISE``), else the generic one."""
+    suffix = "f32" if dtype == torch.float32 else "f64"
+    mode = os.environ.get("SCIML_CPU_SPECIALISE", "auto")
+    if mode not in SPECIALISE_MODES:
+        raise ValueError(f"SCIML_CPU_SPECIALISE must be one of {SPECIALISE_MODES}, got {mode!r}")
+    key = ("cpu_specialised", out_slot, suffix)
+    if key not in plan._device_cache:
+        paths = program[0]
+        work = num_terms * int(sum((int(g[2]) - int(g[1])) for g in program[1])) * int(paths[:, 0].max() if len(paths) else 0)
+        if mode == "never" or (mode == "auto" and work < SPECIALISE_WORK):
+            return _kernels[suffix]
+        real = "float" if dtype == torch.float32 else "double"
+        plan._device_cache[key] = _compile(generate_source(program, real, "sciml_tp_core_specialised"), "sciml_tp_core_specialised")
+    return plan._device_cache[key]
+
+
 def cpu_core(
     plan: CorePlan,
     operands: Sequence[Optional[torch.Tensor]],
@@ -167,8 +191,9 @@ def cpu_core(
     tensors = [operands[slot].contiguous() for slot in inputs]
     maps = [None if rowmaps[slot] is None else rowmaps[slot].contiguous() for slot in inputs]
     ptr, order = sorted_rows(rowmaps[out_slot], out_rows, num_terms)
-    paths, groups, offsets, values = _program(plan, out_slot)
-    _kernels["f32" if dtype == torch.float32 else "f64"](
+    program = _program(plan, out_slot)
+    paths, groups, offsets, values = program
+    _kernel(plan, out_slot, dtype, program, num_terms)(
         ctypes.c_int64(out_rows), ctypes.c_void_p(ptr.data_ptr()), ctypes.c_void_p(_pointer(order)),
         (ctypes.c_void_p * 3)(*[t.data_ptr() for t in tensors]), (ctypes.c_void_p * 3)(*[_pointer(m) for m in maps]),
         (ctypes.c_int64 * 3)(*[plan.widths[slot] for slot in inputs]), ctypes.c_void_p(out.data_ptr()),
