@@ -146,3 +146,31 @@ def test_bad_call_is_a_clear_value_error():
         tp(torch.randn(3, 8), torch.randn(3, 4))
     with pytest.raises(ValueError, match="batch shapes do not broadcast"):
         tp(torch.randn(3, 8), torch.randn(2, 4), torch.randn(3, tp.weight_numel))
+
+
+@pytest.mark.skipif("cpu" not in CPU_BACKENDS, reason="no C compiler for the cpu kernel")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_plan_specialised_cpu_kernel_equals_reference(monkeypatch, dtype):
+    """The generated kernel (forced on small inputs) for every output slot: channel counts that
+    fill whole vectors (16) and leave a scalar tail (3), shared and per-sample weights, all modes."""
+    monkeypatch.setenv("SCIML_CPU_SPECIALISE", "always")
+    cases = [TensorProduct.from_e3nn(random_e3nn_tensor_product(seed, mode, shared, dtype=dtype))
+             for seed, mode, shared in [(0, "uvuv", True), (1, "uuw", False), (2, "uvv", False), (3, "uvw", True)]]
+    cases.append(ChannelwiseTensorProduct("16x0e+16x1o+16x2e", "0e+1o+2e").to(dtype))
+    for tp in cases:
+        inputs = _inputs(tp, 4, dtype)
+        tp.backend = "reference"
+        expected = _forward_backward(tp, *inputs)
+        tp.backend = "cpu"
+        for got, want in zip(_forward_backward(tp, *inputs), expected):
+            torch.testing.assert_close(got, want, **TOLERANCE[dtype])
+
+
+def test_bench_rows_check_against_e3nn_and_report_the_roofline():
+    from sciml.bench.tp import channelwise_rows, conv_rows, format_tp_table
+
+    limits = {"matmul_gflops": 100.0, "copy_gbs": 20.0}
+    rows = channelwise_rows([4], [1], 64, limits, repeats=1) + conv_rows(4, [1], 8, 64, repeats=1)
+    table = format_tp_table(rows, limits)
+    assert rows[0]["gflops"] > 0 and rows[0]["above_bound"] > 0 and rows[0]["paths"] == 4
+    assert "C=4 L=1 E=64" in table and "conv (fused)" in table

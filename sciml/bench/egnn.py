@@ -17,12 +17,12 @@ measured earlier on this machine type and are only quoted.
 
 from __future__ import annotations
 
-import time
 from typing import Callable, Dict, List, NamedTuple, Optional
 
 import torch
 from torch.nn import functional as F
 
+from sciml.bench.timing import best_seconds
 from sciml.graph import AtomicGraph
 from sciml.models import build_model
 from sciml.models.egnn import EGNNDynamics, EGNNEnergyModel, EGNNLayer
@@ -32,16 +32,8 @@ from sciml.models.egnn import EGNNDynamics, EGNNEnergyModel, EGNNLayer
 REFERENCE_SECONDS = {"nbody": (6.2e-3, 20.7e-3), "qm9": (0.48, 1.03)}
 
 
-def _best_time(fn: Callable[[], object], repeats: int, min_seconds: float = 1.0, warmup: int = 2) -> float:
-    """Fastest of at least ``repeats`` runs, repeated for at least ``min_seconds`` (s)."""
-    for _ in range(warmup):
-        fn()
-    times: List[float] = []
-    while len(times) < repeats or sum(times) < min_seconds:
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+def _best_time(fn: Callable[[], object], repeats: int) -> float:
+    return best_seconds(fn, repeats, min_seconds=1.0, warmup=2)
 
 
 def _complete_graphs(

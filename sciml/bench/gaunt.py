@@ -21,24 +21,18 @@ unless the caller set otherwise; on a shared machine they are indicative only.
 
 from __future__ import annotations
 
-import time
 from typing import Callable, Dict, List, Sequence
 
 import torch
 from e3nn import o3
 
+from sciml.bench.timing import best_seconds
 from sciml.ops.gaunt import GauntTensorProduct, channels_to_mul_ir, gaunt_coefficients
 
 
 def _best_ms(fn: Callable[[], object], repeats: int, budget_s: float) -> float:
     """Fastest of up to ``repeats`` timed runs after one warm-up, stopping once ``budget_s`` is spent."""
-    fn()
-    times: List[float] = []
-    while len(times) < repeats and sum(times) < budget_s:
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * min(times)
+    return 1e3 * best_seconds(fn, repeats, budget_seconds=budget_s)
 
 
 def e3nn_gaunt_tensor_product(layer: GauntTensorProduct) -> o3.TensorProduct:

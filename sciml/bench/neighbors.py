@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-import time
-from typing import Callable, Dict, List, Sequence
+from typing import Dict, List, Sequence
 
 import numpy as np
 
-
-def _best_time(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+from sciml.bench.timing import best_seconds
 
 
 def fcc_copper(n_atoms: int, rattle: float = 0.05, seed: int = 0):
@@ -45,11 +36,11 @@ def bench_neighbors(sizes: Sequence[int] = (1_000, 10_000, 100_000), cutoff: flo
         pos, cell, pbc = atoms.positions, atoms.cell.array, atoms.pbc
         pos_t, cell_t = torch.as_tensor(pos), torch.as_tensor(cell)
         row = {"atoms": len(atoms), "pairs": len(neighbor_list(pos_t, cell_t, pbc, cutoff)[0])}
-        row["sciml_s"] = _best_time(lambda: neighbor_list(pos_t, cell_t, pbc, cutoff), repeats)
-        row["ase_s"] = _best_time(
+        row["sciml_s"] = best_seconds(lambda: neighbor_list(pos_t, cell_t, pbc, cutoff), repeats)
+        row["ase_s"] = best_seconds(
             lambda: primitive_neighbor_list("ijS", pbc, cell, pos, cutoff, self_interaction=False), max(1, repeats - 2)
         )
-        row["matscipy_s"] = _best_time(lambda: matscipy_list("ijS", atoms, cutoff), repeats) if matscipy_list else float("nan")
+        row["matscipy_s"] = best_seconds(lambda: matscipy_list("ijS", atoms, cutoff), repeats) if matscipy_list else float("nan")
         rows.append(row)
     return rows
 

@@ -28,7 +28,7 @@ from typing import Callable, Dict, List
 import torch
 from e3nn import o3
 
-from sciml.bench.egnn import _best_time
+from sciml.bench.timing import best_seconds
 from sciml.ops.gaunt import channels_to_mul_ir
 from sciml.ops.so2 import SO2Convolution, edge_tensor_product_paths
 from sciml.ops.spherical_harmonics import spherical_harmonics
@@ -36,7 +36,7 @@ from sciml.ops.wigner import edge_rotation, wigner_D, wigner_D_blocks
 
 
 def _ms(fn: Callable[[], object], repeats: int) -> float:
-    return 1e3 * _best_time(fn, repeats, min_seconds=0.2, warmup=1)
+    return 1e3 * best_seconds(fn, repeats, min_seconds=0.2)
 
 
 def _row(op: str, case: str, sciml_ms: float, e3nn_ms: float) -> Dict:

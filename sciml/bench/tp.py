@@ -15,26 +15,20 @@ from __future__ import annotations
 
 import os
 import resource
-import time
 from typing import Callable, Dict, List, Sequence
 
 import numpy as np
 import torch
 from e3nn import o3
 
+from sciml.bench.timing import best_seconds
 from sciml.ops import ChannelwiseTensorProduct, FullyConnectedTensorProduct, tensor_product_conv
 from sciml.ops.irreps import clebsch_gordan
 
 
 def best_ms(fn: Callable[[], object], repeats: int, budget_s: float = 0.5) -> float:
-    """Fastest of ``repeats`` runs after one warm-up (fewer when one run exceeds ``budget_s``), ms."""
-    fn()
-    times = []
-    while len(times) < repeats and (not times or sum(times) < budget_s * repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * min(times)
+    """Fastest of ``repeats`` runs after one warm-up (fewer when they exceed ``budget_s`` each), ms."""
+    return 1e3 * best_seconds(fn, repeats, budget_seconds=budget_s * repeats)
 
 
 def peak_extra_mb(fn: Callable[[], object]) -> float:
