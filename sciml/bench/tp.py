@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import os
 import resource
+import select
+import signal
 from typing import Callable, Dict, List, Sequence
 
 import numpy as np
@@ -31,13 +33,17 @@ def best_ms(fn: Callable[[], object], repeats: int, budget_s: float = 0.5) -> fl
     return 1e3 * best_seconds(fn, repeats, budget_seconds=budget_s * repeats)
 
 
-def peak_extra_mb(fn: Callable[[], object]) -> float:
-    """Peak resident-memory growth (MB) while running ``fn`` once, in a forked child process."""
+def peak_extra_mb(fn: Callable[[], object], timeout_s: float = 300.0) -> float:
+    """Peak resident-memory growth (MB) while running ``fn`` once, in a forked child process.
+
+    The child runs single-threaded (thread pools do not survive a fork); NaN if it fails or hangs.
+    """
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # child: measure, report, exit without running the parent's cleanup
         os.close(read_end)
         try:
+            torch.set_num_threads(1)
             with open("/proc/self/statm") as handle:
                 resident = int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
             fn()
@@ -46,8 +52,11 @@ def peak_extra_mb(fn: Callable[[], object]) -> float:
         finally:
             os._exit(0)
     os.close(write_end)
-    data = os.read(read_end, 64)
+    ready, _, _ = select.select([read_end], [], [], timeout_s)
+    data = os.read(read_end, 64) if ready else b""
     os.close(read_end)
+    if not ready:
+        os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
     return float(data) if data else float("nan")
 

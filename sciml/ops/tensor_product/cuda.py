@@ -25,7 +25,8 @@ import torch
 from sciml.ops.tensor_product._kernel_schedule import next_power_of_2, prepare_call
 from sciml.ops.tensor_product.core import CorePlan, register_core_backend
 
-SOURCE_DIR = Path(__file__).resolve().parents[3] / "kernels"
+# the repository's kernels/ (an editable install); a wheel install points SCIML_KERNELS_DIR at a copy
+SOURCE_DIR = Path(os.environ.get("SCIML_KERNELS_DIR", Path(__file__).resolve().parents[3] / "kernels"))
 SOURCES = (SOURCE_DIR / "tp_core.cpp", SOURCE_DIR / "tp_core.cu")
 THREADS_PER_BLOCK = 128
 MAX_BLOCK_U = 128
