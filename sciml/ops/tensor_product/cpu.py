@@ -1,9 +1,7 @@
 """The ``cpu`` backend: the sparse core (``cpu_kernel.c``) compiled with the system C compiler.
 
-Built on first use with ``cc -O3 -march=native -fopenmp`` into ``$SCIML_CACHE_DIR`` (default
-``~/.cache/sciml``), keyed by the source, the flags and the CPU model so a shared home directory on
-a heterogeneous cluster never loads a binary built for another CPU; loaded with ctypes (no torch
-headers, so building takes about a second). One generic kernel serves every plan from tables; for
+Built on first use (``sciml.ops.cbuild``: cached on disk, keyed by source, flags and CPU model).
+One generic kernel serves every plan from tables; for
 large workloads a kernel specialised to the plan (``cpu_codegen.py``) is compiled once and cached:
 ``SCIML_CPU_SPECIALISE`` = "auto" (default: when terms x entries x channels exceeds
 ``SPECIALISE_WORK``), "always" or "never"). Without a working compiler the backend reports itself
@@ -13,64 +11,20 @@ unavailable and "auto" falls back to the reference.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
-import platform
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
 import torch
 
+from sciml.ops.cbuild import compile_c
 from sciml.ops.tensor_product.core import INDEX_COLUMN, CorePlan, register_core_backend, sorted_rows
 from sciml.ops.tensor_product.cpu_codegen import generate_source
 
-FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu99"]
 SOURCE = Path(__file__).with_name("cpu_kernel.c")
 _kernels: Dict[str, Callable] = {}
 _failure: Optional[str] = None
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            return next((line for line in handle if line.startswith("model name")), platform.processor())
-    except OSError:
-        return platform.processor()
-
-
-def _cache_dir() -> Path:
-    return Path(os.environ.get("SCIML_CACHE_DIR", Path.home() / ".cache" / "sciml")) / "kernels"
-
-
-def _compiler() -> str:
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
-        raise RuntimeError("no C compiler found (set CC)")
-    return compiler
-
-
-def _compile(source: str, name: str) -> Callable:
-    """Compile ``source`` (cached on disk by content, compiler, flags and CPU) and return ``name``."""
-    compiler = _compiler()
-    key = hashlib.sha256("\n".join([source, compiler, *FLAGS, _cpu_model()]).encode()).hexdigest()[:20]
-    target = _cache_dir() / f"tp_{key}.so"
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
-            source_file = Path(scratch) / "kernel.c"
-            source_file.write_text(source)
-            temporary = Path(scratch) / target.name
-            result = subprocess.run([compiler, *FLAGS, str(source_file), "-o", str(temporary)], capture_output=True, text=True)
-            if result.returncode != 0:
-                raise RuntimeError(f"compiling the tensor-product kernel failed: {result.stderr.strip()[:500]}")
-            os.replace(temporary, target)  # atomic: concurrent builders never see a partial file
-    function = getattr(ctypes.CDLL(str(target)), name)
-    function.restype = None
-    return function
 
 
 def available() -> bool:
@@ -79,7 +33,7 @@ def available() -> bool:
     if _failure is None and not _kernels:
         try:
             source = SOURCE.read_text()
-            _kernels.update({name: _compile(source, f"sciml_tp_core_{name}") for name in ("f32", "f64")})
+            _kernels.update({name: compile_c(source, f"sciml_tp_core_{name}") for name in ("f32", "f64")})
         except (RuntimeError, OSError) as error:
             _failure = str(error)
     return _failure is None
@@ -164,7 +118,7 @@ def _kernel(plan: CorePlan, out_slot: int, dtype: torch.dtype, program: tuple, n
         if mode == "never" or (mode == "auto" and work < SPECIALISE_WORK):
             return _kernels[suffix]
         real = "float" if dtype == torch.float32 else "double"
-        plan._device_cache[key] = _compile(generate_source(program, real, "sciml_tp_core_specialised"), "sciml_tp_core_specialised")
+        plan._device_cache[key] = compile_c(generate_source(program, real, "sciml_tp_core_specialised"), "sciml_tp_core_specialised")
     return plan._device_cache[key]
 
 
