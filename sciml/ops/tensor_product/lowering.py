@@ -22,11 +22,13 @@ its inner loop runs over contiguous channels) and back.
 
 from __future__ import annotations
 
+import ctypes
 from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 import torch
 
+from sciml.ops.cbuild import compile_c
 from sciml.ops.irreps import clebsch_gordan
 from sciml.ops.tensor_product.core import CorePlan, sparse_core
 from sciml.ops.tensor_product.instructions import Path
@@ -39,13 +41,49 @@ def ir_mul_columns(sl: slice, mul: int, dim: int) -> np.ndarray:
     return (sl.start + np.arange(mul)[None, :] * dim + np.arange(dim)[:, None]).reshape(-1)
 
 
+_GATHER_SOURCE = """
+#include <stdint.h>
+#define DEFINE_GATHER(NAME, REAL)                                                              \\
+void NAME(int64_t rows, int64_t cols, const REAL *src, const int64_t *columns, REAL *dst, int threads) { \\
+    _Pragma("omp parallel for schedule(static) num_threads(threads)")                          \\
+    for (int64_t r = 0; r < rows; ++r)                                                         \\
+        for (int64_t c = 0; c < cols; ++c) dst[r * cols + c] = src[r * cols + columns[c]];     \\
+}
+DEFINE_GATHER(sciml_gather_f32, float)
+DEFINE_GATHER(sciml_gather_f64, double)
+"""
+_gathers: dict = {}
+
+
+def _gather_columns(x: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """``x[:, columns]`` for a permutation: one pass with a compiled loop on the CPU (torch's
+    ``index_select`` along dim 1 is several times slower), ``index_select`` elsewhere."""
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
+        return x.index_select(1, columns)
+    suffix = "f32" if x.dtype == torch.float32 else "f64"
+    if suffix not in _gathers:
+        try:
+            _gathers[suffix] = compile_c(_GATHER_SOURCE, f"sciml_gather_{suffix}")
+        except RuntimeError:
+            _gathers[suffix] = None
+    if _gathers[suffix] is None:
+        return x.index_select(1, columns)
+    x = x.contiguous()
+    out = torch.empty_like(x)
+    _gathers[suffix](
+        ctypes.c_int64(x.shape[0]), ctypes.c_int64(x.shape[1]), ctypes.c_void_p(x.data_ptr()),
+        ctypes.c_void_p(columns.data_ptr()), ctypes.c_void_p(out.data_ptr()), ctypes.c_int(torch.get_num_threads()),
+    )
+    return out
+
+
 class _Permute(torch.autograd.Function):
     """``x[:, columns]`` for a permutation of all columns; the gradient is the inverse permutation."""
 
     @staticmethod
     def forward(ctx, x, columns, inverse):
         ctx.columns, ctx.inverse = columns, inverse
-        return x.index_select(1, columns)
+        return _gather_columns(x, columns)
 
     @staticmethod
     def backward(ctx, grad):

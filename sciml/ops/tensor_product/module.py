@@ -44,8 +44,17 @@ class TensorProduct(nn.Module):
         internal_weights: Optional[bool] = None,
         shared_weights: Optional[bool] = None,
         backend: Optional[str] = None,
+        normalization: Optional[str] = None,
+        compile_left_right: bool = True,
+        compile_right: bool = False,
     ) -> None:
+        """``normalization`` is e3nn's deprecated alias of ``irrep_normalization``; e3nn's codegen
+        switches ``compile_left_right``/``compile_right`` are accepted and have nothing to switch."""
         super().__init__()
+        if normalization is not None:
+            if irrep_normalization is not None and irrep_normalization != normalization:
+                raise ValueError("pass either irrep_normalization or its deprecated alias normalization, not both")
+            irrep_normalization = normalization
         self.irreps_in1 = parse_irreps(irreps_in1, "irreps_in1")
         self.irreps_in2 = parse_irreps(irreps_in2, "irreps_in2")
         self.irreps_out = parse_irreps(irreps_out, "irreps_out")
