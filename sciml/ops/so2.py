@@ -38,6 +38,7 @@ from torch import nn
 from sciml.ops.spherical_harmonics import spherical_harmonics
 
 Wigner = Union[torch.Tensor, Sequence[torch.Tensor]]
+ROTATION_BACKENDS = ("auto", "torch", "triton")  # SO2Convolution's backend; see sciml.ops.so2_triton
 
 
 def _check_lm(lmax: int, mmax: Optional[int]) -> int:
@@ -432,6 +433,10 @@ class SO2Convolution(nn.Module):
         bias: bias on the m = 0 block.
         extra_m0_output_channels: extra invariant outputs (E, extra) of the m = 0 block.
         rescale: the sqrt((2l+1)/(2 mmax+1)) factor for degrees l > mmax (fairchem's behaviour).
+        backend: what rotates into the edge frame and back: "torch" (per-degree ``bmm`` and
+            gathers, this module), "triton" (the fused kernels of :mod:`sciml.ops.so2_triton`) or
+            "auto" (triton on CUDA when available, else torch). The SO(2) linear is torch GEMMs
+            with either.
 
     Shapes: ``forward(x (E, (L+1)^2, C_in), wigner, radial=None)`` -> (E, (L+1)^2, C_out), or
     ``(out, extra)`` with extra channels. ``wigner`` is D(R_e): the (E, K, K) of
@@ -449,22 +454,33 @@ class SO2Convolution(nn.Module):
         bias: bool = True,
         extra_m0_output_channels: int = 0,
         rescale: bool = True,
+        backend: str = "auto",
     ) -> None:
         super().__init__()
+        if backend not in ROTATION_BACKENDS:
+            raise ValueError(f"backend must be one of {ROTATION_BACKENDS}, got {backend!r}")
         self.linear = SO2Linear(lmax, mmax, in_channels, out_channels, bias, extra_m0_output_channels)
         self.lmax, self.mmax = self.linear.lmax, self.linear.mmax
         self.rescale = rescale
+        self.backend = backend
         self.radial_features = self.linear.radial_features
 
     def forward(
         self, x: torch.Tensor, wigner: Wigner, radial: Optional[torch.Tensor] = None
     ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
         """(E, (L+1)^2, C_in) global-frame features -> (E, (L+1)^2, C_out) [, (E, extra)]."""
-        out = self.linear(rotate_to_edge_frame(x, wigner, self.lmax, self.mmax), radial)
+        rotate_to, rotate_from = rotate_to_edge_frame, rotate_from_edge_frame
+        if self.backend != "torch":
+            from sciml.ops import so2_triton  # it imports this module
+
+            if so2_triton.use_triton(self.backend, x):
+                wigner = so2_triton.pack_wigner(wigner, self.lmax, x.shape[0])  # once, for both rotations
+                rotate_to, rotate_from = so2_triton.rotate_to_edge_frame, so2_triton.rotate_from_edge_frame
+        out = self.linear(rotate_to(x, wigner, self.lmax, self.mmax), radial)
         extra = None
         if isinstance(out, tuple):
             out, extra = out
-        out = rotate_from_edge_frame(out, wigner, self.lmax, self.mmax, self.rescale)
+        out = rotate_from(out, wigner, self.lmax, self.mmax, self.rescale)
         return out if extra is None else (out, extra)
 
     @classmethod
