@@ -1,12 +1,37 @@
+import ctypes
+import importlib
+
 import numpy as np
 import pytest
 import torch
 from e3nn import o3
 
 from sciml.ops import SphericalHarmonics, spherical_harmonics
-from sciml.ops.spherical_harmonics import cg_spherical_harmonics
+from sciml.ops.cbuild import compile_c, compiler
+from sciml.ops.spherical_harmonics import _c_source, cg_spherical_harmonics
+
+# (``sciml.ops.spherical_harmonics`` is also the name of the function the package exports)
+harmonics_module = importlib.import_module("sciml.ops.spherical_harmonics")
 
 NORMALIZATIONS = ["component", "norm", "integral"]
+
+
+def _has_compiler():
+    try:
+        compiler()
+        return True
+    except RuntimeError:
+        return False
+
+
+BACKENDS = ["torch", pytest.param("c", marks=pytest.mark.skipif(not _has_compiler(), reason="no C compiler"))]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request, monkeypatch):
+    """Runs the test once per implementation (``SCIML_SH_BACKEND``)."""
+    monkeypatch.setenv("SCIML_SH_BACKEND", request.param)
+    return request.param
 
 
 def vectors(n=40, dtype=torch.float64, seed=0):
@@ -19,10 +44,14 @@ def e3nn_sh(ls, v, normalize, normalization):
     return o3.spherical_harmonics(ls, v, normalize, normalization)
 
 
-@pytest.mark.parametrize("normalization", NORMALIZATIONS)
-@pytest.mark.parametrize("normalize", [True, False])
-@pytest.mark.parametrize("ls", [1, 2, 3, 5, 8, [3, 1], [2, 2, 0]])
-def test_values_and_gradients_equal_e3nn(ls, normalize, normalization):
+# Every convention at two degree lists, the others at one convention (each case of the compiled
+# path builds its own kernel, so the list is kept short).
+CASES = [(ls, normalize, n) for ls in (5, [3, 1]) for normalize in (True, False) for n in NORMALIZATIONS]
+CASES += [(ls, True, "component") for ls in (1, 2, 8, [2, 2, 0])]
+
+
+@pytest.mark.parametrize("ls, normalize, normalization", CASES)
+def test_values_and_gradients_equal_e3nn(backend, ls, normalize, normalization):
     v1, v2 = vectors(), vectors()
     ours, theirs = spherical_harmonics(ls, v1, normalize, normalization), e3nn_sh(ls, v2, normalize, normalization)
     scale = theirs.abs().max()
@@ -34,13 +63,14 @@ def test_values_and_gradients_equal_e3nn(ls, normalize, normalization):
     assert (g1 - g2).abs().max() <= 1e-12 * g2.abs().max()
 
 
+@pytest.mark.parametrize("normalization", NORMALIZATIONS)
 @pytest.mark.parametrize("normalize", [True, False])
-def test_second_derivatives_equal_e3nn(normalize):
+def test_second_derivatives_equal_e3nn(backend, normalize, normalization):
     v1, v2 = vectors(12), vectors(12)
-    weights, probe = torch.randn(12, 25, dtype=torch.float64), torch.randn(12, 3, dtype=torch.float64)
+    weights, probe = torch.randn(12, 36, dtype=torch.float64), torch.randn(12, 3, dtype=torch.float64)
     grads = []
     for fn, v in ((spherical_harmonics, v1), (o3.spherical_harmonics, v2)):
-        y = fn(list(range(5)), v, normalize, "component")
+        y = fn(list(range(6)), v, normalize, normalization)
         (g,) = torch.autograd.grad((y * weights).sum(), v, create_graph=True)
         (h,) = torch.autograd.grad((g * probe).sum(), v)
         grads.append((g, h))
@@ -49,11 +79,13 @@ def test_second_derivatives_equal_e3nn(normalize):
     assert (h1 - h2).abs().max() <= 1e-11 * h2.abs().max()
 
 
-def test_float32_accuracy_and_gradient():
+@pytest.mark.parametrize("normalization", NORMALIZATIONS)
+@pytest.mark.parametrize("normalize", [True, False])
+def test_float32_accuracy_and_gradient(backend, normalize, normalization):
     v64 = vectors(200)
     v32 = v64.detach().float().requires_grad_(True)
-    ref = e3nn_sh(8, v64, True, "component")
-    ours = spherical_harmonics(8, v32)
+    ref = e3nn_sh(5, v64, normalize, normalization)
+    ours = spherical_harmonics(5, v32, normalize, normalization)
     assert ours.dtype == torch.float32
     assert (ours.double() - ref).abs().max() <= 2e-5 * ref.abs().max()
     weights = torch.randn(ref.shape, dtype=torch.float64)
@@ -62,21 +94,58 @@ def test_float32_accuracy_and_gradient():
     assert (g32.double() - g64).abs().max() <= 2e-5 * g64.abs().max()
 
 
-def test_batch_shape_module_and_zero_vectors():
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_zero_vectors_follow_e3nn(backend, dtype):
+    # normalize=True: Y^0 only, and the gradient of v / max(|v|, 1e-12) at 0, i.e. dL/du * 1e12
+    # (finite, as e3nn's torch.nn.functional.normalize gives).
+    v = torch.randn(20, 3, dtype=torch.float64)
+    v[[0, 7, 19]] = 0.0
+    for normalize in (True, False):
+        v1, v2 = v.to(dtype).requires_grad_(True), v.clone().requires_grad_(True)
+        ours, theirs = spherical_harmonics(5, v1, normalize, "norm"), e3nn_sh(5, v2, normalize, "norm")
+        tolerance = 1e-12 if dtype == torch.float64 else 1e-6
+        assert (ours.double() - theirs).abs().max() <= tolerance * theirs.abs().max()
+        assert torch.equal(ours[0], torch.tensor([1.0] + [0.0] * 35, dtype=dtype))
+        weights = torch.randn(theirs.shape, dtype=torch.float64)
+        (g1,) = torch.autograd.grad((ours * weights.to(dtype)).sum(), v1)
+        (g2,) = torch.autograd.grad((theirs * weights).sum(), v2)
+        assert torch.isfinite(g1).all()
+        for rows in ([0, 7, 19], [i for i in range(20) if i not in (0, 7, 19)]):
+            assert (g1[rows].double() - g2[rows]).abs().max() <= 10 * tolerance * g2[rows].abs().max()
+
+
+def test_batch_shapes_module_and_threads(backend):
     v = torch.randn(2, 5, 3, dtype=torch.float64)
-    v[0, 0] = 0.0
-    module = SphericalHarmonics(3, normalize=True, normalization="norm")
+    module = SphericalHarmonics(5, normalize=True, normalization="norm")
     out = module(v)
-    assert out.shape == (2, 5, 16) and module.dim == 16
-    assert torch.equal(out, spherical_harmonics(3, v, True, "norm"))
-    assert torch.allclose(out, e3nn_sh(3, v, True, "norm"), atol=1e-13)
-    assert torch.equal(out[0, 0], torch.tensor([1.0] + [0.0] * 15, dtype=torch.float64))  # as e3nn
+    assert out.shape == (2, 5, 36) and module.dim == 36
+    assert torch.equal(out, spherical_harmonics(5, v, True, "norm"))
+    assert torch.allclose(out, e3nn_sh(5, v, True, "norm"), atol=1e-13)
+    assert spherical_harmonics(5, torch.zeros(0, 4, 3)).shape == (0, 4, 36)
+    assert spherical_harmonics([1, 0], torch.tensor([0.0, 0.0, 2.0])).shape == (4,)
+    strided = torch.randn(3, 100, dtype=torch.float64).t()  # not contiguous
+    assert torch.allclose(spherical_harmonics(5, strided), e3nn_sh(5, strided, True, "component"), atol=1e-12)
+    # several OpenMP threads over many blocks of points, and a tail block
+    many = vectors(3001, torch.float32).detach().requires_grad_(True)
+    weights = torch.randn(3001, 81, dtype=torch.float64)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        ours = spherical_harmonics(8, many)
+        (grad,) = torch.autograd.grad((ours * weights.float()).sum(), many)
+    finally:
+        torch.set_num_threads(threads)
+    ref = many.detach().double().requires_grad_(True)
+    theirs = e3nn_sh(8, ref, True, "component")
+    (ref_grad,) = torch.autograd.grad((theirs * weights).sum(), ref)
+    assert (ours.double() - theirs).abs().max() < 2e-5 * theirs.abs().max()
+    assert (grad.double() - ref_grad).abs().max() < 2e-5 * ref_grad.abs().max()
 
 
-def test_polar_axis_is_y_and_signs():
+def test_polar_axis_is_y_and_signs(backend):
     # On +y only m = 0 is non-zero, with value sqrt(2l+1) ("component"), for every degree.
-    y = spherical_harmonics(8, torch.tensor([[0.0, 2.0, 0.0]], dtype=torch.float64))[0]
-    for l in range(9):
+    y = spherical_harmonics(16, torch.tensor([[0.0, 2.0, 0.0]], dtype=torch.float64))[0]
+    for l in range(17):
         block = y[l * l : (l + 1) ** 2]
         assert torch.allclose(block[l], torch.tensor(float(2 * l + 1) ** 0.5, dtype=torch.float64))
         assert block.abs().sum() - block[l].abs() < 1e-12
@@ -90,6 +159,53 @@ def test_clebsch_gordan_reference_matches_e3nn():
     ours = np.concatenate(cg_spherical_harmonics(6, points), axis=1)
     theirs = e3nn_sh(6, torch.tensor(points), False, "component").numpy()
     assert np.abs(ours - theirs).max() < 1e-12 * np.abs(theirs).max()
+
+
+@pytest.mark.skipif(not _has_compiler(), reason="no C compiler")
+@pytest.mark.parametrize("vbytes", [16, 32, 64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_compiled_kernel_at_every_simd_width(monkeypatch, vbytes, dtype):
+    """The generated source forced to each vector width (LANES = 2..16): transposes, tails."""
+    monkeypatch.setenv("SCIML_SH_BACKEND", "torch")
+    ls, n = (4, 1, 0, 2), 37
+    real = "float" if dtype == torch.float32 else "double"
+    source = f"#define VBYTES {vbytes}\n" + _c_source(ls, "integral", True, real)
+    forward, backward = (compile_c(source, name) for name in ("sciml_sh_forward", "sciml_sh_backward"))
+    v = vectors(n, dtype).detach()
+    v[5] = 0.0
+    ref_v = v.clone().requires_grad_(True)
+    ref = spherical_harmonics(ls, ref_v, True, "integral")
+    grad = torch.randn_like(ref)
+    (ref_grad,) = torch.autograd.grad(ref, ref_v, grad)
+    out, out_grad = torch.empty_like(ref), torch.empty_like(v)
+    pointer = lambda t: ctypes.c_void_p(t.data_ptr())
+    forward(ctypes.c_int64(n), pointer(v), pointer(out), ctypes.c_int(2))
+    backward(ctypes.c_int64(n), pointer(v), pointer(grad), pointer(out_grad), ctypes.c_int(2))
+    tolerance = 1e-6 if dtype == torch.float32 else 1e-14
+    assert (out - ref).abs().max() <= tolerance
+    assert (out_grad - ref_grad).abs().max() <= tolerance * ref_grad.abs().max()
+
+
+def test_backend_selection(monkeypatch):
+    v = vectors(10)
+    monkeypatch.setenv("SCIML_SH_BACKEND", "fast")
+    with pytest.raises(ValueError, match="SCIML_SH_BACKEND"):
+        spherical_harmonics(2, v)
+    monkeypatch.setenv("SCIML_SH_BACKEND", "c")
+    with pytest.raises(ValueError, match="float32/float64"):
+        spherical_harmonics(2, v.detach().to(torch.bfloat16))
+    # Without a working compiler "auto" falls back to the torch code and "c" raises.
+    monkeypatch.setattr(harmonics_module, "_built", {})
+
+    def broken(source, name):
+        raise RuntimeError("no C compiler found (set CC)")
+
+    monkeypatch.setattr(harmonics_module, "compile_c", broken)
+    with pytest.raises(RuntimeError, match="no C compiler"):
+        spherical_harmonics(2, v)
+    monkeypatch.setenv("SCIML_SH_BACKEND", "auto")
+    assert torch.allclose(spherical_harmonics(2, v), e3nn_sh(2, v, True, "component"), atol=1e-13)
+    assert isinstance(next(iter(harmonics_module._built.values())), str)  # the failure is remembered
 
 
 @pytest.mark.parametrize(

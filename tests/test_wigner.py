@@ -1,9 +1,30 @@
+import ctypes
+
 import pytest
 import torch
 from e3nn import o3
 
 from sciml.ops import edge_rotation, spherical_harmonics, wigner_D
-from sciml.ops.wigner import wigner_D_blocks
+from sciml.ops.cbuild import compile_c, compiler
+from sciml.ops.wigner import _c_source, wigner_D_blocks
+
+
+def _has_compiler():
+    try:
+        compiler()
+        return True
+    except RuntimeError:
+        return False
+
+
+BACKENDS = ["torch", pytest.param("c", marks=pytest.mark.skipif(not _has_compiler(), reason="no C compiler"))]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request, monkeypatch):
+    """Runs the test once per implementation (``SCIML_SH_BACKEND``)."""
+    monkeypatch.setenv("SCIML_SH_BACKEND", request.param)
+    return request.param
 
 
 def e3nn_wigner(lmax, rot):
@@ -25,7 +46,7 @@ def rotations(n, seed=0, improper=False, dtype=torch.float64):
 
 
 @pytest.mark.parametrize("lmax", [0, 1, 2, 4, 6, 8])
-def test_equals_e3nn_including_improper(lmax):
+def test_equals_e3nn_including_improper(backend, lmax):
     rot = rotations(12, improper=True)
     ours = wigner_D(lmax, rot)
     theirs = e3nn_wigner(lmax, rot)
@@ -33,14 +54,14 @@ def test_equals_e3nn_including_improper(lmax):
     assert (ours - theirs).abs().max() < 1e-12
 
 
-def test_float32_accuracy():
+def test_float32_accuracy(backend):
     rot = rotations(50, improper=True)
     ours = wigner_D(8, rot.float())
     assert ours.dtype == torch.float32
     assert (ours.double() - e3nn_wigner(8, rot)).abs().max() < 1e-5
 
 
-def test_orthogonal_representation_and_harmonics_equivariance():
+def test_orthogonal_representation_and_harmonics_equivariance(backend):
     r1, r2 = rotations(6, 1, improper=True), rotations(6, 2, improper=True)
     d1, d2 = wigner_D(6, r1), wigner_D(6, r2)
     eye = torch.eye(49, dtype=torch.float64)
@@ -52,15 +73,55 @@ def test_orthogonal_representation_and_harmonics_equivariance():
     assert (rotated - (d1 @ spherical_harmonics(6, v).unsqueeze(-1)).squeeze(-1)).abs().max() < 1e-12
 
 
-def test_blocks_batch_shape_and_gradient():
+def test_blocks_batch_shape_and_gradients(backend):
     rot = rotations(6).view(2, 3, 3, 3)
     dense = wigner_D(3, rot)
     assert dense.shape == (2, 3, 16, 16)
     for l, block in enumerate(wigner_D_blocks(3, rot)):
         assert block.shape == (2, 3, 2 * l + 1, 2 * l + 1) and block.is_contiguous()
         assert torch.equal(block, dense[..., l * l : (l + 1) ** 2, l * l : (l + 1) ** 2])
+    assert [b.shape for b in wigner_D_blocks(1, torch.zeros(0, 3, 3))] == [(0, 1, 1), (0, 3, 3)]
     small = rotations(2).requires_grad_(True)
     assert torch.autograd.gradcheck(lambda r: wigner_D(2, r), (small,))
+    # second derivatives (the compiled path recomputes with torch operations for those)
+    assert torch.autograd.gradgradcheck(lambda r: wigner_D_blocks(2, r)[2], (small,))
+    # the gradient over many rotations and OpenMP threads equals the torch path's
+    many = rotations(301, improper=True).requires_grad_(True)
+    weights = [torch.randn(301, 2 * l + 1, 2 * l + 1, dtype=torch.float64) for l in range(5)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        (grad,) = torch.autograd.grad(sum((b * w).sum() for b, w in zip(wigner_D_blocks(4, many), weights)), many)
+    finally:
+        torch.set_num_threads(threads)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SCIML_SH_BACKEND", "torch")
+        (ref,) = torch.autograd.grad(sum((b * w).sum() for b, w in zip(wigner_D_blocks(4, many), weights)), many)
+    assert (grad - ref).abs().max() < 1e-12 * ref.abs().max()
+
+
+@pytest.mark.skipif(not _has_compiler(), reason="no C compiler")
+@pytest.mark.parametrize("vbytes", [16, 32, 64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_compiled_kernel_at_every_simd_width(monkeypatch, vbytes, dtype):
+    """The generated source forced to each vector width (LANES = 2..16): transposes, tails."""
+    monkeypatch.setenv("SCIML_SH_BACKEND", "torch")
+    lmax, e = 3, 37
+    source = f"#define VBYTES {vbytes}\n" + _c_source(lmax, "float" if dtype == torch.float32 else "double")
+    forward, backward = (compile_c(source, name) for name in ("sciml_wigner_forward", "sciml_wigner_backward"))
+    rot = rotations(e, improper=True, dtype=dtype)
+    ref_rot = rot.clone().requires_grad_(True)
+    ref = wigner_D_blocks(lmax, ref_rot)
+    grads = [torch.randn_like(b) for b in ref]
+    (ref_grad,) = torch.autograd.grad(ref, ref_rot, grads)
+    out, out_grad = torch.empty(sum(b.numel() for b in ref), dtype=dtype), torch.empty_like(rot)
+    grad = torch.cat([g.reshape(-1) for g in grads])
+    pointer = lambda t: ctypes.c_void_p(t.data_ptr())
+    forward(ctypes.c_int64(e), pointer(rot), pointer(out), ctypes.c_int(2))
+    backward(ctypes.c_int64(e), pointer(rot), pointer(grad), pointer(out_grad), ctypes.c_int(2))
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-13
+    assert (out - torch.cat([b.reshape(-1) for b in ref])).abs().max() <= tolerance
+    assert (out_grad - ref_grad).abs().max() <= tolerance * ref_grad.abs().max()
 
 
 def test_edge_rotation_maps_edges_to_plus_y():

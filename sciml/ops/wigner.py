@@ -12,17 +12,36 @@ Y^l(P)^+ is computed once in float64. P is a Fibonacci sphere with the fewest po
 accuracy. No Euler angles, hence no gimbal singularities; improper R give the parity for free
 because the harmonics have parity (-1)^l; the result is a polynomial in R's entries, so it is
 differentiable everywhere.
+
+On CPU (float32/float64, ``SCIML_SH_BACKEND`` not "torch") one generated C kernel does it all per
+block of rotations, one rotation per SIMD lane: the harmonics of the rotated points (the
+recurrence of :mod:`sciml.ops.spherical_harmonics`), the contraction with the pseudo-inverses
+(literals in the source) and the (2l+1)^2 entries of each D^l written in place; its backward
+(dL/dR) is C as well. Otherwise, and for a differentiable backward (``create_graph=True``), the
+same steps run as torch operations.
 """
 
 from __future__ import annotations
 
+import ctypes
 import functools
-from typing import List, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 import torch
 
-from sciml.ops.spherical_harmonics import MAX_L, cg_spherical_harmonics, harmonics_of_rows
+from sciml.ops.spherical_harmonics import (
+    MAX_L,
+    build_kernels,
+    c_gradient_statements,
+    c_harmonics_statements,
+    c_prelude,
+    c_real,
+    c_tile_functions,
+    cg_spherical_harmonics,
+    harmonics_of_rows,
+    use_compiled,
+)
 
 _MAX_CONDITION = 10.0
 
@@ -78,7 +97,20 @@ def wigner_D_blocks(lmax: int, rotations: torch.Tensor) -> List[torch.Tensor]:
     """
     _check(lmax, rotations)
     batch = rotations.shape[:-2]
-    return [b.permute(2, 0, 1).contiguous().view(*batch, *b.shape[:2]) for b in _edge_minor_blocks(lmax, rotations)]
+    return [b.contiguous().view(*batch, *b.shape[1:]) for b in _blocks(lmax, rotations)]
+
+
+def _blocks(lmax: int, rotations: torch.Tensor) -> List[torch.Tensor]:
+    """[D^l (E, 2l+1, 2l+1)] for l = 0..lmax, by the compiled kernel where it applies."""
+    flat = rotations.reshape(-1, 3, 3)
+    kernels = _compiled_kernels(lmax, flat.dtype) if use_compiled(flat) else None
+    if kernels is None:
+        return [b.permute(2, 0, 1) for b in _edge_minor_blocks(lmax, flat)]
+    e = flat.shape[0]
+    sizes = [(2 * l + 1) ** 2 for l in range(lmax + 1)]
+    out = _CompiledBlocks.apply(flat.contiguous(), lmax, kernels)
+    # (torch.split: its backward is one cat, where slicing would zero-fill a full gradient per degree.)
+    return [b.view(e, 2 * l + 1, 2 * l + 1) for l, b in enumerate(torch.split(out, [e * size for size in sizes]))]
 
 
 def _edge_minor_blocks(lmax: int, rotations: torch.Tensor) -> List[torch.Tensor]:
@@ -93,6 +125,212 @@ def _edge_minor_blocks(lmax: int, rotations: torch.Tensor) -> List[torch.Tensor]
     # (torch.split: its backward is one cat, where slicing would zero-fill a full gradient per degree.)
     degrees = torch.split(harmonics, [2 * l + 1 for l in range(lmax + 1)])
     return [pinv.t() @ y.view(2 * l + 1, n, e) for l, (pinv, y) in enumerate(zip(pinvs, degrees))]
+
+
+def _c_literals(values: np.ndarray, real: str) -> str:
+    suffix = "f" if real == "float" else ""
+    return ", ".join(f"{float(v)!r}{suffix}" for v in np.asarray(values).reshape(-1))
+
+
+def _c_source(lmax: int, real: str) -> str:
+    """``sciml_wigner_forward`` (rotations (E, 3, 3) -> D^l (E, 2l+1, 2l+1) for l = 0..lmax, the
+    degrees' blocks one after the other) and ``sciml_wigner_backward`` (dL/dD -> dL/dR); both
+    return 1 when their scratch memory cannot be allocated, else 0.
+
+    Per block of LANES rotations (one per lane): the harmonics of each rotated point R p into
+    ``ys[p][k][lane]``, then D^l[a][b] = sum_p Y^l_a(R p) pinv_l[p][b] in vector registers, then
+    each degree's rows transposed into place. The backward runs the same steps in reverse:
+    dL/dY^l_a(R p) = sum_b dL/dD^l[a][b] pinv_l[p][b], the harmonics' gradient at each R p, and
+    dL/dR = sum_p dL/d(R p) p^T.
+    """
+    points, pinvs = _point_set(lmax)
+    n, k = len(points), (lmax + 1) ** 2
+    offsets = np.cumsum([0] + [(2 * l + 1) ** 2 for l in range(lmax + 1)])
+    lines = [c_prelude(real), "#include <omp.h>", f"#define NP {n}", f"#define KY {k}", "#define NINE 9"]
+    for axis, name in enumerate("XYZ"):
+        lines.append(f"static const real P{name}[NP] = {{{_c_literals(points[:, axis], real)}}};")
+    for l, pinv in enumerate(pinvs):
+        rows = ", ".join(f"{{{_c_literals(row, real)}}}" for row in pinv)
+        lines.append(f"static const real PINV{l}[NP][{2 * l + 1}] = {{{rows}}};")
+        lines.append(c_tile_functions(str((2 * l + 1) ** 2), f"d{l}"))
+    lines.append(c_tile_functions("NINE", "dr"))
+    rotate = [
+        "const real x = r[0][b] * px + r[1][b] * py + r[2][b] * pz;",
+        "const real y = r[3][b] * px + r[4][b] * py + r[5][b] * pz;",
+        "const real z = r[6][b] * px + r[7][b] * py + r[8][b] * pz;",
+    ]
+    harmonics = rotate + c_harmonics_statements(lmax, lmax, "component", real)
+    harmonics += [f"ys[p][{i}][b] = Y{i};" for i in range(k)]
+    gradient = rotate + (c_harmonics_statements(lmax, lmax - 1, "component", real) if lmax > 0 else [])
+    gradient += ["real gx = 0, gy = 0, gz = 0;"]
+    if lmax > 0:
+        gradient += c_gradient_statements(tuple(range(lmax + 1)), "component", real, lambda j: f"ys[p][{j}][b]")
+    gradient += [f"dr[{3 * i + j}][b] += g{'xyz'[i]} * p{'xyz'[j]};" for i in range(3) for j in range(3)]
+
+    def indent(statements: List[str], depth: int) -> str:
+        return "\n".join(" " * depth + s for s in statements)
+
+    contract, expand = [], []
+    for l in range(lmax + 1):
+        w = 2 * l + 1
+        acc = [f"acc{b}" for b in range(w)]
+        # forward: rows a w + b of D^l from rows l^2 + a of ys, summed over the points
+        contract += [
+            f"for (int a = 0; a < {w}; a++) {{",
+            f"  vreal {', '.join(f'{v} = {{0}}' for v in acc)};",
+            "  for (int p = 0; p < NP; p++) {",
+            "    vreal y;",
+            f"    memcpy(&y, ys[p][{l * l} + a], sizeof(vreal));",
+            *[f"    {v} += y * PINV{l}[p][{b}];" for b, v in enumerate(acc)],
+            "  }",
+            *[f"  memcpy(d{l}[a * {w} + {b}], &{v}, sizeof(vreal));" for b, v in enumerate(acc)],
+            "}",
+            f"store_d{l}(d{l}, out + edges * {offsets[l]} + start * {w * w}, count);",
+        ]
+        # backward: rows l^2 + a of ys (now dL/dY) from rows a w + b of dL/dD^l
+        expand += [
+            f"load_d{l}(grad + edges * {offsets[l]} + start * {w * w}, count, d{l});",
+            f"for (int a = 0; a < {w}; a++) {{",
+            f"  vreal {', '.join(acc)};",
+            *[f"  memcpy(&{v}, d{l}[a * {w} + {b}], sizeof(vreal));" for b, v in enumerate(acc)],
+            "  for (int p = 0; p < NP; p++) {",
+            f"    const vreal g = {' + '.join(f'{v} * PINV{l}[p][{b}]' for b, v in enumerate(acc))};",
+            f"    memcpy(ys[p][{l * l} + a], &g, sizeof(vreal));",
+            "  }",
+            "}",
+        ]
+    degree_rows = " ".join(f"d{l}_t d{l};" for l in range(lmax + 1))
+    degree_pointers = " ".join(f"real (*d{l})[LANES] = s->d{l};" for l in range(lmax + 1))
+    scratch = f"""
+    scratch_t* s = (scratch_t*)(scratch + size * omp_get_thread_num());
+    real (*ys)[KY][LANES] = s->ys;
+    real (*dr)[LANES] = s->dr;
+    {degree_pointers}
+    real r[9][LANES];"""
+    block = """      const int64_t start = block * LANES;
+      const int count = edges - start < LANES ? (int)(edges - start) : LANES;
+      for (int b = 0; b < LANES; b++) {
+        const real* m = rot + 9 * (start + (b < count ? b : count - 1));
+        for (int i = 0; i < 9; i++) r[i][b] = m[i];
+      }"""
+    lines.append(f"""
+/* Per-thread scratch: the harmonics (or their gradients) at the block's rotated points, the
+   blocks of D^l (or their gradients) as rows, dL/dR as rows. */
+typedef struct {{ real ys[NP][KY][LANES]; {degree_rows} dr_t dr; }} scratch_t;
+
+int sciml_wigner_forward(int64_t edges, const real* restrict rot, real* restrict out, int num_threads) {{
+  const int64_t blocks = (edges + LANES - 1) / LANES;
+  const int threads = blocks > 4 ? num_threads : 1;
+  /* zeroed: the padding rows of the last tiles are transposed too */
+  const size_t size = (sizeof(scratch_t) + VBYTES - 1) / VBYTES * VBYTES;
+  void* memory = NULL;
+  if (posix_memalign(&memory, VBYTES, size * threads)) return 1;
+  char* scratch = memory;
+  memset(scratch, 0, size * threads);
+#pragma omp parallel num_threads(threads)
+  {{{scratch}
+    (void)dr;
+#pragma omp for schedule(static)
+    for (int64_t block = 0; block < blocks; block++) {{
+{block}
+      for (int p = 0; p < NP; p++) {{
+        const real px = PX[p], py = PY[p], pz = PZ[p];
+#pragma omp simd
+        for (int b = 0; b < LANES; b++) {{
+{indent(harmonics, 10)}
+        }}
+      }}
+{indent(contract, 6)}
+    }}
+  }}
+  free(scratch);
+  return 0;
+}}
+
+int sciml_wigner_backward(int64_t edges, const real* restrict rot, const real* restrict grad,
+                           real* restrict grad_rot, int num_threads) {{
+  const int64_t blocks = (edges + LANES - 1) / LANES;
+  const int threads = blocks > 4 ? num_threads : 1;
+  /* zeroed: the padding rows of the last tiles are transposed too */
+  const size_t size = (sizeof(scratch_t) + VBYTES - 1) / VBYTES * VBYTES;
+  void* memory = NULL;
+  if (posix_memalign(&memory, VBYTES, size * threads)) return 1;
+  char* scratch = memory;
+  memset(scratch, 0, size * threads);
+#pragma omp parallel num_threads(threads)
+  {{{scratch}
+#pragma omp for schedule(static)
+    for (int64_t block = 0; block < blocks; block++) {{
+{block}
+{indent(expand, 6)}
+      memset(dr, 0, sizeof(dr_t));
+      for (int p = 0; p < NP; p++) {{
+        const real px = PX[p], py = PY[p], pz = PZ[p];
+#pragma omp simd
+        for (int b = 0; b < LANES; b++) {{
+{indent(gradient, 10)}
+        }}
+      }}
+      store_dr(dr, grad_rot + 9 * start, count);
+    }}
+  }}
+  free(scratch);
+  return 0;
+}}
+""")
+    return "\n".join(lines)
+
+
+def _compiled_kernels(lmax: int, dtype: torch.dtype) -> Optional[Tuple[Callable, ...]]:
+    real = c_real(dtype)
+    kernels = build_kernels(
+        ("wigner", lmax, real), lambda: _c_source(lmax, real), ("sciml_wigner_forward", "sciml_wigner_backward")
+    )
+    for kernel in kernels or ():
+        kernel.restype = ctypes.c_int
+    return kernels
+
+
+def _run(kernel: Callable, *args) -> None:
+    if kernel(*args, ctypes.c_int(torch.get_num_threads())):
+        raise MemoryError("the Wigner-D kernel could not allocate its scratch memory")
+
+
+def _pointer(tensor: torch.Tensor) -> ctypes.c_void_p:
+    return ctypes.c_void_p(tensor.data_ptr())
+
+
+class _CompiledBlocks(torch.autograd.Function):
+    """Rotations (E, 3, 3), contiguous -> D^0..D^lmax flat (each (E, 2l+1, 2l+1), one after the other).
+
+    The backward is C unless its graph is wanted (``create_graph=True``): then the blocks are
+    recomputed with torch operations and differentiated.
+    """
+
+    @staticmethod
+    def forward(ctx, rotations, lmax, kernels):
+        ctx.lmax, ctx.kernels = lmax, kernels
+        e = rotations.shape[0]
+        out = rotations.new_empty(e * sum((2 * l + 1) ** 2 for l in range(lmax + 1)))
+        _run(kernels[0], ctypes.c_int64(e), _pointer(rotations), _pointer(out))
+        ctx.save_for_backward(rotations)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        (rotations,) = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            with torch.enable_grad():
+                source = rotations if rotations.requires_grad else rotations.detach().requires_grad_(True)
+                flat = torch.cat([b.permute(2, 0, 1).reshape(-1) for b in _edge_minor_blocks(ctx.lmax, source)])
+                (out,) = torch.autograd.grad(flat, source, grad, create_graph=True)
+            return out, None, None
+        out = torch.empty_like(rotations)
+        if ctx.lmax == 0:
+            return out.zero_(), None, None
+        grad = grad.contiguous()
+        _run(ctx.kernels[1], ctypes.c_int64(rotations.shape[0]), _pointer(rotations), _pointer(grad), _pointer(out))
+        return out, None, None
 
 
 def wigner_D(lmax: int, rotations: torch.Tensor) -> torch.Tensor:
@@ -116,13 +354,10 @@ def wigner_D(lmax: int, rotations: torch.Tensor) -> torch.Tensor:
     # block). At lmax 6 the matrix is 93% zeros and writing it is most of the cost.
     zero = rotations.new_zeros(())
     rows = []
-    for l, block in enumerate(_edge_minor_blocks(lmax, rotations)):
+    for l, block in enumerate(_blocks(lmax, rotations)):
         start, stop = l * l, (l + 1) ** 2
         rows.append(
-            torch.cat(
-                [zero.expand(e, stop - start, start), block.permute(2, 0, 1), zero.expand(e, stop - start, dim - stop)],
-                2,
-            )
+            torch.cat([zero.expand(e, stop - start, start), block, zero.expand(e, stop - start, dim - stop)], 2)
         )
     out = torch.cat(rows, 1)
     return out.view(*rotations.shape[:-2], dim, dim)
