@@ -174,3 +174,21 @@ def test_bench_rows_check_against_e3nn_and_report_the_roofline():
     table = format_tp_table(rows, limits)
     assert rows[0]["gflops"] > 0 and rows[0]["above_bound"] > 0 and rows[0]["paths"] == 4
     assert "C=4 L=1 E=64" in table and "conv (fused)" in table
+
+
+@pytest.mark.skipif("cpu" not in CPU_BACKENDS, reason="no C compiler for the cpu kernel")
+@pytest.mark.parametrize("channels", [16, 3])
+def test_one_pass_gradients_equal_separate_passes(monkeypatch, channels):
+    from sciml.ops.tensor_product import core
+
+    irreps = f"{channels}x0e+{channels}x1o+{channels}x2e"
+    tp = ChannelwiseTensorProduct(irreps, "0e+1o+2e", backend="cpu").double()
+    inputs = _inputs(tp, 6, torch.float64)
+    calls = []
+    fused = core._FUSED_GRADIENTS["cpu"]
+    monkeypatch.setitem(core._FUSED_GRADIENTS, "cpu", lambda *args: calls.append(1) or fused(*args))
+    one_pass = _forward_backward(tp, *inputs)
+    assert calls, "the one-pass gradients were not used for a channelwise product"
+    monkeypatch.delitem(core._FUSED_GRADIENTS, "cpu")
+    for got, want in zip(one_pass, _forward_backward(tp, *inputs)):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)

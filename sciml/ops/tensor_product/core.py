@@ -79,6 +79,14 @@ class CorePlan:
 
 CoreBackend = Callable[..., torch.Tensor]
 _CORE_BACKENDS: Dict[str, CoreBackend] = {}
+_FUSED_GRADIENTS: Dict[str, Callable] = {}
+
+
+def register_fused_gradients(name: str, function: Callable) -> None:
+    """Optional: ``function(plan, a, b, s, grad_out) -> (grad_a, grad_b, grad_s)`` computing all three
+    input gradients of a forward core (output slot o, identity row maps) in one pass, or None
+    where the plan does not suit it. Used for first derivatives only (not under create_graph)."""
+    _FUSED_GRADIENTS[name] = function
 
 
 def register_core_backend(name: str, function: CoreBackend) -> None:
@@ -153,6 +161,12 @@ class _SparseCore(torch.autograd.Function):
         for slot, tensor in zip(ctx.slots, inputs):
             operands[slot] = tensor
         operands[out_slot] = grad_out.contiguous()
+        fused = _FUSED_GRADIENTS.get(backend)
+        if (fused is not None and out_slot == 3 and all(m is None for m in rowmaps) and all(ctx.needs_input_grad[1:])
+                and not torch.is_grad_enabled()):
+            grads = fused(plan, *operands)
+            if grads is not None:
+                return (None, *grads)
         grads = []
         for position, slot in enumerate(ctx.slots):
             if not ctx.needs_input_grad[position + 1]:

@@ -19,7 +19,13 @@ import numpy as np
 import torch
 
 from sciml.ops.cbuild import compile_c
-from sciml.ops.tensor_product.core import INDEX_COLUMN, CorePlan, register_core_backend, sorted_rows
+from sciml.ops.tensor_product.core import (
+    INDEX_COLUMN,
+    CorePlan,
+    register_core_backend,
+    register_fused_gradients,
+    sorted_rows,
+)
 from sciml.ops.tensor_product.cpu_codegen import generate_source
 
 SOURCE = Path(__file__).with_name("cpu_kernel.c")
@@ -34,6 +40,7 @@ def available() -> bool:
         try:
             source = SOURCE.read_text()
             _kernels.update({name: compile_c(source, f"sciml_tp_core_{name}") for name in ("f32", "f64")})
+            _kernels.update({f"gradients_{name}": compile_c(source, f"sciml_tp_gradients_{name}") for name in ("f32", "f64")})
         except (RuntimeError, OSError) as error:
             _failure = str(error)
     return _failure is None
@@ -105,17 +112,23 @@ SPECIALISE_MODES = ("auto", "always", "never")
 SPECIALISE_WORK = 20_000_000  # terms x entries x channels above which "auto" specialises (compile: 0.1-10 s, once)
 
 
-def _kernel(plan: CorePlan, out_slot: int, dtype: torch.dtype, program: tuple, num_terms: int) -> Callable:
-    """The plan-specialised kernel when worth it (``SCIML_CPU_SPECIALISE``), else the generic one."""
-    suffix = "f32" if dtype == torch.float32 else "f64"
+def _specialises(plan: CorePlan, num_terms: int) -> bool:
+    """Whether products of ``plan`` over ``num_terms`` terms use kernels specialised to the plan."""
     mode = os.environ.get("SCIML_CPU_SPECIALISE", "auto")
     if mode not in SPECIALISE_MODES:
         raise ValueError(f"SCIML_CPU_SPECIALISE must be one of {SPECIALISE_MODES}, got {mode!r}")
+    if mode != "auto":
+        return mode == "always"
+    channels = int(plan.paths[:, 8].max()) if len(plan.paths) else 0
+    return num_terms * len(plan.values) * channels >= SPECIALISE_WORK
+
+
+def _kernel(plan: CorePlan, out_slot: int, dtype: torch.dtype, program: tuple, num_terms: int) -> Callable:
+    """The plan-specialised kernel when worth it (``SCIML_CPU_SPECIALISE``), else the generic one."""
+    suffix = "f32" if dtype == torch.float32 else "f64"
     key = ("cpu_specialised", out_slot, suffix)
     if key not in plan._device_cache:
-        paths = program[0]
-        work = num_terms * int(sum((int(g[2]) - int(g[1])) for g in program[1])) * int(paths[:, 0].max() if len(paths) else 0)
-        if mode == "never" or (mode == "auto" and work < SPECIALISE_WORK):
+        if not _specialises(plan, num_terms):
             return _kernels[suffix]
         real = "float" if dtype == torch.float32 else "double"
         plan._device_cache[key] = compile_c(generate_source(program, real, "sciml_tp_core_specialised"), "sciml_tp_core_specialised")
@@ -158,4 +171,32 @@ def cpu_core(
     return out
 
 
+def _channelwise(plan: CorePlan) -> bool:
+    """Every path has a and the output per-channel and b broadcast: the fused gradients apply."""
+    key = "cpu_channelwise"
+    if key not in plan._device_cache:
+        rows = plan.paths
+        plan._device_cache[key] = bool(len(rows)) and bool(
+            np.all(rows[:, 4] == 0) and np.all(rows[:, 5] == 1) and np.all(rows[:, 7] == 0)
+        )
+    return plan._device_cache[key]
+
+
+def cpu_gradients(plan: CorePlan, a: torch.Tensor, b: torch.Tensor, s: torch.Tensor, grad: torch.Tensor):
+    """(grad_a, grad_b, grad_s) of a forward core in one pass (``cpu_kernel.c``), or None where the
+    plan is not channelwise; same values as three separate core calls."""
+    if not _channelwise(plan) or a.dtype not in (torch.float32, torch.float64) or _specialises(plan, a.shape[0]):
+        return None  # large products: the per-plan kernels, one per gradient, are faster (measured)
+    tensors = [t.contiguous() for t in (a, b, s, grad)]
+    grads = [torch.empty_like(t) for t in tensors[:3]]
+    paths, indices, values = plan.tensors(torch.device("cpu"))
+    _kernels["gradients_f32" if a.dtype == torch.float32 else "gradients_f64"](
+        ctypes.c_int64(a.shape[0]), *[ctypes.c_void_p(t.data_ptr()) for t in tensors + grads],
+        (ctypes.c_int64 * 4)(*plan.widths), ctypes.c_int64(paths.shape[0]), ctypes.c_void_p(paths.data_ptr()),
+        ctypes.c_void_p(indices.data_ptr()), ctypes.c_void_p(values.data_ptr()), ctypes.c_int(torch.get_num_threads()),
+    )
+    return tuple(grads)
+
+
 register_core_backend("cpu", cpu_core)
+register_fused_gradients("cpu", cpu_gradients)

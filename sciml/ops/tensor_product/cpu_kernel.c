@@ -113,3 +113,76 @@ void NAME(int64_t out_rows, const int64_t *ptr, const int64_t *order, REAL *cons
 
 DEFINE_CORE(sciml_tp_core_f32, float, vec_f32)
 DEFINE_CORE(sciml_tp_core_f64, double, vec_f64)
+
+/* All three input gradients of a forward core in one pass, for plans where every path has input a
+ * and the output per-channel and input b broadcast (the channelwise product: features x edge
+ * harmonics with per-edge weights); s per-channel or broadcast. Rows are the terms (identity row
+ * maps). With o = c a b s summed over entries: grad_a += c b s g, grad_b += c sum_u a s g,
+ * grad_s += c b a g; a, b, s and g are read once instead of once per gradient. */
+#define PATH_COLUMNS 11  /* core.CorePlan.paths */
+#define MAX_COMPONENTS 64 /* 2l+1 of input b; harmonics go to l = 16 */
+
+#define DEFINE_FUSED_GRADIENTS(NAME, REAL, VEC)                                                          \
+void NAME(int64_t terms, const REAL *a, const REAL *b, const REAL *s, const REAL *g, REAL *ga,         \
+          REAL *gb, REAL *gs, const int64_t *widths, int64_t num_paths, const int64_t *paths,           \
+          const int64_t *indices, const double *values, int num_threads) {                              \
+    const int64_t lanes = (int64_t)(sizeof(VEC) / sizeof(REAL));                                        \
+    _Pragma("omp parallel for schedule(dynamic, 16) num_threads(num_threads)")                          \
+    for (int64_t z = 0; z < terms; ++z) {                                                               \
+        const REAL *ar = a + z * widths[0], *br = b + z * widths[1], *sr = s + z * widths[2];           \
+        const REAL *gr = g + z * widths[3];                                                             \
+        REAL *gar = ga + z * widths[0], *gbr = gb + z * widths[1], *gsr = gs + z * widths[2];           \
+        memset(gar, 0, (size_t)widths[0] * sizeof(REAL));                                               \
+        memset(gbr, 0, (size_t)widths[1] * sizeof(REAL));                                               \
+        memset(gsr, 0, (size_t)widths[2] * sizeof(REAL));                                               \
+        for (int64_t p = 0; p < num_paths; ++p) {                                                       \
+            const int64_t *P = paths + PATH_COLUMNS * p;                                                \
+            const int64_t U = P[8];                                                                     \
+            const int bc_s = (int)P[6];                                                                 \
+            const REAL *ap = ar + P[0], *bp = br + P[1], *sp = sr + P[2], *gp = gr + P[3];              \
+            REAL *gap = gar + P[0], *gbp = gbr + P[1], *gsp = gsr + P[2];                               \
+            int64_t u0 = 0;                                                                             \
+            for (; u0 + lanes <= U; u0 += lanes) {                                                      \
+                VEC sv = {0};                                                                           \
+                if (bc_s) sv += sp[0]; else sv = *(const VEC *)(sp + u0);                               \
+                VEC gs_acc = {0}, gb_acc[MAX_COMPONENTS];                                               \
+                int64_t components = 0;                                                                 \
+                for (int64_t e = P[9]; e < P[10]; ++e) {                                                \
+                    const int64_t *q = indices + 3 * e;                                                 \
+                    for (; components <= q[1]; ++components) gb_acc[components] = (VEC){0};            \
+                    const REAL c = (REAL)values[e], cb = c * bp[q[1]];                                  \
+                    const VEC av = *(const VEC *)(ap + q[0] * U + u0);                                  \
+                    const VEC gv = *(const VEC *)(gp + q[2] * U + u0);                                  \
+                    *(VEC *)(gap + q[0] * U + u0) += (cb * gv) * sv;                                    \
+                    const VEC ag = av * gv;                                                             \
+                    gs_acc += cb * ag;                                                                  \
+                    gb_acc[q[1]] += c * ag;  /* summed over channels once per block, below */           \
+                }                                                                                       \
+                for (int64_t j = 0; j < components; ++j) {                                              \
+                    const VEC t = gb_acc[j] * sv;                                                       \
+                    REAL sum = 0;                                                                       \
+                    for (int64_t l = 0; l < lanes; ++l) sum += t[l];                                    \
+                    gbp[j] += sum;                                                                      \
+                }                                                                                       \
+                if (bc_s) { REAL sum = 0; for (int64_t l = 0; l < lanes; ++l) sum += gs_acc[l]; gsp[0] += sum; } \
+                else *(VEC *)(gsp + u0) += gs_acc;                                                      \
+            }                                                                                           \
+            for (; u0 < U; ++u0) {                                                                      \
+                const REAL sv = bc_s ? sp[0] : sp[u0];                                                  \
+                REAL gs_acc = 0;                                                                        \
+                for (int64_t e = P[9]; e < P[10]; ++e) {                                                \
+                    const int64_t *q = indices + 3 * e;                                                 \
+                    const REAL c = (REAL)values[e], cb = c * bp[q[1]];                                  \
+                    const REAL av = ap[q[0] * U + u0], gv = gp[q[2] * U + u0];                          \
+                    gap[q[0] * U + u0] += cb * gv * sv;                                                 \
+                    gs_acc += cb * av * gv;                                                             \
+                    gbp[q[1]] += c * av * gv * sv;                                                      \
+                }                                                                                       \
+                gsp[bc_s ? 0 : u0] += gs_acc;                                                           \
+            }                                                                                           \
+        }                                                                                               \
+    }                                                                                                   \
+}
+
+DEFINE_FUSED_GRADIENTS(sciml_tp_gradients_f32, float, vec_f32)
+DEFINE_FUSED_GRADIENTS(sciml_tp_gradients_f64, double, vec_f64)
