@@ -1,6 +1,5 @@
 """Gaunt tensor product: coefficients, the Fourier route, the layer's equivariance and gradients."""
 
-import contextlib
 import math
 
 import numpy as np
@@ -8,6 +7,7 @@ import pytest
 import torch
 from e3nn import o3
 
+from e3nn_reference import default_dtype
 from sciml.ops import GauntTensorProduct, gaunt_coefficients
 from sciml.ops import gaunt as gaunt_module
 from sciml.ops.gaunt import (
@@ -30,20 +30,9 @@ def sh(lmax, xyz, normalization="integral"):
     return o3.spherical_harmonics(list(range(lmax + 1)), xyz, normalize=True, normalization=normalization)
 
 
-@contextlib.contextmanager
-def float64_default():
-    """e3nn builds Wigner D matrices and tensor-product constants in the default dtype."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(F64)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
-
-
 def wigner_d(lmax, rot):
     """D of e3nn's SH irreps 0e+1o+2e+... for the (possibly improper) rotation matrix ``rot``."""
-    with float64_default():
+    with default_dtype(F64):
         return o3.Irreps.spherical_harmonics(lmax).D_from_matrix(rot.to(F64))
 
 
@@ -317,7 +306,7 @@ def test_layer_equals_e3nn_uvu_tensor_product_on_the_gaunt_paths():
     x1, x2 = torch.randn(6, 16, 3, generator=g, dtype=F64), torch.randn(6, 9, generator=g, dtype=F64)
     for weights in ("channel", "degree", "none"):
         layer = _layer(3, 2, 4, 3, weights=weights)
-        with float64_default():
+        with default_dtype(F64):
             tp = e3nn_gaunt_tensor_product(layer)
         expected = tp(channels_to_mul_ir(x1), x2)
         assert (channels_to_mul_ir(layer(x1, x2)) - expected).abs().max() < 1e-12

@@ -6,6 +6,7 @@ from ase.calculators.lj import LennardJones
 
 from sciml.graph import AtomicGraph, BesselBasis, CosineEnvelope, GaussianBasis, PolynomialEnvelope
 from sciml.testing import check_conservative
+from e3nn_reference import default_dtype
 from pair_potential import LennardJonesModel
 
 
@@ -81,12 +82,9 @@ def test_cosine_envelope_value_and_slope_vanish():
 
 def test_radial_bases_match_their_formulas():
     r = torch.linspace(0.5, 5.0, 7, dtype=torch.float64)
-    torch.set_default_dtype(torch.float64)
-    try:
+    with default_dtype(torch.float64):
         bessel = BesselBasis(cutoff=5.0, num_basis=4)(r)
         gaussian = GaussianBasis(0.0, 5.0, 11, width=0.5)(r)
-    finally:
-        torch.set_default_dtype(torch.float32)
     n = torch.arange(1, 5, dtype=torch.float64)
     assert torch.allclose(bessel, np.sqrt(2 / 5) * torch.sin(n * np.pi * r[:, None] / 5) / r[:, None])
     assert torch.allclose(bessel[-1], torch.zeros(4, dtype=torch.float64), atol=1e-12)  # zero at the cutoff

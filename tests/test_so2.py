@@ -2,6 +2,7 @@ import pytest
 import torch
 from e3nn import o3
 
+from e3nn_reference import default_dtype
 from sciml.ops import SO2Convolution, SO2Linear, edge_rotation, from_m_major, to_m_major, wigner_D
 from sciml.ops.gaunt import channels_to_mul_ir
 from sciml.ops.so2 import (
@@ -83,10 +84,8 @@ def test_so2_linear_matches_fairchem_convention(radial):
 @pytest.fixture
 def float64_default():
     """e3nn builds its Clebsch-Gordan buffers in the default dtype: float64 for exact references."""
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(default)
+    with default_dtype(torch.float64):
+        yield
 
 
 @pytest.mark.parametrize("lmax, sh_lmax, c_in, c_out", [(1, 2, 3, 2), (2, 2, 2, 3), (3, 1, 2, 2), (4, 4, 1, 2)])

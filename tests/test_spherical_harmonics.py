@@ -6,8 +6,9 @@ import pytest
 import torch
 from e3nn import o3
 
+from sh_backends import backend, has_compiler  # noqa: F401  (backend is a fixture)
 from sciml.ops import SphericalHarmonics, spherical_harmonics
-from sciml.ops.cbuild import compile_c, compiler
+from sciml.ops.cbuild import compile_c
 from sciml.ops.spherical_harmonics import _c_source, cg_spherical_harmonics
 
 # (``sciml.ops.spherical_harmonics`` is also the name of the function the package exports)
@@ -16,22 +17,6 @@ harmonics_module = importlib.import_module("sciml.ops.spherical_harmonics")
 NORMALIZATIONS = ["component", "norm", "integral"]
 
 
-def _has_compiler():
-    try:
-        compiler()
-        return True
-    except RuntimeError:
-        return False
-
-
-BACKENDS = ["torch", pytest.param("c", marks=pytest.mark.skipif(not _has_compiler(), reason="no C compiler"))]
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request, monkeypatch):
-    """Runs the test once per implementation (``SCIML_SH_BACKEND``)."""
-    monkeypatch.setenv("SCIML_SH_BACKEND", request.param)
-    return request.param
 
 
 def vectors(n=40, dtype=torch.float64, seed=0):
@@ -161,7 +146,7 @@ def test_clebsch_gordan_reference_matches_e3nn():
     assert np.abs(ours - theirs).max() < 1e-12 * np.abs(theirs).max()
 
 
-@pytest.mark.skipif(not _has_compiler(), reason="no C compiler")
+@pytest.mark.skipif(not has_compiler(), reason="no C compiler")
 @pytest.mark.parametrize("vbytes", [16, 32, 64])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_compiled_kernel_at_every_simd_width(monkeypatch, vbytes, dtype):

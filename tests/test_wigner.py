@@ -4,37 +4,19 @@ import pytest
 import torch
 from e3nn import o3
 
+from sh_backends import backend, has_compiler  # noqa: F401  (backend is a fixture)
+from e3nn_reference import default_dtype
 from sciml.ops import edge_rotation, spherical_harmonics, wigner_D
-from sciml.ops.cbuild import compile_c, compiler
+from sciml.ops.cbuild import compile_c
 from sciml.ops.wigner import _c_source, wigner_D_blocks
 
 
-def _has_compiler():
-    try:
-        compiler()
-        return True
-    except RuntimeError:
-        return False
-
-
-BACKENDS = ["torch", pytest.param("c", marks=pytest.mark.skipif(not _has_compiler(), reason="no C compiler"))]
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request, monkeypatch):
-    """Runs the test once per implementation (``SCIML_SH_BACKEND``)."""
-    monkeypatch.setenv("SCIML_SH_BACKEND", request.param)
-    return request.param
 
 
 def e3nn_wigner(lmax, rot):
     """e3nn's D_from_matrix, exact to float64 only when its generators are built in float64."""
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
+    with default_dtype(torch.float64):
         return o3.Irreps.spherical_harmonics(lmax).D_from_matrix(rot)
-    finally:
-        torch.set_default_dtype(default)
 
 
 def rotations(n, seed=0, improper=False, dtype=torch.float64):
@@ -100,7 +82,7 @@ def test_blocks_batch_shape_and_gradients(backend):
     assert (grad - ref).abs().max() < 1e-12 * ref.abs().max()
 
 
-@pytest.mark.skipif(not _has_compiler(), reason="no C compiler")
+@pytest.mark.skipif(not has_compiler(), reason="no C compiler")
 @pytest.mark.parametrize("vbytes", [16, 32, 64])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_compiled_kernel_at_every_simd_width(monkeypatch, vbytes, dtype):

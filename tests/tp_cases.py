@@ -7,6 +7,8 @@ import random
 import torch
 from e3nn import o3
 
+from e3nn_reference import default_dtype
+
 MODES = ("uvw", "uvu", "uvv", "uuw", "uuu", "uvuv")
 
 
@@ -17,12 +19,8 @@ def random_irreps(rng: random.Random, count: int, max_l: int = 2, max_mul: int =
 def e3nn_module(factory, dtype: torch.dtype):
     """Build an e3nn module with ``dtype`` as the default (e3nn bakes its Clebsch-Gordan constants in
     the default dtype at construction, so a float32-built module is only float32-accurate)."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
+    with default_dtype(dtype):
         return factory()
-    finally:
-        torch.set_default_dtype(previous)
 
 
 def random_e3nn_tensor_product(seed: int, mode: str, shared: bool, max_l: int = 2, max_mul: int = 3,
