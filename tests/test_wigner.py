@@ -4,8 +4,8 @@ import pytest
 import torch
 from e3nn import o3
 
-from sh_backends import backend, has_compiler  # noqa: F401  (backend is a fixture)
 from e3nn_reference import default_dtype
+from sh_backends import backend, has_compiler  # noqa: F401  (backend is a fixture)
 from sciml.ops import edge_rotation, spherical_harmonics, wigner_D
 from sciml.ops.cbuild import compile_c
 from sciml.ops.wigner import _c_source, wigner_D_blocks
