@@ -29,7 +29,6 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-SLOTS = ("a", "b", "s", "o")
 INDEX_COLUMN = {0: 0, 1: 1, 3: 2}  # slot -> column of ``indices``; slot s has no component index
 PATH_COLUMNS = ("off_a", "off_b", "off_s", "off_o", "bc_a", "bc_b", "bc_s", "bc_o", "channels", "begin", "end")
 
