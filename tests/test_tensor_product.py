@@ -192,3 +192,18 @@ def test_one_pass_gradients_equal_separate_passes(monkeypatch, channels):
     monkeypatch.delitem(core._FUSED_GRADIENTS, "cpu")
     for got, want in zip(one_pass, _forward_backward(tp, *inputs)):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_auto_falls_back_to_the_reference_without_a_compiler(monkeypatch):
+    from sciml.ops.tensor_product import dispatch
+
+    monkeypatch.setattr(cpu, "_failure", "no C compiler found (set CC)")
+    monkeypatch.setattr(dispatch, "_warned", set())
+    tp = ChannelwiseTensorProduct("2x0e+2x1o", "0e+1o")
+    x1, x2, weight = torch.randn(3, 8), torch.randn(3, 4), torch.randn(3, tp.weight_numel)
+    with pytest.warns(UserWarning, match="backend 'cpu' unavailable: no C compiler found"):
+        out = tp(x1, x2, weight)
+    tp.backend = "reference"
+    torch.testing.assert_close(out, tp(x1, x2, weight))
+    with pytest.raises(ValueError, match="backend 'cpu' is not usable on cpu: no C compiler found"):
+        ChannelwiseTensorProduct("2x0e", "0e", backend="cpu")(torch.randn(1, 2), torch.randn(1, 1), torch.randn(1, 2))
