@@ -207,3 +207,17 @@ def test_auto_falls_back_to_the_reference_without_a_compiler(monkeypatch):
     torch.testing.assert_close(out, tp(x1, x2, weight))
     with pytest.raises(ValueError, match="backend 'cpu' is not usable on cpu: no C compiler found"):
         ChannelwiseTensorProduct("2x0e", "0e", backend="cpu")(torch.randn(1, 2), torch.randn(1, 1), torch.randn(1, 2))
+
+
+def test_pickle_and_deepcopy_after_kernels_ran(monkeypatch):
+    import copy
+    import pickle
+
+    monkeypatch.setenv("SCIML_CPU_SPECIALISE", "always")  # compiled kernels end up in the caches
+    fc = FullyConnectedTensorProduct("4x0e+4x1o", "0e+1o", "4x0e+4x1o")
+    channelwise = ChannelwiseTensorProduct("16x0e+16x1o", "0e+1o")
+    x, sh = torch.randn(5, 16), torch.randn(5, 4)
+    for tp, args in ((fc, (x, sh)), (channelwise, (torch.randn(5, 64), sh, torch.randn(5, channelwise.weight_numel)))):
+        expected = tp(*args)
+        for clone in (pickle.loads(pickle.dumps(tp)), copy.deepcopy(tp)):
+            torch.testing.assert_close(clone(*args), expected)

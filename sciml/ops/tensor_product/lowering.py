@@ -171,6 +171,7 @@ class LoweredTensorProduct:
     """
 
     def __init__(self, paths: Sequence[Path], dim_out: int, out_blocks: Sequence[tuple], shared_weights: bool):
+        self._arguments = (list(paths), dim_out, list(out_blocks), shared_weights)
         self.dim_out = dim_out
         self.out_blocks = list(out_blocks)
         self.shared = shared_weights
@@ -288,6 +289,14 @@ class LoweredTensorProduct:
             indices=np.concatenate(indices) if indices else np.zeros((0, 3), np.int64),
             values=np.concatenate(values) if values else np.zeros(0),
         )
+
+    def __getstate__(self) -> dict:
+        """Pickled (and deep-copied) as its construction arguments: the closures, caches and
+        compiled kernels are rebuilt, never serialised."""
+        return {"arguments": self._arguments}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(*state["arguments"])
 
     # ---- run-time builders of derived blocks and mixers (closures over static shapes) ----
     def _mixed(self, source: str, columns: np.ndarray, weight_cols: np.ndarray, equation: str, mul: int, dim: int, shape: tuple) -> Callable:
