@@ -221,3 +221,14 @@ def test_pickle_and_deepcopy_after_kernels_ran(monkeypatch):
         expected = tp(*args)
         for clone in (pickle.loads(pickle.dumps(tp)), copy.deepcopy(tp)):
             torch.testing.assert_close(clone(*args), expected)
+
+
+def test_other_dtypes_run_on_the_reference_under_auto():
+    tp = ChannelwiseTensorProduct("4x0e+4x1o", "0e+1o")
+    x1, x2, weight = torch.randn(5, 16), torch.randn(5, 4), torch.randn(5, tp.weight_numel)
+    low = tp(x1.bfloat16(), x2.bfloat16(), weight.bfloat16())
+    assert low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), tp(x1, x2, weight), rtol=0.05, atol=0.05)
+    tp.backend = "cpu"
+    with pytest.raises(ValueError, match="backend 'cpu' supports float32/float64, got torch.bfloat16"):
+        tp(x1.bfloat16(), x2.bfloat16(), weight.bfloat16())

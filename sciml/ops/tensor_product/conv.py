@@ -62,7 +62,7 @@ def tensor_product_conv(
             shape = None if edge_weights is None else tuple(edge_weights.shape)
             raise ValueError(f"edge_weights must be ({num_edges}, {tp.weight_numel}), got {shape}")
         weights = edge_weights
-    backend = resolve_backend(tp.backend, node_feats.device)
+    backend = resolve_backend(tp.backend, node_feats.device, node_feats.dtype)
     lowered = tp._lowered
     if backend == "reference" or lowered.mixers:
         gathered = node_feats[sender]

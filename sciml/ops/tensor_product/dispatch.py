@@ -18,6 +18,9 @@ BACKENDS = ("auto", "reference", "torch", "cpu", "triton", "cuda")
 _warned: set = set()
 
 
+KERNEL_DTYPES = (torch.float32, torch.float64)  # of the cpu, triton and cuda kernels
+
+
 def _available(name: str, device: torch.device) -> bool:
     if name in ("reference", "torch"):
         return True
@@ -46,11 +49,19 @@ def _why_not(name: str) -> str:
     return f": {reason}" if reason else ""
 
 
-def resolve_backend(requested: Optional[str], device: torch.device) -> str:
-    """Name of the backend to run on ``device``; raises ``ValueError`` for unknown/unusable names."""
+def resolve_backend(requested: Optional[str], device: torch.device, dtype: torch.dtype = torch.float32) -> str:
+    """Name of the backend to run on ``device`` for ``dtype``; ``ValueError`` for unknown/unusable names.
+
+    The compiled kernels take float32/float64; other dtypes (e.g. bfloat16 under autocast) run on
+    the reference under "auto".
+    """
     name = requested or os.environ.get("SCIML_TP_BACKEND", "auto")
     if name not in BACKENDS:
         raise ValueError(f"unknown tensor-product backend {name!r}; choose one of {BACKENDS}")
+    if name in ("cpu", "triton", "cuda") and dtype not in KERNEL_DTYPES:
+        raise ValueError(f"tensor-product backend {name!r} supports float32/float64, got {dtype}")
+    if name == "auto" and dtype not in KERNEL_DTYPES:
+        return "reference"
     if name != "auto":
         if not _available(name, device):
             raise ValueError(f"tensor-product backend {name!r} is not usable on {device}{_why_not(name)}")

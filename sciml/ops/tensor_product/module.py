@@ -128,7 +128,7 @@ class TensorProduct(nn.Module):
         w = self._weights(weight, batch_shape)
         flat1 = x1.expand(*batch_shape, x1.shape[-1]).reshape(-1, x1.shape[-1])
         flat2 = x2.expand(*batch_shape, x2.shape[-1]).reshape(-1, x2.shape[-1])
-        backend = resolve_backend(self.backend, flat1.device)
+        backend = resolve_backend(self.backend, flat1.device, flat1.dtype)
         if backend == "reference":
             out = reference_tensor_product(self.paths, self.irreps_out.dim, flat1, flat2, w[0] if self.shared_weights else w, self.shared_weights)
         else:
