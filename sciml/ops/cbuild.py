@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Optional
 
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu99"]
 
@@ -63,3 +63,8 @@ def compile_c(source: str, name: str) -> Callable:
     function = getattr(ctypes.CDLL(str(target)), name)
     function.restype = None
     return function
+
+
+def pointer(tensor: Optional[Any]) -> ctypes.c_void_p:
+    """A kernel argument for ``tensor``'s data (a contiguous torch tensor), NULL for None."""
+    return ctypes.c_void_p(None if tensor is None else tensor.data_ptr())

@@ -54,7 +54,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sciml.ops.cbuild import compile_c
+from sciml.ops.cbuild import compile_c, pointer
 
 NORMALIZATIONS = ("integral", "component", "norm")
 MAX_L = 16  # the fit below is checked to 1e-9 relative up to here
@@ -731,10 +731,6 @@ def _compiled_kernels(
     )
 
 
-def _pointer(tensor: torch.Tensor) -> ctypes.c_void_p:
-    return ctypes.c_void_p(tensor.data_ptr())
-
-
 class _CompiledHarmonics(torch.autograd.Function):
     """Points (N, 3), contiguous -> harmonics (N, K) with the compiled kernels.
 
@@ -747,7 +743,7 @@ class _CompiledHarmonics(torch.autograd.Function):
         ctx.ls, ctx.normalization, ctx.normalize, ctx.kernels = ls, normalization, normalize, kernels
         out = points.new_empty(points.shape[0], sum(2 * l + 1 for l in ls))
         threads = ctypes.c_int(torch.get_num_threads())
-        kernels[0](ctypes.c_int64(points.shape[0]), _pointer(points), _pointer(out), threads)
+        kernels[0](ctypes.c_int64(points.shape[0]), pointer(points), pointer(out), threads)
         ctx.save_for_backward(points)
         return out
 
@@ -765,7 +761,7 @@ class _CompiledHarmonics(torch.autograd.Function):
             return out.zero_(), None, None, None, None
         grad = grad.contiguous()
         threads = ctypes.c_int(torch.get_num_threads())
-        ctx.kernels[1](ctypes.c_int64(points.shape[0]), _pointer(points), _pointer(grad), _pointer(out), threads)
+        ctx.kernels[1](ctypes.c_int64(points.shape[0]), pointer(points), pointer(grad), pointer(out), threads)
         return out, None, None, None, None
 
 

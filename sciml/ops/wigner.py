@@ -30,6 +30,7 @@ from typing import Callable, List, Optional, Tuple
 import numpy as np
 import torch
 
+from sciml.ops.cbuild import pointer
 from sciml.ops.spherical_harmonics import (
     MAX_L,
     build_kernels,
@@ -296,10 +297,6 @@ def _run(kernel: Callable, *args) -> None:
         raise MemoryError("the Wigner-D kernel could not allocate its scratch memory")
 
 
-def _pointer(tensor: torch.Tensor) -> ctypes.c_void_p:
-    return ctypes.c_void_p(tensor.data_ptr())
-
-
 class _CompiledBlocks(torch.autograd.Function):
     """Rotations (E, 3, 3), contiguous -> D^0..D^lmax flat (each (E, 2l+1, 2l+1), one after the other).
 
@@ -312,7 +309,7 @@ class _CompiledBlocks(torch.autograd.Function):
         ctx.lmax, ctx.kernels = lmax, kernels
         e = rotations.shape[0]
         out = rotations.new_empty(e * sum((2 * l + 1) ** 2 for l in range(lmax + 1)))
-        _run(kernels[0], ctypes.c_int64(e), _pointer(rotations), _pointer(out))
+        _run(kernels[0], ctypes.c_int64(e), pointer(rotations), pointer(out))
         ctx.save_for_backward(rotations)
         return out
 
@@ -329,7 +326,7 @@ class _CompiledBlocks(torch.autograd.Function):
         if ctx.lmax == 0:
             return out.zero_(), None, None
         grad = grad.contiguous()
-        _run(ctx.kernels[1], ctypes.c_int64(rotations.shape[0]), _pointer(rotations), _pointer(grad), _pointer(out))
+        _run(ctx.kernels[1], ctypes.c_int64(rotations.shape[0]), pointer(rotations), pointer(grad), pointer(out))
         return out, None, None
 
 

@@ -18,7 +18,7 @@ from typing import Callable, Dict, Optional, Sequence
 import numpy as np
 import torch
 
-from sciml.ops.cbuild import compile_c
+from sciml.ops.cbuild import compile_c, pointer
 from sciml.ops.tensor_product.core import (
     INDEX_COLUMN,
     CorePlan,
@@ -49,10 +49,6 @@ def available() -> bool:
 def unavailable_reason() -> str:
     available()
     return _failure or ""
-
-
-def _pointer(tensor: Optional[torch.Tensor]) -> Optional[int]:
-    return None if tensor is None else tensor.data_ptr()
 
 
 SCALE = 2
@@ -161,11 +157,11 @@ def cpu_core(
     program = _program(plan, out_slot)
     paths, groups, offsets, values = program
     _kernel(plan, out_slot, dtype, program, num_terms)(
-        ctypes.c_int64(out_rows), ctypes.c_void_p(ptr.data_ptr()), ctypes.c_void_p(_pointer(order)),
-        (ctypes.c_void_p * 3)(*[t.data_ptr() for t in tensors]), (ctypes.c_void_p * 3)(*[_pointer(m) for m in maps]),
-        (ctypes.c_int64 * 3)(*[plan.widths[slot] for slot in inputs]), ctypes.c_void_p(out.data_ptr()),
-        ctypes.c_int64(plan.widths[out_slot]), ctypes.c_int64(paths.shape[0]), ctypes.c_void_p(paths.data_ptr()),
-        ctypes.c_void_p(groups.data_ptr()), ctypes.c_void_p(offsets.data_ptr()), ctypes.c_void_p(values.data_ptr()),
+        ctypes.c_int64(out_rows), pointer(ptr), pointer(order),
+        (ctypes.c_void_p * 3)(*[pointer(t) for t in tensors]), (ctypes.c_void_p * 3)(*[pointer(m) for m in maps]),
+        (ctypes.c_int64 * 3)(*[plan.widths[slot] for slot in inputs]), pointer(out),
+        ctypes.c_int64(plan.widths[out_slot]), ctypes.c_int64(paths.shape[0]), pointer(paths),
+        pointer(groups), pointer(offsets), pointer(values),
         ctypes.c_int(torch.get_num_threads()),
     )
     return out
@@ -191,9 +187,9 @@ def cpu_gradients(plan: CorePlan, a: torch.Tensor, b: torch.Tensor, s: torch.Ten
     grads = [torch.empty_like(t) for t in tensors[:3]]
     paths, indices, values = plan.tensors(torch.device("cpu"))
     _kernels["gradients_f32" if a.dtype == torch.float32 else "gradients_f64"](
-        ctypes.c_int64(a.shape[0]), *[ctypes.c_void_p(t.data_ptr()) for t in tensors + grads],
-        (ctypes.c_int64 * 4)(*plan.widths), ctypes.c_int64(paths.shape[0]), ctypes.c_void_p(paths.data_ptr()),
-        ctypes.c_void_p(indices.data_ptr()), ctypes.c_void_p(values.data_ptr()), ctypes.c_int(torch.get_num_threads()),
+        ctypes.c_int64(a.shape[0]), *[pointer(t) for t in tensors + grads],
+        (ctypes.c_int64 * 4)(*plan.widths), ctypes.c_int64(paths.shape[0]), pointer(paths),
+        pointer(indices), pointer(values), ctypes.c_int(torch.get_num_threads()),
     )
     return tuple(grads)
 

@@ -28,7 +28,7 @@ from typing import Callable, List, Optional, Sequence
 import numpy as np
 import torch
 
-from sciml.ops.cbuild import compile_c
+from sciml.ops.cbuild import compile_c, pointer
 from sciml.ops.irreps import clebsch_gordan
 from sciml.ops.tensor_product.core import CorePlan, sparse_core
 from sciml.ops.tensor_product.instructions import Path
@@ -71,8 +71,8 @@ def _gather_columns(x: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
     x = x.contiguous()
     out = torch.empty_like(x)
     _gathers[suffix](
-        ctypes.c_int64(x.shape[0]), ctypes.c_int64(x.shape[1]), ctypes.c_void_p(x.data_ptr()),
-        ctypes.c_void_p(columns.data_ptr()), ctypes.c_void_p(out.data_ptr()), ctypes.c_int(torch.get_num_threads()),
+        ctypes.c_int64(x.shape[0]), ctypes.c_int64(x.shape[1]), pointer(x),
+        pointer(columns), pointer(out), ctypes.c_int(torch.get_num_threads()),
     )
     return out
 
