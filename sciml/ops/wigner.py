@@ -219,15 +219,21 @@ def _c_source(lmax: int, real: str) -> str:
    blocks of D^l (or their gradients) as rows, dL/dR as rows. */
 typedef struct {{ real ys[NP][KY][LANES]; {degree_rows} dr_t dr; }} scratch_t;
 
+/* One aligned scratch_t per thread, zeroed: the padding rows of the last tiles are transposed too. */
+static size_t scratch_size(void) {{ return (sizeof(scratch_t) + VBYTES - 1) / VBYTES * VBYTES; }}
+static char* scratch_alloc(int threads) {{
+  void* memory = NULL;
+  if (posix_memalign(&memory, VBYTES, scratch_size() * threads)) return NULL;
+  memset(memory, 0, scratch_size() * threads);
+  return memory;
+}}
+
 int sciml_wigner_forward(int64_t edges, const real* restrict rot, real* restrict out, int num_threads) {{
   const int64_t blocks = (edges + LANES - 1) / LANES;
   const int threads = blocks > 4 ? num_threads : 1;
-  /* zeroed: the padding rows of the last tiles are transposed too */
-  const size_t size = (sizeof(scratch_t) + VBYTES - 1) / VBYTES * VBYTES;
-  void* memory = NULL;
-  if (posix_memalign(&memory, VBYTES, size * threads)) return 1;
-  char* scratch = memory;
-  memset(scratch, 0, size * threads);
+  const size_t size = scratch_size();
+  char* scratch = scratch_alloc(threads);
+  if (!scratch) return 1;
 #pragma omp parallel num_threads(threads)
   {{{scratch}
     (void)dr;
@@ -252,12 +258,9 @@ int sciml_wigner_backward(int64_t edges, const real* restrict rot, const real* r
                            real* restrict grad_rot, int num_threads) {{
   const int64_t blocks = (edges + LANES - 1) / LANES;
   const int threads = blocks > 4 ? num_threads : 1;
-  /* zeroed: the padding rows of the last tiles are transposed too */
-  const size_t size = (sizeof(scratch_t) + VBYTES - 1) / VBYTES * VBYTES;
-  void* memory = NULL;
-  if (posix_memalign(&memory, VBYTES, size * threads)) return 1;
-  char* scratch = memory;
-  memset(scratch, 0, size * threads);
+  const size_t size = scratch_size();
+  char* scratch = scratch_alloc(threads);
+  if (!scratch) return 1;
 #pragma omp parallel num_threads(threads)
   {{{scratch}
 #pragma omp for schedule(static)
