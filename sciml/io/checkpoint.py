@@ -73,12 +73,12 @@ def save_checkpoint(
     return atomic_torch_save(payload, path)
 
 
-def load_checkpoint(path: "str | os.PathLike", map_location: "str | torch.device" = "cpu") -> Dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint`, never executing code from the file.
+def read_torch_file(path: "str | os.PathLike", map_location: "str | torch.device" = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)`` with one-line errors: tensors and plain values
+    only, so a file never executes code.
 
     Raises:
-        CheckpointError: the file is missing, empty, truncated, corrupted, not a sciml checkpoint,
-            or from a newer format version.
+        CheckpointError: the file is missing, empty, truncated, corrupted or holds other objects.
     """
     path = Path(path)
     if not path.is_file():
@@ -86,7 +86,7 @@ def load_checkpoint(path: "str | os.PathLike", map_location: "str | torch.device
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {path} is empty")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         raise CheckpointError(
             f"checkpoint {path} holds objects other than tensors and plain values and was not loaded "
@@ -95,6 +95,17 @@ def load_checkpoint(path: "str | os.PathLike", map_location: "str | torch.device
     except Exception as err:  # torch raises many types for damaged files (RuntimeError, KeyError, EOFError...)
         reason = (str(err).splitlines() or [type(err).__name__])[0].split(". ")[0]
         raise CheckpointError(f"checkpoint {path} is truncated or corrupted ({type(err).__name__}: {reason})") from None
+
+
+def load_checkpoint(path: "str | os.PathLike", map_location: "str | torch.device" = "cpu") -> Dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint`, never executing code from the file.
+
+    Raises:
+        CheckpointError: the file is missing, empty, truncated, corrupted, not a sciml checkpoint,
+            or from a newer format version.
+    """
+    path = Path(path)
+    payload = read_torch_file(path, map_location)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a sciml checkpoint (no '{FORMAT}' header)")
     version = payload.get("format_version")

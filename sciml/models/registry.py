@@ -11,25 +11,29 @@ from typing import Callable, Dict
 
 from torch import nn
 
-from sciml.models import egnn
+from sciml.models import egnn, equiformer_v2
 
 MODELS: Dict[str, Callable[..., nn.Module]] = {
     "egnn": egnn.EGNNEnergyModel,
     "egnn_nbody": egnn.EGNNDynamics,
+    "equiformer_v2": equiformer_v2.EquiformerV2,
 }
 
-PRESETS: Dict[str, Dict[str, Dict[str, object]]] = {"egnn": egnn.PRESETS}
+PRESETS: Dict[str, Dict[str, Dict[str, object]]] = {"egnn": egnn.PRESETS, "equiformer_v2": equiformer_v2.CONFIGS}
 
 
 def build_model(name: str, **options) -> nn.Module:
     """Build model ``name`` (a key of :data:`MODELS`) from keyword options.
 
-    ``preset="..."`` starts from a named configuration of that model (see :data:`PRESETS`);
-    explicit options override it. Unknown names, presets and options raise ValueError.
+    ``preset="..."`` (or ``config="..."``, e.g. ``build_model("equiformer_v2", config="oc20_31M")``)
+    starts from a named configuration of that model (see :data:`PRESETS`); explicit options
+    override it. Unknown names, presets and options raise ValueError.
     """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(sorted(MODELS))}")
     preset = options.pop("preset", None)
+    if preset is None and isinstance(options.get("config"), str):
+        preset = options.pop("config")
     if preset is not None:
         presets = PRESETS.get(name, {})
         if preset not in presets:

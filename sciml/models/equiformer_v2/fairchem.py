@@ -1,0 +1,184 @@
+"""Run fairchem (v1, fairchem-core 1.x) EquiformerV2 checkpoints in sciml.
+
+A fairchem trainer checkpoint is a dict with ``state_dict`` (keys prefixed ``module.`` when saved
+from DDP), ``config["model"]`` (the model's constructor options: the legacy monolithic
+``equiformer_v2`` class, or ``hydra`` with a ``backbone`` and heads), ``normalizers`` (target
+mean and rmsd) and optionally ``ema`` (exponential moving averages of the parameters, which
+fairchem uses for predictions). The file is read with ``torch.load(weights_only=True)``: a
+checkpoint cannot run code.
+
+Renamed parameters: ``so2_m_conv.{k}.fc`` -> ``fc_m.{k}`` and ``so2_conv_1.rad_func`` ->
+``rad_func`` (the radial MLP sits beside the SO(2) linear here); hydra prefixes ``backbone.``
+and ``output_heads.<name>.`` are dropped. Constant buffers (Wigner/grid tables, index maps,
+Gaussian offsets) are rebuilt by sciml and ignored.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+import torch
+
+from sciml.io.checkpoint import CheckpointError, read_torch_file
+from sciml.models.equiformer_v2.model import AVG_DEGREE, AVG_NUM_NODES, EquiformerV2
+
+_RENAMES = (
+    (re.compile(r"^module\."), ""),
+    (re.compile(r"^backbone\."), ""),
+    (re.compile(r"^output_heads\.[^.]+\."), ""),
+    (re.compile(r"\.so2_m_conv\.(\d+)\.fc\."), r".fc_m.\1."),
+    (re.compile(r"\.so2_conv_1\.rad_func\."), ".rad_func."),
+)
+_CONSTANT_BUFFERS = re.compile(
+    r"(^|\.)(SO3_rotation|mappingReduced|SO3_grid)\.|(^|\.)(expand_index|balance_degree_weight)$"
+    r"|^distance_expansion\.offset$"
+)
+# fairchem options this implementation reproduces, with the only values it supports.
+_REQUIRED = {
+    "norm_type": "layer_norm_sh", "use_grid_mlp": True, "use_sep_s2_act": True, "use_gate_act": False,
+    "use_s2_act_attn": False, "use_attn_renorm": True, "use_m_share_rad": False,
+    "use_atom_edge_embedding": True, "share_atom_edge_embedding": False, "distance_function": "gaussian",
+}  # fmt: skip
+# fairchem's defaults where they differ from sciml's (fairchem applies them when a key is absent).
+_FAIRCHEM_DEFAULTS = {
+    "max_neighbors": 500, "max_radius": 5.0, "num_layers": 12, "sphere_channels": 128, "attn_hidden_channels": 128,
+    "num_heads": 8, "attn_alpha_channels": 32, "attn_value_channels": 16, "ffn_hidden_channels": 512,
+    "norm_type": "rms_norm_sh", "lmax_list": [6], "mmax_list": [2], "grid_resolution": None, "edge_channels": 128,
+    "max_num_elements": 90, "use_grid_mlp": False, "alpha_drop": 0.1, "drop_path_rate": 0.05,
+}  # fmt: skip
+
+
+def fairchem_model_options(model_config: Mapping[str, Any]) -> Dict[str, Any]:
+    """sciml :class:`EquiformerV2` options equal to a fairchem ``config["model"]`` dict.
+
+    Raises:
+        CheckpointError: not an EquiformerV2 config, or options sciml does not implement.
+    """
+    config = dict(model_config)
+    name = config.get("name", config.get("model"))
+    if name == "hydra":
+        backbone = dict(config.get("backbone") or {})
+        name = backbone.get("model", backbone.get("name"))
+        config = {**{k: v for k, v in config.items() if k not in ("backbone", "heads")}, **backbone}
+        heads = model_config.get("heads") or {}
+        config["regress_forces"] = any("force" in str(h).lower() or "rank1" in str(h).lower() for h in heads.values())
+    if name not in ("equiformer_v2", "equiformer_v2_backbone", "equiformer_v2_backbone_and_heads"):
+        raise CheckpointError(f"the checkpoint holds model {name!r}, not a fairchem EquiformerV2 ('equiformer_v2')")
+    config = {**_FAIRCHEM_DEFAULTS, **config}
+    unsupported = [f"{k}={config[k]!r} (sciml supports {v!r})" for k, v in _REQUIRED.items()
+                   if k in config and config[k] != v]
+    if len(config["lmax_list"]) != 1 or len(config["mmax_list"]) != 1:
+        unsupported.append(f"several resolutions lmax_list={config['lmax_list']} (sciml supports one)")
+    if unsupported:
+        raise CheckpointError("the checkpoint's EquiformerV2 uses options sciml does not implement: " + "; ".join(unsupported))
+    return dict(
+        num_layers=config["num_layers"], sphere_channels=config["sphere_channels"],
+        attn_hidden_channels=config["attn_hidden_channels"], num_heads=config["num_heads"],
+        attn_alpha_channels=config["attn_alpha_channels"], attn_value_channels=config["attn_value_channels"],
+        ffn_hidden_channels=config["ffn_hidden_channels"], lmax=int(config["lmax_list"][0]),
+        mmax=int(config["mmax_list"][0]), grid_resolution=config["grid_resolution"],
+        edge_channels=config["edge_channels"], num_distance_basis=600, cutoff=float(config["max_radius"]),
+        max_neighbors=config["max_neighbors"], max_num_elements=config["max_num_elements"],
+        alpha_drop=config["alpha_drop"], drop_path_rate=config["drop_path_rate"],
+        avg_num_nodes=config.get("avg_num_nodes") or AVG_NUM_NODES, avg_degree=config.get("avg_degree") or AVG_DEGREE,
+        direct_forces=bool(config.get("regress_forces", True)),
+    )  # fmt: skip
+
+
+def convert_state_dict(state_dict: Mapping[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], List[str]]:
+    """fairchem parameter names -> sciml names; returns (converted, ignored constant buffers)."""
+    converted, ignored = {}, []
+    for key, value in state_dict.items():
+        new = key
+        for pattern, replacement in _RENAMES:
+            new = pattern.sub(replacement, new)
+        if _CONSTANT_BUFFERS.search(new):
+            ignored.append(key)
+        else:
+            converted[new] = value
+    return converted, ignored
+
+
+def _with_ema(state_dict: Dict[str, torch.Tensor], ema: Any, parameter_names: List[str]) -> bool:
+    """Replace parameters by their EMA shadows (fairchem's ``ExponentialMovingAverage`` keeps them
+    in the order of ``model.parameters()``); False when the EMA does not fit."""
+    shadows = ema.get("shadow_params") if isinstance(ema, Mapping) else None
+    if not shadows or len(shadows) != len(parameter_names):
+        return False
+    if any(tuple(state_dict[n].shape) != tuple(s.shape) for n, s in zip(parameter_names, shadows)):
+        return False
+    state_dict.update(zip(parameter_names, shadows))
+    return True
+
+
+def _normalizer(normalizers: Mapping[str, Any], *names: str) -> Optional[Tuple[float, float]]:
+    for name in names:
+        entry = normalizers.get(name)
+        if isinstance(entry, Mapping) and "mean" in entry:
+            scale = entry.get("rmsd", entry.get("std", 1.0))
+            return float(torch.as_tensor(entry["mean"])), float(torch.as_tensor(scale))
+    return None
+
+
+def load_fairchem_checkpoint(path: "str | Path", use_ema: bool = True) -> Tuple[EquiformerV2, Dict[str, Any]]:
+    """Build a sciml :class:`EquiformerV2` from a fairchem v1 checkpoint file.
+
+    Args:
+        path: a fairchem trainer checkpoint (e.g. ``eq2_31M_ec4_allmd.pt``).
+        use_ema: use the EMA parameters when the checkpoint has them (as fairchem's predictions do).
+
+    Returns:
+        ``(model, info)``: the model in eval mode with the checkpoint's weights and output
+        normalisation (energy = rmsd * output + mean, forces = force rmsd * output), and ``info``
+        with the sciml options, fairchem's model config, the normalisers, whether EMA weights were
+        used, the ignored constant buffers, epoch and step.
+
+    Raises:
+        CheckpointError: unreadable file, another model, unsupported options, or parameter names
+            or shapes that do not match (all mismatches are listed).
+    """
+    checkpoint = read_torch_file(path)
+    if not isinstance(checkpoint, Mapping) or "state_dict" not in checkpoint:
+        raise CheckpointError(f"{path} is not a fairchem checkpoint (no 'state_dict')")
+    config = checkpoint.get("config") or {}
+    model_config = config.get("model") if isinstance(config, Mapping) else None
+    if not isinstance(model_config, Mapping):
+        raise CheckpointError(f"{path} has no config['model']: cannot tell which EquiformerV2 it holds")
+    options = fairchem_model_options(model_config)
+    state_dict, ignored = convert_state_dict(checkpoint["state_dict"])
+    lin_ref = state_dict.pop("energy_lin_ref", None)
+    model = EquiformerV2(**options)
+
+    expected = model.state_dict()
+    learned = [k for k in expected if k not in ("head.element_energies", "head.scale", "energy_shift", "force_scale")]
+    missing = [k for k in learned if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    wrong_shape = [f"{k} {tuple(state_dict[k].shape)} != {tuple(expected[k].shape)}"
+                   for k in learned if k in state_dict and state_dict[k].shape != expected[k].shape]
+    if missing or unexpected or wrong_shape:
+        parts = [f"{label} ({len(keys)}): {', '.join(keys[:12])}{' ...' if len(keys) > 12 else ''}"
+                 for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape)) if keys]
+        raise CheckpointError(f"{path} does not match an EquiformerV2 with its config: " + "; ".join(parts))
+    used_ema = bool(use_ema) and _with_ema(state_dict, checkpoint.get("ema"), [n for n, _ in model.named_parameters()])
+    model.load_state_dict({k: state_dict[k] for k in learned}, strict=False)
+
+    normalizers = checkpoint.get("normalizers") or {}
+    energy = _normalizer(normalizers, "energy", "target")
+    forces = _normalizer(normalizers, "forces", "grad_target")
+    if forces is not None and forces[0] != 0.0:
+        raise CheckpointError(f"{path} normalises forces with a non-zero mean {forces[0]}: not a rotation-equivariant target")
+    with torch.no_grad():
+        energy_mean, energy_scale = energy if energy is not None else (0.0, 1.0)
+        model.head.scale.fill_(energy_scale)
+        model.energy_shift.fill_(energy_mean)
+        model.force_scale.fill_((forces[1] if forces is not None else energy_scale) / energy_scale)
+        if lin_ref is not None and model_config.get("use_energy_lin_ref"):
+            model.head.element_energies[: lin_ref.numel()] = lin_ref.to(model.head.element_energies) * energy_scale
+    if not math.isfinite(energy_scale) or energy_scale <= 0:
+        raise CheckpointError(f"{path} has an invalid energy normaliser rmsd {energy_scale}")
+    info = dict(options=options, fairchem_config=dict(model_config), normalizers={"energy": energy, "forces": forces},
+                used_ema=used_ema, ignored_buffers=ignored, epoch=checkpoint.get("epoch"), step=checkpoint.get("step"))
+    return model.eval(), info

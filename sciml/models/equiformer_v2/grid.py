@@ -1,0 +1,120 @@
+"""Point-wise non-linearities of EquiformerV2 evaluated on a sphere grid.
+
+Coefficients are sampled on a lat x long grid of the sphere (e3nn's ``ToS2Grid`` with
+"component" normalisation, polar axis y), a function is applied at every grid point, and the
+result is projected back (e3nn's ``FromS2Grid``). With orders truncated to |m| <= mmax, degrees
+l > mmax are rescaled by sqrt((2l+1)/(2 mmax+1)) both ways, as fairchem's ``SO3_Grid`` does.
+The non-linearity makes this only approximately equivariant; the error shrinks as the grid
+grows.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from e3nn.o3 import FromS2Grid, ToS2Grid
+from torch import nn
+
+from sciml.models.equiformer_v2.layers import SO3Linear
+from sciml.ops.so2 import m_major_order
+
+
+def grid_matrices(lmax: int, mmax: int, resolution: Optional[int] = None, m_major: bool = False):
+    """Sampling and projection matrices, both (lat * long, K) in float64.
+
+    K counts the coefficients with l <= lmax, |m| <= min(l, mmax): l-major (e3nn order, orders
+    above mmax dropped), or m-major (:func:`sciml.ops.so2.m_major_order`) with ``m_major``.
+    ``resolution`` sets lat = long; None uses fairchem's default lat = 2 (lmax+1),
+    long = 2 mmax + 1 (2 (mmax+1) + 1 when mmax = lmax).
+    """
+    if resolution is None:
+        lat = 2 * (lmax + 1)
+        long = 2 * (mmax + 1) + 1 if lmax == mmax else 2 * mmax + 1
+    else:
+        lat = long = int(resolution)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)  # e3nn builds its tables in the default dtype
+    try:
+        to_grid = ToS2Grid(lmax, (lat, long), normalization="component")
+        from_grid = FromS2Grid((lat, long), lmax, normalization="component")
+        to_mat = torch.einsum("mbi,am->bai", to_grid.shb, to_grid.sha)
+        from_mat = torch.einsum("am,mbi->bai", from_grid.sha, from_grid.shb)
+    finally:
+        torch.set_default_dtype(previous)
+    kept = [(l, m) for l in range(lmax + 1) for m in range(-l, l + 1) if abs(m) <= mmax]
+    if m_major:
+        kept = list(m_major_order(lmax, mmax))
+    columns = torch.tensor([l * l + l + m for l, m in kept])
+    scale = torch.tensor([math.sqrt((2 * l + 1) / (2 * mmax + 1)) if l > mmax else 1.0 for l, _ in kept],
+                         dtype=torch.float64)
+    to_mat = to_mat.reshape(lat * long, -1)[:, columns] * scale
+    from_mat = from_mat.reshape(lat * long, -1)[:, columns] * scale
+    return to_mat, from_mat
+
+
+class S2Grid(nn.Module):
+    """Holds the grid matrices of :func:`grid_matrices` as buffers (G = lat * long points)."""
+
+    def __init__(self, lmax: int, mmax: int, resolution: Optional[int] = None, m_major: bool = False):
+        super().__init__()
+        to_mat, from_mat = grid_matrices(lmax, mmax, resolution, m_major)
+        dtype = torch.get_default_dtype()
+        self.register_buffer("to_grid_mat", to_mat.to(dtype), persistent=False)
+        self.register_buffer("from_grid_mat_t", from_mat.t().contiguous().to(dtype), persistent=False)
+
+    def to_grid(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, K, C) coefficients -> (N, G, C) grid values."""
+        return torch.matmul(self.to_grid_mat.to(x.dtype), x)
+
+    def from_grid(self, grid: torch.Tensor) -> torch.Tensor:
+        """(N, G, C) grid values -> (N, K, C) coefficients."""
+        return torch.matmul(self.from_grid_mat_t.to(grid.dtype), grid)
+
+
+class SeparableS2Activation(nn.Module):
+    """SiLU of separate gating scalars for l = 0; SiLU on the grid for l > 0 (fairchem's
+    ``SeparableS2Activation``). ``gates`` (E, C) and x (E, K, C) -> (E, K, C); coefficient 0 of
+    x is l = 0 in both the l-major and the m-major layout."""
+
+    def __init__(self, lmax: int, mmax: int, resolution: Optional[int] = None, m_major: bool = True):
+        super().__init__()
+        self.grid = S2Grid(lmax, mmax, resolution, m_major)
+
+    def forward(self, gates: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        rest = self.grid.from_grid(nn.functional.silu(self.grid.to_grid(x)))[:, 1:]
+        return torch.cat([nn.functional.silu(gates).unsqueeze(1), rest], 1)
+
+
+class GridFeedForward(nn.Module):
+    """EquiformerV2's feed-forward network with a grid MLP (fairchem ``FeedForwardNetwork`` with
+    ``use_grid_mlp`` and ``use_sep_s2_act``).
+
+    SO3Linear(C -> H), then on the grid a point-wise Linear-SiLU-Linear-SiLU-Linear (no biases),
+    back to coefficients, l = 0 replaced by SiLU(Linear(x_{l=0})), then SO3Linear(H -> C_out).
+    (N, (lmax+1)^2, C) -> (N, (lmax+1)^2, C_out).
+    """
+
+    def __init__(self, in_channels: int, hidden_channels: int, out_channels: int, lmax: int,
+                 resolution: Optional[int] = None):
+        super().__init__()
+        self.lmax = lmax
+        self.so3_linear_1 = SO3Linear(in_channels, hidden_channels, lmax)
+        self.scalar_mlp = nn.Sequential(nn.Linear(in_channels, hidden_channels), nn.SiLU())
+        self.grid_mlp = nn.Sequential(
+            nn.Linear(hidden_channels, hidden_channels, bias=False), nn.SiLU(),
+            nn.Linear(hidden_channels, hidden_channels, bias=False), nn.SiLU(),
+            nn.Linear(hidden_channels, hidden_channels, bias=False),
+        )  # fmt: skip
+        self.grid = S2Grid(lmax, lmax, resolution)
+        self.so3_linear_2 = SO3Linear(hidden_channels, out_channels, lmax)
+
+    def forward(self, x: torch.Tensor, scalars_only: bool = False) -> torch.Tensor:
+        """With ``scalars_only`` only the l = 0 output (N, 1, C_out) is computed: it depends on
+        the l = 0 input alone, so the grid is skipped (the energy head needs no more)."""
+        scalars = self.scalar_mlp(x[:, 0]).unsqueeze(1)
+        if scalars_only:
+            return self.so3_linear_2(scalars, degrees=1)
+        hidden = self.grid.from_grid(self.grid_mlp(self.grid.to_grid(self.so3_linear_1(x))))
+        return self.so3_linear_2(torch.cat([scalars, hidden[:, 1:]], 1))

@@ -1,0 +1,212 @@
+"""EquiformerV2 (Liao, Wood, Das, Smidt, ICLR 2024) on sciml's graph layer.
+
+Node features are (N, (lmax+1)^2, C) real spherical-harmonic coefficients (e3nn basis). Each
+forward builds one rotation per edge taking the edge onto +y and its Wigner-D blocks, shared by
+every layer; messages are SO(2) convolutions in those edge frames with orders |m| <= mmax. The
+numerics follow fairchem's ``equiformer_v2`` (v1, fairchem-core 1.x), whose checkpoints load
+through :func:`sciml.models.equiformer_v2.load_fairchem_checkpoint`.
+
+Outputs: energy = sum over atoms of the energy block's l = 0 output / ``avg_num_nodes`` (through
+:class:`~sciml.models.heads.EnergyHead`, so training-set statistics apply), and forces either
+from a direct head (an attention block whose l = 1 output is the force, as in the paper) or
+conservatively, -dE/dx with stress from the strain derivative (``direct_forces=False``).
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from sciml.graph import AtomicGraph, MessagePassing
+from sciml.models.equiformer_v2.attention import EdgeDegreeEmbedding, EdgeFrames, SO2GraphAttention
+from sciml.models.equiformer_v2.grid import GridFeedForward
+from sciml.models.equiformer_v2.layers import EquivariantLayerNorm, GraphDropPath
+from sciml.models.heads import EnergyHead
+from sciml.ops.wigner import edge_rotation, wigner_D_blocks
+
+# fairchem's statistics of the OC20 IS2RE 100k set, its defaults for the OC20 models.
+AVG_NUM_NODES = 77.81317
+AVG_DEGREE = 23.395238876342773
+
+_COMMON = dict(sphere_channels=128, attn_hidden_channels=64, num_heads=8, attn_alpha_channels=64,
+               attn_value_channels=16, ffn_hidden_channels=128, grid_resolution=18, edge_channels=128,
+               num_distance_basis=600, cutoff=12.0, max_neighbors=20, alpha_drop=0.1)
+CONFIGS: Dict[str, Dict[str, object]] = {
+    # configs/oc20/s2ef/2M/equiformer_v2/equiformer_v2_N@12_L@6_M@2.yml: 83,164,802 parameters
+    "oc20_2M": dict(_COMMON, num_layers=12, lmax=6, mmax=2, drop_path_rate=0.05),
+    # configs/oc20/s2ef/all/equiformer_v2/equiformer_v2_N@8_L@4_M@2_31M.yml: 31,058,690
+    "oc20_31M": dict(_COMMON, num_layers=8, lmax=4, mmax=2, drop_path_rate=0.1),
+    # configs/oc20/s2ef/all/equiformer_v2/equiformer_v2_N@20_L@6_M@3_153M.yml: 153,602,690
+    "oc20_153M": dict(_COMMON, num_layers=20, lmax=6, mmax=3, drop_path_rate=0.1),
+}
+
+
+class GaussianBasis(nn.Module):
+    """exp(-(d - mu_k)^2 / (2 (width * spacing)^2)) on ``count`` centres mu_k evenly spaced on
+    [0, cutoff] (fairchem's ``GaussianSmearing(0, cutoff, 600, 2.0)``). (E,) Å -> (E, count)."""
+
+    def __init__(self, cutoff: float, count: int = 600, width: float = 2.0):
+        super().__init__()
+        offsets = torch.linspace(0.0, cutoff, count, dtype=torch.float64)
+        self.coefficient = -0.5 / float(width * (offsets[1] - offsets[0])) ** 2
+        self.register_buffer("offsets", offsets.to(torch.get_default_dtype()), persistent=False)
+
+    def forward(self, distances: torch.Tensor) -> torch.Tensor:
+        return torch.exp(self.coefficient * (distances.unsqueeze(1) - self.offsets.to(distances.dtype)) ** 2)
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm block: x + DropPath(attention(norm(x))), then x + DropPath(ffn(norm(x)))."""
+
+    def __init__(self, attention: SO2GraphAttention, ffn: GridFeedForward, lmax: int, channels: int,
+                 drop_path_rate: float):
+        super().__init__()
+        self.norm_1 = EquivariantLayerNorm(lmax, channels)
+        self.ga = attention
+        self.norm_2 = EquivariantLayerNorm(lmax, channels)
+        self.ffn = ffn
+        self.drop_path = GraphDropPath(drop_path_rate)
+
+    def forward(self, x, edge_scalars, atomic_numbers, edge_index, frames, batch, num_graphs):
+        update = self.ga(self.norm_1(x), edge_scalars, atomic_numbers, edge_index, frames)
+        x = x + self.drop_path(update, batch, num_graphs)
+        return x + self.drop_path(self.ffn(self.norm_2(x)), batch, num_graphs)
+
+
+class EquiformerV2(MessagePassing):
+    """EquiformerV2 energy (and force) model. ``build_model("equiformer_v2", config="oc20_31M")``
+    gives the paper's configurations (:data:`CONFIGS`); keyword options override them.
+
+    Args:
+        num_layers: transformer blocks.
+        sphere_channels: C, channels per coefficient of the node features.
+        attn_hidden_channels: channels of the attention's SO(2) convolution.
+        num_heads, attn_alpha_channels, attn_value_channels: attention heads and their widths.
+        ffn_hidden_channels: channels of the feed-forward network.
+        lmax, mmax: highest degree of the features and order kept in the edge frames.
+        grid_resolution: lat = long points of the sphere grid (None: fairchem's minimal grid).
+        edge_channels: hidden width of the radial MLPs and of the element embeddings of edges.
+        num_distance_basis: Gaussians on [0, cutoff] (fairchem always uses 600).
+        cutoff: neighbour cutoff, Å. max_neighbors: nearest neighbours kept per atom.
+        max_num_elements: size of the element embeddings (atomic numbers 0..max-1).
+        alpha_drop: dropout of the attention weights. drop_path_rate: per-structure stochastic depth.
+        avg_num_nodes: the energy sum is divided by it. avg_degree: the edge-degree embedding sum is.
+        direct_forces: forces from the force head (True) or -dE/dx with stress (False).
+        activation_checkpoint: recompute each block in the backward pass instead of storing its
+            activations (less memory, about one more forward of time).
+        so2_backend: "auto" (Triton rotation kernels on CUDA), "torch" or "triton".
+
+    ``forward(graph, compute_forces=True, compute_stress=False)`` returns ``energy`` (B,) eV and
+    ``energies`` (N,), plus ``forces`` (N, 3) eV/Å and, conservative models on periodic graphs,
+    ``stress`` (B, 3, 3) eV/Å^3.
+    """
+
+    model_name = "equiformer_v2"
+
+    def __init__(self, num_layers: int = 12, sphere_channels: int = 128, attn_hidden_channels: int = 64,
+                 num_heads: int = 8, attn_alpha_channels: int = 64, attn_value_channels: int = 16,
+                 ffn_hidden_channels: int = 128, lmax: int = 6, mmax: int = 2, grid_resolution: Optional[int] = 18,
+                 edge_channels: int = 128, num_distance_basis: int = 600, cutoff: float = 12.0,
+                 max_neighbors: Optional[int] = 20, max_num_elements: int = 90, alpha_drop: float = 0.1,
+                 drop_path_rate: float = 0.05, avg_num_nodes: float = AVG_NUM_NODES, avg_degree: float = AVG_DEGREE,
+                 direct_forces: bool = True, activation_checkpoint: bool = False, so2_backend: str = "auto"):
+        super().__init__(cutoff, max_neighbors)
+        if not 0 <= mmax <= lmax:
+            raise ValueError(f"need 0 <= mmax <= lmax, got lmax={lmax}, mmax={mmax}")
+        if lmax < 1 and direct_forces:
+            raise ValueError("the direct force head reads the l = 1 features: lmax must be >= 1")
+        self.config = dict(
+            num_layers=num_layers, sphere_channels=sphere_channels, attn_hidden_channels=attn_hidden_channels,
+            num_heads=num_heads, attn_alpha_channels=attn_alpha_channels, attn_value_channels=attn_value_channels,
+            ffn_hidden_channels=ffn_hidden_channels, lmax=lmax, mmax=mmax, grid_resolution=grid_resolution,
+            edge_channels=edge_channels, num_distance_basis=num_distance_basis, cutoff=float(cutoff),
+            max_neighbors=max_neighbors, max_num_elements=max_num_elements, alpha_drop=alpha_drop,
+            drop_path_rate=drop_path_rate, avg_num_nodes=avg_num_nodes, avg_degree=avg_degree,
+            direct_forces=direct_forces, activation_checkpoint=activation_checkpoint, so2_backend=so2_backend,
+        )  # fmt: skip
+        self.lmax, self.mmax, self.channels = lmax, mmax, sphere_channels
+        self.max_num_elements = max_num_elements
+        self.avg_num_nodes = avg_num_nodes
+        self.direct_forces, self.activation_checkpoint = direct_forces, activation_checkpoint
+        self.so2_backend = so2_backend
+
+        self.sphere_embedding = nn.Embedding(max_num_elements, sphere_channels)
+        self.distance_expansion = GaussianBasis(self.cutoff, num_distance_basis)
+        radial = [num_distance_basis, edge_channels, edge_channels]
+        self.edge_degree_embedding = EdgeDegreeEmbedding(sphere_channels, lmax, radial, max_num_elements, avg_degree)
+
+        def attention(out_channels: int, alpha: float) -> SO2GraphAttention:
+            return SO2GraphAttention(sphere_channels, attn_hidden_channels, num_heads, attn_alpha_channels,
+                                     attn_value_channels, out_channels, lmax, mmax, radial, max_num_elements,
+                                     grid_resolution, alpha)
+
+        def ffn(out_channels: int) -> GridFeedForward:
+            return GridFeedForward(sphere_channels, ffn_hidden_channels, out_channels, lmax, grid_resolution)
+
+        self.blocks = nn.ModuleList(
+            TransformerBlock(attention(sphere_channels, alpha_drop), ffn(sphere_channels), lmax, sphere_channels,
+                             drop_path_rate)
+            for _ in range(num_layers)
+        )  # fmt: skip
+        self.norm = EquivariantLayerNorm(lmax, sphere_channels)
+        self.energy_block = ffn(1)
+        self.force_block = attention(1, 0.0) if direct_forces else None
+        self.head = EnergyHead()
+        # Output normalisation of converted fairchem models: energy += energy_shift per structure
+        # and forces *= force_scale on top of the head's scale.
+        self.register_buffer("energy_shift", torch.zeros(()))
+        self.register_buffer("force_scale", torch.ones(()))
+
+    def check_elements(self, graph: AtomicGraph) -> None:
+        """Raise ValueError for atomic numbers outside this model's element embedding."""
+        numbers = graph.atomic_numbers
+        if numbers.numel() and int(numbers.max()) >= self.max_num_elements:
+            bad = int(numbers[numbers >= self.max_num_elements][0])
+            raise ValueError(f"atomic number {bad} is beyond this EquiformerV2's element embedding "
+                             f"(max_num_elements={self.max_num_elements}: atomic numbers 1..{self.max_num_elements - 1})")
+
+    def edge_frames(self, vectors: torch.Tensor) -> EdgeFrames:
+        """Wigner-D blocks of each edge's frame, computed once per forward for every layer."""
+        blocks = wigner_D_blocks(self.lmax, edge_rotation(vectors))
+        packed = None
+        if self.so2_backend != "torch" and vectors.is_cuda:
+            from sciml.ops import so2_triton
+
+            if so2_triton.use_triton(self.so2_backend, vectors):
+                packed = so2_triton.pack_wigner(blocks, self.lmax, vectors.shape[0])
+        return EdgeFrames(blocks, self.lmax, self.mmax, packed)
+
+    def forward(self, graph: AtomicGraph, compute_forces: bool = True,
+                compute_stress: bool = False) -> Dict[str, torch.Tensor]:
+        self.check_graph(graph)
+        self.check_elements(graph)
+        stress = compute_stress and not self.direct_forces and bool(graph.pbc.any())
+        derivatives = not self.direct_forces and (compute_forces or stress)
+        numbers, edge_index = graph.atomic_numbers, graph.edge_index
+        with torch.autocast(graph.positions.device.type, enabled=False):  # geometry stays in full precision
+            geometry = self.geometry(graph, forces=derivatives, stress=stress)
+            frames = self.edge_frames(geometry.vectors)
+            edge_scalars = self.distance_expansion(geometry.lengths)
+
+        x = self.sphere_embedding(numbers).unsqueeze(1)
+        x = torch.cat([x, x.new_zeros(x.shape[0], (self.lmax + 1) ** 2 - 1, x.shape[2])], 1)
+        x = x + self.edge_degree_embedding(edge_scalars, numbers, edge_index, frames, graph.num_nodes)
+        for block in self.blocks:
+            args = (x, edge_scalars, numbers, edge_index, frames, graph.batch, graph.num_graphs)
+            if self.activation_checkpoint and self.training and torch.is_grad_enabled():
+                x = checkpoint(block, *args, use_reentrant=False)
+            else:
+                x = block(*args)
+        x = self.norm(x)
+
+        node_energy = self.energy_block(x, scalars_only=True)[:, 0, 0]
+        out = self.head(node_energy / self.avg_num_nodes, graph, geometry if derivatives else None,
+                        training=self.training)
+        out["energy"] = out["energy"] + self.energy_shift
+        if self.direct_forces and compute_forces:
+            forces = self.force_block(x, edge_scalars, numbers, edge_index, frames, degrees=2)[:, 1:4, 0]
+            out["forces"] = forces * (self.head.scale * self.force_scale)
+        return out
