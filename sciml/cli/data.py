@@ -1,11 +1,17 @@
-"""``sciml data generate``: make training data with real physics (GFN2-xTB MD, charged n-body)."""
+"""``sciml data generate``: make training data with real physics (GFN2-xTB MD, charged n-body,
+EMT adsorbate relaxations in OC20's layouts); ``sciml data preprocess``: OC20 data to a sciml cache."""
 
 from __future__ import annotations
+
+import argparse
+from pathlib import Path
 
 from sciml.cli.common import add_command, refuse_overwrite
 
 EXAMPLES = """  sciml data generate xtb-md --molecule ethanol --frames 1500 --temperature 500 --stride 10 --output ethanol.extxyz
   sciml data generate nbody --simulations 5000 --seed 43 --output nbody.npz
+  sciml data generate oc20 --systems 20 --seed 0 --output oc20_emt
+  sciml data preprocess oc20_emt/s2ef --output s2ef_cache.lmdb
 """
 
 
@@ -36,6 +42,39 @@ def register(sub) -> None:
     nbody.add_argument("--force", action="store_true")
     nbody.set_defaults(run=_run_nbody)
 
+    oc20 = kinds.add_parser(
+        "oc20", help="OC20-like EMT adsorbate relaxations, written as S2EF extxyz.xz + txt, legacy LMDBs and an ASE db",
+        description="Relax random adsorbates (H, O, N, C, OH, CO, NH, CH, NO) on small fcc(111)/(100) slabs of "
+                    "Cu, Ag, Au, Ni, Pd, Pt with EMT, keeping every step, and write OUTPUT/s2ef/<k>.extxyz.xz + "
+                    "<k>.txt, OUTPUT/s2ef.lmdb, OUTPUT/is2re.lmdb and OUTPUT/adslabs.db.",
+        epilog="examples:\n  sciml data generate oc20 --systems 20 --seed 0 --output oc20_emt\n"
+               "  sciml data generate oc20 --systems 200 --metals Pt Pd --size 3 3 3 --output oc20_pt_pd\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    oc20.add_argument("--systems", type=int, default=20, help="number of adsorbate+slab relaxations")
+    oc20.add_argument("--seed", type=int, default=0)
+    oc20.add_argument("--metals", nargs="+", metavar="METAL", help="subset of Cu Ag Au Ni Pd Pt (default: all)")
+    oc20.add_argument("--adsorbates", nargs="+", metavar="ADS", help="subset of H O N C OH CO NH CH NO (default: all)")
+    oc20.add_argument("--size", type=int, nargs=3, default=(2, 2, 3), metavar=("A", "B", "LAYERS"), help="slab size")
+    oc20.add_argument("--max-steps", type=int, default=30, help="relaxation steps per system (frames = steps + 1)")
+    oc20.add_argument("--fmax", type=float, default=0.05, help="eV/Å, relaxation stops below it")
+    oc20.add_argument("--optimizer", choices=("BFGS", "FIRE"), default="BFGS")
+    oc20.add_argument("--frames-per-file", type=int, default=200, help="frames per S2EF extxyz.xz file")
+    oc20.add_argument("--output", required=True, help="directory")
+    oc20.add_argument("--force", action="store_true", help="write into an existing, non-empty directory")
+    oc20.set_defaults(run=_run_oc20)
+
+    preprocess = add_command(actions, "preprocess", "store OC20 data in a sciml cache (fast random access)",
+                             "  sciml data preprocess s2ef_train_200K/ --output s2ef_200k.lmdb\n"
+                             "  sciml data preprocess is2re/all/train/data.lmdb --output is2re_train.lmdb\n"
+                             "  sciml data preprocess adslabs.db --total-energy --output adslabs.lmdb\n")
+    preprocess.add_argument("source", help="S2EF directory of *.extxyz.xz + *.txt, ASE database, fairchem *.lmdb "
+                                           "file or directory")
+    preprocess.add_argument("--output", required=True, help="cache file (LMDB)")
+    preprocess.add_argument("--total-energy", action="store_true",
+                            help="keep total energies as the target (default: subtract the reference energies)")
+    preprocess.add_argument("--force", action="store_true")
+    preprocess.set_defaults(run=_run_preprocess)
+
 
 def _run_xtb(args) -> int:
     from sciml.data.generators import generate_xtb_md
@@ -57,4 +96,31 @@ def _run_nbody(args) -> int:
     sim = simulate_charged_nbody(args.simulations, n_balls=args.particles, seed=args.seed)
     save_nbody(output, sim)
     print(f"wrote {args.simulations} trajectories to {output}")
+    return 0
+
+
+def _run_oc20(args) -> int:
+    from sciml.data.oc20 import relax_adsorbates, write_oc20_dataset
+    from sciml.data.oc20.emt_adsorption import ADSORBATES, METALS
+
+    output = Path(args.output)
+    if output.is_file() or (output.is_dir() and any(output.iterdir()) and not args.force):
+        raise ValueError(f"{output} already exists and is not an empty directory; pass --force to write into it "
+                         f"or choose another --output")
+    relaxations = relax_adsorbates(args.systems, seed=args.seed, metals=args.metals or METALS,
+                                   adsorbates=args.adsorbates or tuple(ADSORBATES),
+                                   size=tuple(args.size), fmax=args.fmax, max_steps=args.max_steps,
+                                   optimizer=args.optimizer)
+    paths = write_oc20_dataset(relaxations, output, frames_per_file=args.frames_per_file)
+    frames = sum(len(r.frames) for r in relaxations)
+    print(f"wrote {args.systems} relaxations ({frames} S2EF frames) to {output}: "
+          + ", ".join(str(p.relative_to(output)) for p in paths.values()))
+    return 0
+
+
+def _run_preprocess(args) -> int:
+    from sciml.data.oc20 import preprocess
+
+    meta = preprocess(args.source, args.output, subtract_reference=not args.total_energy, force=args.force)
+    print(f"wrote {meta['count']} records ({meta['read_options']['format']}) to {args.output}")
     return 0

@@ -47,9 +47,18 @@ class DataConfig:
     the model output of the same name unless ``prediction_keys`` maps it to another one, e.g.
     ``{positions_target: positions}`` when the model predicts ``positions`` and the file stores
     the target positions under ``positions_target``.
+
+    ``format`` None recognises OC20 sources by their path (a directory of S2EF ``*.extxyz.xz`` +
+    ``*.txt`` files or one such file, a fairchem ``*.lmdb`` file or directory, a sciml cache) and
+    reads anything else with ase; ``oc20`` also reads an ASE database the OC20 way (tags, fixed
+    atoms, ``sid``/``fid`` and reference energies); ``ase`` always uses ase. OC20 sources carry
+    fixed label names: energy (adsorption energy, referenced), forces, and the properties of
+    :mod:`sciml.data.oc20.records` (e.g. ``relaxed_energy`` for IS2RE); ``energy_key`` or
+    ``forces_key`` None drops that label.
     """
 
     path: Optional[str] = None
+    format: Optional[str] = field(default=None, metadata={"choices": ("ase", "oc20")})
     energy_key: Optional[str] = "energy"
     forces_key: Optional[str] = "forces"
     stress_key: Optional[str] = "stress"

@@ -24,7 +24,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -32,6 +32,7 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
+from sciml.data.oc20.sources import detect_format, load_graphs
 from sciml.data.readers import load_graph_dataset, read_structures
 from sciml.graph.atomic_graph import AtomicGraph
 from sciml.io.checkpoint import load_checkpoint, save_checkpoint
@@ -47,6 +48,8 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # Keys that may change when a run is resumed; any other difference is refused.
 _RESUMABLE_CHANGES = ("epochs", "early_stopping_patience", "device", "valid_batch_size", "output_dir")
 _RUN_FILES = ("last.pt", "best.pt", "metrics.csv")
+# OC20 formats read the OC20 way without data.format: ASE databases keep the plain ase reader.
+_OC20_AUTO_FORMATS = ("s2ef-extxyz", "legacy-lmdb", "sciml-cache")
 
 
 @dataclass
@@ -193,6 +196,8 @@ class Trainer:
         required = ["energy"] if data.energy_key is not None else []
         if self.config.loss.forces > 0 and data.forces_key is not None:
             required.append("forces")
+        if data.format == "oc20" or (data.format is None and detect_format(data.path) in _OC20_AUTO_FORMATS):
+            return _oc20_graphs(data, required, cutoff, max_neighbors, self.dtype)
         frames = read_structures(data.path, ":", data.energy_key, data.forces_key, data.stress_key,
                                  data.property_keys, required)
         return load_graph_dataset(frames, cutoff, max_neighbors, data.energy_key, data.forces_key, data.stress_key,
@@ -426,6 +431,23 @@ class Trainer:
     def _write_yaml(path: Path, values: Dict[str, Any]) -> None:
         with atomic_path(path) as tmp:
             tmp.write_text(yaml.safe_dump(values, sort_keys=False))
+
+
+def _oc20_graphs(data, required: Sequence[str], cutoff: float, max_neighbors: Optional[int],
+                 dtype: torch.dtype) -> List[AtomicGraph]:
+    """Graphs of an OC20 source, with the labels the config asks for (see ``DataConfig.format``)."""
+    graphs = load_graphs(data.path, cutoff, max_neighbors, dtype)
+    first = graphs[0]
+    for label in required:
+        if getattr(first, label) is None:
+            raise ValueError(f"{data.path} has no {label} labels (IS2RE files hold their target as the property "
+                             f"relaxed_energy, for models that predict it: data.property_keys, loss.properties)")
+    missing = [k for k in data.property_keys if k not in first.properties and k not in first.atom_properties]
+    if missing:
+        raise ValueError(f"{data.path} has no properties {missing} (it has {sorted(first.properties)} per structure, "
+                         f"{sorted(first.atom_properties)} per atom)")
+    drop = {name: None for name, key in (("energy", data.energy_key), ("forces", data.forces_key)) if key is None}
+    return [replace(g, **drop) for g in graphs] if drop else graphs
 
 
 def _energy_head(model: torch.nn.Module) -> Optional[EnergyHead]:

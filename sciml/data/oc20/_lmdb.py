@@ -1,36 +1,53 @@
-"""LMDB plumbing shared by the legacy-LMDB and cache modules: open read-only, write atomically."""
+"""LMDB plumbing shared by the legacy-LMDB and cache modules: one read-only environment per file
+and process, atomic writes."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterable, Tuple
+from typing import Dict, Iterable, Tuple
 
 import lmdb
 
 from sciml.io.files import atomic_path
 
 _INITIAL_MAP_SIZE = 1 << 26  # 64 MiB; doubled whenever a write does not fit
+# path -> ((pid, st_dev, st_ino), environment): see environment()
+_ENVIRONMENTS: Dict[str, Tuple[Tuple[int, int, int], lmdb.Environment]] = {}
 
 
-def open_readonly(path: "str | os.PathLike") -> lmdb.Environment:
-    """Open a single-file LMDB for reading from any number of processes.
+def environment(path: "str | os.PathLike") -> lmdb.Environment:
+    """This process's read-only environment of a single-file LMDB, opened on first use.
 
-    ``lock=False`` (no lock file, no reader table: readers never block each other and a read-only
-    directory works) and ``readahead=False`` (random access over files larger than memory).
-    Open one environment per process: an environment must not cross a ``fork``.
+    LMDB allows one environment per file and process, so every reader of a file shares one,
+    kept open for the life of the process. An environment inherited through ``fork`` (a
+    DataLoader worker) or one whose file has since been replaced is closed here and opened
+    afresh. ``lock=False`` (no lock file or reader table: readers never block each other and a
+    read-only directory works), ``readahead=False`` (random access over files larger than memory).
 
     Raises:
         ValueError: the path is missing or is not an LMDB file.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: no such file")
+    key = os.fspath(path)
     try:
-        return lmdb.open(str(path), subdir=False, readonly=True, lock=False, readahead=False, meminit=False,
-                         max_readers=2048)
+        stat = os.stat(key)
+    except OSError:
+        raise ValueError(f"{path}: no such file") from None
+    identity = (os.getpid(), stat.st_dev, stat.st_ino)
+    known = _ENVIRONMENTS.get(key)
+    if known is not None:
+        if known[0] == identity:
+            return known[1]
+        known[1].close()
+        del _ENVIRONMENTS[key]
+    if not Path(key).is_file():
+        raise ValueError(f"{path}: not a file")
+    try:
+        env = lmdb.open(key, subdir=False, readonly=True, lock=False, readahead=False, meminit=False)
     except lmdb.Error as err:
         raise ValueError(f"{path}: not a readable LMDB file ({type(err).__name__}: {err})") from None
+    _ENVIRONMENTS[key] = (identity, env)
+    return env
 
 
 def write_lmdb(path: "str | os.PathLike", items: Iterable[Tuple[bytes, bytes]], batch: int = 1000) -> int:

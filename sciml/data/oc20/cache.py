@@ -19,13 +19,12 @@ import struct
 from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
-import lmdb
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from sciml import __version__
-from sciml.data.oc20._lmdb import open_readonly, write_lmdb
+from sciml.data.oc20._lmdb import environment, write_lmdb
 from sciml.data.oc20.records import Record, check_record, graph_from_record
 from sciml.graph.atomic_graph import AtomicGraph
 
@@ -110,12 +109,8 @@ def read_cache_metadata(path: Union[str, os.PathLike]) -> Optional[Dict[str, Any
     Raises:
         ValueError: a missing file or one that is not an LMDB; a cache of a newer format.
     """
-    env = open_readonly(path)
-    try:
-        with env.begin() as txn:
-            raw = txn.get(META_KEY)
-    finally:
-        env.close()
+    with environment(path).begin() as txn:
+        raw = txn.get(META_KEY)
     if raw is None:
         return None
     try:
@@ -137,7 +132,7 @@ class CachedDataset(Dataset):
     ``max_neighbors`` per atom) when ``cutoff`` is given, else left to the caller
     (:meth:`AtomicGraph.with_edges`). Floating tensors are ``dtype``. Use
     ``DataLoader(dataset, collate_fn=AtomicGraph.collate, ...)``; any number of workers may read
-    at once: the LMDB environment is opened lazily in each process, read-only, without locks.
+    at once: each process opens the LMDB file on first access, read-only, without locks.
 
     Attributes:
         path: the cache file. metadata: its metadata dict. natoms: (len,) int64 atom counts.
@@ -160,18 +155,12 @@ class CachedDataset(Dataset):
             raise ValueError(f"{self.path}: not a sciml OC20 cache (no {META_KEY.decode()} entry); "
                              f"make one with sciml.data.oc20.preprocess")
         self.metadata = meta
-        env = open_readonly(self.path)
-        try:
-            with env.begin() as txn:
-                raw = txn.get(NATOMS_KEY)
-        finally:
-            env.close()
+        with environment(self.path).begin() as txn:
+            raw = txn.get(NATOMS_KEY)
         if raw is None or len(raw) != 8 * meta["count"]:
             raise ValueError(f"{self.path}: corrupted cache ({NATOMS_KEY.decode()} entry missing or of the wrong size)")
         self.natoms = np.frombuffer(raw, dtype="<i8").astype(np.int64)
         self.cutoff, self.max_neighbors, self.dtype = cutoff, max_neighbors, dtype
-        self._env: Optional[lmdb.Environment] = None
-        self._pid: Optional[int] = None
 
     def __len__(self) -> int:
         return int(self.metadata["count"])
@@ -180,10 +169,8 @@ class CachedDataset(Dataset):
         """Record ``index`` as stored (numpy arrays with the source's dtypes)."""
         if not 0 <= index < len(self):
             raise IndexError(f"record {index} out of range for {len(self)} records in {self.path}")
-        if self._env is None or self._pid != os.getpid():
-            self._env, self._pid = open_readonly(self.path), os.getpid()
         where = f"{self.path}: record {index}"
-        with self._env.begin(buffers=True) as txn:
+        with environment(self.path).begin(buffers=True) as txn:
             raw = txn.get(str(index).encode("ascii"))
             if raw is None:
                 raise ValueError(f"{where}: missing (the cache says it holds {len(self)} records)")
@@ -195,6 +182,3 @@ class CachedDataset(Dataset):
 
     def __getitem__(self, index: int) -> AtomicGraph:
         return graph_from_record(self.record(index), self.cutoff, self.max_neighbors, self.dtype)
-
-    def __getstate__(self) -> Dict[str, Any]:
-        return {**self.__dict__, "_env": None, "_pid": None}

@@ -28,11 +28,10 @@ import pickle
 from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
-import lmdb
 import numpy as np
 import torch
 
-from sciml.data.oc20._lmdb import open_readonly, write_lmdb
+from sciml.data.oc20._lmdb import environment, write_lmdb
 from sciml.data.oc20.records import Record, check_record
 
 try:  # numpy >= 2 keeps these in numpy._core; pickles from numpy 1 name numpy.core
@@ -173,8 +172,8 @@ class LegacyLmdb:
     """Random access to the records of a fairchem LMDB file or folder of ``*.lmdb`` shards.
 
     ``len(db)`` records; ``db[i]`` is record ``i`` (shards concatenated in sorted name order).
-    Environments are opened lazily in each process, read-only and without locks, so one object
-    can be shared by DataLoader workers.
+    Each process opens the files on first access, read-only and without locks, so one object can
+    be shared by DataLoader workers.
 
     Raises:
         ValueError: a missing path, a folder without ``*.lmdb`` files, a file that is not an
@@ -191,16 +190,11 @@ class LegacyLmdb:
             raise ValueError(f"{self.path}: no *.lmdb files in this directory")
         lengths = []
         for shard in self.shards:
-            env = open_readonly(shard)
-            try:
-                with env.begin() as txn:
-                    raw = txn.get(_LENGTH_KEY)
-                lengths.append(self._length(shard, raw, env.stat()["entries"]))
-            finally:
-                env.close()
+            env = environment(shard)
+            with env.begin() as txn:
+                raw = txn.get(_LENGTH_KEY)
+            lengths.append(self._length(shard, raw, env.stat()["entries"]))
         self._ends = np.cumsum(lengths).tolist()
-        self._envs: Optional[List[lmdb.Environment]] = None
-        self._pid: Optional[int] = None
 
     @staticmethod
     def _length(shard: Path, raw: Optional[bytes], entries: int) -> int:
@@ -225,7 +219,7 @@ class LegacyLmdb:
         start = self._ends[shard - 1] if shard else 0
         local = index - start
         where = f"{self.shards[shard]}: record {local}"
-        with self._environments()[shard].begin() as txn:
+        with environment(self.shards[shard]).begin() as txn:
             raw = txn.get(str(local).encode("ascii"))
         if raw is None:
             raise ValueError(f"{where}: missing (the file should hold records 0..{self._ends[shard] - start - 1})")
@@ -246,14 +240,6 @@ class LegacyLmdb:
     def __iter__(self) -> Iterator[Record]:
         for index in range(len(self)):
             yield self[index]
-
-    def _environments(self) -> List[lmdb.Environment]:
-        if self._envs is None or self._pid != os.getpid():
-            self._envs, self._pid = [open_readonly(shard) for shard in self.shards], os.getpid()
-        return self._envs
-
-    def __getstate__(self) -> Dict[str, Any]:
-        return {**self.__dict__, "_envs": None, "_pid": None}
 
 
 # ----------------------------------------------------------------------------- writing
