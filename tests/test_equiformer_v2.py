@@ -15,7 +15,7 @@ from ase.build import add_adsorbate, fcc111, molecule
 from sciml.graph import AtomicGraph
 from sciml.io import CheckpointError
 from sciml.models import build_model
-from sciml.models.equiformer_v2 import EquiformerV2, load_fairchem_checkpoint
+from sciml.models.equiformer_v2 import EquiformerV2, export_fairchem_checkpoint, load_fairchem_checkpoint
 from sciml.models.equiformer_v2.grid import grid_matrices
 from sciml.testing.consistency import check_conservative
 from sciml.testing.equivariance import check_equivariance
@@ -240,3 +240,14 @@ def test_bf16_autocast_runs_and_stays_close():
     # the 25% that rounding edge vectors to bf16 caused before the 600 narrow Gaussians.
     assert (low["forces"].float() - full["forces"]).abs().max() < 0.02 * scale
     assert np.isclose(float(low["energy"]), float(full["energy"]), rtol=0.01)
+
+
+def test_export_to_fairchem_names_round_trips(tmp_path):
+    model, _ = load_fairchem_checkpoint(FIXTURES / "small_random.pt")
+    exported = torch.load(export_fairchem_checkpoint(model, tmp_path / "out.pt"), weights_only=True)
+    original = torch.load(FIXTURES / "small_random.pt", weights_only=True)
+    constants = ("SO3_rotation", "mappingReduced", "SO3_grid", "expand_index", "balance_degree", "distance_expansion")
+    parameters = {k for k in original["state_dict"] if not any(c in k for c in constants)}
+    assert set(exported["state_dict"]) == parameters  # exactly fairchem's parameter names
+    again, _ = load_fairchem_checkpoint(tmp_path / "out.pt")
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in model.state_dict().items())

@@ -9,6 +9,8 @@ EXAMPLES = """  sciml bench neighbors                      # 1k, 10k, 100k atoms
   sciml bench md                             # EGNN calculator MD steps/s at 32, 256, 2048 atoms
   sciml bench md --checkpoint runs/ethanol/best.pt --sizes 32 256
   sciml bench egnn                           # EGNN forward/backward against the reference's timings
+  sciml bench equiformer_v2                  # EquiformerV2 31M: time and memory vs fairchem
+  sciml bench equiformer_v2 --fairchem-python ~/fairchem-venv/bin/python --structures 4
   sciml bench tp                             # tensor products, SO(2), Wigner-D, Gaunt vs e3nn (minutes)
   sciml bench tp --channels 16 --lmax 1 2 3 --edges 2000 --sections channelwise conv
 """
@@ -33,6 +35,14 @@ def register(sub) -> None:
 
     egnn = add_command(targets, "egnn", "EGNN forward/backward time vs the reference implementation", EXAMPLES)
     egnn.set_defaults(run=_run_egnn)
+
+    eqv2 = add_command(targets, "equiformer_v2", "EquiformerV2 forward/backward time and memory vs fairchem", EXAMPLES)
+    eqv2.add_argument("--config", default="oc20_31M", help="named configuration (default oc20_31M)")
+    eqv2.add_argument("--structures", type=int, default=1, help="28-atom OC20-like slabs in the batch")
+    eqv2.add_argument("--repeats", type=int, default=3, help="timed repeats; the best is reported")
+    eqv2.add_argument("--threads", type=int, default=2)
+    eqv2.add_argument("--fairchem-python", help="a Python with fairchem-core 1.x: times fairchem in the same run")
+    eqv2.set_defaults(run=_run_equiformer_v2)
 
     tp = add_command(targets, "tp", "tensor products and SO(3) kernels vs e3nn, with the machine's roofline", EXAMPLES)
     tp.add_argument("--channels", type=int, nargs="+", default=[16, 32, 64], help="channelwise TP channel counts")
@@ -64,6 +74,14 @@ def _run_egnn(args) -> int:
     from sciml.bench.egnn import bench_egnn, format_egnn_table
 
     print(format_egnn_table(bench_egnn()))
+    return 0
+
+
+def _run_equiformer_v2(args) -> int:
+    from sciml.bench.equiformer_v2 import bench_equiformer_v2, format_equiformer_v2_table
+
+    result = bench_equiformer_v2(args.config, args.structures, args.repeats, args.threads, args.fairchem_python)
+    print(format_equiformer_v2_table(result))
     return 0
 
 

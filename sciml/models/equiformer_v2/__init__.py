@@ -1,7 +1,12 @@
 """EquiformerV2 (Liao et al., ICLR 2024): the model, its named OC20 configurations and the
 converter of fairchem checkpoints."""
 
-from sciml.models.equiformer_v2.fairchem import convert_state_dict, fairchem_model_options, load_fairchem_checkpoint
+from sciml.models.equiformer_v2.fairchem import (
+    convert_state_dict,
+    export_fairchem_checkpoint,
+    fairchem_model_options,
+    load_fairchem_checkpoint,
+)
 from sciml.models.equiformer_v2.model import AVG_DEGREE, AVG_NUM_NODES, CONFIGS, EquiformerV2
 
 __all__ = [
@@ -11,5 +16,6 @@ __all__ = [
     "AVG_DEGREE",
     "load_fairchem_checkpoint",
     "convert_state_dict",
+    "export_fairchem_checkpoint",
     "fairchem_model_options",
 ]

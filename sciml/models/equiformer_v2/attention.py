@@ -109,6 +109,13 @@ def _edge_features(edge_scalars, atomic_numbers, edge_index, source_embedding, t
     )
 
 
+def gather_pairs(x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+    """[x_sender, x_receiver] per edge: (N, K, C) -> (E, K, 2C). index_select, whose backward is
+    an index_add (fancy indexing's backward is a much slower accumulating index_put on CPU)."""
+    receiver, sender = edge_index
+    return torch.cat([x.index_select(0, sender), x.index_select(0, receiver)], 2)
+
+
 def _element_embeddings(max_num_elements: int, channels: int) -> nn.ModuleList:
     """The sender and receiver element embeddings of an edge, initialised U(-0.001, 0.001)."""
     embeddings = nn.ModuleList(nn.Embedding(max_num_elements, channels) for _ in range(2))
@@ -176,12 +183,13 @@ class SO2GraphAttention(nn.Module):
     def forward(self, x: torch.Tensor, edge_scalars: torch.Tensor, atomic_numbers: torch.Tensor,
                 edge_index: torch.Tensor, frames: EdgeFrames, degrees: Optional[int] = None) -> torch.Tensor:
         """``degrees`` limits the output to l < degrees (the force head needs l <= 1)."""
-        receiver, sender = edge_index
+        receiver = edge_index[0]
         features = _edge_features(edge_scalars, atomic_numbers, edge_index, self.source_embedding,
                                   self.target_embedding)
-        message = frames.to_edge(torch.cat([x[sender], x[receiver]], 2))
+        message = frames.to_edge(gather_pairs(x, edge_index))
         message, extra = self.so2_conv_1(message, self.rad_func(features))
-        logits, gates = extra.split([self.num_heads * self.alpha_channels, extra.shape[1] - self.num_heads * self.alpha_channels], 1)
+        alpha_width = self.num_heads * self.alpha_channels
+        logits, gates = extra.split([alpha_width, extra.shape[1] - alpha_width], 1)
         message = self.so2_conv_2(self.s2_act(gates, message))
 
         alpha = self.alpha_act(self.alpha_norm(logits.reshape(-1, self.num_heads, self.alpha_channels)))

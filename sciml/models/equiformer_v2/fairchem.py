@@ -182,3 +182,33 @@ def load_fairchem_checkpoint(path: "str | Path", use_ema: bool = True) -> Tuple[
     info = dict(options=options, fairchem_config=dict(model_config), normalizers={"energy": energy, "forces": forces},
                 used_ema=used_ema, ignored_buffers=ignored, epoch=checkpoint.get("epoch"), step=checkpoint.get("step"))
     return model.eval(), info
+
+
+def _fairchem_name(key: str) -> str:
+    """Inverse of the renames of :func:`convert_state_dict` (legacy monolithic layout)."""
+    key = re.sub(r"\.fc_m\.(\d+)\.", r".so2_m_conv.\1.fc.", key)
+    return re.sub(r"^((?:blocks\.\d+\.ga)|force_block)\.rad_func\.", r"\1.so2_conv_1.rad_func.", key)
+
+
+def export_fairchem_checkpoint(model: EquiformerV2, path: "str | Path") -> Path:
+    """Write ``model``'s weights as a fairchem v1 checkpoint of the legacy ``equiformer_v2`` class
+    (``state_dict`` prefixed ``module.``, ``config["model"]``), e.g. to run fairchem on the same
+    weights. Output normalisation is not exported: the model must have the identity one."""
+    if float(model.head.scale) != 1.0 or float(model.energy_shift) != 0.0 or float(model.head.element_energies.abs().max()) != 0.0:
+        raise ValueError("export_fairchem_checkpoint needs a model without output normalisation or element energies")
+    c = model.config
+    model_config = dict(
+        name="equiformer_v2", use_pbc=True, regress_forces=c["direct_forces"], otf_graph=True,
+        max_neighbors=c["max_neighbors"], max_radius=c["cutoff"], max_num_elements=c["max_num_elements"],
+        num_layers=c["num_layers"], sphere_channels=c["sphere_channels"], attn_hidden_channels=c["attn_hidden_channels"],
+        num_heads=c["num_heads"], attn_alpha_channels=c["attn_alpha_channels"], attn_value_channels=c["attn_value_channels"],
+        ffn_hidden_channels=c["ffn_hidden_channels"], lmax_list=[c["lmax"]], mmax_list=[c["mmax"]],
+        grid_resolution=c["grid_resolution"], edge_channels=c["edge_channels"], avg_num_nodes=c["avg_num_nodes"],
+        avg_degree=c["avg_degree"], alpha_drop=c["alpha_drop"], drop_path_rate=c["drop_path_rate"], proj_drop=0.0,
+        weight_init="uniform", **_REQUIRED,
+    )  # fmt: skip
+    skip = ("head.", "energy_shift", "force_scale")
+    state = {"module." + _fairchem_name(k): v.detach().cpu() for k, v in model.state_dict().items() if not k.startswith(skip)}
+    path = Path(path)
+    torch.save({"state_dict": state, "config": {"model": model_config}, "normalizers": {}, "ema": None}, path)
+    return path

@@ -1,0 +1,150 @@
+"""Speed and memory of sciml's EquiformerV2 against fairchem's implementation.
+
+The batch is OC20-like and fixed: Ag(111) 3x3x3 with an O adsorbate at the fcc site, 10 Å of
+vacuum, rattled by 0.05 Å (seed 0): 28 atoms, 560 edges at the paper's 12 Å / 20 neighbours
+(the first structure of the fairchem fixture). ``structures`` > 1 repeats it with other rattles.
+All runs are float32 with random weights (seed 0) of a named configuration.
+
+"forward" records autograd as fairchem's forward always does; "inference" is sciml's forward
+under ``torch.no_grad()``; "forward+backward" adds the backward pass of
+``energy.sum() + forces.pow(2).sum()`` to the parameters. Peak memory is the resident-memory
+growth of one forward+backward in a forked single-threaded child.
+
+fairchem runs in the same run when a Python with fairchem-core 1.x is given
+(``--fairchem-python``): sciml's weights are exported as a fairchem checkpoint and
+:mod:`sciml.bench.fairchem_runner` times fairchem's model on the same structures in that
+interpreter, so the outputs are compared as well. Without it, fairchem's times recorded on this
+machine type are quoted.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import ase.io
+import torch
+from ase.build import add_adsorbate, fcc111
+
+from sciml.bench.timing import best_seconds
+from sciml.bench.tp import peak_extra_mb
+from sciml.graph import AtomicGraph
+from sciml.models import build_model
+from sciml.models.equiformer_v2 import export_fairchem_checkpoint
+
+# ../shared/reference/reference-speed.md: fairchem-core 1.10, 31M config, random weights, the
+# structure above, float32, 2 threads, best of 3 (range over two sessions): seconds.
+RECORDED_FAIRCHEM_SECONDS = {"oc20_31M": {"forward": (1.2, 1.6), "forward_backward": (2.8, 3.8)}}
+
+
+def oc20_like_structures(count: int = 1):
+    """``count`` rattled Ag(111)+O slabs (28 atoms each, OC20 tags)."""
+    structures = []
+    for seed in range(count):
+        atoms = fcc111("Ag", size=(3, 3, 3), vacuum=10.0)
+        add_adsorbate(atoms, "O", 1.2, "fcc")
+        atoms.set_tags([0 if t > 1 else 1 for t in atoms.get_tags()[:-1]] + [2])
+        atoms.rattle(0.05, seed=seed)
+        atoms.pbc = True
+        structures.append(atoms)
+    return structures
+
+
+def bench_equiformer_v2(config: str = "oc20_31M", structures: int = 1, repeats: int = 3, threads: int = 2,
+                        fairchem_python: Optional[str] = None) -> Dict[str, object]:
+    """Times (s), peak memory (MB) and, with fairchem, its times and output differences."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = build_model("equiformer_v2", config=config).eval()
+    frames = oc20_like_structures(structures)
+    graph = AtomicGraph.collate([AtomicGraph.from_ase(a, cutoff=model.cutoff, max_neighbors=model.max_neighbors)
+                                 for a in frames])
+
+    def forward():
+        return model(graph)
+
+    def inference():
+        with torch.no_grad():
+            return model(graph)
+
+    def forward_backward():
+        out = model(graph)
+        (out["energy"].sum() + out["forces"].pow(2).sum()).backward()
+
+    def checkpointed():
+        model.train()  # activation checkpointing applies in training; dropouts are off in eval
+        model.activation_checkpoint = True
+        try:
+            forward_backward()
+        finally:
+            model.activation_checkpoint = False
+            model.eval()
+
+    result: Dict[str, object] = dict(
+        config=config, atoms=graph.num_nodes, edges=graph.num_edges, structures=structures, threads=threads,
+        parameters=sum(p.numel() for p in model.parameters()),
+        sciml=dict(
+            forward=best_seconds(forward, repeats), inference=best_seconds(inference, repeats),
+            forward_backward=best_seconds(forward_backward, repeats),
+            peak_mb=peak_extra_mb(forward_backward), peak_mb_checkpointed=peak_extra_mb(checkpointed),
+        ),
+    )  # fmt: skip
+    if fairchem_python:
+        result["fairchem"] = _run_fairchem(fairchem_python, model, frames, graph, repeats, threads)
+    return result
+
+
+def _run_fairchem(python: str, model, frames, graph: AtomicGraph, repeats: int, threads: int) -> Dict[str, object]:
+    """fairchem's times on the same weights and structures, and max |output difference|."""
+    with torch.no_grad():
+        ours = [model(AtomicGraph.from_ase(a, cutoff=model.cutoff, max_neighbors=model.max_neighbors)) for a in frames]
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = export_fairchem_checkpoint(model, Path(tmp) / "model.pt")
+        structures, out = Path(tmp) / "structures.extxyz", Path(tmp) / "fairchem.json"
+        ase.io.write(structures, frames)
+        runner = Path(__file__).with_name("fairchem_runner.py")
+        command = [python, str(runner), "--checkpoint", str(checkpoint), "--structures", str(structures),
+                   "--threads", str(threads), "--repeats", str(repeats), "--out", str(out)]
+        completed = subprocess.run(command, capture_output=True, text=True)
+        if completed.returncode != 0:
+            tail = (completed.stderr or completed.stdout).strip().splitlines()[-3:]
+            raise RuntimeError(f"fairchem runner failed ({python}): {' | '.join(tail)}")
+        report = json.loads(out.read_text())
+    rows = report["structures"]
+    energy = max(abs(float(o["energy"][0]) - r["energy"]) for o, r in zip(ours, rows))
+    forces = max(float((o["forces"] - torch.tensor(r["forces"])).abs().max()) for o, r in zip(ours, rows))
+    return dict(version=report.get("fairchem_version"), forward=sum(r["forward_s"] for r in rows),
+                forward_backward=sum(r["forward_backward_s"] for r in rows), energy_diff=energy, forces_diff=forces)
+
+
+def format_equiformer_v2_table(result: Dict[str, object]) -> str:
+    ours = result["sciml"]
+    lines = [
+        f"EquiformerV2 {result['config']} ({result['parameters']:,} parameters), {result['structures']} structure(s), "
+        f"{result['atoms']} atoms, {result['edges']} edges, float32, {result['threads']} threads",
+        f"{'pass':<18}{'sciml s':>10}{'fairchem s':>14}{'sciml/fairchem':>16}",
+    ]
+    fairchem = result.get("fairchem")
+    recorded = RECORDED_FAIRCHEM_SECONDS.get(result["config"]) if result["structures"] == 1 else None
+    for name in ("forward", "forward_backward", "inference"):
+        theirs, ratio = "", ""
+        if fairchem is not None and name in fairchem:
+            theirs, ratio = f"{fairchem[name]:.3f}", f"{ours[name] / fairchem[name]:.2f}"
+        elif recorded is not None and name in recorded:
+            low, high = recorded[name]
+            theirs, ratio = f"{low:.1f}-{high:.1f}*", f"{ours[name] / high:.2f}-{ours[name] / low:.2f}*"
+        lines.append(f"{name:<18}{ours[name]:>10.3f}{theirs:>14}{ratio:>16}")
+    lines.append(f"peak memory of forward+backward: {ours['peak_mb']:.0f} MB "
+                 f"({ours['peak_mb_checkpointed']:.0f} MB with activation checkpointing)")
+    if fairchem is not None:
+        lines.append(f"fairchem {fairchem['version']} in the same run on the same weights: max |dE| "
+                     f"{fairchem['energy_diff']:.1e} eV, max |dF| {fairchem['forces_diff']:.1e} eV/Å")
+    elif recorded is not None:
+        lines.append("* fairchem-core 1.10 times recorded on this machine type (not this run); "
+                     "pass --fairchem-python to run fairchem here")
+    lines.append("goal: sciml/fairchem <= 0.5")
+    return "\n".join(lines)
+
