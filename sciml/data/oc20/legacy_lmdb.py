@@ -21,6 +21,7 @@ relaxed_positions, ``pbc`` when stored (else all True). Stored edges (``edge_ind
 from __future__ import annotations
 
 import bisect
+import codecs
 import collections
 import io
 import os
@@ -88,7 +89,7 @@ _ALLOWED_GLOBALS: Dict[Tuple[str, str], Any] = {
     ("collections", "defaultdict"): collections.defaultdict,
     ("builtins", "set"): set,
     ("builtins", "frozenset"): frozenset,
-    ("_codecs", "encode"): __import__("codecs").encode,
+    ("_codecs", "encode"): codecs.encode,
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
     **{(f"numpy.{core}.multiarray", name): getattr(_multiarray, name)

@@ -40,7 +40,7 @@ import torch
 from ase.constraints import FixAtoms
 
 from sciml.graph.atomic_graph import AtomicGraph
-from sciml.graph.validation import check_atomic_numbers, check_finite
+from sciml.graph.validation import MAX_ATOMIC_NUMBER, check_atomic_numbers, check_finite
 
 Record = Dict[str, np.ndarray]
 
@@ -107,10 +107,13 @@ def check_record(record: Record, where: str) -> Record:
             expected = {"cell": (3, 3), "pbc": (3,)}.get(name, ())
         if value.shape != expected:
             raise ValueError(f"{where}: {name} must have shape {expected}, got {value.shape}")
+    # numpy checks first (cheap on every record); the shared helpers word the error
+    numbers = record["atomic_numbers"]
     try:
-        check_atomic_numbers(torch.from_numpy(np.ascontiguousarray(record["atomic_numbers"], dtype=np.int64)))
+        if numbers.min() < 1 or numbers.max() > MAX_ATOMIC_NUMBER:
+            check_atomic_numbers(torch.from_numpy(numbers.astype(np.int64)))
         for name, value in record.items():
-            if value.dtype.kind == "f":
+            if value.dtype.kind == "f" and not np.isfinite(value).all():
                 check_finite(torch.from_numpy(np.atleast_1d(value)), name)
     except ValueError as err:
         raise ValueError(f"{where}: {err}") from None
