@@ -54,5 +54,9 @@ class SciMLCalculator(Calculator):
             "free_energy": energy,
             "forces": out["forces"].detach().cpu().double().numpy(),
         }
+        if "stress" in properties and "stress" not in out:
+            raise PropertyNotImplementedError(
+                f"{type(self.model).__name__} does not predict stress (direct-force models have no energy "
+                f"derivative; EquiformerV2 needs direct_forces=False)")
         if periodic and "stress" in out:
             self.results["stress"] = full_3x3_to_voigt_6_stress(out["stress"][0].detach().cpu().double().numpy())

@@ -10,7 +10,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 import torch
 
 from sciml.graph.atomic_graph import AtomicGraph
-from sciml.io.checkpoint import load_checkpoint
+from sciml.io.checkpoint import CheckpointError, load_checkpoint
 from sciml.models import build_model
 
 
@@ -72,8 +72,22 @@ def predict_batches(
 
 
 def load_model(checkpoint_path: "str | Path", device: "str | torch.device" = "cpu") -> torch.nn.Module:
-    """The model saved in a checkpoint, on ``device`` in the dtype it was saved in, in eval mode."""
-    payload = load_checkpoint(checkpoint_path, map_location=device)
+    """The model saved in a checkpoint, on ``device`` in the dtype it was saved in, in eval mode.
+
+    A sciml checkpoint (``sciml train``) or a fairchem v1 EquiformerV2 checkpoint (converted by
+    :func:`sciml.models.equiformer_v2.load_fairchem_checkpoint`)."""
+    try:
+        payload = load_checkpoint(checkpoint_path, map_location=device)
+    except CheckpointError as err:
+        if "not a sciml checkpoint" not in str(err):
+            raise
+        from sciml.models.equiformer_v2 import load_fairchem_checkpoint
+
+        try:
+            model, _ = load_fairchem_checkpoint(checkpoint_path)
+        except CheckpointError as fairchem_err:
+            raise CheckpointError(f"{err}; as a fairchem checkpoint: {fairchem_err}") from None
+        return model.to(device)
     model = build_model(payload["model_name"], **payload["config"])
     state = payload["state_dict"]
     dtype = next((v.dtype for v in state.values() if v.is_floating_point()), torch.get_default_dtype())

@@ -251,3 +251,16 @@ def test_export_to_fairchem_names_round_trips(tmp_path):
     assert set(exported["state_dict"]) == parameters  # exactly fairchem's parameter names
     again, _ = load_fairchem_checkpoint(tmp_path / "out.pt")
     assert all(torch.equal(v, again.state_dict()[k]) for k, v in model.state_dict().items())
+
+
+def test_normalizers_from_the_config_dataset_section(tmp_path, reference, fairchem_graphs):
+    original = torch.load(FIXTURES / "small_random.pt", weights_only=True)
+    dataset = {"train": {"transforms": {"normalizer": {"energy": {"mean": -0.7554, "stdev": 2.8873},
+                                                        "forces": {"mean": 0, "stdev": 2.8873}}}}}
+    config = {**original["config"], "dataset": dataset}
+    model, info = load_fairchem_checkpoint(_save(tmp_path, {**original, "config": config}))
+    structure = reference["structures"][1]
+    with torch.no_grad():
+        out = model(fairchem_graph(fairchem_graphs[structure["name"]], structure["pbc"], torch.float32))
+    assert abs(float(out["energy"]) - (2.8873 * structure["float32"]["energy"] - 0.7554)) < 1e-5
+    assert (out["forces"] - 2.8873 * torch.tensor(structure["float32"]["forces"])).abs().max() < 1e-5

@@ -11,6 +11,8 @@ TRAIN_EXAMPLES = """  sciml train workflows/ethanol/egnn.yaml
 EVAL_EXAMPLES = """  sciml eval --checkpoint runs/ethanol/best.pt datasets/ethanol_xtb_500K/ethanol_xtb_500K.extxyz
   sciml eval --checkpoint runs/nbody_egnn/best.pt datasets/nbody/nbody_small.extxyz   # keys from training
   sciml eval --checkpoint model.pt test.extxyz --energy-key REF_energy --forces-key REF_forces
+  sciml eval --task s2ef --checkpoint eq2_31M_ec4_allmd.pt s2ef_val_id/        # OC20 metrics; fairchem checkpoints work
+  sciml eval --task is2re --checkpoint runs/oc20/best.pt is2re_val.lmdb --optimizer lbfgs --fmax 0.05 --steps 200
 """
 
 # CLI flags that are shortcuts for YAML keys (every other key via --set key=value).
@@ -40,6 +42,12 @@ def register(sub) -> None:
     evaluate.add_argument("--stress-key", help="label key of stress ('none' to ignore)")
     evaluate.add_argument("--batch-size", type=int, default=32)
     evaluate.add_argument("--device", default="cpu")
+    evaluate.add_argument("--task", choices=("labels", "s2ef", "is2re"), default="labels",
+                          help="labels: errors on the file's labels (default); s2ef: OC20 S2EF metrics; "
+                               "is2re: relax initial structures, OC20 IS2RE/IS2RS metrics (OC20 data formats)")
+    evaluate.add_argument("--optimizer", choices=("lbfgs", "bfgs", "fire"), default="lbfgs", help="is2re optimizer")
+    evaluate.add_argument("--fmax", type=float, default=0.05, help="is2re convergence, eV/Å (default 0.05)")
+    evaluate.add_argument("--steps", type=int, default=200, help="is2re maximum steps (default 200)")
     evaluate.set_defaults(run=run_eval)
 
 
@@ -64,6 +72,8 @@ def run_eval(args) -> int:
     from sciml.train import evaluate, format_metrics
 
     model = load_model(args.checkpoint, device=args.device)
+    if args.task != "labels":
+        return _run_oc20_eval(args, model)
     data = load_checkpoint(args.checkpoint).get("train_config", {}).get("data", {})
     keys = {}
     for name, default in (("energy_key", "energy"), ("forces_key", "forces"), ("stress_key", "stress")):
@@ -77,4 +87,19 @@ def run_eval(args) -> int:
     metrics = evaluate(model, graphs, batch_size=args.batch_size, device=args.device,
                        prediction_keys=data.get("prediction_keys") or None)
     print(format_metrics(metrics, title=f"{args.checkpoint} on {args.data} ({len(graphs)} structures)"))
+    return 0
+
+
+def _run_oc20_eval(args, model) -> int:
+    from sciml.data.oc20 import load_graphs
+    from sciml.inference import model_dtype
+    from sciml.tasks.oc20 import evaluate_is2re, evaluate_s2ef
+    from sciml.train import format_metrics
+
+    graphs = load_graphs(args.data, cutoff=model.cutoff, max_neighbors=model.max_neighbors, dtype=model_dtype(model))
+    if args.task == "s2ef":
+        metrics = evaluate_s2ef(model, graphs, batch_size=args.batch_size, device=args.device)
+    else:
+        metrics = evaluate_is2re(model, graphs, args.fmax, args.steps, args.optimizer, args.device)
+    print(format_metrics(metrics, title=f"OC20 {args.task.upper()}: {args.checkpoint} on {args.data} ({len(graphs)} structures)"))
     return 0

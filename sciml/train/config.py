@@ -116,12 +116,19 @@ class LossConfig:
     atom by the energy head's scale (the force RMS x 1 Å when forces are labelled), forces and
     stress by the RMS of their labels, a property by its standard deviation. ``properties`` are
     keyed by label (see ``data.prediction_keys`` for labels whose model output has another name).
+
+    ``function: oc20`` uses fairchem's OC20 losses instead: the mean absolute error of total
+    energies and the mean over atoms of the force error's norm (L2-MAE), with the same scales.
+    ``free_atoms_only`` leaves atoms marked ``fixed`` (an atom property, e.g. OC20's fixed
+    subsurface) out of the force terms, as OC20 training does.
     """
 
     energy: float = 1.0
     forces: float = 10.0
     stress: float = 1.0
     properties: Dict[str, float] = field(default_factory=dict)
+    function: str = field(default="mse", metadata={"choices": ("mse", "oc20")})
+    free_atoms_only: bool = False
 
 
 @dataclass
@@ -333,6 +340,12 @@ def _coerce(value: Any, kind: Any, name: str, choices: Optional[Sequence[str]] =
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ValueError(f"config key {name} must be a finite number, got {value!r}")
         return float(value)
+    if kind is bool:
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            value = value.lower() == "true"
+        if not isinstance(value, bool):
+            raise ValueError(f"config key {name} must be true or false, got {value!r}")
+        return value
     if kind is int:
         if isinstance(value, float) and value.is_integer():
             value = int(value)

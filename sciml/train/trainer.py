@@ -263,20 +263,30 @@ class Trainer:
 
     # ------------------------------------------------------------------------- training
     def loss(self, batch: AtomicGraph, out: Dict[str, torch.Tensor]) -> torch.Tensor:
-        """Weighted sum of mean squared errors, each made dimensionless by a training-set scale.
+        """Weighted sum of mean squared errors (or OC20's MAE / L2-MAE, ``loss.function``), each
+        made dimensionless by a training-set scale.
 
-        Energy per atom is divided by the energy head's scale, forces and stress by the RMS of
+        Energy per atom (total energy for OC20) is divided by the energy head's scale, forces and stress by the RMS of
         their labels, each property by its standard deviation (see :func:`fit_statistics`). A term
         is used when its weight is positive, the batch carries its label and the model predicts it
         (properties: the model must predict them, under ``data.prediction_keys`` names).
         """
         weights, stats = self.config.loss, self.statistics
+        oc20 = weights.function == "oc20"
         total = torch.zeros((), device=batch.positions.device, dtype=batch.positions.dtype)
         if weights.energy > 0 and batch.energy is not None and "energy" in out:
-            atoms = batch.num_atoms_per_graph.to(out["energy"].dtype)
-            total = total + weights.energy * (((out["energy"] - batch.energy) / atoms / stats["energy_scale"]) ** 2).mean()
+            error = (out["energy"] - batch.energy) / stats["energy_scale"]
+            if oc20:
+                total = total + weights.energy * error.abs().mean()
+            else:
+                total = total + weights.energy * ((error / batch.num_atoms_per_graph.to(error.dtype)) ** 2).mean()
         if weights.forces > 0 and batch.forces is not None and "forces" in out:
-            total = total + weights.forces * (((out["forces"] - batch.forces) / stats["forces_rms"]) ** 2).mean()
+            error = (out["forces"] - batch.forces) / stats["forces_rms"]
+            if weights.free_atoms_only and "fixed" in batch.atom_properties:
+                error = error[~batch.atom_properties["fixed"].bool()]
+            if error.shape[0]:  # a batch of fixed atoms only has no force term
+                term = error.norm(dim=1).mean() if oc20 else (error**2).mean()
+                total = total + weights.forces * term
         if weights.stress > 0 and batch.stress is not None and "stress" in out:
             total = total + weights.stress * (((out["stress"] - batch.stress) / stats["stress_rms"]) ** 2).mean()
         for key, weight in weights.properties.items():

@@ -123,6 +123,27 @@ def _normalizer(normalizers: Mapping[str, Any], *names: str) -> Optional[Tuple[f
     return None
 
 
+def _config_normalizers(config: Mapping[str, Any]) -> Dict[str, Dict[str, Any]]:
+    """Normalisers written in a fairchem config: ``dataset[.train].transforms.normalizer`` (fairchem
+    1.x) or ``normalize_labels`` with ``target_mean``/``target_std``/``grad_target_std`` (older)."""
+    dataset = config.get("dataset") if isinstance(config, Mapping) else None
+    if isinstance(dataset, Mapping) and isinstance(dataset.get("train"), Mapping):
+        dataset = dataset["train"]
+    if not isinstance(dataset, Mapping):
+        return {}
+    normalizer = (dataset.get("transforms") or {}).get("normalizer") if isinstance(dataset.get("transforms"), Mapping) else None
+    found = {}
+    if isinstance(normalizer, Mapping):
+        for name in ("energy", "forces"):
+            entry = normalizer.get(name)
+            if isinstance(entry, Mapping):
+                found[name] = {"mean": entry.get("mean", 0.0), "rmsd": entry.get("stdev", entry.get("rmsd", 1.0))}
+    elif dataset.get("normalize_labels"):
+        found["energy"] = {"mean": dataset.get("target_mean", 0.0), "rmsd": dataset.get("target_std", 1.0)}
+        found["forces"] = {"mean": dataset.get("grad_target_mean", 0.0), "rmsd": dataset.get("grad_target_std", 1.0)}
+    return found
+
+
 def load_fairchem_checkpoint(path: "str | Path", use_ema: bool = True) -> Tuple[EquiformerV2, Dict[str, Any]]:
     """Build a sciml :class:`EquiformerV2` from a fairchem v1 checkpoint file.
 
@@ -132,7 +153,8 @@ def load_fairchem_checkpoint(path: "str | Path", use_ema: bool = True) -> Tuple[
 
     Returns:
         ``(model, info)``: the model in eval mode with the checkpoint's weights and output
-        normalisation (energy = rmsd * output + mean, forces = force rmsd * output), and ``info``
+        normalisation (energy = rmsd * output + mean, forces = force rmsd * output; from the
+        checkpoint's ``normalizers``, else from its config's dataset section), and ``info``
         with the sciml options, fairchem's model config, the normalisers, whether EMA weights were
         used, the ignored constant buffers, epoch and step.
 
@@ -165,7 +187,7 @@ def load_fairchem_checkpoint(path: "str | Path", use_ema: bool = True) -> Tuple[
     used_ema = bool(use_ema) and _with_ema(state_dict, checkpoint.get("ema"), [n for n, _ in model.named_parameters()])
     model.load_state_dict({k: state_dict[k] for k in learned}, strict=False)
 
-    normalizers = checkpoint.get("normalizers") or {}
+    normalizers = {**_config_normalizers(config), **(checkpoint.get("normalizers") or {})}
     energy = _normalizer(normalizers, "energy", "target")
     forces = _normalizer(normalizers, "forces", "grad_target")
     if forces is not None and forces[0] != 0.0:
