@@ -8,6 +8,7 @@ import pytest
 import torch
 import yaml
 
+from sciml.graph import AtomicGraph
 from sciml.io import load_checkpoint
 from sciml.train import (
     Trainer,
@@ -172,3 +173,22 @@ def test_learning_rate_schedule_warms_up_then_decays():
     for loss in (1.0, 1.0, 1.0):
         plateau.end_epoch(loss)
     assert plateau.apply() == 0.5
+
+
+def test_atom_balanced_batches_respect_the_atom_budget(ethanol150, tmp_path, monkeypatch):
+    seen = []
+    original = AtomicGraph.collate
+
+    def record(graphs):
+        batch = original(graphs)
+        seen.append((len(graphs), batch.num_nodes))
+        return batch
+
+    config = make_config(ethanol150, tmp_path / "run", "epochs=1", "batch_size=8", "batch_max_atoms=40")
+    trainer = Trainer(config, verbose=False)
+    monkeypatch.setattr(AtomicGraph, "collate", staticmethod(record))
+    trainer._run_epoch(1)
+    training = seen[: len(trainer.sampler)]
+    # ethanol has 9 atoms: 4 structures (36 atoms) fit in 40, a fifth would not.
+    assert all(atoms <= 40 and count <= 4 for count, atoms in training)
+    assert sum(count for count, _ in training) >= len(trainer.train_graphs)

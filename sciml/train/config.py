@@ -135,7 +135,9 @@ class LossConfig:
 class TrainConfig:
     """Everything a training run depends on (see the module docstring for the YAML form).
 
-    ``valid_batch_size`` None uses ``batch_size``; ``ema_decay`` None disables the exponential
+    ``batch_max_atoms`` balances training batches by atom count (fairchem's ``load_balancing:
+    atoms``): a batch grows while it stays within that many atoms, at most ``batch_size``
+    structures. ``valid_batch_size`` None uses ``batch_size``; ``ema_decay`` None disables the exponential
     moving average of weights; ``grad_clip`` None disables gradient-norm clipping;
     ``early_stopping_patience`` None never stops early; ``device`` "auto" picks CUDA when present.
     """
@@ -148,6 +150,7 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     epochs: int = 100
     batch_size: int = 16
+    batch_max_atoms: Optional[int] = None
     valid_batch_size: Optional[int] = None
     ema_decay: Optional[float] = None
     grad_clip: Optional[float] = None
@@ -174,6 +177,7 @@ class TrainConfig:
             raise ValueError("missing required config key data.path (the labelled structures file)")
         positive = {
             "epochs": self.epochs, "batch_size": self.batch_size, "valid_batch_size": self.valid_batch_size,
+            "batch_max_atoms": self.batch_max_atoms,
             "early_stopping_patience": self.early_stopping_patience, "data.max_neighbors": self.data.max_neighbors,
             "scheduler.patience": self.scheduler.patience, "optimizer.lr": self.optimizer.lr,
             "grad_clip": self.grad_clip, "data.cutoff": self.data.cutoff, "scheduler.factor": self.scheduler.factor,

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from sciml.data.oc20.sources import detect_format, load_graphs
 from sciml.data.readers import load_graph_dataset, read_structures
+from sciml.data.sampling import AtomBalancedBatchSampler
 from sciml.graph.atomic_graph import AtomicGraph
 from sciml.io.checkpoint import load_checkpoint, save_checkpoint
 from sciml.io.files import atomic_path
@@ -157,7 +158,11 @@ class Trainer:
         self.use_forces = first.forces is not None and config.loss.forces > 0
         self.use_stress = first.stress is not None and config.loss.stress > 0 and bool(first.pbc.any())
         self.optimizer = build_optimizer(self.model, config.optimizer)
-        steps_per_epoch = math.ceil(len(self.train_graphs) / config.batch_size)
+        self.sampler = None
+        if config.batch_max_atoms is not None:
+            self.sampler = AtomBalancedBatchSampler([g.num_nodes for g in self.train_graphs], config.batch_size,
+                                                    config.batch_max_atoms, seed=config.seed)
+        steps_per_epoch = len(self.sampler) if self.sampler is not None else math.ceil(len(self.train_graphs) / config.batch_size)
         self.schedule = LearningRateSchedule(self.optimizer, config.scheduler, steps_per_epoch, config.epochs)
         self.ema = ExponentialMovingAverage(self.model, config.ema_decay) if config.ema_decay is not None else None
         self.shuffle_generator = torch.Generator().manual_seed(config.seed)
@@ -338,11 +343,15 @@ class Trainer:
         config = self.config
         started = time.perf_counter()
         self.model.train()
-        order = torch.randperm(len(self.train_graphs), generator=self.shuffle_generator).tolist()
-        batches = [order[k:k + config.batch_size] for k in range(0, len(order), config.batch_size)]
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
+            batches = list(self.sampler)
+        else:
+            order = torch.randperm(len(self.train_graphs), generator=self.shuffle_generator).tolist()
+            batches = [order[k:k + config.batch_size] for k in range(0, len(order), config.batch_size)]
         progress = tqdm(batches, desc=f"epoch {epoch}/{config.epochs}", leave=False, unit="batch",
                         disable=not (self.verbose and sys.stderr.isatty()))
-        loss_sum, lr = 0.0, self.schedule.base_lrs[0]
+        loss_sum, lr, seen = 0.0, self.schedule.base_lrs[0], 0
         for indices in progress:
             batch = AtomicGraph.collate([self.train_graphs[i] for i in indices]).to(self.device)
             lr = self.schedule.apply()
@@ -356,6 +365,7 @@ class Trainer:
             if self.ema is not None:
                 self.ema.update(self.model)
             loss_sum += float(loss.detach()) * len(indices)
+            seen += len(indices)
             progress.set_postfix(loss=f"{float(loss.detach()):.4g}")
         if not math.isfinite(loss_sum):
             raise FloatingPointError(f"training loss became {loss_sum} in epoch {epoch}; lower optimizer.lr or set grad_clip")
@@ -373,7 +383,7 @@ class Trainer:
             self.best_epoch, self.best_valid_loss, self.stale_epochs = epoch, valid_loss, 0
         else:
             self.stale_epochs += 1
-        row = {"epoch": epoch, "train_loss": loss_sum / len(order), "valid_loss": valid_loss,
+        row = {"epoch": epoch, "train_loss": loss_sum / seen, "valid_loss": valid_loss,
                **{f"valid_{k}": v for k, v in valid.items()}, "lr": lr, "epoch_time_s": time.perf_counter() - started}
         self._append_metrics(row)
         payload = self._checkpoint_payload(epoch, valid)
