@@ -264,3 +264,32 @@ def test_normalizers_from_the_config_dataset_section(tmp_path, reference, fairch
         out = model(fairchem_graph(fairchem_graphs[structure["name"]], structure["pbc"], torch.float32))
     assert abs(float(out["energy"]) - (2.8873 * structure["float32"]["energy"] - 0.7554)) < 1e-5
     assert (out["forces"] - 2.8873 * torch.tensor(structure["float32"]["forces"])).abs().max() < 1e-5
+
+
+def test_hydra_layout_loads_like_the_legacy_class(tmp_path):
+    original = torch.load(FIXTURES / "small_random.pt", weights_only=True)
+    state = {}
+    for key, value in original["state_dict"].items():
+        key = key.removeprefix("module.")
+        head = next((h for h in ("energy_block", "force_block") if key.startswith(h)), None)
+        prefix = {"energy_block": "output_heads.energy.", "force_block": "output_heads.forces."}.get(head, "backbone.")
+        state["module." + prefix + key] = value
+    backbone = {**original["config"]["model"], "model": "equiformer_v2_backbone"}
+    backbone.pop("name")
+    config = {"model": {"name": "hydra", "backbone": backbone,
+                        "heads": {"energy": {"module": "equiformer_v2_energy_head"},
+                                  "forces": {"module": "equiformer_v2_force_head"}}}}
+    hydra, _ = load_fairchem_checkpoint(_save(tmp_path, {**original, "state_dict": state, "config": config}))
+    legacy, _ = load_fairchem_checkpoint(FIXTURES / "small_random.pt")
+    assert all(torch.equal(v, hydra.state_dict()[k]) for k, v in legacy.state_dict().items())
+
+
+def test_cli_predicts_with_a_fairchem_checkpoint(tmp_path, reference):
+    from sciml.cli.main import main
+
+    out = tmp_path / "predictions.json"
+    assert main(["predict", "--checkpoint", str(FIXTURES / "small_random.pt"), str(FIXTURES / "structures.extxyz"),
+                 "--output", str(out)]) == 0
+    energies = [row["energy_eV"] for row in json.loads(out.read_text())]
+    expected = [s["float32"]["energy"] for s in reference["structures"]]
+    assert np.allclose(energies, expected, atol=1e-5)  # our graphs equal fairchem's (see above)
