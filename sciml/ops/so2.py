@@ -165,11 +165,15 @@ class SO2Linear(nn.Module):
         self.num_coefficients = len(m_major_order(self.lmax, self.mmax))
         self.radial_features = in_channels * sum(self.lmax - m + 1 for m in range(self.mmax + 1))
 
-    def _block_matrix(self, m: int) -> torch.Tensor:
-        """[[W_r, -W_i], [W_i, W_r]] (2 n_out, 2 n_in): acts on the flattened (x_+, x_-)."""
-        weight = self.fc_m[m - 1].weight
-        real, imag = weight.chunk(2, dim=0)
-        return torch.cat([torch.cat([real, -imag], 1), torch.cat([imag, real], 1)], 0)
+    def _complex_product(self, m: int, plus: torch.Tensor, minus: torch.Tensor) -> torch.Tensor:
+        """(W_r + i W_i)(x_+ + i x_-) with three real GEMMs instead of four (Gauss's trick):
+        k1 = (W_r + W_i) x_+, k2 = W_r (x_- - x_+), k3 = W_i (x_+ + x_-); out_+ = k1 - k3,
+        out_- = k1 + k2. plus, minus (E, n_in) -> (E, 2, n_out)."""
+        real, imag = self.fc_m[m - 1].weight.chunk(2, dim=0)
+        k1 = plus @ (real + imag).t()
+        k2 = (minus - plus) @ real.t()
+        k3 = (plus + minus) @ imag.t()
+        return torch.stack([k1 - k3, k1 + k2], 1)
 
     def forward(
         self, x: torch.Tensor, radial: Optional[torch.Tensor] = None
@@ -207,8 +211,8 @@ class SO2Linear(nn.Module):
             xm = pieces[m].reshape(edges, 2, sizes[m] // 2 * self.in_channels)
             if scales[m] is not None:
                 xm = xm * scales[m].unsqueeze(1)  # the same radial weights for +m and -m
-            xm = xm.reshape(edges, sizes[m] * self.in_channels)
-            outs.append((xm @ self._block_matrix(m).t()).view(edges, sizes[m], self.out_channels))
+            plus, minus = xm.unbind(1)
+            outs.append(self._complex_product(m, plus, minus).view(edges, sizes[m], self.out_channels))
         out = torch.cat(outs, 1) if len(outs) > 1 else outs[0]
         return out if extra is None else (out, extra)
 

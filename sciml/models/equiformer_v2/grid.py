@@ -73,6 +73,53 @@ class S2Grid(nn.Module):
         return torch.matmul(self.from_grid_mat_t.to(grid.dtype), grid)
 
 
+_CHUNK_ROWS = 1024  # (edge, channel) rows of grid values held at once: 1024 x G floats (1.3 MB at G = 324)
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """(E, K, C) -> (E C, K): one row per (edge, channel)."""
+    return x.transpose(1, 2).reshape(-1, x.shape[1])
+
+
+class _GridSiLU(torch.autograd.Function):
+    """y = P SiLU(S x) per (edge, channel) column, never storing the (E, G, C) grid values.
+
+    The grid is evaluated in chunks of rows that stay in cache, as plain GEMMs over (E C) rows,
+    and recomputed in the backward pass. The backward is written in differentiable torch ops,
+    so higher derivatives (conservative forces in training) work.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, to_grid: torch.Tensor, from_grid: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, to_grid, from_grid)
+        return _grid_map(x, to_grid, from_grid, None)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, to_grid, from_grid = ctx.saved_tensors
+        return _grid_map(x, to_grid, from_grid, grad), None, None
+
+
+def _grid_map(x: torch.Tensor, to_grid: torch.Tensor, from_grid: torch.Tensor,
+              grad: Optional[torch.Tensor]) -> torch.Tensor:
+    """Forward: P SiLU(S x). With ``grad``: the gradient S^T (SiLU'(S x) * (P^T grad)).
+
+    x, grad (E, K, C); to_grid S (G, K); from_grid P^T (G, K) (both as stored by S2Grid)."""
+    edges, k, channels = x.shape
+    rows, grad_rows = _rows(x), None if grad is None else _rows(grad)
+    out = torch.empty_like(rows)
+    step = max(1, _CHUNK_ROWS)
+    for start in range(0, rows.shape[0], step):
+        grid = rows[start:start + step] @ to_grid.t()  # (rows, G)
+        if grad_rows is None:
+            out[start:start + step] = nn.functional.silu(grid) @ from_grid
+        else:
+            sigmoid = torch.sigmoid(grid)
+            slope = sigmoid * (1 + grid * (1 - sigmoid))  # d SiLU / d grid
+            out[start:start + step] = ((grad_rows[start:start + step] @ from_grid.t()) * slope) @ to_grid
+    return out.view(edges, channels, k).transpose(1, 2)
+
+
 class SeparableS2Activation(nn.Module):
     """SiLU of separate gating scalars for l = 0; SiLU on the grid for l > 0 (fairchem's
     ``SeparableS2Activation``). ``gates`` (E, C) and x (E, K, C) -> (E, K, C); coefficient 0 of
@@ -83,7 +130,9 @@ class SeparableS2Activation(nn.Module):
         self.grid = S2Grid(lmax, mmax, resolution, m_major)
 
     def forward(self, gates: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        rest = self.grid.from_grid(nn.functional.silu(self.grid.to_grid(x)))[:, 1:]
+        to_grid = self.grid.to_grid_mat.to(x.dtype)
+        from_grid = self.grid.from_grid_mat_t.to(x.dtype).t()  # (G, K)
+        rest = _GridSiLU.apply(x, to_grid, from_grid)[:, 1:]
         return torch.cat([nn.functional.silu(gates).unsqueeze(1), rest], 1)
 
 
