@@ -293,3 +293,29 @@ def test_cli_predicts_with_a_fairchem_checkpoint(tmp_path, reference):
     energies = [row["energy_eV"] for row in json.loads(out.read_text())]
     expected = [s["float32"]["energy"] for s in reference["structures"]]
     assert np.allclose(energies, expected, atol=1e-5)  # our graphs equal fairchem's (see above)
+
+
+def test_triton_rotations_in_the_model_match_torch():
+    from sciml.ops import so2_triton
+    from triton_testing import run_in_interpreter
+
+    if not so2_triton._SUPPORTED:
+        pytest.skip(so2_triton.unavailable_reason())
+    run_in_interpreter(__file__, "interpreted_equiformer")
+
+
+def test_interpreted_equiformer_v2_triton_backend():
+    from sciml.ops import so2_triton
+
+    if not so2_triton.available(torch.device("cpu")):
+        pytest.skip("runs in the TRITON_INTERPRET=1 child process of test_triton_rotations_in_the_model_match_torch")
+    torch.manual_seed(0)
+    small = {**SMALL, "num_layers": 1, "sphere_channels": 8, "attn_hidden_channels": 8, "ffn_hidden_channels": 8,
+             "edge_channels": 8}
+    model = EquiformerV2(**small, so2_backend="torch").double().eval()
+    graph = AtomicGraph.from_ase(molecule("CH3OH"), cutoff=5.0, dtype=torch.float64)
+    expected = model(graph)
+    model.so2_backend = "triton"
+    out = model(graph)
+    assert torch.allclose(out["energy"], expected["energy"], atol=1e-10)
+    assert torch.allclose(out["forces"], expected["forces"], atol=1e-10)

@@ -79,7 +79,7 @@ class EdgeFrames:
         parts = []
         for l, block in enumerate(self.blocks):
             scale = math.sqrt((2 * l + 1) / (2 * self.mmax + 1)) if l > self.mmax else 1.0
-            row = block[:, l] if l else block[:, 0]  # the m = 0 row of D^l
+            row = block[:, l]  # the m = 0 row of D^l (index l of -l..l)
             part = row.unsqueeze(2) * x[:, l].unsqueeze(1)
             parts.append(part * scale if scale != 1.0 else part)
         return torch.cat(parts, 1)

@@ -172,7 +172,7 @@ class EquiformerV2(MessagePassing):
         """Wigner-D blocks of each edge's frame, computed once per forward for every layer."""
         blocks = wigner_D_blocks(self.lmax, edge_rotation(vectors))
         packed = None
-        if self.so2_backend != "torch" and vectors.is_cuda:
+        if self.so2_backend == "triton" or (self.so2_backend == "auto" and vectors.is_cuda):
             from sciml.ops import so2_triton
 
             if so2_triton.use_triton(self.so2_backend, vectors):
