@@ -112,7 +112,7 @@ def check_equivariance(
             attributes (if any) define the graph unless ``build_graph`` is given.
         atoms: the test structure (periodic checks run only where ``atoms.pbc`` has a True).
         outputs: output name -> kind (see the module table); defaults to energy, forces, stress
-            (stress only for periodic structures).
+            (stress only for periodic structures and models that return it).
         checks: which transformations to apply (``ALL_CHECKS`` lists them).
         build_graph: ``atoms -> AtomicGraph``; defaults to ``AtomicGraph.from_ase`` with the
             model's cutoff and max_neighbors.
@@ -123,6 +123,7 @@ def check_equivariance(
     """
     rng = np.random.default_rng(seed)
     periodic = np.asarray(atoms.pbc, dtype=bool)
+    explicit = outputs is not None
     outputs = dict(outputs or {k: v for k, v in DEFAULT_OUTPUTS.items() if k != "stress" or periodic.any()})
     unknown = [k for k in outputs.values() if k not in KINDS] + [c for c in checks if c not in ALL_CHECKS]
     if unknown:
@@ -134,6 +135,10 @@ def check_equivariance(
                 a, cutoff=getattr(model, "cutoff", None), max_neighbors=getattr(model, "max_neighbors", None), dtype=dtype
             )
 
+    if "stress" in outputs and not explicit:
+        probe = model(build_graph(atoms), compute_stress=True)
+        if "stress" not in probe:  # e.g. a direct-force model: it has no energy derivatives
+            del outputs["stress"]
     reference = _outputs(model, atoms, build_graph, outputs)
     report = EquivarianceReport()
     for check in checks:

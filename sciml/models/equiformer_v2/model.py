@@ -105,6 +105,7 @@ class EquiformerV2(MessagePassing):
     """
 
     model_name = "equiformer_v2"
+    reflection_equivariant = False  # SO(2) convolutions mix +m/-m like complex numbers: SE(3) only
 
     def __init__(self, num_layers: int = 12, sphere_channels: int = 128, attn_hidden_channels: int = 64,
                  num_heads: int = 8, attn_alpha_channels: int = 64, attn_value_channels: int = 16,
