@@ -161,9 +161,17 @@ class GridFeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor, scalars_only: bool = False) -> torch.Tensor:
         """With ``scalars_only`` only the l = 0 output (N, 1, C_out) is computed: it depends on
-        the l = 0 input alone, so the grid is skipped (the energy head needs no more)."""
+        the l = 0 input alone, so the grid is skipped (the energy head needs no more).
+
+        The grid MLP's first and last linears (no biases) act on channels and the grid
+        transforms on coefficients, so they commute: both run on the (N, K, H) coefficients
+        instead of the (N, G, H) grid values (G = 324 points vs K = 25 coefficients at lmax 4).
+        """
         scalars = self.scalar_mlp(x[:, 0]).unsqueeze(1)
         if scalars_only:
             return self.so3_linear_2(scalars, degrees=1)
-        hidden = self.grid.from_grid(self.grid_mlp(self.grid.to_grid(self.so3_linear_1(x))))
-        return self.so3_linear_2(torch.cat([scalars, hidden[:, 1:]], 1))
+        first, _, middle, _, last = self.grid_mlp
+        grid = self.grid.to_grid(first(self.so3_linear_1(x)))
+        grid = nn.functional.silu(middle(nn.functional.silu(grid)))
+        hidden = last(self.grid.from_grid(grid)[:, 1:])
+        return self.so3_linear_2(torch.cat([scalars, hidden], 1))
