@@ -60,9 +60,10 @@ class S2Grid(nn.Module):
     def __init__(self, lmax: int, mmax: int, resolution: Optional[int] = None, m_major: bool = False):
         super().__init__()
         to_mat, from_mat = grid_matrices(lmax, mmax, resolution, m_major)
-        dtype = torch.get_default_dtype()
-        self.register_buffer("to_grid_mat", to_mat.to(dtype), persistent=False)
-        self.register_buffer("from_grid_mat_t", from_mat.t().contiguous().to(dtype), persistent=False)
+        # float64 constants, cast to the features' dtype where used, so a model built in
+        # float32 and moved to float64 keeps exact tables.
+        self.register_buffer("to_grid_mat", to_mat, persistent=False)
+        self.register_buffer("from_grid_mat_t", from_mat.t().contiguous(), persistent=False)
 
     def to_grid(self, x: torch.Tensor) -> torch.Tensor:
         """(N, K, C) coefficients -> (N, G, C) grid values."""
