@@ -10,7 +10,7 @@ shift). fairchem stores the same edge as (source j, target i) with the same vect
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import List, Optional, Sequence
 
 import torch
@@ -19,7 +19,7 @@ from torch import nn
 from sciml.models.equiformer_v2.grid import SeparableS2Activation
 from sciml.models.equiformer_v2.layers import RadialMLP, SmoothLeakyReLU, SO3Linear
 from sciml.ops import scatter
-from sciml.ops.so2 import SO2Linear, m_major_order, rotate_from_edge_frame, rotate_to_edge_frame
+from sciml.ops.so2 import SO2Linear, _rotate_back_scales, m_major_order
 
 
 @dataclass
@@ -37,6 +37,25 @@ class EdgeFrames:
     lmax: int
     mmax: int
     packed: Optional[torch.Tensor] = None
+    _to_matrix: Optional[torch.Tensor] = field(default=None, repr=False)
+    _from_matrix: Optional[torch.Tensor] = field(default=None, repr=False)
+
+    def _matrices(self):
+        """(E, K', K) rows of D in m-major order and (E, K, K') its rescaled transpose: one bmm
+        per rotation for all degrees, built on first use and shared by every layer."""
+        if self._to_matrix is None:
+            first = self.blocks[0]
+            size = (self.lmax + 1) ** 2
+            full = first.new_zeros(first.shape[0], size, size)
+            for l, block in enumerate(self.blocks):
+                full[:, l * l:(l + 1) ** 2, l * l:(l + 1) ** 2] = block
+            order = [l * l + l + m for l, m in m_major_order(self.lmax, self.mmax)]
+            self._to_matrix = full[:, torch.tensor(order, device=first.device)]
+            scales = _rotate_back_scales(self.lmax, self.mmax)
+            scale = torch.tensor([scales[l] for l in range(self.lmax + 1) for _ in range(2 * l + 1)],
+                                 dtype=first.dtype, device=first.device)
+            self._from_matrix = self._to_matrix.transpose(1, 2) * scale.view(1, -1, 1)
+        return self._to_matrix, self._from_matrix
 
     def to_edge(self, x: torch.Tensor) -> torch.Tensor:
         """(E, (lmax+1)^2, C) global frame -> (E, K', C) m-major edge frame, |m| <= mmax.
@@ -51,7 +70,7 @@ class EdgeFrames:
             from sciml.ops import so2_triton
 
             return so2_triton.rotate_to_edge_frame(x, self.packed, self.lmax, self.mmax)
-        return rotate_to_edge_frame(x, self.blocks, self.lmax, self.mmax)
+        return torch.bmm(self._matrices()[0], x)
 
     def from_edge(self, x: torch.Tensor, degrees: Optional[int] = None) -> torch.Tensor:
         """(E, K', C) m-major edge frame -> (E, degrees^2, C) global frame (all degrees by default),
@@ -67,28 +86,18 @@ class EdgeFrames:
 
             out = so2_triton.rotate_from_edge_frame(x, self.packed, self.lmax, self.mmax, True)
             return out[:, : degrees * degrees]
-        if degrees == self.lmax + 1:
-            return rotate_from_edge_frame(x, self.blocks, self.lmax, self.mmax)
-        lmax = degrees - 1
-        x = x.index_select(1, _low_degree_rows(self.lmax, self.mmax, lmax, x.device))
-        return rotate_from_edge_frame(x, self.blocks[:degrees], lmax, min(self.mmax, lmax))
+        return torch.bmm(self._matrices()[1][:, : degrees * degrees], x)
 
     def from_edge_m0(self, x: torch.Tensor) -> torch.Tensor:
         """D(R_e)^T of features whose only non-zero orders are m = 0: x (E, lmax+1, C), one
         coefficient per degree -> (E, (lmax+1)^2, C), with the same rescaling as :meth:`from_edge`."""
         parts = []
         for l, block in enumerate(self.blocks):
-            scale = math.sqrt((2 * l + 1) / (2 * self.mmax + 1)) if l > self.mmax else 1.0
+            scale = _rotate_back_scales(self.lmax, self.mmax)[l]
             row = block[:, l]  # the m = 0 row of D^l (index l of -l..l)
             part = row.unsqueeze(2) * x[:, l].unsqueeze(1)
             parts.append(part * scale if scale != 1.0 else part)
         return torch.cat(parts, 1)
-
-
-def _low_degree_rows(lmax: int, mmax: int, keep_lmax: int, device: torch.device) -> torch.Tensor:
-    """Rows of the m-major (lmax, mmax) layout that form the m-major (keep_lmax, ...) layout."""
-    where = {lm: k for k, lm in enumerate(m_major_order(lmax, mmax))}
-    return torch.tensor([where[lm] for lm in m_major_order(keep_lmax, min(mmax, keep_lmax))], device=device)
 
 
 def segment_softmax(logits: torch.Tensor, index: torch.Tensor, num_segments: int) -> torch.Tensor:
