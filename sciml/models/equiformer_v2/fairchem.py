@@ -36,6 +36,9 @@ _CONSTANT_BUFFERS = re.compile(
     r"(^|\.)(SO3_rotation|mappingReduced|SO3_grid)\.|(^|\.)(expand_index|balance_degree_weight)$"
     r"|^distance_expansion\.offset$"
 )
+# sciml state that fairchem checkpoints do not carry: output normalisation (set from fairchem's
+# normalisers) and the Gaussian centres (fixed by the cutoff).
+_SCIML_ONLY = ("head.element_energies", "head.scale", "energy_shift", "force_scale", "distance_expansion.centres")
 # fairchem options this implementation reproduces, with the only values it supports.
 _REQUIRED = {
     "norm_type": "layer_norm_sh", "use_grid_mlp": True, "use_sep_s2_act": True, "use_gate_act": False,
@@ -175,7 +178,7 @@ def load_fairchem_checkpoint(path: "str | Path", use_ema: bool = True) -> Tuple[
     model = EquiformerV2(**options)
 
     expected = model.state_dict()
-    learned = [k for k in expected if k not in ("head.element_energies", "head.scale", "energy_shift", "force_scale")]
+    learned = [k for k in expected if k not in _SCIML_ONLY]
     missing = [k for k in learned if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
     wrong_shape = [f"{k} {tuple(state_dict[k].shape)} != {tuple(expected[k].shape)}"
@@ -229,8 +232,7 @@ def export_fairchem_checkpoint(model: EquiformerV2, path: "str | Path") -> Path:
         avg_degree=c["avg_degree"], alpha_drop=c["alpha_drop"], drop_path_rate=c["drop_path_rate"], proj_drop=0.0,
         weight_init="uniform", **_REQUIRED,
     )  # fmt: skip
-    skip = ("head.", "energy_shift", "force_scale")
-    state = {"module." + _fairchem_name(k): v.detach().cpu() for k, v in model.state_dict().items() if not k.startswith(skip)}
+    state = {"module." + _fairchem_name(k): v.detach().cpu() for k, v in model.state_dict().items() if k not in _SCIML_ONLY}
     path = Path(path)
     torch.save({"state_dict": state, "config": {"model": model_config}, "normalizers": {}, "ema": None}, path)
     return path

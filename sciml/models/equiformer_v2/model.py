@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from sciml.graph import AtomicGraph, MessagePassing
+from sciml.graph.radial import GaussianBasis
 from sciml.models.equiformer_v2.attention import EdgeDegreeEmbedding, EdgeFrames, SO2GraphAttention
 from sciml.models.equiformer_v2.grid import GridFeedForward
 from sciml.models.equiformer_v2.layers import EquivariantLayerNorm, GraphDropPath
@@ -42,20 +43,6 @@ CONFIGS: Dict[str, Dict[str, object]] = {
     # configs/oc20/s2ef/all/equiformer_v2/equiformer_v2_N@20_L@6_M@3_153M.yml: 153,602,690
     "oc20_153M": dict(_COMMON, num_layers=20, lmax=6, mmax=3, drop_path_rate=0.1),
 }
-
-
-class GaussianBasis(nn.Module):
-    """exp(-(d - mu_k)^2 / (2 (width * spacing)^2)) on ``count`` centres mu_k evenly spaced on
-    [0, cutoff] (fairchem's ``GaussianSmearing(0, cutoff, 600, 2.0)``). (E,) Å -> (E, count)."""
-
-    def __init__(self, cutoff: float, count: int = 600, width: float = 2.0):
-        super().__init__()
-        offsets = torch.linspace(0.0, cutoff, count, dtype=torch.float64)
-        self.coefficient = -0.5 / float(width * (offsets[1] - offsets[0])) ** 2
-        self.register_buffer("offsets", offsets.to(torch.get_default_dtype()), persistent=False)
-
-    def forward(self, distances: torch.Tensor) -> torch.Tensor:
-        return torch.exp(self.coefficient * (distances.unsqueeze(1) - self.offsets.to(distances.dtype)) ** 2)
 
 
 class TransformerBlock(nn.Module):
@@ -135,7 +122,8 @@ class EquiformerV2(MessagePassing):
         self.so2_backend = so2_backend
 
         self.sphere_embedding = nn.Embedding(max_num_elements, sphere_channels)
-        self.distance_expansion = GaussianBasis(self.cutoff, num_distance_basis)
+        # fairchem's GaussianSmearing(0, cutoff, 600, 2.0): width 2 x the centre spacing.
+        self.distance_expansion = GaussianBasis(0.0, self.cutoff, num_distance_basis, width=2.0)
         radial = [num_distance_basis, edge_channels, edge_channels]
         self.edge_degree_embedding = EdgeDegreeEmbedding(sphere_channels, lmax, radial, max_num_elements, avg_degree)
 
