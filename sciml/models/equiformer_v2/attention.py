@@ -90,14 +90,10 @@ class EdgeFrames:
 
     def from_edge_m0(self, x: torch.Tensor) -> torch.Tensor:
         """D(R_e)^T of features whose only non-zero orders are m = 0: x (E, lmax+1, C), one
-        coefficient per degree -> (E, (lmax+1)^2, C), with the same rescaling as :meth:`from_edge`."""
-        parts = []
-        for l, block in enumerate(self.blocks):
-            scale = _rotate_back_scales(self.lmax, self.mmax)[l]
-            row = block[:, l]  # the m = 0 row of D^l (index l of -l..l)
-            part = row.unsqueeze(2) * x[:, l].unsqueeze(1)
-            parts.append(part * scale if scale != 1.0 else part)
-        return torch.cat(parts, 1)
+        coefficient per degree -> (E, (lmax+1)^2, C), with the same rescaling as :meth:`from_edge`.
+        The m = 0 entries come first in the m-major layout, so only those columns are used."""
+        with torch.autocast(x.device.type, enabled=False):
+            return torch.bmm(self._matrices()[1][:, :, : self.lmax + 1], x.to(self.blocks[0].dtype))
 
 
 def segment_softmax(logits: torch.Tensor, index: torch.Tensor, num_segments: int) -> torch.Tensor:
