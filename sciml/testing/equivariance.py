@@ -78,14 +78,17 @@ def _unimodular(rng: np.random.Generator, periodic: np.ndarray) -> np.ndarray:
     return u
 
 
-def _outputs(model: Callable, atoms, build_graph: Callable, names: Mapping[str, str]) -> Dict[str, torch.Tensor]:
+def _outputs(
+    model: Callable, atoms, build_graph: Callable, names: Mapping[str, str], optional: Sequence[str] = ()
+) -> Dict[str, torch.Tensor]:
+    """The model's outputs ``names`` in float64; those in ``optional`` may be absent."""
     # sciml models compute stress only when asked (it costs a strain derivative).
     kwargs = {"compute_stress": True} if "stress" in names else {}
     result = model(build_graph(atoms), **kwargs)
-    missing = [n for n in names if n not in result]
+    missing = [n for n in names if n not in result and n not in optional]
     if missing:
         raise KeyError(f"model output lacks {missing}; it returned {sorted(result)}")
-    return {n: result[n].detach().to(torch.float64).cpu() for n in names}
+    return {n: result[n].detach().to(torch.float64).cpu() for n in names if n in result}
 
 
 def _rotate(value: torch.Tensor, kind: str, rot: torch.Tensor) -> torch.Tensor:
@@ -135,11 +138,9 @@ def check_equivariance(
                 a, cutoff=getattr(model, "cutoff", None), max_neighbors=getattr(model, "max_neighbors", None), dtype=dtype
             )
 
-    if "stress" in outputs and not explicit:
-        probe = model(build_graph(atoms), compute_stress=True)
-        if "stress" not in probe:  # e.g. a direct-force model: it has no energy derivatives
-            del outputs["stress"]
-    reference = _outputs(model, atoms, build_graph, outputs)
+    # A default stress is dropped for models that return none (direct-force models).
+    reference = _outputs(model, atoms, build_graph, outputs, optional=() if explicit else ("stress",))
+    outputs = {name: kind for name, kind in outputs.items() if name in reference}
     report = EquivarianceReport()
     for check in checks:
         if check in _PERIODIC_CHECKS and not periodic.any():
