@@ -10,7 +10,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 import torch
 
 from sciml.graph.atomic_graph import AtomicGraph
-from sciml.io.checkpoint import CheckpointError, load_checkpoint
+from sciml.io.checkpoint import check_sciml_payload, is_sciml_payload, read_torch_file
 from sciml.models import build_model
 
 
@@ -76,18 +76,13 @@ def load_model(checkpoint_path: "str | Path", device: "str | torch.device" = "cp
 
     A sciml checkpoint (``sciml train``) or a fairchem v1 EquiformerV2 checkpoint (converted by
     :func:`sciml.models.equiformer_v2.load_fairchem_checkpoint`)."""
-    try:
-        payload = load_checkpoint(checkpoint_path, map_location=device)
-    except CheckpointError as err:
-        if "not a sciml checkpoint" not in str(err):
-            raise
-        from sciml.models.equiformer_v2 import load_fairchem_checkpoint
+    payload = read_torch_file(checkpoint_path, map_location=device)
+    if not is_sciml_payload(payload) and isinstance(payload, dict) and "state_dict" in payload:
+        from sciml.models.equiformer_v2.fairchem import fairchem_checkpoint_model
 
-        try:
-            model, _ = load_fairchem_checkpoint(checkpoint_path)
-        except CheckpointError as fairchem_err:
-            raise CheckpointError(f"{err}; as a fairchem checkpoint: {fairchem_err}") from None
+        model, _ = fairchem_checkpoint_model(payload, checkpoint_path)
         return model.to(device)
+    payload = check_sciml_payload(payload, checkpoint_path)
     model = build_model(payload["model_name"], **payload["config"])
     state = payload["state_dict"]
     dtype = next((v.dtype for v in state.values() if v.is_floating_point()), torch.get_default_dtype())

@@ -104,9 +104,21 @@ def load_checkpoint(path: "str | os.PathLike", map_location: "str | torch.device
         CheckpointError: the file is missing, empty, truncated, corrupted, not a sciml checkpoint,
             or from a newer format version.
     """
-    path = Path(path)
-    payload = read_torch_file(path, map_location)
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+    return check_sciml_payload(read_torch_file(path, map_location), path)
+
+
+def is_sciml_payload(payload: Any) -> bool:
+    """Whether a loaded file carries the sciml checkpoint header."""
+    return isinstance(payload, dict) and payload.get("format") == FORMAT
+
+
+def check_sciml_payload(payload: Any, path: "str | os.PathLike") -> Dict[str, Any]:
+    """``payload`` (read from ``path``) if it is a sciml checkpoint this version reads.
+
+    Raises:
+        CheckpointError: no sciml header, or a newer format version.
+    """
+    if not is_sciml_payload(payload):
         raise CheckpointError(f"{path} is not a sciml checkpoint (no '{FORMAT}' header)")
     version = payload.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:

@@ -165,7 +165,13 @@ def load_fairchem_checkpoint(path: "str | Path", use_ema: bool = True) -> Tuple[
         CheckpointError: unreadable file, another model, unsupported options, or parameter names
             or shapes that do not match (all mismatches are listed).
     """
-    checkpoint = read_torch_file(path)
+    return fairchem_checkpoint_model(read_torch_file(path), path, use_ema)
+
+
+def fairchem_checkpoint_model(checkpoint: Any, path: "str | Path",
+                              use_ema: bool = True) -> Tuple[EquiformerV2, Dict[str, Any]]:
+    """:func:`load_fairchem_checkpoint` of an already loaded checkpoint dict (read from ``path``,
+    which error messages name)."""
     if not isinstance(checkpoint, Mapping) or "state_dict" not in checkpoint:
         raise CheckpointError(f"{path} is not a fairchem checkpoint (no 'state_dict')")
     config = checkpoint.get("config") or {}
