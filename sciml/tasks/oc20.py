@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
+import ase.optimize
 import numpy as np
 import torch
 from ase.constraints import FixAtoms
@@ -26,7 +27,10 @@ from sciml.data.oc20.metrics import OC20Metrics
 from sciml.graph import AtomicGraph
 from sciml.inference import predict_batches
 
-OPTIMIZERS = ("lbfgs", "bfgs", "fire")
+# ase optimizer class and options per name; L-BFGS with OC20's settings.
+_OPTIMIZERS = {"lbfgs": ("LBFGS", dict(maxstep=0.04, memory=50, damping=1.0, alpha=70.0)),
+               "bfgs": ("BFGS", {}), "fire": ("FIRE", {})}
+OPTIMIZERS = tuple(_OPTIMIZERS)
 ADWT_THRESHOLDS = np.arange(0.01, 0.5, 0.001)  # Å, as fairchem's evaluator
 
 
@@ -54,18 +58,6 @@ class Relaxation:
     converged: bool
 
 
-def _optimizer(name: str, atoms):
-    from ase.optimize import BFGS, FIRE, LBFGS
-
-    if name == "lbfgs":
-        return LBFGS(atoms, maxstep=0.04, memory=50, damping=1.0, alpha=70.0, logfile=None)
-    if name == "bfgs":
-        return BFGS(atoms, logfile=None)
-    if name == "fire":
-        return FIRE(atoms, logfile=None)
-    raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
-
-
 def relax_structures(model: torch.nn.Module, graphs: Sequence[AtomicGraph], fmax: float = 0.05, steps: int = 200,
                      optimizer: str = "lbfgs", device: str = "cpu") -> List[Relaxation]:
     """Relax each structure (its ``fixed`` atoms held in place) with ``model`` as calculator."""
@@ -79,7 +71,8 @@ def relax_structures(model: torch.nn.Module, graphs: Sequence[AtomicGraph], fmax
         if fixed is not None and bool(fixed.any()):
             atoms.set_constraint(FixAtoms(mask=fixed.bool().cpu().numpy()))
         atoms.calc = calculator
-        runner = _optimizer(optimizer, atoms)
+        name, options = _OPTIMIZERS[optimizer]
+        runner = getattr(ase.optimize, name)(atoms, logfile=None, **options)
         converged = bool(runner.run(fmax=fmax, steps=steps))
         results.append(Relaxation(float(atoms.get_potential_energy()), atoms.get_positions(), runner.nsteps, converged))
     return results
