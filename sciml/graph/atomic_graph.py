@@ -8,7 +8,9 @@ from typing import Dict, Iterable, List, Optional, Sequence
 import numpy as np
 import torch
 
+from sciml.graph.crystal import knn_neighbor_list, lattice_frame
 from sciml.graph.neighbors import neighbor_list
+from sciml.graph.spec import GraphSpec
 from sciml.graph.validation import (
     as_tensor,
     atomic_numbers_from_symbols,
@@ -31,7 +33,11 @@ class AtomicGraph:
         edge_index: (2, E) int64, rows ``(i, j)``: centre i, neighbour j (ase's convention); edge
             vectors point from i to j: ``positions[j] - positions[i] + cell_shifts @ cell``.
         cell_shifts: (E, 3) int64, integer image shift of the neighbour.
-        cutoff: float or None, Å, the radius the edges were built with.
+        cutoff: float or None, Å, the radius the edges were built with (None for k-NN graphs).
+        knn: int or None, k of a k-nearest-neighbour graph (see :class:`GraphSpec`).
+        lattice_frame: (B, 3, 3) float or None, each structure's lattice frame (rows, see
+            :func:`sciml.graph.crystal.lattice_frame`) in fractional coordinates of its cell, so
+            that ``lattice_frame[b] @ cell[b]`` is the frame in Å, also under a strained cell.
         energy: (B,) eV, optional target. forces: (N, 3) eV/Å, optional target.
         stress: (B, 3, 3) eV/Å^3, optional target (ase sign convention).
         properties: named per-structure targets, each (B, ...).
@@ -47,6 +53,8 @@ class AtomicGraph:
     edge_index: torch.Tensor
     cell_shifts: torch.Tensor
     cutoff: Optional[float] = None
+    knn: Optional[int] = None
+    lattice_frame: Optional[torch.Tensor] = None
     energy: Optional[torch.Tensor] = None
     forces: Optional[torch.Tensor] = None
     stress: Optional[torch.Tensor] = None
@@ -83,7 +91,7 @@ class AtomicGraph:
         atomic_numbers,
         cell=None,
         pbc=False,
-        cutoff: Optional[float] = None,
+        cutoff: "float | GraphSpec | None" = None,
         max_neighbors: Optional[int] = None,
         dtype: Optional[torch.dtype] = None,
         energy: Optional[float] = None,
@@ -93,6 +101,9 @@ class AtomicGraph:
         atom_properties: Optional[Dict[str, object]] = None,
     ) -> "AtomicGraph":
         """One structure from arrays; builds edges when ``cutoff`` is given.
+
+        ``cutoff`` is a pair cutoff in Å (with optional ``max_neighbors``), or a
+        :class:`GraphSpec` for any kind of graph (e.g. a model's ``graph_spec``).
 
         positions (N, 3) Å; atomic_numbers (N,); cell (3, 3) Å or None; pbc bool or (3,);
         energy eV; forces (N, 3) eV/Å; stress (3, 3) or Voigt (6,) eV/Å^3.
@@ -133,13 +144,17 @@ class AtomicGraph:
                 k: _checked_leading(v, n, f"atom property {k!r}", dtype) for k, v in (atom_properties or {}).items()
             },
         )
+        if isinstance(cutoff, GraphSpec):
+            if max_neighbors is not None:
+                raise ValueError("give max_neighbors inside the GraphSpec, not next to it")
+            return graph.with_graph(cutoff)
         return graph.with_edges(cutoff, max_neighbors) if cutoff is not None else graph
 
     @classmethod
     def from_ase(
         cls,
         atoms,
-        cutoff: Optional[float] = None,
+        cutoff: "float | GraphSpec | None" = None,
         max_neighbors: Optional[int] = None,
         dtype: Optional[torch.dtype] = None,
         energy_key: str = "energy",
@@ -192,7 +207,7 @@ class AtomicGraph:
     def from_pymatgen(
         cls,
         structure,
-        cutoff: Optional[float] = None,
+        cutoff: "float | GraphSpec | None" = None,
         max_neighbors: Optional[int] = None,
         dtype: Optional[torch.dtype] = None,
     ) -> "AtomicGraph":
@@ -215,7 +230,37 @@ class AtomicGraph:
     def with_edges(self, cutoff: float, max_neighbors: Optional[int] = None) -> "AtomicGraph":
         """A copy whose edges are all pairs within ``cutoff`` Å (see :func:`batched_neighbor_list`)."""
         edge_index, shifts = batched_neighbor_list(self, cutoff, max_neighbors)
-        return replace(self, edge_index=edge_index, cell_shifts=shifts, cutoff=check_cutoff(cutoff))
+        return replace(self, edge_index=edge_index, cell_shifts=shifts, cutoff=check_cutoff(cutoff), knn=None,
+                       lattice_frame=None)
+
+    def with_graph(self, spec: GraphSpec) -> "AtomicGraph":
+        """A copy with the graph ``spec`` describes: radius edges, or k-NN edges with ties and,
+        if asked, lattice frames (see :mod:`sciml.graph.crystal`)."""
+        if spec.knn is None:
+            return self.with_edges(spec.cutoff, spec.max_neighbors)
+        rows, shifts, frames = [], [], []
+        for b in range(self.num_graphs):
+            lo, hi = int(self.ptr[b]), int(self.ptr[b + 1])
+            pos, cell, pbc = self.positions[lo:hi].detach(), self.cell[b].detach(), self.pbc[b]
+            start = spec.cutoff if spec.cutoff is not None else 4.0
+            i, j, s = knn_neighbor_list(pos, cell, pbc, spec.knn, start, spec.tolerance)
+            rows.append(torch.stack([i, j]) + lo)
+            shifts.append(s)
+            if spec.lattice_frame:
+                if not bool(pbc.all()):
+                    raise ValueError(f"structure {b} is not periodic in all three directions (pbc={pbc.tolist()}); "
+                                     f"a lattice frame needs a 3D crystal")
+                frame = lattice_frame(pos, self.atomic_numbers[lo:hi], cell, torch.stack([i, j]), s, spec.tolerance)
+                cell64 = cell.cpu().to(torch.float64)
+                frames.append(torch.as_tensor(frame) @ torch.linalg.inv(cell64))
+        return replace(
+            self,
+            edge_index=torch.cat(rows, dim=1).to(self.device),
+            cell_shifts=torch.cat(shifts).to(self.device),
+            cutoff=None,
+            knn=spec.knn,
+            lattice_frame=torch.stack(frames).to(self.device, self.positions.dtype) if frames else None,
+        )
 
     def require_neighbors(self, where: str = "structure") -> None:
         """Raise ValueError if an atom of a multi-atom structure has no neighbour within the cutoff.
@@ -223,7 +268,7 @@ class AtomicGraph:
         Such an atom sees nothing: a model can only return its element's reference energy, which
         for training or prediction input almost always means a wrong cutoff or broken geometry.
         """
-        if self.cutoff is None:
+        if self.cutoff is None and self.knn is None:
             raise ValueError(f"{where}: edges were never built; build the graph with a cutoff")
         has_edge = torch.zeros(self.num_nodes, dtype=torch.bool, device=self.device)
         has_edge[self.edge_index[0]] = True
@@ -245,6 +290,10 @@ class AtomicGraph:
         node_offset = torch.cumsum(counts, 0) - counts
         graph_offset = torch.cumsum(torch.tensor([g.num_graphs for g in graphs]), 0)
         cutoffs = {g.cutoff for g in graphs}
+        knns = {g.knn for g in graphs}
+        frames = [g.lattice_frame for g in graphs]
+        if any(f is None for f in frames) and any(f is not None for f in frames):
+            raise ValueError("cannot collate: some structures have lattice frames and others do not")
         batch = torch.cat(
             [g.batch + (graph_offset[k - 1] if k else 0) for k, g in enumerate(graphs)]
         )
@@ -258,6 +307,8 @@ class AtomicGraph:
             edge_index=torch.cat([g.edge_index + node_offset[k] for k, g in enumerate(graphs)], dim=1),
             cell_shifts=torch.cat([g.cell_shifts for g in graphs]),
             cutoff=cutoffs.pop() if len(cutoffs) == 1 else None,
+            knn=knns.pop() if len(knns) == 1 else None,
+            lattice_frame=None if frames[0] is None else torch.cat(frames),
         )
         for name in ("energy", "forces", "stress"):
             values = [getattr(g, name) for g in graphs]
@@ -290,6 +341,8 @@ class AtomicGraph:
                     edge_index=self.edge_index[:, edges] - lo,
                     cell_shifts=self.cell_shifts[edges],
                     cutoff=self.cutoff,
+                    knn=self.knn,
+                    lattice_frame=None if self.lattice_frame is None else self.lattice_frame[b:b + 1],
                     energy=None if self.energy is None else self.energy[b:b + 1],
                     forces=None if self.forces is None else self.forces[lo:hi],
                     stress=None if self.stress is None else self.stress[b:b + 1],

@@ -9,26 +9,48 @@ from torch import nn
 
 from sciml.graph.atomic_graph import AtomicGraph
 from sciml.graph.geometry import EdgeGeometry, edge_geometry
+from sciml.graph.spec import GraphSpec
 from sciml.ops.scatter import scatter
 
 
 class MessagePassing(nn.Module):
     """Base of graph models and their layers.
 
-    A model records the graph it was built for (``cutoff`` in Å and ``max_neighbors``), so that
-    calculators, ``sciml.predict`` and the CLI build matching graphs; models themselves never
-    build graphs. Subclasses call :meth:`geometry` for differentiable edge vectors and
-    :meth:`aggregate` to reduce edge messages onto their centre atoms.
+    A model records the graph it was built for (``cutoff`` in Å and ``max_neighbors`` for a
+    radius graph; ``knn`` and ``lattice_frame`` for ComFormer's crystal graph, where ``cutoff`` is
+    the first search radius), exposed as :attr:`graph_spec`, so that calculators,
+    ``sciml.predict`` and the CLI build matching graphs; models themselves never build graphs.
+    Subclasses call :meth:`geometry` for differentiable edge vectors and :meth:`aggregate` to
+    reduce edge messages onto their centre atoms.
     """
 
-    def __init__(self, cutoff: Optional[float] = None, max_neighbors: Optional[int] = None):
+    def __init__(self, cutoff: Optional[float] = None, max_neighbors: Optional[int] = None,
+                 knn: Optional[int] = None, lattice_frame: bool = False):
         super().__init__()
         self.cutoff = None if cutoff is None else float(cutoff)
         self.max_neighbors = max_neighbors
+        self.knn = knn
+        self.uses_lattice_frame = bool(lattice_frame)
+
+    @property
+    def graph_spec(self) -> Optional[GraphSpec]:
+        """The graph this model reads, or None when it has no fixed one (no cutoff, no k)."""
+        if self.cutoff is None and self.knn is None:
+            return None
+        return GraphSpec(cutoff=self.cutoff, max_neighbors=self.max_neighbors, knn=self.knn,
+                         lattice_frame=self.uses_lattice_frame)
 
     def check_graph(self, graph: AtomicGraph) -> None:
         """Raise ValueError when ``graph`` was not built for this model's cutoff, or its edges were
         never built for a multi-atom structure (isolated atoms of a built graph are fine)."""
+        if self.knn is not None:
+            if graph.knn != self.knn:
+                raise ValueError(f"the model reads a graph of {self.graph_spec.describe()}, but the graph was built "
+                                 f"{'with k=' + str(graph.knn) if graph.knn else 'as a radius graph'}; rebuild it with "
+                                 f"graph.with_graph(model.graph_spec)")
+            if self.uses_lattice_frame and graph.lattice_frame is None:
+                raise ValueError("the model needs lattice frames; rebuild the graph with graph.with_graph(model.graph_spec)")
+            return
         if graph.num_edges == 0 and graph.cutoff is None and bool((graph.num_atoms_per_graph > 1).any()):
             raise ValueError(f"graph has no edges; build it with cutoff={self.cutoff} (graph.with_edges)")
         if self.cutoff is not None and graph.cutoff is not None and graph.cutoff + 1e-9 < self.cutoff:

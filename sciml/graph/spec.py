@@ -1,0 +1,56 @@
+"""``GraphSpec``: how a model's graph is built from a structure.
+
+Every graph model declares one (``model.graph_spec``), and the code that turns structures into
+graphs (readers, trainer, calculator, ``sciml predict``) builds exactly that graph, so a model is
+never fed a graph it was not trained on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """A radius graph, or ComFormer's k-nearest-neighbour crystal graph.
+
+    Attributes:
+        cutoff: Å. Radius graphs: the pair cutoff. k-NN graphs: the first search radius.
+        max_neighbors: radius graphs only: keep each atom's nearest ``max_neighbors``.
+        knn: if set, the graph is each atom's ``knn`` nearest neighbours with ties, made
+            undirected (:func:`sciml.graph.crystal.knn_neighbor_list`).
+        lattice_frame: also give every structure its lattice frame
+            (:func:`sciml.graph.crystal.lattice_frame`); needs 3D-periodic structures.
+        tolerance: Å, for k-NN ties and for the frame (translations, length and angle ties).
+    """
+
+    cutoff: Optional[float] = None
+    max_neighbors: Optional[int] = None
+    knn: Optional[int] = None
+    lattice_frame: bool = False
+    tolerance: float = 1e-3
+
+    def __post_init__(self):
+        if self.knn is None and self.lattice_frame:
+            raise ValueError("lattice_frame needs a k-NN graph (set knn)")
+        if self.knn is not None and self.max_neighbors is not None:
+            raise ValueError("max_neighbors applies to radius graphs; a k-NN graph has knn only")
+        if self.knn is None and self.cutoff is None:
+            raise ValueError("a graph needs a cutoff (radius graph) or knn (k-NN graph)")
+        if self.knn is not None and self.knn < 1:
+            raise ValueError(f"knn must be a positive integer, got {self.knn}")
+
+    @classmethod
+    def of(cls, model) -> "GraphSpec":
+        """The spec a model declares (``model.graph_spec``), else its ``cutoff``/``max_neighbors``."""
+        spec = getattr(model, "graph_spec", None)
+        if spec is not None:
+            return spec
+        return cls(cutoff=getattr(model, "cutoff", None), max_neighbors=getattr(model, "max_neighbors", None))
+
+    def describe(self) -> str:
+        if self.knn is not None:
+            return f"{self.knn} nearest neighbours with ties" + (" and lattice frames" if self.lattice_frame else "")
+        capped = f", at most {self.max_neighbors} neighbours" if self.max_neighbors else ""
+        return f"radius {self.cutoff} Å{capped}"
