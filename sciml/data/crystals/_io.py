@@ -1,0 +1,108 @@
+"""JSON files plain, gzipped or zipped, and the bookkeeping of skipped bad records."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import logging
+import os
+import zipfile
+from pathlib import Path
+from typing import Any, List, Optional, Tuple, Union
+
+from sciml.data.crystals.validation import CrystalInputError
+
+PathLike = Union[str, os.PathLike]
+logger = logging.getLogger("sciml.data.crystals")
+
+
+def read_text(path: PathLike) -> str:
+    """The text of ``path``: plain, ``.gz``, or a ``.zip`` holding one file (a ``.json`` member
+    preferred).
+
+    Raises:
+        CrystalInputError: missing file, unreadable archive or undecodable text.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CrystalInputError(f"{path}: no such file")
+    try:
+        if path.name.endswith(".gz"):
+            with gzip.open(path, "rb") as handle:
+                data = handle.read()
+        elif path.name.endswith(".zip"):
+            with zipfile.ZipFile(path) as archive:
+                names = [n for n in archive.namelist() if not n.endswith("/")]
+                json_names = [n for n in names if n.endswith(".json")]
+                chosen = json_names or names
+                if len(chosen) != 1:
+                    raise CrystalInputError(f"{path}: expected one JSON file in the zip archive, found {names}")
+                data = archive.read(chosen[0])
+        else:
+            data = path.read_bytes()
+        return data.decode("utf-8")
+    except (OSError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as err:
+        raise CrystalInputError(f"{path}: cannot read ({type(err).__name__}: {err})") from None
+
+
+def load_json(path: PathLike) -> Any:
+    """The parsed JSON content of ``path`` (see :func:`read_text` for compression).
+
+    Raises:
+        CrystalInputError: unreadable file or invalid JSON (with line and column).
+    """
+    text = read_text(path)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise CrystalInputError(f"{path}: not valid JSON ({err})") from None
+
+
+def dump_json(obj: Any, path: PathLike) -> None:
+    """Write ``obj`` as JSON to ``path``: gzipped for ``.gz``, inside a zip archive (one member
+    named after the file, without ``.zip``) for ``.zip``, else plain text."""
+    path = Path(path)
+    text = json.dumps(obj)
+    if path.name.endswith(".gz"):
+        with gzip.open(path, "wt", encoding="utf-8") as handle:
+            handle.write(text)
+    elif path.name.endswith(".zip"):
+        member = path.name[: -len(".zip")]
+        member = member if member.endswith(".json") else member + ".json"
+        with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr(member, text)
+    else:
+        path.write_text(text, encoding="utf-8")
+
+
+def skip_or_raise(
+    error: CrystalInputError, skip_bad: bool, skipped: Optional[List[Tuple[str, str]]], source: str
+) -> None:
+    """Raise ``error`` unless ``skip_bad``; then log it and append ``(source, message)`` to
+    ``skipped`` when a list is given."""
+    if not skip_bad:
+        raise error
+    logger.warning("skipping %s", error)
+    if skipped is not None:
+        skipped.append((source, str(error)))
+
+
+def peek_text(path: PathLike, size: int = 1 << 16) -> str:
+    """The first ``size`` characters of ``path`` (decompressed), or "" when unreadable."""
+    path = Path(path)
+    try:
+        if path.name.endswith(".gz"):
+            with gzip.open(path, "rb") as handle:
+                data = handle.read(size)
+        elif path.name.endswith(".zip"):
+            with zipfile.ZipFile(path) as archive:
+                names = [n for n in archive.namelist() if n.endswith(".json")] or archive.namelist()
+                with archive.open(names[0]) as handle:
+                    data = handle.read(size)
+        else:
+            with open(path, "rb") as handle:
+                data = handle.read(size)
+        return io.TextIOWrapper(io.BytesIO(data), encoding="utf-8", errors="ignore").read()
+    except (OSError, EOFError, zipfile.BadZipFile, IndexError):
+        return ""
