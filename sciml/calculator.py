@@ -9,8 +9,11 @@ import torch
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
-from sciml.graph import AtomicGraph
+from dataclasses import replace
+
+from sciml.graph import AtomicGraph, GraphSpec
 from sciml.inference import load_model, model_dtype
+from sciml.models.heads import EnergyHead
 
 
 class SciMLCalculator(Calculator):
@@ -22,7 +25,8 @@ class SciMLCalculator(Calculator):
 
     Args:
         model: a sciml graph model (``model(graph, compute_forces, compute_stress) -> dict``).
-        cutoff: override the model's graph cutoff in Å (rarely needed).
+        cutoff: override the model's graph cutoff in Å (rarely needed; for k-NN crystal graphs
+            the first search radius).
         device: where the model runs.
     """
 
@@ -31,9 +35,13 @@ class SciMLCalculator(Calculator):
     def __init__(self, model: torch.nn.Module, cutoff: Optional[float] = None, device: str = "cpu", **kwargs):
         super().__init__(**kwargs)
         self.device = torch.device(device)
+        if not any(isinstance(module, EnergyHead) for module in model.modules()):
+            raise ValueError(f"{type(model).__name__} does not predict energies (it was built for "
+                             f"{getattr(model, 'target', 'another target')!r}); a calculator needs an energy model")
         self.model = model.to(self.device).eval()
-        self.cutoff = float(cutoff if cutoff is not None else model.cutoff)
-        self.max_neighbors = getattr(model, "max_neighbors", None)
+        spec = GraphSpec.of(model)
+        self.graph_spec = spec if cutoff is None else replace(spec, cutoff=float(cutoff))
+        self.cutoff, self.max_neighbors = self.graph_spec.cutoff, self.graph_spec.max_neighbors
         self.dtype = model_dtype(model)
 
     @classmethod
@@ -46,7 +54,7 @@ class SciMLCalculator(Calculator):
         periodic = bool(np.any(self.atoms.pbc))
         if "stress" in properties and not periodic:
             raise PropertyNotImplementedError("stress is only defined for periodic structures")
-        graph = AtomicGraph.from_ase(self.atoms, cutoff=self.cutoff, max_neighbors=self.max_neighbors, dtype=self.dtype)
+        graph = AtomicGraph.from_ase(self.atoms, self.graph_spec, dtype=self.dtype)
         out = self.model(graph.to(self.device), compute_forces=True, compute_stress=periodic)
         energy = float(out["energy"].detach().sum())
         self.results = {

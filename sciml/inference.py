@@ -9,7 +9,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
-from sciml.graph.atomic_graph import AtomicGraph
+from sciml.graph import AtomicGraph, GraphSpec
 from sciml.io.checkpoint import check_sciml_payload, is_sciml_payload, read_torch_file
 from sciml.models import build_model
 
@@ -100,20 +100,31 @@ def predict(
 ) -> List[dict]:
     """Evaluate many ``ase.Atoms`` in batches (the ASE calculator API is one structure at a time).
 
-    Returns one dict per structure: ``energy`` (eV, float), ``forces`` ((n, 3) eV/Å) and, for
-    periodic structures unless ``compute_stress`` is False, ``stress`` ((3, 3) eV/Å^3).
+    Graphs are built as the model declares (:class:`~sciml.graph.GraphSpec`). Returns one dict per
+    structure: for energy models ``energy`` (eV, float), ``forces`` ((n, 3) eV/Å) and, for periodic
+    structures unless ``compute_stress`` is False, ``stress`` ((3, 3) eV/Å^3); every other
+    per-structure output of the model (e.g. a ComFormer property) under its name, a float for a
+    scalar, else an array.
     """
+    spec = GraphSpec.of(model)
     graphs = []
     for number, atoms in enumerate(structures):
-        graph = AtomicGraph.from_ase(atoms, model.cutoff, getattr(model, "max_neighbors", None), model_dtype(model))
+        graph = AtomicGraph.from_ase(atoms, spec, dtype=model_dtype(model))
         graph.require_neighbors(f"structure {number} ({atoms.get_chemical_formula()})")
         graphs.append(graph)
     results: List[dict] = []
     for batch, out in predict_batches(model, graphs, batch_size, device, compute_stress=compute_stress):
         for k in range(batch.num_graphs):
             lo, hi = int(batch.ptr[k]), int(batch.ptr[k + 1])
-            row = {"energy": float(out["energy"][k]), "forces": out["forces"][lo:hi].cpu().double().numpy()}
-            if "stress" in out and bool(batch.pbc[k].any()):
-                row["stress"] = out["stress"][k].cpu().double().numpy()
+            row = {}
+            for key, value in out.items():
+                if key == "forces":
+                    row[key] = value[lo:hi].cpu().double().numpy()
+                elif key == "stress":
+                    if bool(batch.pbc[k].any()):
+                        row[key] = value[k].cpu().double().numpy()
+                elif value.ndim >= 1 and value.shape[0] == batch.num_graphs and key != "energies":
+                    item = value[k].cpu().double()
+                    row[key] = float(item) if item.numel() == 1 else item.numpy()
             results.append(row)
     return results

@@ -17,7 +17,7 @@ import torch
 from ase.data import atomic_numbers as _SYMBOL_TO_Z
 from tqdm.auto import tqdm
 
-from sciml.graph.atomic_graph import AtomicGraph
+from sciml.graph import AtomicGraph, GraphSpec
 
 LABELS = ("energy", "forces", "stress")
 _PROGRESS_THRESHOLD = 1000
@@ -121,7 +121,7 @@ def check_structures(
 
 def load_graph_dataset(
     source: Union[str, os.PathLike, Sequence[ase.Atoms]],
-    cutoff: float,
+    cutoff: "float | GraphSpec",
     max_neighbors: Optional[int] = None,
     energy_key: Optional[str] = "energy",
     forces_key: Optional[str] = "forces",
@@ -131,7 +131,8 @@ def load_graph_dataset(
     dtype: torch.dtype = torch.float32,
     index: Union[str, int] = ":",
 ) -> List[AtomicGraph]:
-    """One single-structure :class:`AtomicGraph` per frame, edges built once within ``cutoff`` Å.
+    """One single-structure :class:`AtomicGraph` per frame, edges built once within ``cutoff`` Å
+    (or as a :class:`~sciml.graph.GraphSpec` says, e.g. a model's ``GraphSpec.of(model)``).
 
     ``source`` is a file (read with :func:`read_structures`) or a list of ``ase.Atoms`` (checked
     the same way). A progress bar is shown for more than 1000 structures on a terminal.

@@ -77,19 +77,25 @@ class EnergyHead(nn.Module):
 class PropertyHead(nn.Module):
     """Per-structure invariant property (B, out_features) from per-atom features (N, in_features).
 
-    An MLP (Linear-SiLU-Linear) maps each atom's features to ``out_features`` components, which
-    are pooled over each structure (``"sum"`` for extensive targets, ``"mean"`` for intensive
-    ones) and de-standardised: y = pooled * std + mean, with target ``mean`` and ``std`` buffers
-    (out_features,) in the target's units set by :meth:`set_statistics`. The components are
-    invariants (several scalar targets, not an equivariant vector).
+    An MLP (Linear-SiLU-Linear, ``hidden`` wide) maps each atom's features to ``out_features``
+    components, which are pooled over each structure (``"sum"`` for extensive targets, ``"mean"``
+    for intensive ones); with ``pool_before_mlp`` the features are pooled first and the MLP maps
+    the pooled vector (CGCNN/ComFormer's readout). The result is de-standardised:
+    y = out * std + mean, with target ``mean`` and ``std`` buffers (out_features,) in the target's
+    units set by :meth:`set_statistics` (the trainer sets them from the training labels of the
+    output ``name``). The components are invariants (several scalar targets, not a vector).
     """
 
-    def __init__(self, in_features: int, out_features: int = 1, pooling: str = "mean"):
+    def __init__(self, in_features: int, out_features: int = 1, pooling: str = "mean", pool_before_mlp: bool = False,
+                 hidden: Optional[int] = None, name: Optional[str] = None):
         super().__init__()
         if pooling not in ("mean", "sum"):
             raise ValueError(f"pooling must be 'mean' or 'sum', got {pooling!r}")
         self.pooling = pooling
-        self.mlp = nn.Sequential(nn.Linear(in_features, in_features), nn.SiLU(), nn.Linear(in_features, out_features))
+        self.pool_before_mlp = pool_before_mlp
+        self.name = name
+        hidden = in_features if hidden is None else hidden
+        self.mlp = nn.Sequential(nn.Linear(in_features, hidden), nn.SiLU(), nn.Linear(hidden, out_features))
         self.register_buffer("mean", torch.zeros(out_features))
         self.register_buffer("std", torch.ones(out_features))
 
@@ -100,8 +106,11 @@ class PropertyHead(nn.Module):
 
     def forward(self, features: torch.Tensor, graph: AtomicGraph) -> torch.Tensor:
         """(N, in_features) -> (B, out_features)."""
-        pooled = scatter(self.mlp(features), graph.batch, graph.num_graphs, self.pooling)
-        return pooled * self.std + self.mean
+        if self.pool_before_mlp:
+            out = self.mlp(scatter(features, graph.batch, graph.num_graphs, self.pooling))
+        else:
+            out = scatter(self.mlp(features), graph.batch, graph.num_graphs, self.pooling)
+        return out * self.std + self.mean
 
 
 def element_counts(graphs: Sequence[AtomicGraph]) -> torch.Tensor:

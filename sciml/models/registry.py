@@ -11,12 +11,14 @@ from typing import Callable, Dict
 
 from torch import nn
 
-from sciml.models import egnn, equiformer_v2
+from sciml.models import comformer, egnn, equiformer_v2
 
 MODELS: Dict[str, Callable[..., nn.Module]] = {
     "egnn": egnn.EGNNEnergyModel,
     "egnn_nbody": egnn.EGNNDynamics,
     "equiformer_v2": equiformer_v2.EquiformerV2,
+    "icomformer": comformer.IComFormer,
+    "ecomformer": comformer.EComFormer,
 }
 
 PRESETS: Dict[str, Dict[str, Dict[str, object]]] = {"egnn": egnn.PRESETS, "equiformer_v2": equiformer_v2.CONFIGS}

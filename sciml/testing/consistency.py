@@ -7,7 +7,7 @@ from typing import Callable, Dict, Optional
 import numpy as np
 import torch
 
-from sciml.graph.atomic_graph import AtomicGraph
+from sciml.graph import AtomicGraph, GraphSpec
 
 
 def check_conservative(
@@ -29,9 +29,7 @@ def check_conservative(
     if build_graph is None:
 
         def build_graph(a):
-            return AtomicGraph.from_ase(
-                a, cutoff=model.cutoff, max_neighbors=getattr(model, "max_neighbors", None), dtype=torch.float64
-            )
+            return AtomicGraph.from_ase(a, GraphSpec.of(model), dtype=torch.float64)
 
     def energy(a) -> float:
         return float(model(build_graph(a), compute_forces=False, compute_stress=False)["energy"].detach().sum())

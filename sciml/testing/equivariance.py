@@ -28,7 +28,7 @@ from typing import Callable, Dict, Mapping, Optional, Sequence
 import numpy as np
 import torch
 
-from sciml.graph.atomic_graph import AtomicGraph
+from sciml.graph import AtomicGraph, GraphSpec
 
 KINDS = ("energy", "scalar", "vector", "tensor", "atom_scalar", "atom_vector", "atom_position")
 ALL_CHECKS = ("rotation", "reflection", "translation", "permutation", "supercell", "lattice_basis", "wrap")
@@ -111,14 +111,14 @@ def check_equivariance(
     """Measure how far ``model`` is from invariance/equivariance on one ``ase.Atoms``.
 
     Args:
-        model: maps an AtomicGraph to a dict of tensors. Its ``cutoff`` and ``max_neighbors``
-            attributes (if any) define the graph unless ``build_graph`` is given.
+        model: maps an AtomicGraph to a dict of tensors. Its graph spec (``GraphSpec.of(model)``)
+            defines the graph unless ``build_graph`` is given.
         atoms: the test structure (periodic checks run only where ``atoms.pbc`` has a True).
         outputs: output name -> kind (see the module table); defaults to energy, forces, stress
             (stress only for periodic structures and models that return it).
         checks: which transformations to apply (``ALL_CHECKS`` lists them).
         build_graph: ``atoms -> AtomicGraph``; defaults to ``AtomicGraph.from_ase`` with the
-            model's cutoff and max_neighbors.
+            model's graph spec.
         dtype: floating dtype of the graph (float64 makes errors reflect the model, not rounding).
 
     Returns:
@@ -134,9 +134,7 @@ def check_equivariance(
     if build_graph is None:
 
         def build_graph(a):
-            return AtomicGraph.from_ase(
-                a, cutoff=getattr(model, "cutoff", None), max_neighbors=getattr(model, "max_neighbors", None), dtype=dtype
-            )
+            return AtomicGraph.from_ase(a, GraphSpec.of(model), dtype=dtype)
 
     # A default stress is dropped for models that return none (direct-force models).
     reference = _outputs(model, atoms, build_graph, outputs, optional=() if explicit else ("stress",))
