@@ -3,9 +3,11 @@ Material Property Prediction", ICLR 2024) on sciml's lattice-based crystal graph
 
 The graph (:class:`~sciml.graph.GraphSpec` with ``knn`` and ``lattice_frame``) gives every atom
 its k nearest neighbours with ties and every crystal its right-handed lattice frame
-(v1, v2, v3). As in the reference (``use_lattice=True``), every atom also gets three self-loop
-edges along its lattice vectors; sciml adds the frame's own vectors only (the reference also adds
-their reverses), which keeps the frame's handedness visible to eComFormer's tensor products.
+(v1, v2, v3). As in the reference (``use_lattice=True``), every atom also gets self-loop edges
+along its lattice vectors. By default (``lattice_self_loops="frame"``) these are the frame's own
+three vectors, which keeps the frame's handedness visible to eComFormer's tensor products;
+``"both"`` adds their reverses too, exactly the reference's graph (eComFormer is then blind to
+chirality: its tensor products respect parity), ``"none"`` adds none.
 
 * iComFormer: node attention -> lattice edge update (each edge attends to the three lattice
   vectors through |v_k| and cos(r_ij, v_k)) -> three more node attention layers.
@@ -54,7 +56,7 @@ class ComFormer(MessagePassing):
         features: node and edge feature width (256). rbf_bins: Gaussians of the encodings (256).
         fc_features: width of the readout's hidden layer (256).
         k: neighbours per atom of the crystal graph (25). search_radius: its first search radius, Å.
-        lattice_self_loops: add each atom's three lattice-vector self-loop edges.
+        lattice_self_loops: "frame" (+v_k), "both" (+v_k and -v_k, as the reference) or "none".
     """
 
     model_name = "comformer"
@@ -68,14 +70,16 @@ class ComFormer(MessagePassing):
         fc_features: int = 256,
         k: int = 25,
         search_radius: float = 4.0,
-        lattice_self_loops: bool = True,
+        lattice_self_loops: str = "frame",
     ):
+        if lattice_self_loops not in ("frame", "both", "none"):
+            raise ValueError(f"lattice_self_loops must be 'frame', 'both' or 'none', got {lattice_self_loops!r}")
         if node_layers < 2:
             raise ValueError(f"ComFormer needs at least 2 node layers (one before the update), got {node_layers}")
         super().__init__(cutoff=search_radius, knn=k, lattice_frame=True)
         self.config = dict(target=str(target), node_layers=int(node_layers), features=int(features),
                            rbf_bins=int(rbf_bins), fc_features=int(fc_features), k=int(k),
-                           search_radius=float(search_radius), lattice_self_loops=bool(lattice_self_loops))
+                           search_radius=float(search_radius), lattice_self_loops=str(lattice_self_loops))
         self.target = target
         self.lattice_self_loops = lattice_self_loops
         self.register_buffer("atom_features", cgcnn_feature_table().to(torch.get_default_dtype()))
@@ -109,10 +113,13 @@ class ComFormer(MessagePassing):
         geometry = self.geometry(graph, forces=derivatives, stress=stress)
         frame = graph.lattice_frame.to(geometry.cell.dtype) @ geometry.cell  # (B, 3, 3) Å, rows v1, v2, v3
         edge_index, vectors = graph.edge_index, geometry.vectors
-        if self.lattice_self_loops:
-            atoms = torch.arange(graph.num_nodes, device=z.device).repeat_interleave(3)
+        if self.lattice_self_loops != "none":
+            loops = frame[graph.batch].reshape(-1, 3)  # (3N, 3): v1, v2, v3 of every atom
+            if self.lattice_self_loops == "both":
+                loops = torch.stack([loops, -loops], 1).reshape(-1, 3)
+            atoms = torch.arange(graph.num_nodes, device=z.device).repeat_interleave(loops.shape[0] // graph.num_nodes)
             edge_index = torch.cat([edge_index, atoms.expand(2, -1)], dim=1)
-            vectors = torch.cat([vectors, frame[graph.batch].reshape(-1, 3)])
+            vectors = torch.cat([vectors, loops])
         edge_graph = graph.batch[edge_index[0]]
         x = self.atom_embedding(self.atom_features[z])
         edge_features = self.rbf(vectors.norm(dim=1))
@@ -133,7 +140,7 @@ class IComFormer(ComFormer):
 
     def __init__(self, target: str = "formation_energy_peratom", node_layers: int = 4, features: int = 256,
                  rbf_bins: int = 256, fc_features: int = 256, k: int = 25, search_radius: float = 4.0,
-                 lattice_self_loops: bool = True):
+                 lattice_self_loops: str = "frame"):
         super().__init__(target, node_layers, features, rbf_bins, fc_features, k, search_radius, lattice_self_loops)
         features, bins = self.config["features"], self.config["rbf_bins"]
         self.rbf_angle = CosineEmbedding(bins, features)
@@ -158,7 +165,7 @@ class EComFormer(ComFormer):
 
     def __init__(self, target: str = "formation_energy_peratom", node_layers: int = 3, features: int = 256,
                  rbf_bins: int = 256, fc_features: int = 256, k: int = 25, search_radius: float = 4.0,
-                 lattice_self_loops: bool = True, scalars: int = 64, vectors: int = 8):
+                 lattice_self_loops: str = "frame", scalars: int = 64, vectors: int = 8):
         super().__init__(target, node_layers, features, rbf_bins, fc_features, k, search_radius, lattice_self_loops)
         self.config.update(scalars=int(scalars), vectors=int(vectors))
         features = self.config["features"]
