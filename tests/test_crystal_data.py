@@ -367,7 +367,8 @@ def _bad_cifs():
         "no_lattice.cif": ("\n".join(l for l in lines if not l.startswith("_cell_length")), "missing lattice"),
         "unknown.cif": (ROCKSALT_CIF.replace("Cl1 Cl", "Xx1 Xx"), "unknown element 'Xx'"),
         "no_atoms.cif": ("\n".join(lines[:10]) + "\n", "no atoms"),
-        "garbage.cif": ("this is not a crystal\n{]}\n", "unparsable CIF|no atoms"),
+        "garbage.cif": ("this is not a crystal\n{]}\n", "unparsable CIF"),
+        "broken_loop.cif": (ROCKSALT_CIF.replace("Cl1 Cl 0.5 0.5 0.5 1.0", "Cl1 Cl 0.5 0.5"), "unparsable CIF"),
         "binary.cif": (None, "not a CIF file"),
     }
 
@@ -499,3 +500,19 @@ def test_records_to_atoms_drops_missing():
     assert "y" not in records[0].atoms.info
     with pytest.raises(ValueError, match="unknown target 'z'.*y"):
         records_to_atoms(records, "z")
+
+
+def test_materials_project_skips_bad_structures(tmp_path):
+    (tmp_path / "mp-1.cif").write_text(ROCKSALT_CIF)
+    (tmp_path / "mp-2.cif").write_text(ROCKSALT_CIF.replace("Cl1 Cl", "Xx1 Xx"))
+    (tmp_path / "targets.csv").write_text("material_id,band_gap\nmp-1,5.0\nmp-2,1.0\nmp-3,2.0\n")
+    with pytest.raises(CrystalInputError, match=r"mp-2\.cif: unknown element"):
+        read_materials_project(tmp_path)
+    skipped = []
+    read = read_materials_project(tmp_path, skip_bad=True, skipped=skipped)
+    assert [(r.id, r.targets) for r in read] == [("mp-1", {"band_gap": 5.0})]
+    assert [source for source, _ in skipped] == [f"{tmp_path / 'mp-2.cif'} (record mp-2)"]
+    entries = [{"material_id": "mp-9", "structure": {"@class": "Molecule", "sites": []}, "band_gap": 1.0}]
+    (tmp_path / "mp.json").write_text(json.dumps(entries))
+    with pytest.raises(CrystalInputError, match=r"mp\.json \(record mp-9\): expected a pymatgen Structure"):
+        read_materials_project(tmp_path / "mp.json")

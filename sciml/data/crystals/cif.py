@@ -68,6 +68,8 @@ def read_cif(path: PathLike) -> ase.Atoms:
 def cif_text_to_atoms(text: str, source: str) -> ase.Atoms:
     """:func:`read_cif` for CIF text held in memory (e.g. a CIF string inside a JSON dataset);
     ``source`` starts every error message."""
+    if not re.search(r"^\s*data_", text, flags=re.MULTILINE | re.IGNORECASE):
+        raise CrystalInputError(f"{source}: unparsable CIF (no data_ block: not a CIF file)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -75,7 +77,7 @@ def cif_text_to_atoms(text: str, source: str) -> ase.Atoms:
 
             blocks = list(parse_cif(io.StringIO(text)))
     except Exception as err:  # ase raises ValueError, KeyError, IndexError, ... on malformed text
-        raise CrystalInputError(f"{source}: unparsable CIF ({type(err).__name__}: {err})") from None
+        raise CrystalInputError(f"{source}: unparsable CIF ({_describe(err)})") from None
     if not blocks:
         raise CrystalInputError(f"{source}: unparsable CIF (no data_ block)")
     with_sites = [b for b in blocks if any(tag in b for tag in _COORDINATE_TAGS)]
@@ -108,7 +110,7 @@ def cif_text_to_atoms(text: str, source: str) -> ase.Atoms:
             warnings.simplefilter("ignore")
             atoms = block.get_atoms()
     except Exception as err:  # symmetry expansion and number parsing raise assorted errors
-        raise CrystalInputError(f"{source}: unparsable CIF structure ({type(err).__name__}: {err})") from None
+        raise CrystalInputError(f"{source}: unparsable CIF structure ({_describe(err)})") from None
     # a plain structure: ase's spacegroup/occupancy bookkeeping in info and arrays is dropped
     atoms = ase.Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell.array, pbc=True)
     return check_crystal(atoms, source)
@@ -141,6 +143,10 @@ def read_crystal_files(
             logger.warning("skipping %s", err)
             bad.append((path, str(err)))
     return good, bad
+
+
+def _describe(err: Exception) -> str:
+    return f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
 
 
 def _element_of(raw: str) -> Optional[str]:
