@@ -24,15 +24,17 @@ dims   property              source and unit                                    
 Group and period follow the 92-dimensional ``atom_init.json`` rather than Table S2 (which lists
 18 groups and 9 periods and sums to 93): lanthanides and actinides sit in period 6 and 7 and in an
 extra group category 0, except Lu and Lr (d-block in pymatgen), which are group 3. He has
-pymatgen's block "p" (group 18).
+pymatgen's block "p" (group 18; CGCNN's source, mendeleev, says "s").
 
 Continuous properties use 10 equal-width bins [low + k w, low + (k + 1) w) on the range given;
-values outside the range fall in the first or last bin. Valence electrons, with n the period and occupancies of the ground-state
-configuration: the n s + n p electrons in the s and p blocks; n s + (n-1) d in the d block
-(Fe 8, Pd 10, Zn 12); n s + (n-1) d + the (n-2) f electrons beyond a half-filled shell in the f
-block (f^k counts k for k <= 7 and k - 7 above): a half-filled f^7 shell acts as core, so the
-second half of each series repeats the first (Eu 9 and Yb 9, both divalent-like) instead of
-running past 12 (Yb would count 16) and all landing in one category.
+values outside the range fall in the first or last bin. Valence electrons, with n the period and
+the occupancies of the ground-state configuration: the n s + n p electrons in the s and p blocks;
+n s + (n-1) d in the d block (Fe 8, Pd 10, Zn 12); n s + (n-1) d + the (n-2) f electrons beyond a
+half-filled shell in the f block (f^k counts k for k <= 7 and k - 7 above): a half-filled f^7
+shell acts as core, so the second half of each series repeats the first (Eu 9 and Yb 9, both
+divalent-like) instead of running past 12 (Yb would count 16) and all landing in one category.
+This f-block count is a choice made here (CGCNN took mendeleev's ``nvalence``); it keeps the rows
+of Dy, Ho and Er, identical in every other block, apart.
 
 Missing data: He, Ne and Ar have no Pauling electronegativity; At, Fr and Z >= 100 no molar
 volume; covalent radii are used up to Cm (Z = 96), the end of Cordero's table. The block of a
