@@ -1,5 +1,6 @@
 """``sciml data generate``: make training data with real physics (GFN2-xTB MD, charged n-body,
-EMT adsorbate relaxations in OC20's layouts); ``sciml data preprocess``: OC20 data to a sciml cache."""
+EMT adsorbate relaxations in OC20's layouts, EMT-relaxed random crystals in the JARVIS and MatBench
+layouts); ``sciml data preprocess``: OC20 data to a sciml cache."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from sciml.cli.common import add_command, refuse_overwrite
 EXAMPLES = """  sciml data generate xtb-md --molecule ethanol --frames 1500 --temperature 500 --stride 10 --output ethanol.extxyz
   sciml data generate nbody --simulations 5000 --seed 43 --output nbody.npz
   sciml data generate oc20 --systems 20 --seed 0 --output oc20_emt
+  sciml data generate crystals --num 500 --seed 0 --output crystals_emt
   sciml data preprocess oc20_emt/s2ef --output s2ef_cache.lmdb
 """
 
@@ -63,6 +65,27 @@ def register(sub) -> None:
     oc20.add_argument("--force", action="store_true", help="write into an existing, non-empty directory")
     oc20.set_defaults(run=_run_oc20)
 
+    crystals = kinds.add_parser(
+        "crystals", help="random pyxtal crystals relaxed with EMT, written in the JARVIS dft_3d and MatBench layouts",
+        description="Draw random crystals with pyxtal (a share in Sohncke space groups, each chiral one followed by "
+                    "its mirror image), relax cell and positions with EMT (FIRE + FrechetCellFilter), and write "
+                    "OUTPUT/dft_3d.json, OUTPUT/matbench_formation_energy_peratom.json.gz, "
+                    "OUTPUT/structures.extxyz (energy, forces, stress) and OUTPUT/cifs/<id>.cif.",
+        epilog="examples:\n  sciml data generate crystals --num 500 --seed 0 --output crystals_emt\n"
+               "  sciml data generate crystals --num 100 --elements Cu Au --max-atoms 6 --output cuau\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    crystals.add_argument("--num", type=int, default=100, help="relaxed crystals (mirror images come on top)")
+    crystals.add_argument("--seed", type=int, default=0)
+    crystals.add_argument("--elements", nargs="+", metavar="EL", help="EMT elements (default: Cu Ag Au Ni Pd Pt Al)")
+    crystals.add_argument("--max-atoms", type=int, default=8, help="most atoms in the conventional cell")
+    crystals.add_argument("--chiral-fraction", type=float, default=0.3, help="expected share of chiral crystals")
+    crystals.add_argument("--no-mirrors", action="store_true", help="do not add the mirror image of chiral crystals")
+    crystals.add_argument("--fmax", type=float, default=0.05, help="eV/Å, relaxation stops below it")
+    crystals.add_argument("--max-steps", type=int, default=300, help="FIRE steps per crystal")
+    crystals.add_argument("--output", required=True, help="directory")
+    crystals.add_argument("--force", action="store_true", help="write into an existing, non-empty directory")
+    crystals.set_defaults(run=_run_crystals)
+
     preprocess = add_command(actions, "preprocess", "store OC20 data in a sciml cache (fast random access)",
                              "  sciml data preprocess s2ef_train_200K/ --output s2ef_200k.lmdb\n"
                              "  sciml data preprocess is2re/all/train/data.lmdb --output is2re_train.lmdb\n"
@@ -114,6 +137,24 @@ def _run_oc20(args) -> int:
     paths = write_oc20_dataset(relaxations, output, frames_per_file=args.frames_per_file)
     frames = sum(len(r.frames) for r in relaxations)
     print(f"wrote {args.systems} relaxations ({frames} S2EF frames) to {output}: "
+          + ", ".join(str(p.relative_to(output)) for p in paths.values()))
+    return 0
+
+
+def _run_crystals(args) -> int:
+    from sciml.data.generators import generate_crystals, write_crystal_dataset
+    from sciml.data.generators.crystals import DEFAULT_ELEMENTS
+
+    output = Path(args.output)
+    if output.is_file() or (output.is_dir() and any(output.iterdir()) and not args.force):
+        raise ValueError(f"{output} already exists and is not an empty directory; pass --force to write into it "
+                         f"or choose another --output")
+    crystals = generate_crystals(args.num, seed=args.seed, elements=args.elements or DEFAULT_ELEMENTS,
+                                 max_atoms=args.max_atoms, chiral_fraction=args.chiral_fraction,
+                                 enantiomorph_pairs=not args.no_mirrors, fmax=args.fmax, max_steps=args.max_steps)
+    paths = write_crystal_dataset(crystals, output)
+    mirrors = sum("enantiomorph_of" in a.info for a in crystals)
+    print(f"wrote {len(crystals)} structures ({args.num} relaxed crystals + {mirrors} mirror images) to {output}: "
           + ", ".join(str(p.relative_to(output)) for p in paths.values()))
     return 0
 

@@ -1,5 +1,6 @@
 """Generators of training data: semi-empirical MD trajectories and the charged n-body system."""
 
+from sciml.data.generators.crystals import generate_crystals, write_crystal_dataset
 from sciml.data.generators.nbody import (
     load_nbody,
     nbody_samples,
