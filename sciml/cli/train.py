@@ -66,10 +66,12 @@ def run_train(args) -> int:
 
 
 def run_eval(args) -> int:
-    from sciml.data.readers import load_graph_dataset
-    from sciml.inference import load_model
+    from sciml.graph import GraphSpec
+    from sciml.inference import load_model, model_dtype
     from sciml.io import load_checkpoint
     from sciml.train import evaluate, format_metrics
+    from sciml.train.config import DataConfig
+    from sciml.train.trainer import load_training_graphs
 
     model = load_model(args.checkpoint, device=args.device)
     if args.task != "labels":
@@ -80,10 +82,8 @@ def run_eval(args) -> int:
         value = getattr(args, name)
         value = data.get(name, default) if value is None else value
         keys[name] = None if value in (None, "none") else value
-    graphs = load_graph_dataset(
-        args.data, cutoff=model.cutoff, max_neighbors=model.max_neighbors,
-        property_keys=data.get("property_keys", []), **keys,
-    )
+    saved = {k: v for k, v in data.items() if k in DataConfig.__dataclass_fields__ and k not in ("cutoff", "max_neighbors")}
+    graphs = load_training_graphs(DataConfig(**{**saved, **keys, "path": args.data}), GraphSpec.of(model), model_dtype(model))
     metrics = evaluate(model, graphs, batch_size=args.batch_size, device=args.device,
                        prediction_keys=data.get("prediction_keys") or None)
     print(format_metrics(metrics, title=f"{args.checkpoint} on {args.data} ({len(graphs)} structures)"))

@@ -48,6 +48,11 @@ class DataConfig:
     ``{positions_target: positions}`` when the model predicts ``positions`` and the file stores
     the target positions under ``positions_target``.
 
+    Crystal datasets: ``format`` ``jarvis`` (JARVIS-DFT ``dft_3d`` JSON), ``matbench`` (a MatBench
+    task file), ``mp`` (pymatgen Structure JSON, or a folder of CIFs with a CSV/JSON of targets at
+    ``targets_path``) or ``cif`` read the single label named in ``property_keys`` (entries
+    without it are dropped); see :mod:`sciml.data.crystals`.
+
     ``format`` None recognises OC20 sources by their path (a directory of S2EF ``*.extxyz.xz`` +
     ``*.txt`` files or one such file, a fairchem ``*.lmdb`` file or directory, a sciml cache) and
     reads anything else with ase; ``oc20`` also reads an ASE database the OC20 way (tags, fixed
@@ -58,7 +63,8 @@ class DataConfig:
     """
 
     path: Optional[str] = None
-    format: Optional[str] = field(default=None, metadata={"choices": ("ase", "oc20")})
+    format: Optional[str] = field(default=None, metadata={"choices": ("ase", "oc20", "jarvis", "matbench", "mp", "cif")})
+    targets_path: Optional[str] = None
     energy_key: Optional[str] = "energy"
     forces_key: Optional[str] = "forces"
     stress_key: Optional[str] = "stress"
@@ -77,6 +83,13 @@ class SplitConfig:
     ``ranges`` replaces the random split by fixed, half-open index ranges of the data file,
     ``{train: [start, stop], valid: [start, stop], test: [start, stop]}`` (test may be omitted),
     for benchmarks whose split is prescribed; the other keys are then ignored.
+
+    ``method`` picks the benchmark splits of crystal datasets: ``alignn`` is ALIGNN's and
+    ComFormer's JARVIS split (python ``random.shuffle`` with ``seed``; valid and test are the
+    fractions ``valid`` and ``test``, train the rest: 44,578 / 5,572 / 5,572 for formation
+    energy with seed 123); ``matbench`` takes MatBench's official fold ``fold`` (0-4) as the test
+    set (scikit-learn KFold, 5 folds, shuffled, random_state 18012019) and a random ``valid``
+    fraction of the fold's training set for validation.
     """
 
     train: Optional[Union[int, float]] = None
@@ -84,6 +97,8 @@ class SplitConfig:
     test: Union[int, float] = 0.1
     seed: int = 0
     ranges: Dict[str, List[int]] = field(default_factory=dict)
+    method: str = field(default="random", metadata={"choices": ("random", "alignn", "matbench")})
+    fold: int = 0
 
 
 @dataclass
@@ -194,6 +209,8 @@ class TrainConfig:
         for name, value in non_negative.items():
             if value is not None and not value >= 0:
                 raise ValueError(f"config key {name} must be >= 0, got {value}")
+        if not 0 <= self.split.fold < 5:
+            raise ValueError(f"config key split.fold must be a MatBench fold 0-4, got {self.split.fold}")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise ValueError(f"config key ema_decay must lie in (0, 1), got {self.ema_decay}")
         if self.scheduler.factor >= 1:

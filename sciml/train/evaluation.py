@@ -92,7 +92,9 @@ def mean_baseline_metrics(
 
     ``reference_energy_*``: energy = sum of per-element reference energies (least squares on the
     training set); ``mean_energy_*``: energy = atom count x mean training energy per atom;
-    ``zero_forces_mae_meV_per_A``: forces predicted as zero. Same units as :func:`evaluate`.
+    ``zero_forces_mae_meV_per_A``: forces predicted as zero; ``mean_<property>_mae``: every
+    per-structure property predicted as its training mean (the property's units). Same units as
+    :func:`evaluate`.
     """
     metrics: Dict[str, float] = {}
     if train_graphs[0].energy is not None and test_graphs[0].energy is not None:
@@ -109,6 +111,11 @@ def mean_baseline_metrics(
     if test_graphs[0].forces is not None:
         forces = torch.cat([g.forces for g in test_graphs]).double()
         metrics["zero_forces_mae_meV_per_A"] = float(forces.abs().mean()) * _MEV
+    for key in test_graphs[0].properties:
+        if key in train_graphs[0].properties and test_graphs[0].properties[key].is_floating_point():
+            mean = torch.cat([g.properties[key] for g in train_graphs]).double().mean(0)
+            test = torch.cat([g.properties[key] for g in test_graphs]).double()
+            metrics[f"mean_{key}_mae"] = float((test - mean).abs().mean())
     return metrics
 
 

@@ -35,12 +35,13 @@ from tqdm.auto import tqdm
 from sciml.data.oc20.sources import detect_format, load_graphs
 from sciml.data.readers import load_graph_dataset, read_structures
 from sciml.data.sampling import AtomBalancedBatchSampler
-from sciml.graph.atomic_graph import AtomicGraph
+from sciml.graph import AtomicGraph, GraphSpec
 from sciml.io.checkpoint import load_checkpoint, save_checkpoint
 from sciml.io.files import atomic_path
 from sciml.models import build_model
-from sciml.models.heads import EnergyHead, fit_element_energies
-from sciml.train.config import TrainConfig
+from sciml.models.heads import EnergyHead, PropertyHead, fit_element_energies
+from sciml.data.crystals import alignn_split, matbench_folds, read_crystal_dataset
+from sciml.train.config import DataConfig, TrainConfig
 from sciml.inference import model_outputs
 from sciml.train.evaluation import evaluate, format_metrics, mean_baseline_metrics
 from sciml.train.optim import ExponentialMovingAverage, LearningRateSchedule, build_optimizer
@@ -51,6 +52,7 @@ _RESUMABLE_CHANGES = ("epochs", "early_stopping_patience", "device", "valid_batc
 _RUN_FILES = ("last.pt", "best.pt", "metrics.csv")
 # OC20 formats read the OC20 way without data.format: ASE databases keep the plain ase reader.
 _OC20_AUTO_FORMATS = ("s2ef-extxyz", "legacy-lmdb", "sciml-cache")
+_CRYSTAL_FORMATS = ("jarvis", "matbench", "mp", "cif")
 
 
 @dataclass
@@ -88,8 +90,8 @@ def fit_statistics(graphs: Sequence[AtomicGraph], property_keys: Sequence[str] =
     Returns ``element_energies`` (119,) eV (least-squares per-element reference energies; None,
     like ``energy_rms_per_atom`` and ``energy_scale``, when the graphs carry no energies),
     ``energy_rms_per_atom`` eV (RMS per-atom residual of that fit), ``forces_rms`` eV/Å and
-    ``stress_rms`` eV/Å^3 (RMS of the label components, None without labels), ``property_std``
-    (each property's standard deviation) and ``energy_scale`` eV, the energy head's per-atom
+    ``stress_rms`` eV/Å^3 (RMS of the label components, None without labels), ``property_mean``
+    and ``property_std`` (each property's mean and standard deviation) and ``energy_scale`` eV, the energy head's per-atom
     scale: ``forces_rms`` x 1 Å when forces are labelled (as MACE's default), since a model
     whose outputs vary by O(1) per Å then meets forces of the right size, else
     ``energy_rms_per_atom``. A statistic that is zero (a constant label) is replaced by 1.
@@ -108,11 +110,13 @@ def fit_statistics(graphs: Sequence[AtomicGraph], property_keys: Sequence[str] =
         "energy_rms_per_atom": residual_rms,
         "forces_rms": rms(torch.cat([g.forces for g in graphs])) if graphs[0].forces is not None else None,
         "stress_rms": rms(torch.cat([g.stress for g in graphs])) if graphs[0].stress is not None else None,
+        "property_mean": {},
         "property_std": {},
     }
     stats["energy_scale"] = stats["forces_rms"] or stats["energy_rms_per_atom"]
     for key in property_keys:
         values = torch.cat([g.properties.get(key, g.atom_properties.get(key)) for g in graphs]).double()
+        stats["property_mean"][key] = float(values.mean())
         stats["property_std"][key] = rms(values - values.mean())
     return stats
 
@@ -149,7 +153,8 @@ class Trainer:
                 raise ValueError(f"model {config.model.name!r} predicts energies but {config.data.path} has no "
                                  f"energy labels under data.energy_key={config.data.energy_key!r}")
             head.set_statistics(self.statistics["element_energies"], self.statistics["energy_scale"])
-        elif not any(weight > 0 for weight in config.loss.properties.values()):
+        self._standardise_property_heads()
+        if head is None and not any(weight > 0 for weight in config.loss.properties.values()):
             raise ValueError(f"model {config.model.name!r} has no energy head: set loss.properties, the labels "
                              f"to train it on (its outputs: see data.prediction_keys)")
         self.model.to(device=self.device, dtype=self.dtype)
@@ -172,6 +177,15 @@ class Trainer:
         self._write_yaml(self.output_dir / "config.yaml", config.to_dict())
 
     # ------------------------------------------------------------------------- setup
+    def _standardise_property_heads(self) -> None:
+        """Give each named :class:`PropertyHead` its label's training mean and standard deviation,
+        so the model learns the standardised label (ComFormer's label normalisation)."""
+        outputs = {self.config.data.prediction_keys.get(k, k): k for k in self.config.data.property_keys}
+        for module in self.model.modules():
+            if isinstance(module, PropertyHead) and module.name in outputs:
+                label = outputs[module.name]
+                module.set_statistics(self.statistics["property_mean"][label], self.statistics["property_std"][label])
+
     def _check_output_dir(self, resume: bool) -> Optional[Dict[str, Any]]:
         """Refuse to overwrite a run; on resume return ``last.pt`` after checking the config."""
         if not resume:
@@ -191,26 +205,33 @@ class Trainer:
 
     def _load_graphs(self) -> List[AtomicGraph]:
         data = self.config.data
-        model_cutoff = getattr(self.model, "cutoff", None)
-        cutoff = data.cutoff if data.cutoff is not None else model_cutoff
-        if cutoff is None:
+        spec = GraphSpec.of(self.model)
+        if data.cutoff is not None:
+            if spec is not None and spec.knn is None and spec.cutoff is not None and data.cutoff < spec.cutoff:
+                raise ValueError(f"data.cutoff {data.cutoff} Å is smaller than the model's cutoff {spec.cutoff} Å")
+            spec = replace(spec, cutoff=data.cutoff) if spec is not None else GraphSpec(cutoff=data.cutoff)
+        if spec is None:
             raise ValueError(f"model {self.config.model.name!r} has no cutoff; set data.cutoff")
-        if model_cutoff is not None and cutoff < model_cutoff:
-            raise ValueError(f"data.cutoff {cutoff} Å is smaller than the model's cutoff {model_cutoff} Å")
-        max_neighbors = data.max_neighbors if data.max_neighbors is not None else getattr(self.model, "max_neighbors", None)
+        if data.max_neighbors is not None:
+            spec = replace(spec, max_neighbors=data.max_neighbors)
         required = ["energy"] if data.energy_key is not None else []
         if self.config.loss.forces > 0 and data.forces_key is not None:
             required.append("forces")
-        if data.format == "oc20" or (data.format is None and detect_format(data.path) in _OC20_AUTO_FORMATS):
-            return _oc20_graphs(data, required, cutoff, max_neighbors, self.dtype)
-        frames = read_structures(data.path, ":", data.energy_key, data.forces_key, data.stress_key,
-                                 data.property_keys, required)
-        return load_graph_dataset(frames, cutoff, max_neighbors, data.energy_key, data.forces_key, data.stress_key,
-                                  data.property_keys, dtype=self.dtype)
+        return load_training_graphs(data, spec, self.dtype, required)
 
     def _make_splits(self, total: int) -> Dict[str, List[int]]:
-        """Seeded random split, or the fixed ``split.ranges``; saved to ``splits.json``."""
+        """Seeded random split, the fixed ``split.ranges`` or a benchmark's split (``split.method``);
+        saved to ``splits.json``."""
         split = self.config.split
+        if split.method == "alignn":
+            train_ratio = 1.0 - float(split.valid) - float(split.test) if split.train is None else float(split.train)
+            return self._save_splits(total, alignn_split(total, train_ratio, float(split.valid), float(split.test), split.seed))
+        if split.method == "matbench":
+            train, test = matbench_folds(total)[split.fold]
+            train = torch.as_tensor(train)[torch.randperm(len(train), generator=torch.Generator().manual_seed(split.seed))]
+            valid = int(round(float(split.valid) * len(train))) if isinstance(split.valid, float) else int(split.valid)
+            return self._save_splits(total, {"train": sorted(train[valid:].tolist()), "valid": sorted(train[:valid].tolist()),
+                                             "test": [int(i) for i in test]})
         if split.ranges:
             splits = {name: list(range(*split.ranges.get(name, (0, 0)))) for name in ("train", "valid", "test")}
             stop = max(bounds[1] for bounds in split.ranges.values())
@@ -453,10 +474,32 @@ class Trainer:
             tmp.write_text(yaml.safe_dump(values, sort_keys=False))
 
 
-def _oc20_graphs(data, required: Sequence[str], cutoff: float, max_neighbors: Optional[int],
-                 dtype: torch.dtype) -> List[AtomicGraph]:
+def load_training_graphs(data: DataConfig, spec: GraphSpec, dtype: torch.dtype = torch.float32,
+                         required: Sequence[str] = ()) -> List[AtomicGraph]:
+    """The graphs of ``data`` (one per structure, in file order), built as ``spec`` says.
+
+    OC20 sources, crystal datasets (``data.format`` jarvis / matbench / mp / cif: the one label of
+    ``data.property_keys`` is read, entries without it are dropped) and anything ase reads.
+    ``required`` names labels (energy, forces) every structure must carry.
+    """
+    if data.format == "oc20" or (data.format is None and detect_format(data.path) in _OC20_AUTO_FORMATS):
+        return _oc20_graphs(data, required, spec, dtype)
+    if data.format in _CRYSTAL_FORMATS:
+        if len(data.property_keys) != 1:
+            raise ValueError(f"data.format {data.format} reads one target: set data.property_keys to [<target>], "
+                             f"got {data.property_keys}")
+        options = {"targets_path": data.targets_path} if data.targets_path else {}
+        frames = read_crystal_dataset(data.path, data.format, data.property_keys[0], **options)
+        return load_graph_dataset(frames, spec, None, None, None, None, data.property_keys, dtype=dtype)
+    frames = read_structures(data.path, ":", data.energy_key, data.forces_key, data.stress_key, data.property_keys,
+                             required)
+    return load_graph_dataset(frames, spec, None, data.energy_key, data.forces_key, data.stress_key,
+                              data.property_keys, dtype=dtype)
+
+
+def _oc20_graphs(data, required: Sequence[str], spec: GraphSpec, dtype: torch.dtype) -> List[AtomicGraph]:
     """Graphs of an OC20 source, with the labels the config asks for (see ``DataConfig.format``)."""
-    graphs = load_graphs(data.path, cutoff, max_neighbors, dtype)
+    graphs = load_graphs(data.path, spec.cutoff, spec.max_neighbors, dtype)
     first = graphs[0]
     for label in required:
         if getattr(first, label) is None:
