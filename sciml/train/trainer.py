@@ -224,8 +224,11 @@ class Trainer:
         saved to ``splits.json``."""
         split = self.config.split
         if split.method == "alignn":
-            train_ratio = 1.0 - float(split.valid) - float(split.test) if split.train is None else float(split.train)
-            return self._save_splits(total, alignn_split(total, train_ratio, float(split.valid), float(split.test), split.seed))
+            train = split.train
+            if train is None:
+                counts = isinstance(split.valid, int) and isinstance(split.test, int)
+                train = total - split.valid - split.test if counts else 1.0 - float(split.valid) - float(split.test)
+            return self._save_splits(total, alignn_split(total, train, split.valid, split.test, split.seed))
         if split.method == "matbench":
             train, test = matbench_folds(total)[split.fold]
             train = torch.as_tensor(train)[torch.randperm(len(train), generator=torch.Generator().manual_seed(split.seed))]

@@ -16,9 +16,9 @@ _ALIGNN_KEYS = {"id_train": "train", "id_val": "valid", "id_test": "test"}
 
 def alignn_split(
     num_entries: int,
-    train_ratio: float = 0.8,
-    val_ratio: float = 0.1,
-    test_ratio: float = 0.1,
+    train_ratio: "float | int" = 0.8,
+    val_ratio: "float | int" = 0.1,
+    test_ratio: "float | int" = 0.1,
     seed: int = 123,
 ) -> Dict[str, List[int]]:
     """The random split of ALIGNN and ComFormer (``get_id_train_val_test``), index for index.
@@ -34,6 +34,9 @@ def alignn_split(
     int(0.8 * 55723) = 44578 and int(0.1 * 55723) = 5572 (one entry unused); N = 55,723 is the
     only N giving these sizes.
 
+    An int instead of a ratio is a count (the reference's ``n_train``/``n_val``/``n_test``), e.g.
+    Matformer's and ComFormer's Materials Project split 60,000 / 5,000 / 4,239.
+
     When ``n_test`` is 0 the reference code returns every index as test (``ids[-0:]``); here the
     test set is then empty.
 
@@ -44,11 +47,9 @@ def alignn_split(
     Raises:
         ValueError: negative ratios or ratios summing above 1.
     """
-    if min(train_ratio, val_ratio, test_ratio) < 0 or train_ratio + val_ratio + test_ratio > 1 + 1e-12:
-        raise ValueError(f"ratios must be >= 0 and sum to at most 1, got {train_ratio}, {val_ratio}, {test_ratio}")
-    n_train = int(train_ratio * num_entries)
-    n_val = int(val_ratio * num_entries)
-    n_test = int(test_ratio * num_entries)
+    n_train, n_val, n_test = (v if isinstance(v, int) else int(v * num_entries) for v in (train_ratio, val_ratio, test_ratio))
+    if min(train_ratio, val_ratio, test_ratio) < 0 or n_train + n_val + n_test > num_entries:
+        raise ValueError(f"split sizes must be >= 0 and fit {num_entries} entries, got {train_ratio}, {val_ratio}, {test_ratio}")
     ids = list(range(num_entries))
     # the reference seeds and shuffles with the global generator; a private one with the same
     # seed gives the same permutation without resetting the caller's random state
