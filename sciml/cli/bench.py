@@ -11,6 +11,8 @@ EXAMPLES = """  sciml bench neighbors                      # 1k, 10k, 100k atoms
   sciml bench egnn                           # EGNN forward/backward against the reference's timings
   sciml bench equiformer_v2                  # EquiformerV2 31M: time and memory vs fairchem
   sciml bench equiformer_v2 --fairchem-python ~/fairchem-venv/bin/python --structures 4
+  sciml bench comformer                      # iComFormer/eComFormer: time, memory, epoch vs the reference
+  sciml bench comformer --reference-python ~/fairchem-venv/bin/python --reference-source ~/AIRS/OpenMat/ComFormer
   sciml bench tp                             # tensor products, SO(2), Wigner-D, Gaunt vs e3nn (minutes)
   sciml bench tp --channels 16 --lmax 1 2 3 --edges 2000 --sections channelwise conv
 """
@@ -43,6 +45,20 @@ def register(sub) -> None:
     eqv2.add_argument("--threads", type=int, default=2)
     eqv2.add_argument("--fairchem-python", help="a Python with fairchem-core 1.x: times fairchem in the same run")
     eqv2.set_defaults(run=_run_equiformer_v2)
+
+    comformer = add_command(targets, "comformer", "iComFormer/eComFormer time and memory vs the reference (AIRS)",
+                            EXAMPLES)
+    comformer.add_argument("--crystals", type=int, default=64, help="random crystals in the timed batch")
+    comformer.add_argument("--train-crystals", type=int, default=256, help="crystals in the timed training epoch")
+    comformer.add_argument("--batch-size", type=int, default=64, help="training batch size")
+    comformer.add_argument("--epochs", type=int, default=1, help="timed epochs (after one warm-up); the best is reported")
+    comformer.add_argument("--models", nargs="+", choices=("icomformer", "ecomformer"),
+                           default=["icomformer", "ecomformer"])
+    comformer.add_argument("--repeats", type=int, default=3, help="timed repeats; the best is reported")
+    comformer.add_argument("--threads", type=int, default=2)
+    comformer.add_argument("--reference-python", help="a Python with torch_geometric, torch_scatter, e3nn, pydantic")
+    comformer.add_argument("--reference-source", help="the AIRS ComFormer source (folder holding comformer/)")
+    comformer.set_defaults(run=_run_comformer)
 
     tp = add_command(targets, "tp", "tensor products and SO(3) kernels vs e3nn, with the machine's roofline", EXAMPLES)
     tp.add_argument("--channels", type=int, nargs="+", default=[16, 32, 64], help="channelwise TP channel counts")
@@ -82,6 +98,15 @@ def _run_equiformer_v2(args) -> int:
 
     result = bench_equiformer_v2(args.config, args.structures, args.repeats, args.threads, args.fairchem_python)
     print(format_equiformer_v2_table(result))
+    return 0
+
+
+def _run_comformer(args) -> int:
+    from sciml.bench.comformer import bench_comformer, format_comformer_table
+
+    result = bench_comformer(args.crystals, args.train_crystals, args.batch_size, args.epochs, args.repeats,
+                             args.threads, args.reference_python, args.reference_source, args.models)
+    print(format_comformer_table(result))
     return 0
 
 
