@@ -185,6 +185,7 @@ def _short_lattice_vectors(pos: np.ndarray, numbers: np.ndarray, cell: np.ndarra
     translations -= np.floor(translations + 1e-9)
     steps = np.array(list(itertools.product(range(-3, 4), repeat=3)), dtype=np.float64)
     vectors = ((translations[:, None, :] + steps[None]).reshape(-1, 3)) @ reduced
+    vectors = np.concatenate([vectors, -vectors])  # every vector with its reverse, also at the range's edge
     lengths = np.linalg.norm(vectors, axis=1)
     keep = (lengths > 1e-6) & (lengths <= np.linalg.norm(reduced, axis=1).max() + tolerance)
     vectors, lengths = vectors[keep], lengths[keep]
@@ -199,14 +200,14 @@ def _candidate_frames(vectors: np.ndarray, tolerance: float) -> np.ndarray:
     first = vectors[lengths <= lengths[0] + tolerance]
     frames = []
     for v1 in first:
-        cross = np.linalg.norm(np.cross(v1, vectors), axis=1)
-        off_line = vectors[cross > 1e-6 * scale * lengths]
+        # off the line (plane) means farther than the tolerance from it, as for translations
+        off_line = vectors[np.linalg.norm(np.cross(v1 / np.linalg.norm(v1), vectors), axis=1) > tolerance]
         l2 = np.linalg.norm(off_line, axis=1)
         for v2 in off_line[l2 <= l2.min() + tolerance]:
             if v1 @ v2 < -tolerance * scale:
                 continue
-            volume = np.abs(np.cross(v1, v2) @ vectors.T)
-            off_plane = vectors[volume > 1e-6 * scale**2 * lengths]
+            normal = np.cross(v1, v2)
+            off_plane = vectors[np.abs(vectors @ (normal / np.linalg.norm(normal))) > tolerance]
             l3 = np.linalg.norm(off_plane, axis=1)
             for v3 in off_plane[l3 <= l3.min() + tolerance]:
                 if v1 @ v3 < -tolerance * scale or np.cross(v1, v2) @ v3 <= 0:
