@@ -302,7 +302,7 @@ class LoweredTensorProduct:
     def _mixed(self, source: str, columns: np.ndarray, weight_cols: np.ndarray, equation: str, mul: int, dim: int, shape: tuple) -> Callable:
         def make(env):
             x = select_columns(env[source], columns, self._cache).reshape(-1, dim, mul).transpose(1, 2)  # (Z, mul, dim)
-            w = env["w"][:, weight_cols[0] : weight_cols[-1] + 1]
+            w = self._weight_block(env, int(weight_cols[0]))
             if self.shared:
                 mixed = torch.einsum(equation, w.reshape(shape), x)
             else:
@@ -325,9 +325,27 @@ class LoweredTensorProduct:
             if self.shared:
                 return [torch.mm(x, w[0, p.weight_slice].reshape(u_mul, p.mul_out)).reshape(rows, -1) for p in group]
             x = x.reshape(rows, d1, u_mul)
-            return [torch.bmm(x, w[:, p.weight_slice].reshape(-1, u_mul, p.mul_out)).reshape(rows, -1) for p in group]
+            return [torch.bmm(x, self._weight_block(env, p.weight_slice.start).reshape(-1, u_mul, p.mul_out)).reshape(rows, -1)
+                    for p in group]
 
         return make
+
+    def _weight_block(self, env: dict, start: int) -> torch.Tensor:
+        """The weight columns of the path whose block starts at column ``start``.
+
+        All blocks come from one ``split`` of the weights, made once per call: its backward
+        concatenates the blocks' gradients, where slicing each block would zero-fill and copy a
+        full-size gradient per path (costly for per-edge weights, Z x weight_numel).
+        """
+        if "w_blocks" not in env:
+            w = env["w"]
+            starts = sorted({p.weight_slice.start for p in self._arguments[0] if p.has_weight})
+            bounds = starts + [w.shape[1]]
+            sizes = [b - a for a, b in zip(bounds[:-1], bounds[1:])]
+            if starts and starts[0] > 0:
+                sizes, starts = [starts[0]] + sizes, [0] + starts
+            env["w_blocks"] = dict(zip(starts, torch.split(w, sizes, dim=1)))
+        return env["w_blocks"][start]
 
     def _summed(self, source: str, columns: np.ndarray, mul: int, dim: int) -> Callable:
         return lambda env: select_columns(env[source], columns, self._cache).reshape(-1, dim, mul).sum(dim=2)
@@ -353,7 +371,8 @@ class LoweredTensorProduct:
             stacked = torch.cat([w[0, p.weight_slice].reshape(channels, mul_out) for _, channels, p in parts])
             mixed = torch.matmul(temp, stacked)
         else:
-            stacked = torch.cat([w[:, p.weight_slice].reshape(-1, channels, mul_out) for _, channels, p in parts], dim=1)
+            stacked = torch.cat([self._weight_block(env, p.weight_slice.start).reshape(-1, channels, mul_out)
+                                 for _, channels, p in parts], dim=1)
             mixed = torch.bmm(temp, stacked)
         return mixed.transpose(1, 2).reshape(out_buffer.shape[0], mul_out * d3)
 
