@@ -170,3 +170,16 @@ def test_errors_name_the_problem():
 
     with pytest.raises(ValueError, match="does not predict energies"):
         SciMLCalculator(model)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_energy_models_keep_structures_independent_in_training(name):
+    """norm="auto" gives energy models layer norm: in training mode a structure's energy and
+    forces do not depend on the other structures of its batch (batch norm would couple them)."""
+    model = _model(name, target="energy").train()
+    a, b = _triclinic(10, n=3), bulk("NaCl", "rocksalt", a=5.64)
+    alone = model(AtomicGraph.from_ase(a, model.graph_spec, dtype=torch.float64), compute_forces=True)
+    both = model(AtomicGraph.from_ase([a, b], model.graph_spec, dtype=torch.float64), compute_forces=True)
+    torch.testing.assert_close(both["energy"][:1], alone["energy"])
+    torch.testing.assert_close(both["forces"][:3], alone["forces"])
+    assert model.norm == "layer" and _model(name).norm == "batch"

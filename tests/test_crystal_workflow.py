@@ -85,3 +85,33 @@ def test_matbench_protocol_uses_the_official_folds(tmp_path, monkeypatch, capsys
     scores = json.loads((output / "matbench_scores.json").read_text())
     assert set(scores["fold_mae"]) == {"0", "3"} and scores["std_mae"] >= 0
     assert "MatBench formation_energy_peratom: MAE" in capsys.readouterr().out
+
+
+def test_energy_model_relaxes_crystals_with_the_cell_filter(tmp_path):
+    """An iComFormer trained (briefly) on EMT energies, forces and stresses of perturbed crystals
+    works as an ASE calculator: FrechetCellFilter relaxes positions and cell to the model's own
+    minimum, lowering the model's energy, with forces and stress from the shared derivatives."""
+    from ase.filters import FrechetCellFilter
+    from ase.optimize import FIRE
+
+    from sciml.calculator import SciMLCalculator
+    from sciml.data.generators import perturbed_crystals
+    from sciml.inference import load_model
+    from sciml.io.files import write_extxyz
+    from sciml.train import load_config, train
+
+    crystals = [r.atoms for r in read_jarvis(DATA / "dft_3d.json")[:40] if len(r.atoms) <= 6][:16]
+    write_extxyz(tmp_path / "perturbed.extxyz", perturbed_crystals(crystals, copies=3, seed=0))
+    config = load_config(ROOT / "workflows" / "crystals" / "emt_energy_small.yaml", [
+        f"data.path={tmp_path / 'perturbed.extxyz'}", f"output_dir={tmp_path / 'run'}", "epochs=3",
+        "model.options={target: energy, features: 32, fc_features: 32, k: 12}"])
+    result = train(config, verbose=False)
+    assert {"forces_mae_meV_per_A", "stress_mae_meV_per_A3"} <= set(result.test_metrics)
+    model = load_model(tmp_path / "run" / "best.pt")
+    atoms = perturbed_crystals(crystals[:1], copies=1, rattle=0.05, strain=0.03, seed=1)[0]
+    atoms.calc = SciMLCalculator(model)
+    start = atoms.get_potential_energy()
+    optimizer = FIRE(FrechetCellFilter(atoms), logfile=None)
+    assert optimizer.run(fmax=1e-3, steps=1000) and optimizer.nsteps > 0
+    assert atoms.get_potential_energy() < start
+    assert abs(atoms.get_forces()).max() < 1e-3 and abs(atoms.get_stress()).max() < 1e-3

@@ -81,6 +81,9 @@ def register(sub) -> None:
     crystals.add_argument("--chiral-fraction", type=float, default=0.3, help="expected share of chiral crystals")
     crystals.add_argument("--no-mirrors", action="store_true", help="do not add the mirror image of chiral crystals")
     crystals.add_argument("--fmax", type=float, default=0.05, help="eV/Å, relaxation stops below it")
+    crystals.add_argument("--perturbed", type=int, default=0, metavar="K",
+                          help="also write perturbed.extxyz: K rattled and strained copies of each crystal with EMT "
+                               "energy, forces and stress (training data for energy models)")
     crystals.add_argument("--max-steps", type=int, default=300, help="FIRE steps per crystal")
     crystals.add_argument("--output", required=True, help="directory")
     crystals.add_argument("--force", action="store_true", help="write into an existing, non-empty directory")
@@ -153,6 +156,12 @@ def _run_crystals(args) -> int:
                                  max_atoms=args.max_atoms, chiral_fraction=args.chiral_fraction,
                                  enantiomorph_pairs=not args.no_mirrors, fmax=args.fmax, max_steps=args.max_steps)
     paths = write_crystal_dataset(crystals, output)
+    if args.perturbed:
+        from sciml.data.generators import perturbed_crystals
+        from sciml.io.files import write_extxyz
+
+        paths["perturbed"] = output / "perturbed.extxyz"
+        write_extxyz(paths["perturbed"], perturbed_crystals(crystals, args.perturbed, seed=args.seed))
     mirrors = sum("enantiomorph_of" in a.info for a in crystals)
     print(f"wrote {len(crystals)} structures ({args.num} relaxed crystals + {mirrors} mirror images) to {output}: "
           + ", ".join(str(p.relative_to(output)) for p in paths.values()))

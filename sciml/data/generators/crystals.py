@@ -233,6 +233,35 @@ def write_crystal_dataset(
     return paths
 
 
+def perturbed_crystals(
+    crystals: Sequence[ase.Atoms], copies: int = 4, rattle: float = 0.05, strain: float = 0.03, seed: int = 0
+) -> List[ase.Atoms]:
+    """Training data for energy models: ``copies`` perturbed copies of each (relaxed) crystal,
+    labelled with EMT's total energy (eV), forces (eV/Å) and stress (eV/Å³).
+
+    Each copy gets Gaussian displacements of ``rattle`` Å per component and a random symmetric
+    strain with components uniform in [-``strain``, ``strain``] applied to cell and atoms, so the
+    labels carry the restoring forces and stresses that relaxed crystals (zero forces and stress)
+    lack. ``info["id"]`` is ``"<crystal id>-p<k>"``.
+    """
+    rng = np.random.default_rng(seed)
+    out = []
+    for crystal in crystals:
+        for k in range(copies):
+            atoms = ase.Atoms(crystal.numbers, crystal.positions, cell=crystal.cell.array, pbc=True)
+            epsilon = rng.uniform(-strain, strain, (3, 3))
+            deformation = np.eye(3) + (epsilon + epsilon.T) / 2
+            atoms.set_cell(atoms.cell.array @ deformation, scale_atoms=True)
+            atoms.positions += rng.normal(0.0, rattle, atoms.positions.shape)
+            atoms.calc = EMT()
+            labelled = atoms.copy()
+            labelled.calc = SinglePointCalculator(labelled, energy=atoms.get_potential_energy(),
+                                                  forces=atoms.get_forces(), stress=atoms.get_stress(voigt=True))
+            labelled.info = {"id": f"{crystal.info.get('id', 'crystal')}-p{k}"}
+            out.append(labelled)
+    return out
+
+
 def _labelled(atoms: ase.Atoms, references: Dict[str, Tuple[float, float]], symprec: float) -> ase.Atoms:
     energy = atoms.get_potential_energy()
     crystal = atoms.copy()

@@ -61,6 +61,18 @@ class CosineEmbedding(nn.Module):
         return F.softplus(self.linear(self.basis(cosines)))
 
 
+def norm_layer(kind: str, channels: int) -> nn.Module:
+    """The reference's BatchNorm1d (``"batch"``) or a per-row LayerNorm (``"layer"``), which keeps
+    every structure independent of the others in its batch (needed for forces and stress)."""
+    if kind == "batch":
+        return nn.BatchNorm1d(channels)
+    if kind == "layer":
+        return nn.LayerNorm(channels)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"norm must be 'batch', 'layer' or 'none', got {kind!r}")
+
+
 def _mlp(channels: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(3 * channels, channels), nn.SiLU(), nn.Linear(channels, channels))
 
@@ -80,7 +92,7 @@ class NodeAttention(nn.Module):
     x_i <- Softplus(x_i + BN(Linear(sum_j m_ij))).
     """
 
-    def __init__(self, channels: int = 256, edge_features: int = 256):
+    def __init__(self, channels: int = 256, edge_features: int = 256, norm: str = "batch"):
         super().__init__()
         self.channels = channels
         self.lin_key = nn.Linear(channels, channels)
@@ -90,8 +102,8 @@ class NodeAttention(nn.Module):
         self.lin_concate = nn.Linear(channels, channels)
         self.lin_msg_update = _mlp(channels)
         self.key_update = _mlp(channels)
-        self.bn = nn.BatchNorm1d(channels)
-        self.bn_att = nn.BatchNorm1d(channels)
+        self.bn = norm_layer(norm, channels)
+        self.bn_att = norm_layer(norm, channels)
 
     def forward(self, x: torch.Tensor, edge_index: torch.Tensor, edge_features: torch.Tensor) -> torch.Tensor:
         """x (N, C); edge_index (2, E); edge_features (E, edge_features) -> (N, C)."""
@@ -127,7 +139,7 @@ class EdgeLatticeUpdate(nn.Module):
     e <- Softplus(e + BN(Linear(sum_k m_k))). Returns (E, C).
     """
 
-    def __init__(self, channels: int = 256):
+    def __init__(self, channels: int = 256, norm: str = "batch"):
         super().__init__()
         self.channels = channels
         self.lin_key = nn.Linear(channels, channels)
@@ -139,8 +151,8 @@ class EdgeLatticeUpdate(nn.Module):
         self.lin_concate = nn.Linear(channels, channels)
         self.lin_msg_update = _mlp(channels)
         self.key_update = _mlp(channels)
-        self.bn_att = nn.BatchNorm1d(channels)
-        self.bn = nn.BatchNorm1d(channels)
+        self.bn_att = norm_layer(norm, channels)
+        self.bn = norm_layer(norm, channels)
 
     def forward(self, edge: torch.Tensor, lattice_lengths: torch.Tensor, lattice_angles: torch.Tensor,
                 edge_graph: torch.Tensor) -> torch.Tensor:
@@ -191,7 +203,8 @@ class EquivariantUpdate(nn.Module):
     edge vectors (component normalisation), mean aggregation.
     """
 
-    def __init__(self, channels: int = 256, edge_features: int = 256, scalars: int = 64, vectors: int = 8):
+    def __init__(self, channels: int = 256, edge_features: int = 256, scalars: int = 64, vectors: int = 8,
+                 norm: str = "batch"):
         super().__init__()
         sh = "1x0e + 1x1o + 1x2e"
         hidden = f"{scalars}x0e + {vectors}x1o + {vectors}x2e"
@@ -199,7 +212,7 @@ class EquivariantUpdate(nn.Module):
         self.skip_linear = nn.Linear(channels, channels)
         self.nlayer_1 = _TensorProductConv(f"{scalars}x0e", sh, hidden, edge_features, residual=True)
         self.nlayer_2 = _TensorProductConv(hidden, sh, f"{scalars}x0e", edge_features, residual=False)
-        self.bn = nn.BatchNorm1d(scalars)
+        self.bn = norm_layer(norm, scalars)
         self.node_linear_2 = nn.Linear(scalars, channels)
 
     def forward(self, x: torch.Tensor, edge_index: torch.Tensor, edge_features: torch.Tensor,

@@ -57,6 +57,9 @@ class ComFormer(MessagePassing):
         fc_features: width of the readout's hidden layer (256).
         k: neighbours per atom of the crystal graph (25). search_radius: its first search radius, Å.
         lattice_self_loops: "frame" (+v_k), "both" (+v_k and -v_k, as the reference) or "none".
+        norm: "batch" (the reference's BatchNorm), "layer" (LayerNorm), or "auto": batch norm
+            for properties, layer norm for ``target="energy"``, whose forces and stress must not
+            depend on the other structures of a training batch.
     """
 
     model_name = "comformer"
@@ -71,6 +74,7 @@ class ComFormer(MessagePassing):
         k: int = 25,
         search_radius: float = 4.0,
         lattice_self_loops: str = "frame",
+        norm: str = "auto",
     ):
         if lattice_self_loops not in ("frame", "both", "none"):
             raise ValueError(f"lattice_self_loops must be 'frame', 'both' or 'none', got {lattice_self_loops!r}")
@@ -79,13 +83,14 @@ class ComFormer(MessagePassing):
         super().__init__(cutoff=search_radius, knn=k, lattice_frame=True)
         self.config = dict(target=str(target), node_layers=int(node_layers), features=int(features),
                            rbf_bins=int(rbf_bins), fc_features=int(fc_features), k=int(k),
-                           search_radius=float(search_radius), lattice_self_loops=str(lattice_self_loops))
+                           search_radius=float(search_radius), lattice_self_loops=str(lattice_self_loops), norm=str(norm))
+        self.norm = norm if norm != "auto" else ("layer" if target == "energy" else "batch")
         self.target = target
         self.lattice_self_loops = lattice_self_loops
         self.register_buffer("atom_features", cgcnn_feature_table().to(torch.get_default_dtype()))
         self.atom_embedding = nn.Linear(CGCNN_FEATURE_SIZE, features)
         self.rbf = ReciprocalDistanceEmbedding(rbf_bins, features)
-        self.att_layers = nn.ModuleList(NodeAttention(features, features) for _ in range(node_layers))
+        self.att_layers = nn.ModuleList(NodeAttention(features, features, self.norm) for _ in range(node_layers))
         if target == "energy":
             self.readout = nn.Sequential(nn.Linear(features, fc_features), nn.SiLU(), nn.Linear(fc_features, 1))
             self.head = EnergyHead()
@@ -140,11 +145,12 @@ class IComFormer(ComFormer):
 
     def __init__(self, target: str = "formation_energy_peratom", node_layers: int = 4, features: int = 256,
                  rbf_bins: int = 256, fc_features: int = 256, k: int = 25, search_radius: float = 4.0,
-                 lattice_self_loops: str = "frame"):
-        super().__init__(target, node_layers, features, rbf_bins, fc_features, k, search_radius, lattice_self_loops)
+                 lattice_self_loops: str = "frame", norm: str = "auto"):
+        super().__init__(target, node_layers, features, rbf_bins, fc_features, k, search_radius, lattice_self_loops,
+                         norm)
         features, bins = self.config["features"], self.config["rbf_bins"]
         self.rbf_angle = CosineEmbedding(bins, features)
-        self.edge_update_layer = EdgeLatticeUpdate(features)
+        self.edge_update_layer = EdgeLatticeUpdate(features, self.norm)
 
     def update(self, x, edge_features, edge_index, vectors, frame, edge_graph):
         lengths = self.rbf(frame.norm(dim=2))  # (B, 3, C)
@@ -165,11 +171,12 @@ class EComFormer(ComFormer):
 
     def __init__(self, target: str = "formation_energy_peratom", node_layers: int = 3, features: int = 256,
                  rbf_bins: int = 256, fc_features: int = 256, k: int = 25, search_radius: float = 4.0,
-                 lattice_self_loops: str = "frame", scalars: int = 64, vectors: int = 8):
-        super().__init__(target, node_layers, features, rbf_bins, fc_features, k, search_radius, lattice_self_loops)
+                 lattice_self_loops: str = "frame", norm: str = "auto", scalars: int = 64, vectors: int = 8):
+        super().__init__(target, node_layers, features, rbf_bins, fc_features, k, search_radius, lattice_self_loops,
+                         norm)
         self.config.update(scalars=int(scalars), vectors=int(vectors))
         features = self.config["features"]
-        self.equi_update = EquivariantUpdate(features, features, scalars, vectors)
+        self.equi_update = EquivariantUpdate(features, features, scalars, vectors, self.norm)
 
     def update(self, x, edge_features, edge_index, vectors, frame, edge_graph):
         return self.equi_update(x, edge_index, edge_features, vectors), edge_features
