@@ -183,3 +183,38 @@ def test_energy_models_keep_structures_independent_in_training(name):
     torch.testing.assert_close(both["energy"][:1], alone["energy"])
     torch.testing.assert_close(both["forces"][:3], alone["forces"])
     assert model.norm == "layer" and _model(name).norm == "batch"
+
+
+def test_scalar_input_tensor_product_equals_the_generic_one():
+    """eComFormer's first tensor-product layer contracts the weights per sending atom first; it
+    equals sciml's generic tensor-product convolution (an e3nn FullyConnectedTensorProduct with
+    per-edge weights), values and gradients."""
+    from sciml.ops import spherical_harmonics
+
+    layer = _model("ecomformer").equi_update.nlayer_1
+    assert layer.scalar_input
+    generator = torch.Generator().manual_seed(0)
+    graph = AtomicGraph.from_ase([_triclinic(1), bulk("NaCl", "rocksalt", a=5.64)], GraphSpec(knn=12, lattice_frame=True))
+    edges, nodes = graph.num_edges, graph.num_nodes
+    x = torch.randn(nodes, 64, dtype=torch.float64, generator=generator, requires_grad=True)
+    features = torch.randn(edges, 32, dtype=torch.float64, generator=generator, requires_grad=True)
+    sh = spherical_harmonics(2, torch.randn(edges, 3, dtype=torch.float64, generator=generator))
+    inverse_degree = torch.rand(nodes, 1, dtype=torch.float64, generator=generator)
+    results = []
+    for fast in (True, False):
+        layer.scalar_input = fast
+        out = layer(x, graph.edge_index, features, sh, inverse_degree)
+        results.append((out, *torch.autograd.grad((out * out.detach().sin()).sum(), (x, features, *layer.parameters()))))
+    for fast, generic in zip(*results):
+        torch.testing.assert_close(fast, generic, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_bf16_autocast_stays_close_to_float32(name):
+    torch.manual_seed(0)
+    model = build_model(name, **SMALL).eval()
+    graph = AtomicGraph.from_ase([_triclinic(1), bulk("NaCl", "rocksalt", a=5.64)], model.graph_spec)
+    reference = model(graph)[model.target]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = model(graph)[model.target]
+    torch.testing.assert_close(low.float(), reference, rtol=0.05, atol=0.02)

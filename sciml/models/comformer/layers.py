@@ -179,7 +179,14 @@ class EdgeLatticeUpdate(nn.Module):
 
 class _TensorProductConv(nn.Module):
     """Mean over each centre's edges of tp(x_j, Y(r_ij), w(e_ij)), w from an MLP of the edge
-    features (``TensorProductConvLayer``); ``residual`` adds x zero-padded to the output width."""
+    features (``TensorProductConvLayer``); ``residual`` adds x zero-padded to the output width.
+
+    When x holds scalars only (eComFormer's first layer), each output irrep l is
+    c_l (sum_u x_ju W_e[u, w]) Y_l(r_ij) with W_e = A s_e + b the MLP's last linear layer on its
+    hidden features s_e; the contraction with x then runs per sending atom first:
+    P_j = sum_u x_ju A[u, w, :], and per edge only s_e . P_j (H x 80 per edge instead of
+    H x weight_numel). The result is the same tensor product.
+    """
 
     def __init__(self, irreps_in: str, irreps_sh: str, irreps_out: str, edge_features: int, residual: bool):
         super().__init__()
@@ -187,12 +194,51 @@ class _TensorProductConv(nn.Module):
         self.fc = nn.Sequential(nn.Linear(edge_features, edge_features), nn.Softplus(),
                                 nn.Linear(edge_features, self.tp.weight_numel))
         self.residual = residual
+        outputs = [p.i_out for p in self.tp.paths]
+        self.scalar_input = (len(self.tp.irreps_in1) == 1 and self.tp.irreps_in1[0].ir.l == 0
+                             and len(set(outputs)) == len(outputs) == len(self.tp.irreps_out))
 
     def forward(self, x, edge_index, edge_features, sh, inverse_degree):
-        out = tensor_product_conv(x, sh, self.fc(edge_features), edge_index, self.tp) * inverse_degree
+        if self.scalar_input:
+            out = self._scalar_input_conv(x, edge_index, edge_features, sh) * inverse_degree
+        else:
+            weights = self.fc(edge_features)
+            # the tensor product runs in the widest input dtype, outside autocast (fp32 under bf16 autocast)
+            dtype = torch.promote_types(torch.promote_types(x.dtype, sh.dtype), weights.dtype)
+            with torch.autocast(x.device.type, enabled=False):
+                out = tensor_product_conv(x.to(dtype), sh.to(dtype), weights.to(dtype), edge_index, self.tp)
+            out = out * inverse_degree
         if self.residual:
             out = out + F.pad(x, (0, out.shape[-1] - x.shape[-1]))
         return out
+
+    def _scalar_input_conv(self, x, edge_index, edge_features, sh):
+        receiver, sender = edge_index
+        hidden = self.fc[1](self.fc[0](edge_features))  # (E, H)
+        last, u, paths = self.fc[2], x.shape[1], self.tp.paths
+        # the last layer's rows of every path as (u, W, H), W = sum of the paths' multiplicities
+        weight = torch.cat([last.weight[p.weight_slice].reshape(u, p.mul_out, -1) for p in paths], dim=1)
+        bias = torch.cat([last.bias[p.weight_slice].reshape(u, p.mul_out) for p in paths], dim=1)
+        width = weight.shape[1]
+        per_atom = (x @ weight.reshape(u, -1)).reshape(x.shape[0], width, -1)  # P_j: (N, W, H)
+        # s_e . P_j for all edges of a sender at once: edges grouped by sender, padded
+        order = torch.argsort(sender, stable=True)
+        counts = torch.bincount(sender, minlength=x.shape[0])
+        senders = sender[order]
+        slot = torch.arange(senders.numel(), device=x.device) - (torch.cumsum(counts, 0) - counts)[senders]
+        padded = hidden.new_zeros(x.shape[0], int(counts.max()), hidden.shape[1])
+        padded = padded.index_put((senders, slot), hidden[order])
+        grouped = torch.bmm(padded, per_atom.transpose(1, 2))  # (N, max degree, W)
+        z = hidden.new_zeros(senders.numel(), width).index_put((order,), grouped[senders, slot])
+        z = z + (x @ bias)[sender]
+        pieces, start = [], 0
+        for p in sorted(paths, key=lambda p: p.slice_out.start):
+            d = 2 * p.l3 + 1
+            factor = p.coefficient / math.sqrt(d)  # e3nn's path weight times the 0-l-l Clebsch-Gordan
+            column = sum(q.mul_out for q in paths if q.weight_slice.start < p.weight_slice.start)
+            block = z[:, column:column + p.mul_out, None] * sh[:, p.slice2][:, None, :]
+            pieces.append((factor * block).reshape(-1, p.mul_out * d))
+        return scatter(torch.cat(pieces, dim=1), receiver, x.shape[0], "sum")
 
 
 class EquivariantUpdate(nn.Module):
