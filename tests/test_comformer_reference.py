@@ -55,7 +55,8 @@ def test_bench_runs_on_a_tiny_set():
     for name in ("icomformer", "ecomformer"):
         row = result["models"][name]
         assert row["parameters"] > 0 and row["edges"] > 0
-        for key in ("graph", "forward", "forward_backward", "forward_backward_bf16", "epoch"):
+        for key in ("graph", "forward", "forward_backward", "epoch"):
             assert row[key] > 0, key
+        assert row["forward_backward_bf16"] > 0 or "bf16_error" in row
     table = format_comformer_table(result)
     assert "icomformer" in table and "ecomformer" in table and "training epoch" in table

@@ -270,7 +270,11 @@ def _measure(model, graph: AtomicGraph, repeats: int, bf16: bool = True, memory:
 
     row = dict(forward=best_seconds(forward, repeats), forward_backward=best_seconds(forward_backward, repeats))
     if bf16:
-        row["forward_backward_bf16"] = best_seconds(forward_backward_bf16, repeats)
+        try:
+            row["forward_backward_bf16"] = best_seconds(forward_backward_bf16, repeats)
+        except (RuntimeError, TypeError) as error:  # an op without a bf16 path: reported, not fatal
+            row["forward_backward_bf16"], row["bf16_error"], bf16 = float("nan"), f"{type(error).__name__}: {error}", False
+            row["bf16_diff"] = row["output_scale"] = float("nan")
     if memory:
         row["peak_mb"] = peak_extra_mb(forward_backward)
     model.zero_grad(set_to_none=True)
@@ -333,8 +337,11 @@ def format_comformer_table(result: Dict[str, object]) -> str:
                 theirs, ratio = f"{recorded[base]:.2f}*", f"{ours / recorded[base]:.2f}*"
                 recorded_used = True
             lines.append(f"{key:<26}{row[key]:>9.3f}{'' if both is None else f'{both:.3f}':>12}{theirs:>11}{ratio:>8}")
-        lines.append(f"bf16 autocast: max |output diff| vs float32 {row['bf16_diff']:.1e} (outputs up to "
-                     f"{row['output_scale']:.1e}); the reference runs float32")
+        if "bf16_error" in row:
+            lines.append(f"bf16 autocast failed: {row['bf16_error']}")
+        else:
+            lines.append(f"bf16 autocast: max |output diff| vs float32 {row['bf16_diff']:.1e} (outputs up to "
+                         f"{row['output_scale']:.1e}); the reference runs float32")
         lines.append(f"peak memory of forward+backward: {row['peak_mb']:.0f} MB")
         lines.append(f"training epoch ({result['train_crystals']} crystals, batches of {result['batch_size']}, AdamW, "
                      f"MSE): {row['epoch']:.2f} s")
