@@ -218,3 +218,16 @@ def test_bf16_autocast_stays_close_to_float32(name):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         low = model(graph)[model.target]
     torch.testing.assert_close(low.float(), reference, rtol=0.05, atol=0.02)
+
+
+def test_encodings_are_the_references_gaussians():
+    """RBFExpansion of the reference: exp(-(x - mu_k)^2 / spacing) on evenly spaced centres
+    (gamma = 1 / spacing = 63.75 for -0.75/r on [-4, 0] with 256 bins, 127.5 for cosines)."""
+    from sciml.models.comformer.layers import CosineEmbedding, ReciprocalDistanceEmbedding
+
+    x = torch.tensor([-0.3, -1.234, 0.5], dtype=torch.float64)
+    for basis, (start, stop) in ((ReciprocalDistanceEmbedding().basis, (-4.0, 0.0)), (CosineEmbedding().basis, (-1.0, 1.0))):
+        centres = torch.linspace(start, stop, 256, dtype=torch.float64)
+        spacing = (stop - start) / 255
+        expected = torch.exp(-((x[:, None] - centres) ** 2) / spacing)
+        torch.testing.assert_close(basis.double()(x), expected)

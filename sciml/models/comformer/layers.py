@@ -31,7 +31,8 @@ from sciml.ops import FullyConnectedTensorProduct, scatter, spherical_harmonics,
 def _gaussians(start: float, stop: float, bins: int) -> GaussianBasis:
     """SchNet-style Gaussians exp(-(x - mu)^2 / spacing) on ``bins`` centres (ComFormer's RBFExpansion)."""
     spacing = (stop - start) / (bins - 1)
-    return GaussianBasis(start, stop, bins, width=math.sqrt(spacing / 2))
+    # GaussianBasis takes sigma = width * spacing; exp(-d^2 / spacing) needs 2 sigma^2 = spacing
+    return GaussianBasis(start, stop, bins, width=1.0 / math.sqrt(2.0 * spacing))
 
 
 class ReciprocalDistanceEmbedding(nn.Module):
