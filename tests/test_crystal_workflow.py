@@ -88,9 +88,9 @@ def test_matbench_protocol_uses_the_official_folds(tmp_path, monkeypatch, capsys
 
 
 def test_energy_model_relaxes_crystals_with_the_cell_filter(tmp_path):
-    """An iComFormer trained (briefly) on EMT energies, forces and stresses of perturbed crystals
-    works as an ASE calculator: FrechetCellFilter relaxes positions and cell to the model's own
-    minimum, lowering the model's energy, with forces and stress from the shared derivatives."""
+    """iComFormer trained on EMT energies, forces and stresses of perturbed crystals relaxes
+    held-out perturbed crystals (positions and cell, FrechetCellFilter) to lower EMT energies."""
+    from ase.calculators.emt import EMT
     from ase.filters import FrechetCellFilter
     from ase.optimize import FIRE
 
@@ -100,18 +100,20 @@ def test_energy_model_relaxes_crystals_with_the_cell_filter(tmp_path):
     from sciml.io.files import write_extxyz
     from sciml.train import load_config, train
 
-    crystals = [r.atoms for r in read_jarvis(DATA / "dft_3d.json")[:40] if len(r.atoms) <= 6][:16]
-    write_extxyz(tmp_path / "perturbed.extxyz", perturbed_crystals(crystals, copies=3, seed=0))
+    crystals = [r.atoms for r in read_jarvis(DATA / "dft_3d.json")[:120] if len(r.atoms) <= 4][:44]
+    write_extxyz(tmp_path / "perturbed.extxyz", perturbed_crystals(crystals[:-4], copies=4, seed=0))
     config = load_config(ROOT / "workflows" / "crystals" / "emt_energy_small.yaml", [
-        f"data.path={tmp_path / 'perturbed.extxyz'}", f"output_dir={tmp_path / 'run'}", "epochs=3",
+        f"data.path={tmp_path / 'perturbed.extxyz'}", f"output_dir={tmp_path / 'run'}", "epochs=20",
         "model.options={target: energy, features: 32, fc_features: 32, k: 12}"])
     result = train(config, verbose=False)
-    assert {"forces_mae_meV_per_A", "stress_mae_meV_per_A3"} <= set(result.test_metrics)
+    assert result.test_metrics["forces_mae_meV_per_A"] < 0.5 * result.baseline_metrics["zero_forces_mae_meV_per_A"]
     model = load_model(tmp_path / "run" / "best.pt")
-    atoms = perturbed_crystals(crystals[:1], copies=1, rattle=0.05, strain=0.03, seed=1)[0]
-    atoms.calc = SciMLCalculator(model)
-    start = atoms.get_potential_energy()
-    optimizer = FIRE(FrechetCellFilter(atoms), logfile=None)
-    assert optimizer.run(fmax=1e-3, steps=1000) and optimizer.nsteps > 0
-    assert atoms.get_potential_energy() < start
-    assert abs(atoms.get_forces()).max() < 1e-3 and abs(atoms.get_stress()).max() < 1e-3
+    gains = []
+    for start in perturbed_crystals(crystals[-4:], copies=1, rattle=0.08, strain=0.04, seed=1):
+        atoms = start.copy()
+        atoms.calc = SciMLCalculator(model)
+        FIRE(FrechetCellFilter(atoms), logfile=None).run(fmax=0.05, steps=300)
+        assert abs(atoms.get_stress()).max() < 0.05  # eV/Å^3: the model's stress is relaxed
+        atoms.calc = EMT()
+        gains.append((start.get_potential_energy() - atoms.get_potential_energy()) / len(atoms))
+    assert sum(g > 0 for g in gains) >= 3 and sum(gains) > 0, gains  # eV/atom, EMT's judgement
