@@ -101,9 +101,9 @@ def test_energy_model_relaxes_crystals_with_the_cell_filter(tmp_path):
     from sciml.train import load_config, train
 
     crystals = [r.atoms for r in read_jarvis(DATA / "dft_3d.json")[:120] if len(r.atoms) <= 4][:44]
-    write_extxyz(tmp_path / "perturbed.extxyz", perturbed_crystals(crystals[:-4], copies=4, seed=0))
+    write_extxyz(tmp_path / "perturbed.extxyz", perturbed_crystals(crystals[:-4], copies=6, seed=0))
     config = load_config(ROOT / "workflows" / "crystals" / "emt_energy_small.yaml", [
-        f"data.path={tmp_path / 'perturbed.extxyz'}", f"output_dir={tmp_path / 'run'}", "epochs=20",
+        f"data.path={tmp_path / 'perturbed.extxyz'}", f"output_dir={tmp_path / 'run'}", "epochs=40",
         "model.options={target: energy, features: 32, fc_features: 32, k: 12}"])
     result = train(config, verbose=False)
     assert result.test_metrics["forces_mae_meV_per_A"] < 0.5 * result.baseline_metrics["zero_forces_mae_meV_per_A"]
