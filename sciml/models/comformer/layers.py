@@ -109,21 +109,19 @@ class NodeAttention(nn.Module):
     def forward(self, x: torch.Tensor, edge_index: torch.Tensor, edge_features: torch.Tensor) -> torch.Tensor:
         """x (N, C); edge_index (2, E); edge_features (E, edge_features) -> (N, C)."""
         centre, neighbour = edge_index
-        key, value = self.lin_key(x), self.lin_value(x)
-        query = self.lin_query(x)
-        k1, k2, k3 = _blocks(self.key_update[0], self.channels)
-        m1, m2, m3 = _blocks(self.lin_msg_update[0], self.channels)
-        # [W_e e] through the third blocks of both MLPs in one GEMM: (E, 2C)
-        edge_w = torch.cat([k3, m3]) @ self.lin_edge.weight
-        edge_b = torch.cat([k3, m3]) @ self.lin_edge.bias
-        edge_part = F.linear(edge_features, edge_w, edge_b)
-        node_key = torch.cat([key @ k1.T, key @ k2.T], dim=1)  # (N, 2C): centre and neighbour roles
-        node_value = torch.cat([value @ m1.T, value @ m2.T], dim=1)
         c = self.channels
-        key_hidden = node_key[centre, :c] + node_key[neighbour, c:] + edge_part[:, :c] + self.key_update[0].bias
-        value_hidden = node_value[centre, :c] + node_value[neighbour, c:] + edge_part[:, c:] + self.lin_msg_update[0].bias
-        key_ij = self.key_update[2](F.silu(key_hidden))
-        alpha = query[centre] * key_ij / math.sqrt(c)
+        key, value = self.lin_key(x), self.lin_value(x)
+        query = self.lin_query(x) / math.sqrt(c)
+        k1, k2, k3 = _blocks(self.key_update[0], c)
+        m1, m2, m3 = _blocks(self.lin_msg_update[0], c)
+        # W_e e through the third blocks of both MLPs, their biases folded in: one GEMM, (E, 2C)
+        edge_w = torch.cat([k3, m3]) @ self.lin_edge.weight
+        edge_b = torch.cat([k3, m3]) @ self.lin_edge.bias + torch.cat([self.key_update[0].bias, self.lin_msg_update[0].bias])
+        edge_key, edge_value = F.linear(edge_features, edge_w, edge_b).split(c, dim=1)
+        # the node blocks run per atom, then are gathered (index_select: its backward is index_add)
+        key_hidden = edge_key + (key @ k1.T).index_select(0, centre) + (key @ k2.T).index_select(0, neighbour)
+        value_hidden = edge_value + (value @ m1.T).index_select(0, centre) + (value @ m2.T).index_select(0, neighbour)
+        alpha = query.index_select(0, centre) * self.key_update[2](F.silu(key_hidden))
         message = self.lin_msg_update[2](F.silu(value_hidden)) * torch.sigmoid(self.bn_att(alpha))
         aggregated = scatter(message, centre, x.shape[0], "sum")
         return F.softplus(x + self.bn(self.lin_concate(aggregated)))
@@ -160,20 +158,23 @@ class EdgeLatticeUpdate(nn.Module):
         c = self.channels
         k1, k2, k3 = _blocks(self.key_update[0], c)
         m1, m2, m3 = _blocks(self.lin_msg_update[0], c)
-        # edge parts: K1 lin_key(e) and M1 lin_value(e), composed into one GEMM
-        edge_w = torch.cat([k1 @ self.lin_key.weight, m1 @ self.lin_value.weight])
-        edge_b = torch.cat([k1 @ self.lin_key.bias, m1 @ self.lin_value.bias])
-        edge_part = F.linear(edge, edge_w, edge_b)  # (E, 2C)
-        # lattice parts, per structure: (B, 3, 2C)
-        keys = torch.stack([lin(lattice_lengths[:, k]) for k, lin in enumerate((self.lin_key_e1, self.lin_key_e2, self.lin_key_e3))], 1)
-        values = torch.stack([lin(lattice_lengths[:, k]) for k, lin in enumerate((self.lin_value_e1, self.lin_value_e2, self.lin_value_e3))], 1)
-        lattice_part = torch.cat([keys @ k2.T + self.key_update[0].bias, values @ m2.T + self.lin_msg_update[0].bias], dim=-1)
-        angle_part = lattice_angles @ (torch.cat([k3, m3]) @ self.lin_edge.weight).T  # (E, 3, 2C)
-        hidden = F.silu(edge_part[:, None, :] + lattice_part[edge_graph] + angle_part)
-        key = self.key_update[2](hidden[..., :c])
-        alpha = self.lin_query(edge)[:, None, :] * key / math.sqrt(c)
+        lin_keys = (self.lin_key_e1, self.lin_key_e2, self.lin_key_e3)
+        lin_values = (self.lin_value_e1, self.lin_value_e2, self.lin_value_e3)
+        hidden = []
+        for first, second, third, lin_edge_part, lin_lattice in (
+            (k1, k2, k3, self.lin_key, lin_keys), (m1, m2, m3, self.lin_value, lin_values)
+        ):
+            mlp = self.key_update if lin_edge_part is self.lin_key else self.lin_msg_update
+            # [lin(e), lin_k(l_k), W a_k] through the MLP's first layer, block by block
+            edge_part = F.linear(edge, first @ lin_edge_part.weight, first @ lin_edge_part.bias + mlp[0].bias)  # (E, C)
+            lattice = torch.stack([lin(lattice_lengths[:, k]) for k, lin in enumerate(lin_lattice)], 1) @ second.T  # (B, 3, C)
+            part = lattice_angles @ (third @ self.lin_edge.weight).T  # (E, 3, C)
+            part = part + edge_part[:, None, :] + lattice.index_select(0, edge_graph)
+            hidden.append(F.silu(part))
+        key = self.key_update[2](hidden[0])
+        alpha = (self.lin_query(edge) / math.sqrt(c))[:, None, :] * key
         gate = torch.sigmoid(self.bn_att(alpha.reshape(-1, c))).reshape(alpha.shape)
-        message = (self.lin_msg_update[2](hidden[..., c:]) * gate).sum(1)
+        message = (self.lin_msg_update[2](hidden[1]) * gate).sum(1)
         update = F.linear(message, self.lin_concate.weight, 3 * self.lin_concate.bias)
         return F.softplus(edge + self.bn(update))
 
