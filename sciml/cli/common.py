@@ -22,6 +22,15 @@ def refuse_overwrite(path: "str | Path", force: bool) -> Path:
     return path
 
 
+def refuse_nonempty_dir(path: "str | Path", force: bool) -> Path:
+    """Return ``path``; raise ValueError if it is a file, or a non-empty folder without ``force``."""
+    path = Path(path)
+    if path.is_file() or (path.is_dir() and any(path.iterdir()) and not force):
+        raise ValueError(f"{path} already exists and is not an empty directory; pass --force to write into it "
+                         f"or choose another --output")
+    return path
+
+
 def load_calculator(checkpoint: str, device: str):
     from sciml.calculator import SciMLCalculator
 

@@ -5,9 +5,8 @@ layouts); ``sciml data preprocess``: OC20 data to a sciml cache."""
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from sciml.cli.common import add_command, refuse_overwrite
+from sciml.cli.common import add_command, refuse_nonempty_dir, refuse_overwrite
 
 EXAMPLES = """  sciml data generate xtb-md --molecule ethanol --frames 1500 --temperature 500 --stride 10 --output ethanol.extxyz
   sciml data generate nbody --simulations 5000 --seed 43 --output nbody.npz
@@ -129,10 +128,7 @@ def _run_oc20(args) -> int:
     from sciml.data.oc20 import relax_adsorbates, write_oc20_dataset
     from sciml.data.oc20.emt_adsorption import ADSORBATES, METALS
 
-    output = Path(args.output)
-    if output.is_file() or (output.is_dir() and any(output.iterdir()) and not args.force):
-        raise ValueError(f"{output} already exists and is not an empty directory; pass --force to write into it "
-                         f"or choose another --output")
+    output = refuse_nonempty_dir(args.output, args.force)
     relaxations = relax_adsorbates(args.systems, seed=args.seed, metals=args.metals or METALS,
                                    adsorbates=args.adsorbates or tuple(ADSORBATES),
                                    size=tuple(args.size), fmax=args.fmax, max_steps=args.max_steps,
@@ -148,10 +144,7 @@ def _run_crystals(args) -> int:
     from sciml.data.generators import generate_crystals, write_crystal_dataset
     from sciml.data.generators.crystals import DEFAULT_ELEMENTS
 
-    output = Path(args.output)
-    if output.is_file() or (output.is_dir() and any(output.iterdir()) and not args.force):
-        raise ValueError(f"{output} already exists and is not an empty directory; pass --force to write into it "
-                         f"or choose another --output")
+    output = refuse_nonempty_dir(args.output, args.force)
     crystals = generate_crystals(args.num, seed=args.seed, elements=args.elements or DEFAULT_ELEMENTS,
                                  max_atoms=args.max_atoms, chiral_fraction=args.chiral_fraction,
                                  enantiomorph_pairs=not args.no_mirrors, fmax=args.fmax, max_steps=args.max_steps)

@@ -54,7 +54,7 @@ def run(args) -> int:
     if not structures:
         if len(bad) == 1:
             raise ValueError(bad[0][1])
-        raise ValueError(f"no structure could be predicted; bad files: " + "; ".join(reason for _, reason in bad))
+        raise ValueError("no structure could be predicted; bad files: " + "; ".join(reason for _, reason in bad))
     for path, reason in bad:
         print(f"skipped {reason}", file=sys.stderr)
     rows = [_summary_row(atoms, source, row) for atoms, source, row in zip(structures, sources, results)]

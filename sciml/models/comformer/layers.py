@@ -233,7 +233,7 @@ class _TensorProductConv(nn.Module):
         grouped = torch.bmm(padded, per_atom.transpose(1, 2))  # (N, max degree, W)
         z = hidden.new_zeros(senders.numel(), width).index_put((order,), grouped[senders, slot])
         z = z + (x @ bias)[sender]
-        pieces, start = [], 0
+        pieces = []
         for p in sorted(paths, key=lambda p: p.slice_out.start):
             d = 2 * p.l3 + 1
             factor = p.coefficient / math.sqrt(d)  # e3nn's path weight times the 0-l-l Clebsch-Gordan

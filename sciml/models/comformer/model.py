@@ -23,10 +23,9 @@ mean and standard deviation.
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from sciml.graph import AtomicGraph
