@@ -68,6 +68,13 @@ def test_eval_reads_the_training_format(run, capsys):
     assert "formation_energy_peratom_mae" in capsys.readouterr().out
 
 
+def test_check_runs_the_symmetry_checks_of_a_property_model(run, capsys):
+    capsys.readouterr()
+    assert main(["check", str(run / "jarvis" / "best.pt")]) == 0
+    out = capsys.readouterr().out
+    assert "skipping C2H6O" in out and "supercell" in out and "reflection" not in out and "PASS" in out
+
+
 def test_matbench_protocol_uses_the_official_folds(tmp_path, monkeypatch, capsys):
     output = tmp_path / "matbench"
     argv = ["matbench.py", str(CONFIG), "--folds", "0", "3",

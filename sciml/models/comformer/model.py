@@ -62,6 +62,8 @@ class ComFormer(MessagePassing):
     """
 
     model_name = "comformer"
+    #: right-handed lattice frames tell mirror images apart: invariant under rotations, not reflections
+    reflection_equivariant = False
 
     def __init__(
         self,
