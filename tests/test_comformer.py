@@ -231,3 +231,15 @@ def test_encodings_are_the_references_gaussians():
         spacing = (stop - start) / 255
         expected = torch.exp(-((x[:, None] - centres) ** 2) / spacing)
         torch.testing.assert_close(basis.double()(x), expected, rtol=1e-4, atol=1e-6)  # centres built in float32
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_shared_equivariance_checker(name):
+    """sciml's one checker: rotations, translations, permutations, supercells, other lattice
+    bases and wrapping leave the property unchanged (reflections do not: see the chirality test)."""
+    from sciml.testing import ALL_CHECKS, check_equivariance
+
+    model = _model(name)
+    checks = [c for c in ALL_CHECKS if c != "reflection"]
+    report = check_equivariance(model, _triclinic(11), outputs={model.target: "scalar"}, checks=checks)
+    assert report.max_error() < 1e-9, str(report)
