@@ -13,7 +13,6 @@ from dataclasses import replace
 
 from sciml.graph import AtomicGraph, GraphSpec
 from sciml.inference import load_model, model_dtype
-from sciml.models.heads import EnergyHead
 
 
 class SciMLCalculator(Calculator):
@@ -35,9 +34,9 @@ class SciMLCalculator(Calculator):
     def __init__(self, model: torch.nn.Module, cutoff: Optional[float] = None, device: str = "cpu", **kwargs):
         super().__init__(**kwargs)
         self.device = torch.device(device)
-        if not any(isinstance(module, EnergyHead) for module in model.modules()):
-            raise ValueError(f"{type(model).__name__} does not predict energies (it was built for "
-                             f"{getattr(model, 'target', 'another target')!r}); a calculator needs an energy model")
+        if getattr(model, "target", "energy") != "energy":
+            raise ValueError(f"{type(model).__name__} does not predict energies (it was built for {model.target!r}); "
+                             f"a calculator needs an energy model")
         self.model = model.to(self.device).eval()
         spec = GraphSpec.of(model)
         self.graph_spec = spec if cutoff is None else replace(spec, cutoff=float(cutoff))
