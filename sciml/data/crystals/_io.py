@@ -9,7 +9,7 @@ import logging
 import os
 import zipfile
 from pathlib import Path
-from typing import Any, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from sciml.data.crystals.validation import CrystalInputError
 
@@ -86,6 +86,41 @@ def skip_or_raise(
     logger.warning("skipping %s", error)
     if skipped is not None:
         skipped.append((source, str(error)))
+
+
+def entry_records(
+    entries: Sequence[Any],
+    path: PathLike,
+    id_key: str,
+    parse: Callable[[Dict[str, Any], str], Tuple[Any, Dict[str, Any]]],
+    skip_bad: bool,
+    skipped: Optional[List[Tuple[str, str]]],
+) -> List[Any]:
+    """One record per JSON entry: ``parse(entry, source) -> (atoms, targets)`` for every entry that
+    is an object; a bad entry raises its CrystalInputError naming the file and record id, or with
+    ``skip_bad`` is skipped (see :func:`skip_or_raise`)."""
+    from sciml.data.crystals.records import CrystalRecord
+    from sciml.data.crystals.validation import CrystalInputError
+
+    records = []
+    for position, entry in enumerate(entries):
+        record_id = str(entry.get(id_key, f"#{position}")) if isinstance(entry, dict) else f"#{position}"
+        source = f"{path} (record {record_id})"
+        try:
+            if not isinstance(entry, dict):
+                raise CrystalInputError(f"{source}: entry is a {type(entry).__name__}, not an object")
+            atoms, values = parse(entry, source)
+        except CrystalInputError as err:
+            skip_or_raise(err, skip_bad, skipped, source)
+            continue
+        records.append(CrystalRecord(record_id, atoms, values))
+    return records
+
+
+def unknown_targets(entries: Sequence[Any], targets: Sequence[str]) -> List[str]:
+    """The requested targets that no entry has (misspelt names)."""
+    present = {name for entry in entries if isinstance(entry, dict) for name in entry}
+    return [name for name in targets if name not in present]
 
 
 def peek_text(path: PathLike, size: int = 1 << 16) -> str:

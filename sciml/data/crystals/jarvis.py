@@ -31,7 +31,7 @@ import ase
 import numpy as np
 from ase.data import atomic_numbers
 
-from sciml.data.crystals._io import PathLike, dump_json, load_json, skip_or_raise
+from sciml.data.crystals._io import PathLike, dump_json, entry_records, load_json, unknown_targets
 from sciml.data.crystals.records import CrystalRecord, as_target
 from sciml.data.crystals.validation import CrystalInputError, check_crystal
 
@@ -69,33 +69,24 @@ def read_jarvis(
         raise CrystalInputError(f"{path}: expected a JSON list of JARVIS entries, got {type(entries).__name__}")
     if targets is None:
         targets = _numeric_fields(entries, exclude=(id_key, *_STRUCTURE_KEYS))
-    else:
-        present = {name for entry in entries if isinstance(entry, dict) for name in entry}
-        unknown = [name for name in targets if name not in present]
-        if unknown:
-            available = _numeric_fields(entries, exclude=(id_key, *_STRUCTURE_KEYS))
-            raise ValueError(f"{path}: no entry has the target(s) {unknown}; numeric fields: {', '.join(available)}")
-    records = []
-    for position, entry in enumerate(entries):
-        record_id = str(entry.get(id_key, f"#{position}")) if isinstance(entry, dict) else f"#{position}"
-        source = f"{path} (record {record_id})"
-        try:
-            if not isinstance(entry, dict):
-                raise CrystalInputError(f"{source}: entry is a {type(entry).__name__}, not an object")
-            if id_key not in entry:
-                raise CrystalInputError(f"{source}: no {id_key!r} field")
-            atoms = check_crystal(jarvis_atoms_to_ase(entry.get("atoms"), source), source)
-            values = {}
-            for name in targets:
-                try:
-                    values[name] = as_target(entry.get(name))
-                except ValueError as err:
-                    raise CrystalInputError(f"{source}: target {name!r}: {err}") from None
-        except CrystalInputError as err:
-            skip_or_raise(err, skip_bad, skipped, source)
-            continue
-        records.append(CrystalRecord(record_id, atoms, values))
-    return records
+    elif unknown_targets(entries, targets):
+        available = _numeric_fields(entries, exclude=(id_key, *_STRUCTURE_KEYS))
+        raise ValueError(f"{path}: no entry has the target(s) {unknown_targets(entries, targets)}; "
+                         f"numeric fields: {', '.join(available)}")
+
+    def parse(entry, source):
+        if id_key not in entry:
+            raise CrystalInputError(f"{source}: no {id_key!r} field")
+        atoms = check_crystal(jarvis_atoms_to_ase(entry.get("atoms"), source), source)
+        values = {}
+        for name in targets:
+            try:
+                values[name] = as_target(entry.get(name))
+            except ValueError as err:
+                raise CrystalInputError(f"{source}: target {name!r}: {err}") from None
+        return atoms, values
+
+    return entry_records(entries, path, id_key, parse, skip_bad, skipped)
 
 
 def write_jarvis(records: Sequence[CrystalRecord], path: PathLike, cartesian: bool = False) -> None:

@@ -28,10 +28,12 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from sciml.data.crystals._io import (
     PathLike,
+    entry_records,
     load_json,
     logger,
     read_text,
     skip_or_raise,
+    unknown_targets,
 )
 from sciml.data.crystals._pymatgen import structure_dict_to_ase
 from sciml.data.crystals.cif import cif_text_to_atoms, read_cif
@@ -87,32 +89,21 @@ def _read_json_entries(path, id_key, targets, skip_bad, skipped) -> List[Crystal
         entries = content
     else:
         raise CrystalInputError(f"{path}: expected a JSON list or object of entries, got {type(content).__name__}")
-    if targets is not None:
-        present = {name for entry in entries if isinstance(entry, dict) for name in entry}
-        unknown = [name for name in targets if name not in present]
-        if unknown:
-            raise ValueError(f"{path}: no entry has the target(s) {unknown}")
-    records = []
-    for position, entry in enumerate(entries):
-        record_id = str(entry.get(id_key, f"#{position}")) if isinstance(entry, dict) else f"#{position}"
-        source = f"{path} (record {record_id})"
-        try:
-            if not isinstance(entry, dict):
-                raise CrystalInputError(f"{source}: entry is a {type(entry).__name__}, not an object")
-            key = next((k for k in _STRUCTURE_KEYS if k in entry), None)
-            if key is None:
-                raise CrystalInputError(f"{source}: no structure (none of the fields {', '.join(_STRUCTURE_KEYS)})")
-            structure = entry[key]
-            if isinstance(structure, str):
-                atoms = cif_text_to_atoms(structure, source)
-            else:
-                atoms = check_crystal(structure_dict_to_ase(structure, source), source)
-            values = _targets_of(entry, targets, exclude=(id_key, key), source=source)
-        except CrystalInputError as err:
-            skip_or_raise(err, skip_bad, skipped, source)
-            continue
-        records.append(CrystalRecord(record_id, atoms, values))
-    return records
+    if targets is not None and unknown_targets(entries, targets):
+        raise ValueError(f"{path}: no entry has the target(s) {unknown_targets(entries, targets)}")
+
+    def parse(entry, source):
+        key = next((k for k in _STRUCTURE_KEYS if k in entry), None)
+        if key is None:
+            raise CrystalInputError(f"{source}: no structure (none of the fields {', '.join(_STRUCTURE_KEYS)})")
+        structure = entry[key]
+        if isinstance(structure, str):
+            atoms = cif_text_to_atoms(structure, source)
+        else:
+            atoms = check_crystal(structure_dict_to_ase(structure, source), source)
+        return atoms, _targets_of(entry, targets, exclude=(id_key, key), source=source)
+
+    return entry_records(entries, path, id_key, parse, skip_bad, skipped)
 
 
 def _read_cif_directory(directory, targets_path, id_key, targets, skip_bad, skipped) -> List[CrystalRecord]:
