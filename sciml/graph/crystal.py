@@ -67,6 +67,11 @@ def knn_neighbor_list(
     periodic = bool(torch.as_tensor(np.asarray(pbc, dtype=bool)).any())
     extent = float((pos.max(0).values - pos.min(0).values).norm()) if n else 0.0
     radius = float(start_radius)
+    volume = float(torch.det(cell_t).abs()) if periodic else 0.0
+    if periodic and bool(torch.as_tensor(np.asarray(pbc, dtype=bool)).all()) and volume > 0 and n:
+        # the radius of a sphere holding k atoms at the crystal's density, with a margin: usually
+        # one search suffices
+        radius = max(radius, 1.15 * (3 * (k + 1) * volume / (4 * np.pi * n)) ** (1 / 3))
     for _ in range(_MAX_RADIUS_GROWTHS):
         i, j, shifts = neighbor_list(pos, cell_t, pbc, radius)
         lengths = (pos[j] - pos[i] + shifts.to(torch.float64) @ cell_t).norm(dim=1)
@@ -186,6 +191,7 @@ def _short_lattice_vectors(pos: np.ndarray, numbers: np.ndarray, cell: np.ndarra
     steps = np.array(list(itertools.product(range(-3, 4), repeat=3)), dtype=np.float64)
     vectors = ((translations[:, None, :] + steps[None]).reshape(-1, 3)) @ reduced
     vectors = np.concatenate([vectors, -vectors])  # every vector with its reverse, also at the range's edge
+    vectors = vectors[np.unique(np.round(vectors / max(tolerance, 1e-9)), axis=0, return_index=True)[1]]
     lengths = np.linalg.norm(vectors, axis=1)
     keep = (lengths > 1e-6) & (lengths <= np.linalg.norm(reduced, axis=1).max() + tolerance)
     vectors, lengths = vectors[keep], lengths[keep]
