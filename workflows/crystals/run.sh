@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The small crystal job on CPU (about 15 minutes on 2 cores, 5 of them generating data):
+# The small crystal job on CPU (about 20 minutes on 2 cores, 6 of them generating data):
 #  1. EMT-relaxed random alloy crystals (chiral ones with their mirror images) in the JARVIS and
 #     MatBench formats, plus perturbed copies with energies, forces and stresses;
 #  2. iComFormer on formation energies through the JARVIS reader with the ALIGNN split;
