@@ -52,3 +52,11 @@ def test_evaluate_rollout_under_transforms():
     assert abs(shifted["rel_l2_rot90"] - shifted["rel_l2_identity"]) > 1e-3
     with pytest.raises(ValueError, match="unknown transforms"):
         evaluate_rollout(_persistence, fields, 2, 4, transforms=("shear",))
+
+
+def test_prediction_png(tmp_path):
+    from sciml.tasks.pde import plot_prediction
+
+    truth = torch.randn(16, 16, 3, generator=torch.Generator().manual_seed(3))
+    plot_prediction(truth, truth + 0.1, str(tmp_path / "vorticity.png"), title="step 3")
+    assert (tmp_path / "vorticity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
