@@ -85,7 +85,7 @@ def test_training_positions_beats_constant_position_baseline(dataset, tmp_path, 
 
     frames = ase.io.read(path, index="200:260")
     baseline = prepare.constant_position_mse(frames)  # predict x(t + 1000 steps) = x(t)
-    before = evaluate(trainer.model, trainer.valid_graphs, 60, prediction_keys=config.data.prediction_keys)
+    before = evaluate(trainer.model, trainer.valid_set, 60, prediction_keys=config.data.prediction_keys)
     result = trainer.fit()
     after = result.valid_metrics
     assert {"positions_target_mse", "positions_target_mae"} <= set(after)

@@ -50,7 +50,7 @@ def test_training_beats_trivial_baselines(ethanol150, tmp_path):
                          "ema_decay=0.99")
     trainer = Trainer(config, verbose=False)
     result = trainer.fit()
-    baseline = mean_baseline_metrics(trainer.train_graphs, trainer.valid_graphs)
+    baseline = mean_baseline_metrics(trainer.train_set, trainer.valid_set)
     best = result.valid_metrics
     assert best["forces_mae_meV_per_A"] < 0.5 * baseline["zero_forces_mae_meV_per_A"]
     assert best["energy_mae_meV"] < 0.7 * baseline["mean_energy_mae_meV"]
@@ -62,7 +62,7 @@ def test_training_beats_trivial_baselines(ethanol150, tmp_path):
             "valid_forces_mae_meV_per_A", "valid_forces_rmse_meV_per_A", "lr", "epoch_time_s"} <= set(rows[0])
     # best.pt holds the (EMA) weights that were validated: reloading reproduces the metrics.
     model = load_model(tmp_path / "run" / "best.pt")
-    again = evaluate(model, trainer.valid_graphs, batch_size=16)
+    again = evaluate(model, trainer.valid_set, batch_size=16)
     assert math.isclose(again["forces_mae_meV_per_A"], best["forces_mae_meV_per_A"], rel_tol=1e-4)
     assert json.loads((tmp_path / "run" / "test_metrics.json").read_text())["model"]["num_structures"] == 20
 
@@ -191,4 +191,4 @@ def test_atom_balanced_batches_respect_the_atom_budget(ethanol150, tmp_path, mon
     training = seen[: len(trainer.sampler)]
     # ethanol has 9 atoms: 4 structures (36 atoms) fit in 40, a fifth would not.
     assert all(atoms <= 40 and count <= 4 for count, atoms in training)
-    assert sum(count for count, _ in training) >= len(trainer.train_graphs)
+    assert sum(count for count, _ in training) >= len(trainer.train_set)

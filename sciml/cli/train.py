@@ -71,7 +71,7 @@ def run_eval(args) -> int:
     from sciml.io import load_checkpoint
     from sciml.train import evaluate, format_metrics
     from sciml.train.config import DataConfig
-    from sciml.train.trainer import load_training_graphs
+    from sciml.train.atomistic import load_training_graphs
 
     model = load_model(args.checkpoint, device=args.device)
     if args.task != "labels":

@@ -3,7 +3,8 @@
 from sciml.inference import load_model, predict_batches
 from sciml.train.config import TrainConfig, apply_overrides, load_config
 from sciml.train.evaluation import evaluate, format_metrics, mean_baseline_metrics
-from sciml.train.trainer import Trainer, TrainResult, fit_statistics, train
+from sciml.train.atomistic import fit_statistics
+from sciml.train.trainer import Trainer, TrainResult, train
 
 __all__ = [
     "TrainConfig",

@@ -1,9 +1,11 @@
-"""Training any sciml graph model on labelled structures: :func:`train` and :class:`Trainer`.
+"""Training any sciml model: :func:`train` and :class:`Trainer`.
 
-The model maps a batch (:class:`AtomicGraph`) to a dict of predictions: an energy model (one
-:class:`EnergyHead`, trained on energy/forces/stress and any properties) or any other model,
-trained on the properties of ``loss.properties`` (e.g. predicted positions, see
-``data.prediction_keys``).
+The trainer owns the loop, optimizer, schedule, EMA, splits, checkpoints, logs and resuming; what
+depends on the data (samples, batches, statistics, loss, metrics) is a problem
+(:mod:`sciml.train.problem`). On atomic structures (:mod:`sciml.train.atomistic`) the model maps a
+batch (:class:`~sciml.graph.AtomicGraph`) to a dict of predictions: an energy model (one
+``EnergyHead``, trained on energy/forces/stress and any properties) or any other model, trained
+on the properties of ``loss.properties`` (e.g. predicted positions, see ``data.prediction_keys``).
 
 A run writes into ``config.output_dir``:
 
@@ -24,35 +26,27 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional
 
 import torch
 import yaml
 from tqdm.auto import tqdm
 
-from sciml.data.oc20.sources import detect_format, load_graphs
-from sciml.data.readers import load_graph_dataset, read_structures
-from sciml.data.sampling import AtomBalancedBatchSampler
-from sciml.graph import AtomicGraph, GraphSpec
+from sciml.data.crystals import alignn_split, matbench_folds
 from sciml.io.checkpoint import load_checkpoint, save_checkpoint
 from sciml.io.files import atomic_path
 from sciml.models import build_model
-from sciml.models.heads import EnergyHead, PropertyHead, fit_element_energies
-from sciml.data.crystals import alignn_split, matbench_folds, read_crystal_dataset
-from sciml.train.config import DataConfig, TrainConfig
-from sciml.inference import model_outputs
-from sciml.train.evaluation import evaluate, format_metrics, mean_baseline_metrics
+from sciml.train.config import TrainConfig
+from sciml.train.evaluation import format_metrics
+from sciml.train.problem import make_problem
 from sciml.train.optim import ExponentialMovingAverage, LearningRateSchedule, build_optimizer
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # Keys that may change when a run is resumed; any other difference is refused.
 _RESUMABLE_CHANGES = ("epochs", "early_stopping_patience", "device", "valid_batch_size", "output_dir")
 _RUN_FILES = ("last.pt", "best.pt", "metrics.csv")
-# OC20 formats read the OC20 way without data.format: ASE databases keep the plain ase reader.
-_OC20_AUTO_FORMATS = ("s2ef-extxyz", "legacy-lmdb", "sciml-cache")
-_CRYSTAL_FORMATS = ("jarvis", "matbench", "mp", "cif")
 
 
 @dataclass
@@ -84,48 +78,11 @@ def train(config: TrainConfig, resume: bool = False, verbose: bool = True) -> Tr
     return Trainer(config, resume=resume, verbose=verbose).fit()
 
 
-def fit_statistics(graphs: Sequence[AtomicGraph], property_keys: Sequence[str] = ()) -> Dict[str, Any]:
-    """Training-set statistics for the energy head and the loss normalisation.
-
-    Returns ``element_energies`` (119,) eV (least-squares per-element reference energies; None,
-    like ``energy_rms_per_atom`` and ``energy_scale``, when the graphs carry no energies),
-    ``energy_rms_per_atom`` eV (RMS per-atom residual of that fit), ``forces_rms`` eV/Å and
-    ``stress_rms`` eV/Å^3 (RMS of the label components, None without labels), ``property_mean``
-    and ``property_std`` (each property's mean and standard deviation) and ``energy_scale`` eV, the energy head's per-atom
-    scale: ``forces_rms`` x 1 Å when forces are labelled (as MACE's default), since a model
-    whose outputs vary by O(1) per Å then meets forces of the right size, else
-    ``energy_rms_per_atom``. A statistic that is zero (a constant label) is replaced by 1.
-    """
-    def rms(values: torch.Tensor) -> float:
-        value = float(values.double().square().mean().sqrt())
-        return value if value > 1e-12 else 1.0
-
-    element_energies, residual_rms = None, None
-    if graphs[0].energy is not None:
-        energies = torch.cat([g.energy for g in graphs]).double().cpu()
-        element_energies, residual_rms = fit_element_energies(list(graphs), energies)
-        element_energies, residual_rms = element_energies.double().cpu(), residual_rms if residual_rms > 1e-12 else 1.0
-    stats: Dict[str, Any] = {
-        "element_energies": element_energies,
-        "energy_rms_per_atom": residual_rms,
-        "forces_rms": rms(torch.cat([g.forces for g in graphs])) if graphs[0].forces is not None else None,
-        "stress_rms": rms(torch.cat([g.stress for g in graphs])) if graphs[0].stress is not None else None,
-        "property_mean": {},
-        "property_std": {},
-    }
-    stats["energy_scale"] = stats["forces_rms"] or stats["energy_rms_per_atom"]
-    for key in property_keys:
-        values = torch.cat([g.properties.get(key, g.atom_properties.get(key)) for g in graphs]).double()
-        stats["property_mean"][key] = float(values.mean())
-        stats["property_std"][key] = rms(values - values.mean())
-    return stats
-
-
 class Trainer:
     """One training run (see the module docstring for what it writes).
 
-    Construction reads the data, builds the model and graphs, makes (or, on resume, reloads) the
-    split and restores state from ``last.pt`` when resuming; :meth:`fit` trains.
+    Construction builds the model, reads the samples through the problem, makes (or, on resume,
+    reloads) the split and restores state from ``last.pt`` when resuming; :meth:`fit` trains.
 
     Raises:
         ValueError: the output directory already holds a run and ``resume`` is False; resuming
@@ -142,32 +99,16 @@ class Trainer:
         self.dtype = _DTYPES[config.dtype]
         torch.manual_seed(config.seed)
         self.model = build_model(config.model.name, **config.model.options)
-        self.graphs = self._load_graphs()
-        self.splits = self._load_splits() if resume else self._make_splits(len(self.graphs))
-        self.train_graphs, self.valid_graphs, self.test_graphs = (
-            [self.graphs[i] for i in self.splits[name]] for name in ("train", "valid", "test"))
-        self.statistics = fit_statistics(self.train_graphs, config.data.property_keys)
-        head = _energy_head(self.model)
-        if head is not None:
-            if self.statistics["element_energies"] is None:
-                raise ValueError(f"model {config.model.name!r} predicts energies but {config.data.path} has no "
-                                 f"energy labels under data.energy_key={config.data.energy_key!r}")
-            head.set_statistics(self.statistics["element_energies"], self.statistics["energy_scale"])
-        self._standardise_property_heads()
-        if head is None and not any(weight > 0 for weight in config.loss.properties.values()):
-            raise ValueError(f"model {config.model.name!r} has no energy head: set loss.properties, the labels "
-                             f"to train it on (its outputs: see data.prediction_keys)")
+        self.problem = make_problem(config, self.model, self.dtype)
+        self.samples = self.problem.load()
+        self.splits = self._load_splits() if resume else self._make_splits(len(self.samples))
+        self.train_set, self.valid_set, self.test_set = (
+            [self.samples[i] for i in self.splits[name]] for name in ("train", "valid", "test"))
+        self.statistics = self.problem.fit(self.train_set)
         self.model.to(device=self.device, dtype=self.dtype)
-
-        first = self.train_graphs[0]
-        self.use_forces = first.forces is not None and config.loss.forces > 0
-        self.use_stress = first.stress is not None and config.loss.stress > 0 and bool(first.pbc.any())
         self.optimizer = build_optimizer(self.model, config.optimizer)
-        self.sampler = None
-        if config.batch_max_atoms is not None:
-            self.sampler = AtomBalancedBatchSampler([g.num_nodes for g in self.train_graphs], config.batch_size,
-                                                    config.batch_max_atoms, seed=config.seed)
-        steps_per_epoch = len(self.sampler) if self.sampler is not None else math.ceil(len(self.train_graphs) / config.batch_size)
+        self.sampler = self.problem.batch_sampler(self.train_set)
+        steps_per_epoch = len(self.sampler) if self.sampler is not None else math.ceil(len(self.train_set) / config.batch_size)
         self.schedule = LearningRateSchedule(self.optimizer, config.scheduler, steps_per_epoch, config.epochs)
         self.ema = ExponentialMovingAverage(self.model, config.ema_decay) if config.ema_decay is not None else None
         self.shuffle_generator = torch.Generator().manual_seed(config.seed)
@@ -177,15 +118,6 @@ class Trainer:
         self._write_yaml(self.output_dir / "config.yaml", config.to_dict())
 
     # ------------------------------------------------------------------------- setup
-    def _standardise_property_heads(self) -> None:
-        """Give each named :class:`PropertyHead` its label's training mean and standard deviation,
-        so the model learns the standardised label (ComFormer's label normalisation)."""
-        outputs = {self.config.data.prediction_keys.get(k, k): k for k in self.config.data.property_keys}
-        for module in self.model.modules():
-            if isinstance(module, PropertyHead) and module.name in outputs:
-                label = outputs[module.name]
-                module.set_statistics(self.statistics["property_mean"][label], self.statistics["property_std"][label])
-
     def _check_output_dir(self, resume: bool) -> Optional[Dict[str, Any]]:
         """Refuse to overwrite a run; on resume return ``last.pt`` after checking the config."""
         if not resume:
@@ -202,22 +134,6 @@ class Trainer:
             raise ValueError(f"cannot resume {self.output_dir}: the config differs from the saved run at "
                              f"{'; '.join(changed)} (only {', '.join(_RESUMABLE_CHANGES[:-1])} may change)")
         return checkpoint
-
-    def _load_graphs(self) -> List[AtomicGraph]:
-        data = self.config.data
-        spec = GraphSpec.of(self.model)
-        if data.cutoff is not None:
-            if spec is not None and spec.knn is None and spec.cutoff is not None and data.cutoff < spec.cutoff:
-                raise ValueError(f"data.cutoff {data.cutoff} Å is smaller than the model's cutoff {spec.cutoff} Å")
-            spec = replace(spec, cutoff=data.cutoff) if spec is not None else GraphSpec(cutoff=data.cutoff)
-        if spec is None:
-            raise ValueError(f"model {self.config.model.name!r} has no cutoff; set data.cutoff")
-        if data.max_neighbors is not None:
-            spec = replace(spec, max_neighbors=data.max_neighbors)
-        required = ["energy"] if data.energy_key is not None else []
-        if self.config.loss.forces > 0 and data.forces_key is not None:
-            required.append("forces")
-        return load_training_graphs(data, spec, self.dtype, required)
 
     def _make_splits(self, total: int) -> Dict[str, List[int]]:
         """Seeded random split, the fixed ``split.ranges`` or a benchmark's split (``split.method``);
@@ -268,8 +184,8 @@ class Trainer:
             saved = json.loads(path.read_text())
         except (OSError, ValueError) as err:
             raise ValueError(f"cannot resume: {path} is missing or unreadable ({err})") from None
-        if saved["num_structures"] != len(self.graphs):
-            raise ValueError(f"cannot resume: {self.config.data.path} now holds {len(self.graphs)} structures, "
+        if saved["num_structures"] != len(self.samples):
+            raise ValueError(f"cannot resume: {self.config.data.path} now holds {len(self.samples)} structures, "
                              f"the run was split over {saved['num_structures']}")
         return {name: saved[name] for name in ("train", "valid", "test")}
 
@@ -291,43 +207,6 @@ class Trainer:
         self._truncate_metrics(checkpoint["epoch"])
 
     # ------------------------------------------------------------------------- training
-    def loss(self, batch: AtomicGraph, out: Dict[str, torch.Tensor]) -> torch.Tensor:
-        """Weighted sum of mean squared errors (or OC20's MAE / L2-MAE, ``loss.function``), each
-        made dimensionless by a training-set scale.
-
-        Energy per atom (total energy for OC20) is divided by the energy head's scale, forces and stress by the RMS of
-        their labels, each property by its standard deviation (see :func:`fit_statistics`). A term
-        is used when its weight is positive, the batch carries its label and the model predicts it
-        (properties: the model must predict them, under ``data.prediction_keys`` names).
-        """
-        weights, stats = self.config.loss, self.statistics
-        oc20 = weights.function == "oc20"
-        total = torch.zeros((), device=batch.positions.device, dtype=batch.positions.dtype)
-        if weights.energy > 0 and batch.energy is not None and "energy" in out:
-            error = (out["energy"] - batch.energy) / stats["energy_scale"]
-            if oc20:
-                total = total + weights.energy * error.abs().mean()
-            else:
-                total = total + weights.energy * ((error / batch.num_atoms_per_graph.to(error.dtype)) ** 2).mean()
-        if weights.forces > 0 and batch.forces is not None and "forces" in out:
-            error = (out["forces"] - batch.forces) / stats["forces_rms"]
-            if weights.free_atoms_only and "fixed" in batch.atom_properties:
-                error = error[~batch.atom_properties["fixed"].bool()]
-            if error.shape[0]:  # a batch of fixed atoms only has no force term
-                term = error.norm(dim=1).mean() if oc20 else (error**2).mean()
-                total = total + weights.forces * term
-        if weights.stress > 0 and batch.stress is not None and "stress" in out:
-            total = total + weights.stress * (((out["stress"] - batch.stress) / stats["stress_rms"]) ** 2).mean()
-        for key, weight in weights.properties.items():
-            predicted = self.config.data.prediction_keys.get(key, key)
-            if predicted not in out:
-                raise ValueError(f"loss.properties has {key!r} but model {self.config.model.name!r} does not predict "
-                                 f"{predicted!r} (it predicts {sorted(out)}; map labels with data.prediction_keys)")
-            target = batch.properties.get(key, batch.atom_properties.get(key))
-            error = out[predicted].reshape(target.shape) - target
-            total = total + weight * ((error / stats["property_std"][key]) ** 2).mean()
-        return total
-
     def fit(self) -> TrainResult:
         """Train from ``start_epoch`` to ``config.epochs`` (or an early stop), then test.
 
@@ -354,10 +233,9 @@ class Trainer:
         self.model.load_state_dict(best["state_dict"])
         result = TrainResult(self.output_dir, epoch, self.best_epoch, self.best_valid_loss, stopped_early,
                              valid_metrics=dict(best["valid_metrics"]))
-        if self.test_graphs:
-            result.test_metrics = evaluate(self.model, self.test_graphs, self._valid_batch_size(), self.device,
-                                           prediction_keys=config.data.prediction_keys)
-            result.baseline_metrics = mean_baseline_metrics(self.train_graphs, self.test_graphs)
+        if self.test_set:
+            result.test_metrics = self.problem.evaluate(self.test_set, self._valid_batch_size(), self.device, with_loss=False)
+            result.baseline_metrics = self.problem.baselines(self.train_set, self.test_set)
             with atomic_path(self.output_dir / "test_metrics.json") as tmp:
                 tmp.write_text(json.dumps({"model": result.test_metrics, "baselines": result.baseline_metrics}, indent=1))
         return result
@@ -371,16 +249,15 @@ class Trainer:
             self.sampler.set_epoch(epoch)
             batches = list(self.sampler)
         else:
-            order = torch.randperm(len(self.train_graphs), generator=self.shuffle_generator).tolist()
+            order = torch.randperm(len(self.train_set), generator=self.shuffle_generator).tolist()
             batches = [order[k:k + config.batch_size] for k in range(0, len(order), config.batch_size)]
         progress = tqdm(batches, desc=f"epoch {epoch}/{config.epochs}", leave=False, unit="batch",
                         disable=not (self.verbose and sys.stderr.isatty()))
         loss_sum, lr, seen = 0.0, self.schedule.base_lrs[0], 0
         for indices in progress:
-            batch = AtomicGraph.collate([self.train_graphs[i] for i in indices]).to(self.device)
+            batch = self.problem.collate([self.train_set[i] for i in indices]).to(self.device)
             lr = self.schedule.apply()
-            out = model_outputs(self.model, batch, self.use_forces, self.use_stress)
-            loss = self.loss(batch, out)
+            loss = self.problem.loss(batch, self.problem.outputs(batch))
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.grad_clip is not None:
@@ -395,12 +272,11 @@ class Trainer:
             raise FloatingPointError(f"training loss became {loss_sum} in epoch {epoch}; lower optimizer.lr or set grad_clip")
 
         with self.ema.applied(self.model) if self.ema is not None else contextlib.nullcontext():
-            valid = evaluate(self.model, self.valid_graphs, self._valid_batch_size(), self.device, self.loss,
-                             config.data.prediction_keys)
+            valid = self.problem.evaluate(self.valid_set, self._valid_batch_size(), self.device, with_loss=True)
         valid_loss = valid.pop("loss")
         if not math.isfinite(valid_loss):
             raise FloatingPointError(f"validation loss became {valid_loss} in epoch {epoch}; lower optimizer.lr or set grad_clip")
-        valid.pop("num_structures")
+        valid.pop(self.problem.count_key)
         self.schedule.end_epoch(valid_loss)
         improved = valid_loss < self.best_valid_loss
         if improved:
@@ -475,54 +351,6 @@ class Trainer:
     def _write_yaml(path: Path, values: Dict[str, Any]) -> None:
         with atomic_path(path) as tmp:
             tmp.write_text(yaml.safe_dump(values, sort_keys=False))
-
-
-def load_training_graphs(data: DataConfig, spec: GraphSpec, dtype: torch.dtype = torch.float32,
-                         required: Sequence[str] = ()) -> List[AtomicGraph]:
-    """The graphs of ``data`` (one per structure, in file order), built as ``spec`` says.
-
-    OC20 sources, crystal datasets (``data.format`` jarvis / matbench / mp / cif: the one label of
-    ``data.property_keys`` is read, entries without it are dropped) and anything ase reads.
-    ``required`` names labels (energy, forces) every structure must carry.
-    """
-    if data.format == "oc20" or (data.format is None and detect_format(data.path) in _OC20_AUTO_FORMATS):
-        return _oc20_graphs(data, required, spec, dtype)
-    if data.format in _CRYSTAL_FORMATS:
-        if len(data.property_keys) != 1:
-            raise ValueError(f"data.format {data.format} reads one target: set data.property_keys to [<target>], "
-                             f"got {data.property_keys}")
-        options = {"targets_path": data.targets_path} if data.targets_path else {}
-        frames = read_crystal_dataset(data.path, data.format, data.property_keys[0], **options)
-        return load_graph_dataset(frames, spec, None, None, None, None, data.property_keys, dtype=dtype)
-    frames = read_structures(data.path, ":", data.energy_key, data.forces_key, data.stress_key, data.property_keys,
-                             required)
-    return load_graph_dataset(frames, spec, None, data.energy_key, data.forces_key, data.stress_key,
-                              data.property_keys, dtype=dtype)
-
-
-def _oc20_graphs(data, required: Sequence[str], spec: GraphSpec, dtype: torch.dtype) -> List[AtomicGraph]:
-    """Graphs of an OC20 source, with the labels the config asks for (see ``DataConfig.format``)."""
-    graphs = load_graphs(data.path, spec.cutoff, spec.max_neighbors, dtype)
-    first = graphs[0]
-    for label in required:
-        if getattr(first, label) is None:
-            raise ValueError(f"{data.path} has no {label} labels (IS2RE files hold their target as the property "
-                             f"relaxed_energy, for models that predict it: data.property_keys, loss.properties)")
-    missing = [k for k in data.property_keys if k not in first.properties and k not in first.atom_properties]
-    if missing:
-        raise ValueError(f"{data.path} has no properties {missing} (it has {sorted(first.properties)} per structure, "
-                         f"{sorted(first.atom_properties)} per atom)")
-    drop = {name: None for name, key in (("energy", data.energy_key), ("forces", data.forces_key)) if key is None}
-    return [replace(g, **drop) for g in graphs] if drop else graphs
-
-
-def _energy_head(model: torch.nn.Module) -> Optional[EnergyHead]:
-    """The model's :class:`EnergyHead`, which receives the training-set statistics (None for a
-    model that predicts no energy)."""
-    heads = [m for m in model.modules() if isinstance(m, EnergyHead)]
-    if len(heads) > 1:
-        raise ValueError(f"the trainer needs a model with at most one EnergyHead, {type(model).__name__} has {len(heads)}")
-    return heads[0] if heads else None
 
 
 def _differences(old: Dict[str, Any], new: Dict[str, Any], prefix: str = "") -> List[str]:

@@ -1,0 +1,233 @@
+"""Training on atomic structures: the graph data, labels, losses and metrics of energy models
+(energy, forces, stress) and of property models, for :class:`~sciml.train.trainer.Trainer`."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+
+from sciml.data.crystals import read_crystal_dataset
+from sciml.data.oc20.sources import detect_format, load_graphs
+from sciml.data.readers import load_graph_dataset, read_structures
+from sciml.data.sampling import AtomBalancedBatchSampler
+from sciml.graph import AtomicGraph, GraphSpec
+from sciml.inference import model_outputs
+from sciml.models.heads import EnergyHead, PropertyHead, fit_element_energies
+from sciml.train.config import DataConfig, TrainConfig
+from sciml.train.evaluation import evaluate, mean_baseline_metrics
+
+# OC20 formats read the OC20 way without data.format: ASE databases keep the plain ase reader.
+_OC20_AUTO_FORMATS = ("s2ef-extxyz", "legacy-lmdb", "sciml-cache")
+_CRYSTAL_FORMATS = ("jarvis", "matbench", "mp", "cif")
+
+
+def fit_statistics(graphs: Sequence[AtomicGraph], property_keys: Sequence[str] = ()) -> Dict[str, Any]:
+    """Training-set statistics for the energy head and the loss normalisation.
+
+    Returns ``element_energies`` (119,) eV (least-squares per-element reference energies; None,
+    like ``energy_rms_per_atom`` and ``energy_scale``, when the graphs carry no energies),
+    ``energy_rms_per_atom`` eV (RMS per-atom residual of that fit), ``forces_rms`` eV/Å and
+    ``stress_rms`` eV/Å^3 (RMS of the label components, None without labels), ``property_mean``
+    and ``property_std`` (each property's mean and standard deviation) and ``energy_scale`` eV, the energy head's per-atom
+    scale: ``forces_rms`` x 1 Å when forces are labelled (as MACE's default), since a model
+    whose outputs vary by O(1) per Å then meets forces of the right size, else
+    ``energy_rms_per_atom``. A statistic that is zero (a constant label) is replaced by 1.
+    """
+    def rms(values: torch.Tensor) -> float:
+        value = float(values.double().square().mean().sqrt())
+        return value if value > 1e-12 else 1.0
+
+    element_energies, residual_rms = None, None
+    if graphs[0].energy is not None:
+        energies = torch.cat([g.energy for g in graphs]).double().cpu()
+        element_energies, residual_rms = fit_element_energies(list(graphs), energies)
+        element_energies, residual_rms = element_energies.double().cpu(), residual_rms if residual_rms > 1e-12 else 1.0
+    stats: Dict[str, Any] = {
+        "element_energies": element_energies,
+        "energy_rms_per_atom": residual_rms,
+        "forces_rms": rms(torch.cat([g.forces for g in graphs])) if graphs[0].forces is not None else None,
+        "stress_rms": rms(torch.cat([g.stress for g in graphs])) if graphs[0].stress is not None else None,
+        "property_mean": {},
+        "property_std": {},
+    }
+    stats["energy_scale"] = stats["forces_rms"] or stats["energy_rms_per_atom"]
+    for key in property_keys:
+        values = torch.cat([g.properties.get(key, g.atom_properties.get(key)) for g in graphs]).double()
+        stats["property_mean"][key] = float(values.mean())
+        stats["property_std"][key] = rms(values - values.mean())
+    return stats
+
+
+class AtomisticProblem:
+    """Structures as :class:`AtomicGraph` s, built as the model's graph spec says.
+
+    An energy model (one :class:`EnergyHead`) is trained on energy/forces/stress and properties;
+    any other model on the properties of ``loss.properties``. :meth:`fit` sets the heads'
+    training statistics (per-element energies and scale, property means and standard deviations).
+    """
+
+    count_key = "num_structures"
+
+    def __init__(self, config: TrainConfig, model: torch.nn.Module, dtype: torch.dtype):
+        self.config, self.model, self.dtype = config, model, dtype
+        self.statistics: Dict[str, Any] = {}
+        self.use_forces = self.use_stress = False
+
+    def load(self) -> List[AtomicGraph]:
+        """One graph per structure of ``data.path``, in file order."""
+        return self._load_graphs()
+
+    def _load_graphs(self) -> List[AtomicGraph]:
+        data = self.config.data
+        spec = GraphSpec.of(self.model)
+        if data.cutoff is not None:
+            if spec is not None and spec.knn is None and spec.cutoff is not None and data.cutoff < spec.cutoff:
+                raise ValueError(f"data.cutoff {data.cutoff} Å is smaller than the model's cutoff {spec.cutoff} Å")
+            spec = replace(spec, cutoff=data.cutoff) if spec is not None else GraphSpec(cutoff=data.cutoff)
+        if spec is None:
+            raise ValueError(f"model {self.config.model.name!r} has no cutoff; set data.cutoff")
+        if data.max_neighbors is not None:
+            spec = replace(spec, max_neighbors=data.max_neighbors)
+        required = ["energy"] if data.energy_key is not None else []
+        if self.config.loss.forces > 0 and data.forces_key is not None:
+            required.append("forces")
+        return load_training_graphs(data, spec, self.dtype, required)
+
+    def fit(self, train: Sequence[AtomicGraph]) -> Dict[str, Any]:
+        """Fit the training statistics and give them to the model's heads; returns them."""
+        config = self.config
+        self.statistics = fit_statistics(train, config.data.property_keys)
+        head = _energy_head(self.model)
+        if head is not None:
+            if self.statistics["element_energies"] is None:
+                raise ValueError(f"model {config.model.name!r} predicts energies but {config.data.path} has no "
+                                 f"energy labels under data.energy_key={config.data.energy_key!r}")
+            head.set_statistics(self.statistics["element_energies"], self.statistics["energy_scale"])
+        self._standardise_property_heads()
+        if head is None and not any(weight > 0 for weight in config.loss.properties.values()):
+            raise ValueError(f"model {config.model.name!r} has no energy head: set loss.properties, the labels "
+                             f"to train it on (its outputs: see data.prediction_keys)")
+        first = train[0]
+        self.use_forces = first.forces is not None and config.loss.forces > 0
+        self.use_stress = first.stress is not None and config.loss.stress > 0 and bool(first.pbc.any())
+        return self.statistics
+
+    def batch_sampler(self, train: Sequence[AtomicGraph]) -> Optional[AtomBalancedBatchSampler]:
+        """Atom-balanced batches when ``batch_max_atoms`` is set, else None (random batches)."""
+        config = self.config
+        if config.batch_max_atoms is None:
+            return None
+        return AtomBalancedBatchSampler([g.num_nodes for g in train], config.batch_size, config.batch_max_atoms,
+                                        seed=config.seed)
+
+    @staticmethod
+    def collate(items: Sequence[AtomicGraph]) -> AtomicGraph:
+        return AtomicGraph.collate(list(items))
+
+    def outputs(self, batch: AtomicGraph) -> Dict[str, torch.Tensor]:
+        return model_outputs(self.model, batch, self.use_forces, self.use_stress)
+
+    def _standardise_property_heads(self) -> None:
+        """Give each named :class:`PropertyHead` its label's training mean and standard deviation,
+        so the model learns the standardised label (ComFormer's label normalisation)."""
+        outputs = {self.config.data.prediction_keys.get(k, k): k for k in self.config.data.property_keys}
+        for module in self.model.modules():
+            if isinstance(module, PropertyHead) and module.name in outputs:
+                label = outputs[module.name]
+                module.set_statistics(self.statistics["property_mean"][label], self.statistics["property_std"][label])
+
+    def loss(self, batch: AtomicGraph, out: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """Weighted sum of mean squared errors (or OC20's MAE / L2-MAE, ``loss.function``), each
+        made dimensionless by a training-set scale.
+
+        Energy per atom (total energy for OC20) is divided by the energy head's scale, forces and stress by the RMS of
+        their labels, each property by its standard deviation (see :func:`fit_statistics`). A term
+        is used when its weight is positive, the batch carries its label and the model predicts it
+        (properties: the model must predict them, under ``data.prediction_keys`` names).
+        """
+        weights, stats = self.config.loss, self.statistics
+        oc20 = weights.function == "oc20"
+        total = torch.zeros((), device=batch.positions.device, dtype=batch.positions.dtype)
+        if weights.energy > 0 and batch.energy is not None and "energy" in out:
+            error = (out["energy"] - batch.energy) / stats["energy_scale"]
+            if oc20:
+                total = total + weights.energy * error.abs().mean()
+            else:
+                total = total + weights.energy * ((error / batch.num_atoms_per_graph.to(error.dtype)) ** 2).mean()
+        if weights.forces > 0 and batch.forces is not None and "forces" in out:
+            error = (out["forces"] - batch.forces) / stats["forces_rms"]
+            if weights.free_atoms_only and "fixed" in batch.atom_properties:
+                error = error[~batch.atom_properties["fixed"].bool()]
+            if error.shape[0]:  # a batch of fixed atoms only has no force term
+                term = error.norm(dim=1).mean() if oc20 else (error**2).mean()
+                total = total + weights.forces * term
+        if weights.stress > 0 and batch.stress is not None and "stress" in out:
+            total = total + weights.stress * (((out["stress"] - batch.stress) / stats["stress_rms"]) ** 2).mean()
+        for key, weight in weights.properties.items():
+            predicted = self.config.data.prediction_keys.get(key, key)
+            if predicted not in out:
+                raise ValueError(f"loss.properties has {key!r} but model {self.config.model.name!r} does not predict "
+                                 f"{predicted!r} (it predicts {sorted(out)}; map labels with data.prediction_keys)")
+            target = batch.properties.get(key, batch.atom_properties.get(key))
+            error = out[predicted].reshape(target.shape) - target
+            total = total + weight * ((error / stats["property_std"][key]) ** 2).mean()
+        return total
+
+    def evaluate(self, items: Sequence[AtomicGraph], batch_size: int, device, with_loss: bool) -> Dict[str, float]:
+        """Metrics of :func:`~sciml.train.evaluation.evaluate` (with ``loss`` if asked)."""
+        return evaluate(self.model, items, batch_size, device, self.loss if with_loss else None,
+                        self.config.data.prediction_keys)
+
+    @staticmethod
+    def baselines(train: Sequence[AtomicGraph], test: Sequence[AtomicGraph]) -> Dict[str, float]:
+        return mean_baseline_metrics(train, test)
+
+
+def load_training_graphs(data: DataConfig, spec: GraphSpec, dtype: torch.dtype = torch.float32,
+                         required: Sequence[str] = ()) -> List[AtomicGraph]:
+    """The graphs of ``data`` (one per structure, in file order), built as ``spec`` says.
+
+    OC20 sources, crystal datasets (``data.format`` jarvis / matbench / mp / cif: the one label of
+    ``data.property_keys`` is read, entries without it are dropped) and anything ase reads.
+    ``required`` names labels (energy, forces) every structure must carry.
+    """
+    if data.format == "oc20" or (data.format is None and detect_format(data.path) in _OC20_AUTO_FORMATS):
+        return _oc20_graphs(data, required, spec, dtype)
+    if data.format in _CRYSTAL_FORMATS:
+        if len(data.property_keys) != 1:
+            raise ValueError(f"data.format {data.format} reads one target: set data.property_keys to [<target>], "
+                             f"got {data.property_keys}")
+        options = {"targets_path": data.targets_path} if data.targets_path else {}
+        frames = read_crystal_dataset(data.path, data.format, data.property_keys[0], **options)
+        return load_graph_dataset(frames, spec, None, None, None, None, data.property_keys, dtype=dtype)
+    frames = read_structures(data.path, ":", data.energy_key, data.forces_key, data.stress_key, data.property_keys,
+                             required)
+    return load_graph_dataset(frames, spec, None, data.energy_key, data.forces_key, data.stress_key,
+                              data.property_keys, dtype=dtype)
+
+
+def _oc20_graphs(data, required: Sequence[str], spec: GraphSpec, dtype: torch.dtype) -> List[AtomicGraph]:
+    """Graphs of an OC20 source, with the labels the config asks for (see ``DataConfig.format``)."""
+    graphs = load_graphs(data.path, spec.cutoff, spec.max_neighbors, dtype)
+    first = graphs[0]
+    for label in required:
+        if getattr(first, label) is None:
+            raise ValueError(f"{data.path} has no {label} labels (IS2RE files hold their target as the property "
+                             f"relaxed_energy, for models that predict it: data.property_keys, loss.properties)")
+    missing = [k for k in data.property_keys if k not in first.properties and k not in first.atom_properties]
+    if missing:
+        raise ValueError(f"{data.path} has no properties {missing} (it has {sorted(first.properties)} per structure, "
+                         f"{sorted(first.atom_properties)} per atom)")
+    drop = {name: None for name, key in (("energy", data.energy_key), ("forces", data.forces_key)) if key is None}
+    return [replace(g, **drop) for g in graphs] if drop else graphs
+
+
+def _energy_head(model: torch.nn.Module) -> Optional[EnergyHead]:
+    """The model's :class:`EnergyHead`, which receives the training-set statistics (None for a
+    model that predicts no energy)."""
+    heads = [m for m in model.modules() if isinstance(m, EnergyHead)]
+    if len(heads) > 1:
+        raise ValueError(f"the trainer needs a model with at most one EnergyHead, {type(model).__name__} has {len(heads)}")
+    return heads[0] if heads else None

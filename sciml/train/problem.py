@@ -1,0 +1,31 @@
+"""What the trainer needs to know about one kind of data: a ``Problem``.
+
+The :class:`~sciml.train.trainer.Trainer` owns the loop, the optimizer and schedule, EMA,
+checkpoints, splits, logs and resuming; a problem owns everything that depends on the data:
+
+- ``load() -> list``: the samples of ``data.path``, in file order (split by the trainer);
+- ``fit(train) -> dict``: training statistics, given to the model (e.g. energy-head references,
+  label standardisation), saved in checkpoints;
+- ``batch_sampler(train)``: a batch sampler (e.g. atom-balanced) or None for random batches;
+- ``collate(samples)``: one batch (an object with ``.to(device)``);
+- ``outputs(batch) -> dict`` and ``loss(batch, outputs) -> scalar tensor``;
+- ``evaluate(samples, batch_size, device, with_loss) -> dict`` of metrics, with ``loss`` when
+  asked and the sample count under ``count_key``;
+- ``baselines(train, test) -> dict``: trivial predictors' metrics on the test set.
+
+:class:`~sciml.train.atomistic.AtomisticProblem` trains graph models on atomic structures
+(energy, forces, stress, properties).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sciml.train.config import TrainConfig
+
+
+def make_problem(config: TrainConfig, model: torch.nn.Module, dtype: torch.dtype):
+    """The problem for ``config``'s data and ``model``."""
+    from sciml.train.atomistic import AtomisticProblem
+
+    return AtomisticProblem(config, model, dtype)
