@@ -13,6 +13,8 @@ EXAMPLES = """  sciml bench neighbors                      # 1k, 10k, 100k atoms
   sciml bench equiformer_v2 --fairchem-python ~/fairchem-venv/bin/python --structures 4
   sciml bench comformer                      # iComFormer/eComFormer: time, memory, epoch vs the reference
   sciml bench comformer --reference-python ~/fairchem-venv/bin/python --reference-source ~/AIRS/OpenMat/ComFormer
+  sciml bench gfno                           # FNO / G-FNO p4 / p4m 2D: time and memory vs the reference
+  sciml bench gfno --sizes 64 --repeats 5
   sciml bench tp                             # tensor products, SO(2), Wigner-D, Gaunt vs e3nn (minutes)
   sciml bench tp --channels 16 --lmax 1 2 3 --edges 2000 --sections channelwise conv
 """
@@ -59,6 +61,15 @@ def register(sub) -> None:
     comformer.add_argument("--reference-python", help="a Python with torch_geometric, torch_scatter, e3nn, pydantic")
     comformer.add_argument("--reference-source", help="the AIRS ComFormer source (folder holding comformer/)")
     comformer.set_defaults(run=_run_comformer)
+
+    gfno = add_command(targets, "gfno", "FNO and G-FNO (p4, p4m) 2D forward/backward time and memory vs the reference",
+                       EXAMPLES)
+    gfno.add_argument("--sizes", type=int, nargs="+", default=[64, 128], help="grid sizes n (n x n)")
+    gfno.add_argument("--batch", type=int, default=20, help="batch size (the reference's times are for 20)")
+    gfno.add_argument("--repeats", type=int, default=3, help="timed repeats; the best is reported")
+    gfno.add_argument("--threads", type=int, default=2)
+    gfno.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    gfno.set_defaults(run=_run_gfno)
 
     tp = add_command(targets, "tp", "tensor products and SO(3) kernels vs e3nn, with the machine's roofline", EXAMPLES)
     tp.add_argument("--channels", type=int, nargs="+", default=[16, 32, 64], help="channelwise TP channel counts")
@@ -107,6 +118,13 @@ def _run_comformer(args) -> int:
     result = bench_comformer(args.crystals, args.train_crystals, args.batch_size, args.epochs, args.repeats,
                              args.threads, args.reference_python, args.reference_source, args.models)
     print(format_comformer_table(result))
+    return 0
+
+
+def _run_gfno(args) -> int:
+    from sciml.bench.gfno import bench_gfno, format_gfno_table
+
+    print(format_gfno_table(bench_gfno(args.sizes, args.batch, args.repeats, args.threads, not args.no_memory)))
     return 0
 
 

@@ -7,11 +7,12 @@ Every model stores its options as ``model.config`` (plain types only), so
 from __future__ import annotations
 
 import inspect
+from functools import partial
 from typing import Callable, Dict
 
 from torch import nn
 
-from sciml.models import comformer, egnn, equiformer_v2
+from sciml.models import comformer, egnn, equiformer_v2, gfno
 
 MODELS: Dict[str, Callable[..., nn.Module]] = {
     "egnn": egnn.EGNNEnergyModel,
@@ -19,6 +20,12 @@ MODELS: Dict[str, Callable[..., nn.Module]] = {
     "equiformer_v2": equiformer_v2.EquiformerV2,
     "icomformer": comformer.IComFormer,
     "ecomformer": comformer.EComFormer,
+    "fno2d": gfno.FNO2d,
+    "gfno2d_p4": partial(gfno.GFNO2d, group="p4"),
+    "gfno2d_p4m": partial(gfno.GFNO2d, group="p4m"),
+    "fno3d": gfno.FNO3d,
+    "gfno3d_p4": partial(gfno.GFNO3d, group="p4"),
+    "gfno3d_p4m": partial(gfno.GFNO3d, group="p4m"),
 }
 
 PRESETS: Dict[str, Dict[str, Dict[str, object]]] = {"egnn": egnn.PRESETS, "equiformer_v2": equiformer_v2.CONFIGS}
