@@ -66,6 +66,7 @@ def run_train(args) -> int:
 
 
 def run_eval(args) -> int:
+    from sciml.train.fields import FIELD_FORMATS
     from sciml.graph import GraphSpec
     from sciml.inference import load_model, model_dtype
     from sciml.io import load_checkpoint
@@ -76,7 +77,10 @@ def run_eval(args) -> int:
     model = load_model(args.checkpoint, device=args.device)
     if args.task != "labels":
         return _run_oc20_eval(args, model)
-    data = load_checkpoint(args.checkpoint).get("train_config", {}).get("data", {})
+    train_config = load_checkpoint(args.checkpoint).get("train_config", {})
+    data = train_config.get("data", {})
+    if data.get("format") in FIELD_FORMATS:
+        return _run_field_eval(args, model, train_config)
     keys = {}
     for name, default in (("energy_key", "energy"), ("forces_key", "forces"), ("stress_key", "stress")):
         value = getattr(args, name)
@@ -87,6 +91,21 @@ def run_eval(args) -> int:
     metrics = evaluate(model, graphs, batch_size=args.batch_size, device=args.device,
                        prediction_keys=data.get("prediction_keys") or None)
     print(format_metrics(metrics, title=f"{args.checkpoint} on {args.data} ({len(graphs)} structures)"))
+    return 0
+
+
+def _run_field_eval(args, model, train_config: dict) -> int:
+    """Relative L2 errors of a neural operator on a field file, read as in training."""
+    from sciml.inference import model_dtype
+    from sciml.train import format_metrics
+    from sciml.train.config import TrainConfig
+    from sciml.train.fields import FieldProblem
+
+    config = TrainConfig.from_dict({**train_config, "data": {**train_config["data"], "path": args.data}})
+    problem = FieldProblem(config, model, model_dtype(model))
+    samples = problem.load()
+    metrics = problem.evaluate(samples, args.batch_size, args.device, with_loss=False)
+    print(format_metrics(metrics, title=f"{args.checkpoint} on {args.data} ({len(samples)} trajectories)"))
     return 0
 
 

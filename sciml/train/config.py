@@ -53,6 +53,9 @@ class DataConfig:
     ``targets_path``) or ``cif`` read the single label named in ``property_keys`` (entries
     without it are dropped); see :mod:`sciml.data.crystals`.
 
+    Fields for neural operators: ``format`` ``fno_mat`` (an FNO ``.mat`` file) or ``pdebench`` (a
+    PDEBench HDF5 file), with the ``fields`` section saying what to read and predict.
+
     ``format`` None recognises OC20 sources by their path (a directory of S2EF ``*.extxyz.xz`` +
     ``*.txt`` files or one such file, a fairchem ``*.lmdb`` file or directory, a sciml cache) and
     reads anything else with ase; ``oc20`` also reads an ASE database the OC20 way (tags, fixed
@@ -63,7 +66,8 @@ class DataConfig:
     """
 
     path: Optional[str] = None
-    format: Optional[str] = field(default=None, metadata={"choices": ("ase", "oc20", "jarvis", "matbench", "mp", "cif")})
+    format: Optional[str] = field(default=None, metadata={"choices": ("ase", "oc20", "jarvis", "matbench", "mp", "cif",
+                                                                       "fno_mat", "pdebench")})
     targets_path: Optional[str] = None
     energy_key: Optional[str] = "energy"
     forces_key: Optional[str] = "forces"
@@ -147,6 +151,29 @@ class LossConfig:
 
 
 @dataclass
+class FieldConfig:
+    """Neural-operator training on trajectories (``data.format`` fno_mat or pdebench; see
+    :mod:`sciml.train.fields`).
+
+    ``key``: the ``.mat`` variable; ``kind`` (incompressible-ns, shallow-water,
+    diffusion-reaction) and ``channel`` (which variable) for PDEBench files. The model sees
+    ``t_in`` steps and predicts ``steps`` (2D models autoregressively, with ``teacher_forcing`` in
+    training if set; 3D models at once). ``transforms`` are the test-set transforms evaluated
+    (identity, rot90, rot180, rot270, reflect); ``extra_test`` names more test files, e.g.
+    ``{x128: ns_128.mat}`` for super-resolution.
+    """
+
+    key: str = "u"
+    kind: Optional[str] = None
+    channel: int = 0
+    t_in: int = 10
+    steps: int = 20
+    teacher_forcing: bool = False
+    transforms: List[str] = field(default_factory=lambda: ["identity", "rot90"])
+    extra_test: Dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
 class TrainConfig:
     """Everything a training run depends on (see the module docstring for the YAML form).
 
@@ -163,6 +190,7 @@ class TrainConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    fields: FieldConfig = field(default_factory=FieldConfig)
     epochs: int = 100
     batch_size: int = 16
     batch_max_atoms: Optional[int] = None
@@ -209,6 +237,9 @@ class TrainConfig:
         for name, value in non_negative.items():
             if value is not None and not value >= 0:
                 raise ValueError(f"config key {name} must be >= 0, got {value}")
+        if self.fields.t_in < 1 or self.fields.steps < 1:
+            raise ValueError(f"config keys fields.t_in and fields.steps must be positive, got {self.fields.t_in}, "
+                             f"{self.fields.steps}")
         if not 0 <= self.split.fold < 5:
             raise ValueError(f"config key split.fold must be a MatBench fold 0-4, got {self.split.fold}")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:

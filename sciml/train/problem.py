@@ -14,7 +14,8 @@ checkpoints, splits, logs and resuming; a problem owns everything that depends o
 - ``baselines(train, test) -> dict``: trivial predictors' metrics on the test set.
 
 :class:`~sciml.train.atomistic.AtomisticProblem` trains graph models on atomic structures
-(energy, forces, stress, properties).
+(energy, forces, stress, properties); :class:`~sciml.train.fields.FieldProblem` trains neural
+operators on time-dependent fields (``data.format`` fno_mat or pdebench).
 """
 
 from __future__ import annotations
@@ -27,5 +28,8 @@ from sciml.train.config import TrainConfig
 def make_problem(config: TrainConfig, model: torch.nn.Module, dtype: torch.dtype):
     """The problem for ``config``'s data and ``model``."""
     from sciml.train.atomistic import AtomisticProblem
+    from sciml.train.fields import FIELD_FORMATS, FieldProblem
 
+    if config.data.format in FIELD_FORMATS:
+        return FieldProblem(config, model, dtype)
     return AtomisticProblem(config, model, dtype)

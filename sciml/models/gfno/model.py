@@ -56,6 +56,11 @@ class FourierNeuralOperator(nn.Module):
         self.blocks = nn.ModuleList(FourierBlock(conv(), width, g, norm, activation=i < blocks - 1) for i in range(blocks))
         self.project = GroupMLP(width, 4 * width, out_channels, g, output="trivial")
 
+    @property
+    def space_time(self) -> bool:
+        """True for the 3D (space + time) models, which predict all steps at once."""
+        return len(self.modes) == 3
+
     def check_input(self, x: torch.Tensor) -> None:
         """ValueError for a wrong rank or channel count, a non-square plane for a group model, too few
         grid points for the modes, or non-finite values."""

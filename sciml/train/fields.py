@@ -1,0 +1,145 @@
+"""Training neural operators on time-dependent 2D fields (Navier-Stokes vorticity, PDEBench), for
+:class:`~sciml.train.trainer.Trainer`.
+
+A sample is one trajectory (X, Y, T) from an FNO ``.mat`` file (``data.format: fno_mat``, variable
+``fields.key``) or a PDEBench HDF5 file (``data.format: pdebench``, ``fields.kind`` and
+``fields.channel``). The model sees the first ``fields.t_in`` steps and predicts the next
+``fields.steps``:
+
+- 2D models ((B, X, Y, t_in) -> (B, X, Y, t_out)) roll out autoregressively; with
+  ``fields.teacher_forcing`` training feeds the true previous steps instead of the predictions
+  (evaluation always rolls out freely);
+- 3D models (``model.space_time``: (B, X, Y, T, C_in) -> (B, X, Y, T, C_out)) predict all steps
+  at once from the input steps given as channels at every time.
+
+The loss is FNO's relative L2 error over the predicted steps. Test metrics add the error on the
+test set transformed by each of ``fields.transforms`` (a model equivariant to the transform
+scores the same) and on the extra test files of ``fields.extra_test`` (e.g. a higher resolution:
+neural operators evaluate at any resolution). The baseline repeats the last known step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+from sciml.data.pde import read_fno_mat, read_pdebench
+from sciml.tasks.pde import TRANSFORMS, relative_l2, rollout
+from sciml.train.config import TrainConfig
+
+FIELD_FORMATS = ("fno_mat", "pdebench")
+
+
+@dataclass
+class FieldBatch:
+    """Trajectories (B, X, Y, T)."""
+
+    fields: torch.Tensor
+
+    def to(self, device) -> "FieldBatch":
+        return FieldBatch(self.fields.to(device))
+
+
+def read_fields(path: str, format: str, key: str = "u", kind: Optional[str] = None, channel: int = 0) -> torch.Tensor:
+    """(N, X, Y, T) trajectories of one variable from an FNO ``.mat`` or a PDEBench file."""
+    if format == "fno_mat":
+        return torch.as_tensor(read_fno_mat(path, key=key))
+    if format == "pdebench":
+        if kind is None:
+            raise ValueError("data.format pdebench needs fields.kind (incompressible-ns, shallow-water, diffusion-reaction)")
+        data = read_pdebench(path, kind)
+        fields = torch.as_tensor(data.fields)
+        if not 0 <= channel < fields.shape[-1]:
+            raise ValueError(f"{path}: fields.channel {channel} is not one of the {fields.shape[-1]} variables {data.variables}")
+        return fields[..., channel]
+    raise ValueError(f"unknown field format {format!r}; use one of {FIELD_FORMATS}")
+
+
+class FieldProblem:
+    """Neural-operator training on trajectories (see the module docstring)."""
+
+    count_key = "num_samples"
+
+    def __init__(self, config: TrainConfig, model: torch.nn.Module, dtype: torch.dtype):
+        self.config, self.model, self.dtype = config, model, dtype
+        self.options = config.fields
+        unknown = [t for t in self.options.transforms if t not in TRANSFORMS]
+        if unknown:
+            raise ValueError(f"fields.transforms has unknown transforms {unknown}; choose from {sorted(TRANSFORMS)}")
+
+    def _read(self, path: str) -> torch.Tensor:
+        options = self.options
+        fields = read_fields(path, self.config.data.format, options.key, options.kind, options.channel).to(self.dtype)
+        needed = options.t_in + options.steps
+        if fields.shape[-1] < needed:
+            raise ValueError(f"{path}: trajectories have {fields.shape[-1]} steps, fewer than fields.t_in + fields.steps "
+                             f"= {needed}")
+        return fields[..., :needed]
+
+    def load(self) -> List[torch.Tensor]:
+        """One (X, Y, t_in + steps) trajectory per sample of ``data.path``."""
+        return list(self._read(self.config.data.path))
+
+    def fit(self, train: Sequence[torch.Tensor]) -> Dict[str, float]:
+        return {"t_in": self.options.t_in, "steps": self.options.steps}
+
+    def batch_sampler(self, train: Sequence[torch.Tensor]):
+        return None
+
+    @staticmethod
+    def collate(samples: Sequence[torch.Tensor]) -> FieldBatch:
+        return FieldBatch(torch.stack(list(samples)))
+
+    def predict(self, fields: torch.Tensor, teacher_forcing: bool = False) -> torch.Tensor:
+        """Predicted steps (B, X, Y, steps) from the first t_in steps of ``fields``."""
+        t_in, steps = self.options.t_in, self.options.steps
+        known = fields[..., :t_in]
+        if getattr(self.model, "space_time", False):
+            inputs = known[:, :, :, None, :].expand(-1, -1, -1, steps, -1)  # (B, X, Y, steps, t_in)
+            return self.model(inputs)[..., 0]
+        truth = fields[..., t_in:t_in + steps] if teacher_forcing else None
+        return rollout(self.model, known, steps, truth)
+
+    def outputs(self, batch: FieldBatch) -> Dict[str, torch.Tensor]:
+        return {"fields": self.predict(batch.fields, self.options.teacher_forcing and self.model.training)}
+
+    def loss(self, batch: FieldBatch, out: Dict[str, torch.Tensor]) -> torch.Tensor:
+        return relative_l2(out["fields"], batch.fields[..., self.options.t_in:])
+
+    def evaluate(self, samples: Sequence[torch.Tensor], batch_size: int, device, with_loss: bool) -> Dict[str, float]:
+        """``rel_l2`` (and ``loss``, the same) on the samples; without ``with_loss`` (the test set)
+        also ``rel_l2_<transform>`` for each of ``fields.transforms`` and ``rel_l2_<name>`` for
+        each file of ``fields.extra_test``."""
+        fields = torch.stack(list(samples))
+        metrics = {self.count_key: float(len(samples)), "rel_l2": self._error(fields, batch_size, device)}
+        if with_loss:
+            metrics["loss"] = metrics["rel_l2"]
+            return metrics
+        for name in self.options.transforms:
+            if name != "identity":
+                metrics[f"rel_l2_{name}"] = self._error(TRANSFORMS[name](fields), batch_size, device)
+        for name, path in self.options.extra_test.items():
+            metrics[f"rel_l2_{name}"] = self._error(self._read(path), batch_size, device)
+        return metrics
+
+    def _error(self, fields: torch.Tensor, batch_size: int, device) -> float:
+        was_training = self.model.training
+        self.model.eval()
+        total = 0.0
+        try:
+            with torch.no_grad():
+                for chunk in fields.split(batch_size):
+                    chunk = chunk.to(device)
+                    total += float(relative_l2(self.predict(chunk), chunk[..., self.options.t_in:], "sum"))
+        finally:
+            self.model.train(was_training)
+        return total / fields.shape[0]
+
+    def baselines(self, train: Sequence[torch.Tensor], test: Sequence[torch.Tensor]) -> Dict[str, float]:
+        """The relative L2 error of repeating the last known step."""
+        fields = torch.stack(list(test))
+        t_in = self.options.t_in
+        persistence = fields[..., t_in - 1:t_in].expand_as(fields[..., t_in:])
+        return {"persistence_rel_l2": float(relative_l2(persistence, fields[..., t_in:]))}
