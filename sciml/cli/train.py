@@ -25,8 +25,8 @@ _SHORTCUTS = {
 def register(sub) -> None:
     train = add_command(sub, "train", "train a model from a YAML config", TRAIN_EXAMPLES)
     train.add_argument("config", help="YAML config (see workflows/ for examples)")
-    train.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
-                       help="override any config key, dotted (e.g. optimizer.lr=1e-3)")
+    train.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                       help="override any config key, dotted (e.g. optimizer.lr=1e-3); repeatable")
     train.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last.pt")
     for flag, key in _SHORTCUTS.items():
         kind = float if flag == "lr" else int if flag in ("epochs", "batch_size", "seed") else str
