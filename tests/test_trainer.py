@@ -192,3 +192,17 @@ def test_atom_balanced_batches_respect_the_atom_budget(ethanol150, tmp_path, mon
     # ethanol has 9 atoms: 4 structures (36 atoms) fit in 40, a fifth would not.
     assert all(atoms <= 40 and count <= 4 for count, atoms in training)
     assert sum(count for count, _ in training) >= len(trainer.train_set)
+
+
+def test_resume_accepts_a_run_saved_before_new_config_keys(ethanol150, tmp_path):
+    """A checkpoint whose stored config lacks keys added later (here the fields section) resumes:
+    missing keys take their defaults."""
+    from sciml.io.checkpoint import load_checkpoint, save_checkpoint
+
+    run = tmp_path / "old"
+    Trainer(make_config(ethanol150, run, "epochs=1"), verbose=False).fit()
+    checkpoint = load_checkpoint(run / "last.pt")
+    del checkpoint["train_config"]["fields"]
+    save_checkpoint(run / "last.pt", **checkpoint)
+    result = Trainer(make_config(ethanol150, run, "epochs=2"), resume=True, verbose=False).fit()
+    assert result.last_epoch == 2

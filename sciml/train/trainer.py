@@ -128,7 +128,10 @@ class Trainer:
         if not last.is_file():
             raise ValueError(f"cannot resume: {last} does not exist (start a new run without --resume)")
         checkpoint = load_checkpoint(last)
-        changed = _differences(checkpoint["train_config"], self.config.to_dict())
+        # the saved config read back with today's defaults, so keys added since it was written
+        # (at their default values) are not differences
+        saved = TrainConfig.from_dict(checkpoint["train_config"]).to_dict()
+        changed = _differences(saved, self.config.to_dict())
         changed = [c for c in changed if c.split(":")[0] not in _RESUMABLE_CHANGES]
         if changed:
             raise ValueError(f"cannot resume {self.output_dir}: the config differs from the saved run at "
