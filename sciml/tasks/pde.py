@@ -80,33 +80,41 @@ TRANSFORMS: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
-def evaluate_rollout(
-    model: Callable[[torch.Tensor], torch.Tensor],
+def check_transforms(names: Sequence[str], what: str = "transforms") -> None:
+    """ValueError naming the entries of ``names`` that are not in :data:`TRANSFORMS`."""
+    unknown = [name for name in names if name not in TRANSFORMS]
+    if unknown:
+        raise ValueError(f"{what} has unknown transforms {unknown}; choose from {sorted(TRANSFORMS)}")
+
+
+def transformed_errors(
+    predict: Callable[[torch.Tensor], torch.Tensor],
     fields: torch.Tensor,
     t_in: int,
-    steps: int,
-    transforms: Sequence[str] = ("identity", "rot90"),
+    transforms: Sequence[str] = ("identity",),
     batch_size: int = 20,
+    device: "str | torch.device | None" = None,
 ) -> Dict[str, float]:
-    """Relative L2 error of ``steps``-step rollouts from the first ``t_in`` steps of each test
-    trajectory (B, X, Y, T), on the test set as given and transformed by each of ``transforms``
-    (``rot90``, ``reflect``, ...: a model equivariant to the transform scores the same).
+    """Mean relative L2 error of ``predict`` on trajectories, as given and transformed.
 
-    Returns ``{"rel_l2_<transform>": mean relative L2 over the predicted steps}``.
+    ``predict`` maps a chunk of trajectories (B, X, Y, T) to its predicted steps (B, X, Y, T - t_in)
+    (a rollout from the first ``t_in`` steps, or a one-shot space-time model), which are compared
+    with the chunk's own last steps; ``fields`` is (N, X, Y, T) and each of ``transforms``
+    (``rot90``, ``reflect``, ...) is applied to it first: a model equivariant to the transform
+    scores the same. Runs without gradients, ``batch_size`` trajectories at a time on ``device``.
+
+    Returns ``{transform: error}``.
     """
-    if fields.ndim != 4 or fields.shape[-1] < t_in + steps:
-        raise ValueError(f"test fields must be (B, X, Y, T >= {t_in + steps}), got {tuple(fields.shape)}")
-    unknown = [t for t in transforms if t not in TRANSFORMS]
-    if unknown:
-        raise ValueError(f"unknown transforms {unknown}; choose from {sorted(TRANSFORMS)}")
-    metrics = {}
+    check_transforms(transforms)
+    errors = {}
     with torch.no_grad():
         for name in transforms:
-            data = TRANSFORMS[name](fields)
-            errors = [relative_l2(rollout(model, chunk[..., :t_in], steps), chunk[..., t_in:t_in + steps], "sum")
-                      for chunk in data.split(batch_size)]
-            metrics[f"rel_l2_{name}"] = float(sum(errors) / fields.shape[0])
-    return metrics
+            total = 0.0
+            for chunk in TRANSFORMS[name](fields).split(batch_size):
+                chunk = chunk.to(device)
+                total += float(relative_l2(predict(chunk), chunk[..., t_in:], "sum"))
+            errors[name] = total / fields.shape[0]
+    return errors
 
 
 def plot_prediction(truth: torch.Tensor, prediction: torch.Tensor, output: str, title: str = "") -> None:

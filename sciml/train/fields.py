@@ -26,7 +26,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from sciml.data.pde import read_fno_mat, read_pdebench
-from sciml.tasks.pde import TRANSFORMS, relative_l2, rollout
+from sciml.tasks.pde import check_transforms, relative_l2, rollout, transformed_errors
 from sciml.train.config import TrainConfig
 
 FIELD_FORMATS = ("fno_mat", "pdebench")
@@ -65,9 +65,7 @@ class FieldProblem:
     def __init__(self, config: TrainConfig, model: torch.nn.Module, dtype: torch.dtype):
         self.config, self.model, self.dtype = config, model, dtype
         self.options = config.fields
-        unknown = [t for t in self.options.transforms if t not in TRANSFORMS]
-        if unknown:
-            raise ValueError(f"fields.transforms has unknown transforms {unknown}; choose from {sorted(TRANSFORMS)}")
+        check_transforms(self.options.transforms, "fields.transforms")
 
     def _read(self, path: str) -> torch.Tensor:
         options = self.options
@@ -113,29 +111,25 @@ class FieldProblem:
         also ``rel_l2_<transform>`` for each of ``fields.transforms`` and ``rel_l2_<name>`` for
         each file of ``fields.extra_test``."""
         fields = torch.stack(list(samples))
-        metrics = {self.count_key: float(len(samples)), "rel_l2": self._error(fields, batch_size, device)}
+        transforms = ["identity"] + ([t for t in self.options.transforms if t != "identity"] if not with_loss else [])
+        errors = self._errors(fields, transforms, batch_size, device)
+        metrics = {self.count_key: float(len(samples)), "rel_l2": errors.pop("identity")}
         if with_loss:
             metrics["loss"] = metrics["rel_l2"]
             return metrics
-        for name in self.options.transforms:
-            if name != "identity":
-                metrics[f"rel_l2_{name}"] = self._error(TRANSFORMS[name](fields), batch_size, device)
+        metrics.update({f"rel_l2_{name}": error for name, error in errors.items()})
         for name, path in self.options.extra_test.items():
-            metrics[f"rel_l2_{name}"] = self._error(self._read(path), batch_size, device)
+            metrics[f"rel_l2_{name}"] = self._errors(self._read(path), ["identity"], batch_size, device)["identity"]
         return metrics
 
-    def _error(self, fields: torch.Tensor, batch_size: int, device) -> float:
+    def _errors(self, fields: torch.Tensor, transforms: Sequence[str], batch_size: int, device) -> Dict[str, float]:
+        """:func:`~sciml.tasks.pde.transformed_errors` of the model in eval mode (free rollouts)."""
         was_training = self.model.training
         self.model.eval()
-        total = 0.0
         try:
-            with torch.no_grad():
-                for chunk in fields.split(batch_size):
-                    chunk = chunk.to(device)
-                    total += float(relative_l2(self.predict(chunk), chunk[..., self.options.t_in:], "sum"))
+            return transformed_errors(self.predict, fields, self.options.t_in, transforms, batch_size, device)
         finally:
             self.model.train(was_training)
-        return total / fields.shape[0]
 
     def baselines(self, train: Sequence[torch.Tensor], test: Sequence[torch.Tensor]) -> Dict[str, float]:
         """The relative L2 error of repeating the last known step."""
