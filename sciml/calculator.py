@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Optional
 
 import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
-
-from dataclasses import replace
 
 from sciml.graph import AtomicGraph, GraphSpec
 from sciml.inference import load_model, model_dtype

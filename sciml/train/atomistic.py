@@ -76,10 +76,8 @@ class AtomisticProblem:
         self.use_forces = self.use_stress = False
 
     def load(self) -> List[AtomicGraph]:
-        """One graph per structure of ``data.path``, in file order."""
-        return self._load_graphs()
-
-    def _load_graphs(self) -> List[AtomicGraph]:
+        """One graph per structure of ``data.path``, in file order, built as the model's graph spec
+        says (``data.cutoff``/``data.max_neighbors`` override it)."""
         data = self.config.data
         spec = GraphSpec.of(self.model)
         if data.cutoff is not None:

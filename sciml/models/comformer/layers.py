@@ -156,15 +156,12 @@ class EdgeLatticeUpdate(nn.Module):
     def forward(self, edge: torch.Tensor, lattice_lengths: torch.Tensor, lattice_angles: torch.Tensor,
                 edge_graph: torch.Tensor) -> torch.Tensor:
         c = self.channels
-        k1, k2, k3 = _blocks(self.key_update[0], c)
-        m1, m2, m3 = _blocks(self.lin_msg_update[0], c)
         lin_keys = (self.lin_key_e1, self.lin_key_e2, self.lin_key_e3)
         lin_values = (self.lin_value_e1, self.lin_value_e2, self.lin_value_e3)
         hidden = []
-        for first, second, third, lin_edge_part, lin_lattice in (
-            (k1, k2, k3, self.lin_key, lin_keys), (m1, m2, m3, self.lin_value, lin_values)
-        ):
-            mlp = self.key_update if lin_edge_part is self.lin_key else self.lin_msg_update
+        for mlp, lin_edge_part, lin_lattice in ((self.key_update, self.lin_key, lin_keys),
+                                                (self.lin_msg_update, self.lin_value, lin_values)):
+            first, second, third = _blocks(mlp[0], c)
             # [lin(e), lin_k(l_k), W a_k] through the MLP's first layer, block by block
             edge_part = F.linear(edge, first @ lin_edge_part.weight, first @ lin_edge_part.bias + mlp[0].bias)  # (E, C)
             lattice = torch.stack([lin(lattice_lengths[:, k]) for k, lin in enumerate(lin_lattice)], 1) @ second.T  # (B, 3, C)
