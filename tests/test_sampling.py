@@ -97,3 +97,19 @@ def test_bad_arguments():
         AtomBalancedBatchSampler([1, 2], batch_size=1, num_replicas=2, rank=2)
     with pytest.raises(ValueError, match="2 structures cannot feed 4 ranks"):
         AtomBalancedBatchSampler([1, 2], batch_size=1, num_replicas=4)
+
+
+@pytest.mark.parametrize("replicas", [2, 4])
+@pytest.mark.parametrize("mode", [{"batch_size": 16}, {"max_atoms": 960}])
+def test_ranks_get_atom_counts_within_ten_percent_on_a_skewed_dataset(mode, replicas):
+    """OC20-like skew: log-normal sizes from 2 to 400 atoms (median 32). Every full step gives
+    the ranks atom counts within 10% of each other, and max_atoms steps stay well filled."""
+    natoms = np.clip(np.random.default_rng(1).lognormal(3.5, 0.8, size=2000).astype(int), 2, 400)
+    for seed in range(3):
+        steps = AtomBalancedBatchSampler(natoms, num_replicas=replicas, seed=seed, **mode).steps()
+        for step in steps[:-1]:
+            totals = np.array([natoms[batch].sum() for batch in step])
+            assert np.ptp(totals) <= 0.1 * totals.mean()
+        if "max_atoms" in mode:
+            fullest = np.mean([max(natoms[batch].sum() for batch in step) for step in steps[:-1]])
+            assert fullest > 0.9 * mode["max_atoms"]

@@ -73,10 +73,10 @@ def test_resume_after_a_crash_is_identical_to_an_uninterrupted_run(ethanol150, t
 
     original = Trainer._run_epoch
 
-    def crash_in_epoch_3(self, epoch):
+    def crash_in_epoch_3(self, epoch, signals):
         if epoch == 3:
             raise KeyboardInterrupt
-        return original(self, epoch)
+        return original(self, epoch, signals)
 
     monkeypatch.setattr(Trainer, "_run_epoch", crash_in_epoch_3)
     with pytest.raises(KeyboardInterrupt):
@@ -106,7 +106,7 @@ def test_resume_extends_a_finished_run(ethanol150, tmp_path):
 
     with pytest.raises(ValueError, match=r"config differs .* optimizer\.lr: 0\.001 -> 0\.01"):
         Trainer(make_config(ethanol150, run, "epochs=6", "optimizer.lr=1e-2"), resume=True)
-    with pytest.raises(ValueError, match="cannot resume: .*last.pt does not exist"):
+    with pytest.raises(ValueError, match="cannot resume: .*empty has no checkpoint"):
         Trainer(make_config(ethanol150, tmp_path / "empty", "epochs=2"), resume=True)
 
 

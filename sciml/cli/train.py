@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import sys
+
 from sciml.cli.common import add_command
 
 TRAIN_EXAMPLES = """  sciml train workflows/ethanol/egnn.yaml
   sciml train config.yaml --output-dir runs/try2 --epochs 50 --set optimizer.lr=5e-4 loss.forces=10
-  sciml train config.yaml --output-dir runs/try2 --resume      # continue from runs/try2/last.pt
+  sciml train config.yaml --output-dir runs/try2 --resume      # continue from the newest checkpoint
+  sciml train config.yaml --resume auto --set checkpoint_every=500 amp=bf16   # job scripts: resume if possible
+  torchrun --standalone --nproc-per-node 4 --no-python sciml train config.yaml --resume auto   # data-parallel
 """
 EVAL_EXAMPLES = """  sciml eval --checkpoint runs/ethanol/best.pt datasets/ethanol_xtb_500K/ethanol_xtb_500K.extxyz
   sciml eval --checkpoint runs/nbody_egnn/best.pt datasets/nbody/nbody_small.extxyz   # keys from training
@@ -27,7 +31,10 @@ def register(sub) -> None:
     train.add_argument("config", help="YAML config (see workflows/ for examples)")
     train.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                        help="override any config key, dotted (e.g. optimizer.lr=1e-3); repeatable")
-    train.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last.pt")
+    train.add_argument("--resume", nargs="?", const=True, default=False, metavar="auto|CHECKPOINT",
+                       help="continue the run in OUTPUT_DIR from its newest valid checkpoint; 'auto': the same, "
+                            "or a new run when OUTPUT_DIR has none (for job scripts and requeued jobs); "
+                            "CHECKPOINT: from that file")
     for flag, key in _SHORTCUTS.items():
         kind = float if flag == "lr" else int if flag in ("epochs", "batch_size", "seed") else str
         train.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=kind, help=f"same as --set {key}=...")
@@ -52,7 +59,9 @@ def register(sub) -> None:
 
 
 def run_train(args) -> int:
+    from sciml.distributed import is_main_process, teardown
     from sciml.train import load_config, train
+    from sciml.train.signals import TrainingInterrupted
 
     overrides = list(args.set)
     for flag, key in _SHORTCUTS.items():
@@ -60,8 +69,15 @@ def run_train(args) -> int:
         if value is not None:
             overrides.append(f"{key}={value}")
     config = load_config(args.config, overrides)
-    result = train(config, resume=args.resume)
-    print(result.summary())
+    try:
+        result = train(config, resume=args.resume)
+    except TrainingInterrupted as stop:
+        print(f"sciml train: {stop}", file=sys.stderr)
+        return stop.exit_code
+    finally:
+        teardown()
+    if is_main_process():
+        print(result.summary())
     return 0
 
 

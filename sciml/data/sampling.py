@@ -118,30 +118,51 @@ class AtomBalancedBatchSampler(Sampler[List[int]]):
             steps.append(self._partition(chunk))
         return steps
 
-    def _partition(self, chunk: np.ndarray) -> List[List[int]]:
-        """Largest first, each to the rank with the fewest atoms (ties: lowest rank)."""
-        heap = [(0, rank) for rank in range(self.num_replicas)]
+    def _partition(self, chunk: "np.ndarray | List[int]", per_rank: float = math.inf) -> List[List[int]]:
+        """Largest first, each to the rank with the fewest atoms that has room for another
+        structure (ties: lowest rank)."""
         batches: List[List[int]] = [[] for _ in range(self.num_replicas)]
-        for index in sorted(chunk.tolist(), key=lambda i: (-self.natoms[i], i)):
-            atoms, rank = heapq.heappop(heap)
+        atoms = [0] * self.num_replicas
+        for index in sorted(np.asarray(chunk).tolist(), key=lambda i: (-self.natoms[i], i)):
+            rank = min((r for r in range(self.num_replicas) if len(batches[r]) < per_rank), key=lambda r: (atoms[r], r))
             batches[rank].append(index)
-            heapq.heappush(heap, (atoms + int(self.natoms[index]), rank))
+            atoms[rank] += int(self.natoms[index])
         return batches
 
+    def _fits(self, batches: List[List[int]]) -> bool:
+        return max(int(self.natoms[b].sum()) if b else 0 for b in batches) <= self.max_atoms
+
     def _steps_by_atoms(self, order: np.ndarray) -> List[List[List[int]]]:
+        """Steps in epoch order: a structure joins the step while some partition of the step keeps
+        every rank within ``max_atoms`` (first the rank with the fewest atoms, else a fresh
+        largest-first partition of the step); each finished step is shared largest-first when that
+        partition fits, which balances the ranks."""
         steps: List[List[List[int]]] = []
         per_rank = self.batch_size if self.batch_size is not None else math.inf
         batches: List[List[int]] = [[] for _ in range(self.num_replicas)]
         atoms = [0] * self.num_replicas
+
+        def close() -> None:
+            members = [i for batch in batches for i in batch]
+            balanced = self._partition(members, per_rank)
+            steps.append(balanced if self._fits(balanced) else batches)
+
         for index in order.tolist():
             size = int(self.natoms[index])
             candidates = [r for r in range(self.num_replicas) if len(batches[r]) < per_rank]
             rank = min(candidates, key=lambda r: (atoms[r], r)) if candidates else None
-            if rank is None or atoms[rank] + size > self.max_atoms:
-                steps.append(batches)
-                batches, atoms = [[] for _ in range(self.num_replicas)], [0] * self.num_replicas
-                rank = 0
-            batches[rank].append(index)
-            atoms[rank] += size
-        steps.append(batches)
+            if rank is not None and atoms[rank] + size <= self.max_atoms:
+                batches[rank].append(index)
+                atoms[rank] += size
+                continue
+            repacked = self._partition([i for batch in batches for i in batch] + [index], per_rank) if candidates else None
+            if repacked is not None and self._fits(repacked):
+                batches = repacked
+                atoms = [int(self.natoms[b].sum()) if b else 0 for b in batches]
+                continue
+            close()
+            batches, atoms = [[] for _ in range(self.num_replicas)], [0] * self.num_replicas
+            batches[0].append(index)
+            atoms[0] = size
+        close()
         return steps

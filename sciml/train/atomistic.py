@@ -11,7 +11,6 @@ import torch
 from sciml.data.crystals import read_crystal_dataset
 from sciml.data.oc20.sources import detect_format, load_graphs
 from sciml.data.readers import load_graph_dataset, read_structures
-from sciml.data.sampling import AtomBalancedBatchSampler
 from sciml.graph import AtomicGraph, GraphSpec
 from sciml.inference import model_outputs
 from sciml.models.heads import EnergyHead, PropertyHead, fit_element_energies
@@ -112,13 +111,10 @@ class AtomisticProblem:
         self.use_stress = first.stress is not None and config.loss.stress > 0 and bool(first.pbc.any())
         return self.statistics
 
-    def batch_sampler(self, train: Sequence[AtomicGraph]) -> Optional[AtomBalancedBatchSampler]:
-        """Atom-balanced batches when ``batch_max_atoms`` is set, else None (random batches)."""
-        config = self.config
-        if config.batch_max_atoms is None:
-            return None
-        return AtomBalancedBatchSampler([g.num_nodes for g in train], config.batch_size, config.batch_max_atoms,
-                                        seed=config.seed)
+    @staticmethod
+    def sizes(train: Sequence[AtomicGraph]) -> List[int]:
+        """Atoms per structure: batches and ranks are balanced by them."""
+        return [int(g.num_nodes) for g in train]
 
     @staticmethod
     def collate(items: Sequence[AtomicGraph]) -> AtomicGraph:

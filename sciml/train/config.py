@@ -182,6 +182,14 @@ class TrainConfig:
     structures. ``valid_batch_size`` None uses ``batch_size``; ``ema_decay`` None disables the exponential
     moving average of weights; ``grad_clip`` None disables gradient-norm clipping;
     ``early_stopping_patience`` None never stops early; ``device`` "auto" picks CUDA when present.
+
+    Long runs and clusters (launched by ``torchrun`` the run is data-parallel: ``batch_size`` is
+    per rank, the global batch ``batch_size x ranks``; see :mod:`sciml.train.trainer`):
+    ``amp`` autocast precision (``bf16``; ``fp16`` with a gradient scaler); ``accumulate_batches``
+    batches per optimizer step; ``checkpoint_every`` optimizer steps between step checkpoints
+    (None: only at epoch ends), of which the newest ``keep_checkpoints`` are kept;
+    ``activation_checkpointing`` recomputes each block's activations in the backward pass (less
+    memory, about a third more time); ``compile`` runs the model through ``torch.compile``.
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -202,6 +210,12 @@ class TrainConfig:
     device: str = "cpu"
     output_dir: str = "runs/train"
     dtype: str = field(default="float32", metadata={"choices": ("float32", "float64")})
+    amp: str = field(default="none", metadata={"choices": ("none", "bf16", "fp16")})
+    accumulate_batches: int = 1
+    checkpoint_every: Optional[int] = None
+    keep_checkpoints: int = 2
+    activation_checkpointing: bool = False
+    compile: bool = False
 
     def to_dict(self) -> Dict[str, Any]:
         """Plain nested dict (YAML/JSON/checkpoint friendly) that :meth:`from_dict` reads back."""
@@ -224,6 +238,8 @@ class TrainConfig:
             "early_stopping_patience": self.early_stopping_patience, "data.max_neighbors": self.data.max_neighbors,
             "scheduler.patience": self.scheduler.patience, "optimizer.lr": self.optimizer.lr,
             "grad_clip": self.grad_clip, "data.cutoff": self.data.cutoff, "scheduler.factor": self.scheduler.factor,
+            "accumulate_batches": self.accumulate_batches, "checkpoint_every": self.checkpoint_every,
+            "keep_checkpoints": self.keep_checkpoints,
         }
         non_negative = {
             "optimizer.weight_decay": self.optimizer.weight_decay, "scheduler.warmup_epochs": self.scheduler.warmup_epochs,
@@ -267,6 +283,8 @@ class TrainConfig:
             spans = sorted(tuple(b) for b in self.split.ranges.values())
             if any(a[1] > b[0] for a, b in zip(spans, spans[1:])):
                 raise ValueError(f"config key split.ranges has overlapping ranges: {self.split.ranges}")
+        if self.amp != "none" and self.dtype != "float32":
+            raise ValueError(f"config key amp={self.amp} needs dtype float32 (autocast lowers float32), got {self.dtype}")
         if self.device != "auto" and self.device.split(":")[0] not in ("cpu", "cuda", "mps", "xpu"):
             raise ValueError(f"config key device must be auto, cpu, cuda, cuda:N, mps or xpu, got {self.device!r}")
 

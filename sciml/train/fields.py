@@ -83,7 +83,9 @@ class FieldProblem:
     def fit(self, train: Sequence[torch.Tensor]) -> Dict[str, float]:
         return {"t_in": self.options.t_in, "steps": self.options.steps}
 
-    def batch_sampler(self, train: Sequence[torch.Tensor]):
+    @staticmethod
+    def sizes(train: Sequence[torch.Tensor]) -> None:
+        """None: every sample costs the same (batches are balanced by count)."""
         return None
 
     @staticmethod

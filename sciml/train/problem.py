@@ -6,7 +6,7 @@ checkpoints, splits, logs and resuming; a problem owns everything that depends o
 - ``load() -> list``: the samples of ``data.path``, in file order (split by the trainer);
 - ``fit(train) -> dict``: training statistics, given to the model (e.g. energy-head references,
   label standardisation), saved in checkpoints;
-- ``batch_sampler(train)``: a batch sampler (e.g. atom-balanced) or None for random batches;
+- ``sizes(train)``: the cost of each sample (atoms) to balance batches and ranks by, or None;
 - ``collate(samples)``: one batch (an object with ``.to(device)``);
 - ``outputs(batch) -> dict`` and ``loss(batch, outputs) -> scalar tensor``;
 - ``evaluate(samples, batch_size, device, with_loss) -> dict`` of metrics, with ``loss`` when

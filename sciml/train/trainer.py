@@ -15,7 +15,19 @@ A run writes into ``config.output_dir``:
 - ``last.pt`` after every epoch and ``best.pt`` at the lowest validation loss (atomic writes);
   both hold everything needed to resume, and their ``state_dict`` holds the weights to use for
   inference (the moving average when ``ema_decay`` is set);
+- ``checkpoints/step-<step>.pt`` every ``checkpoint_every`` optimizer steps and at SIGTERM or
+  SIGUSR1 (see :mod:`sciml.train.signals`): model, optimizer, schedule, gradient scaler, EMA,
+  the position in the epoch and the RNG states, so ``resume="auto"`` continues mid-epoch and
+  ends exactly as an uninterrupted run;
 - ``test_metrics.json``: the best model and trivial baselines on the test set.
+
+Launched by ``torchrun`` the run is data-parallel (:mod:`sciml.distributed`): every rank takes its
+share of each step from one shared plan (:class:`~sciml.data.sampling.AtomBalancedBatchSampler`,
+balanced by atoms), gradients are averaged over ranks (:mod:`sciml.train.parallel`), losses and
+throughput are summed over ranks, every rank validates on the whole validation set (so all ranks
+agree on schedules and early stopping), and only rank 0 writes files. A rank's loss is the mean
+over its batch, so ``N`` ranks with ``batch_size`` B take the same steps as one process with
+``batch_size`` N x B when structures are equally large.
 """
 
 from __future__ import annotations
@@ -24,28 +36,39 @@ import contextlib
 import csv
 import json
 import math
+import resource
+import signal
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import yaml
 from tqdm.auto import tqdm
 
+from sciml import distributed
 from sciml.data.crystals import alignn_split, matbench_folds
-from sciml.io.checkpoint import load_checkpoint, save_checkpoint
+from sciml.data.sampling import AtomBalancedBatchSampler
+from sciml.io.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from sciml.io.files import atomic_path
 from sciml.models import build_model
+from sciml.train.acceleration import compile_model, enable_activation_checkpointing
+from sciml.train.checkpoints import newest_checkpoint, prune_step_checkpoints, step_checkpoint_path
 from sciml.train.config import TrainConfig
 from sciml.train.evaluation import format_metrics
-from sciml.train.problem import make_problem
 from sciml.train.optim import ExponentialMovingAverage, LearningRateSchedule, build_optimizer
+from sciml.train.parallel import average_gradients, broadcast_parameters, broadcast_running_statistics
+from sciml.train.problem import make_problem
+from sciml.train.signals import StopSignals, TrainingInterrupted
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # Keys that may change when a run is resumed; any other difference is refused.
-_RESUMABLE_CHANGES = ("epochs", "early_stopping_patience", "device", "valid_batch_size", "output_dir")
+_RESUMABLE_CHANGES = ("epochs", "early_stopping_patience", "device", "valid_batch_size", "checkpoint_every",
+                      "keep_checkpoints", "activation_checkpointing", "compile", "output_dir")
+_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 _RUN_FILES = ("last.pt", "best.pt", "metrics.csv")
 
 
@@ -73,61 +96,99 @@ class TrainResult:
         return "\n".join(parts)
 
 
-def train(config: TrainConfig, resume: bool = False, verbose: bool = True) -> TrainResult:
-    """Train as configured; ``resume`` continues the run in ``config.output_dir`` from ``last.pt``."""
+def train(config: TrainConfig, resume: "bool | str" = False, verbose: bool = True) -> TrainResult:
+    """Train as configured; ``resume`` continues the run in ``config.output_dir`` (see :class:`Trainer`)."""
     return Trainer(config, resume=resume, verbose=verbose).fit()
 
 
 class Trainer:
     """One training run (see the module docstring for what it writes).
 
-    Construction builds the model, reads the samples through the problem, makes (or, on resume,
-    reloads) the split and restores state from ``last.pt`` when resuming; :meth:`fit` trains.
+    Construction joins the process group when launched by torchrun, builds the model, reads the
+    samples through the problem, makes (or, on resume, reloads) the split and restores the saved
+    state; :meth:`fit` trains.
+
+    ``resume``: False starts a new run (refused where one exists); True continues from the newest
+    valid checkpoint of the run (``last.pt`` or a step checkpoint; truncated ones are skipped with
+    a warning); ``"auto"`` does the same when the run has a checkpoint and starts a new run when the
+    folder holds none; a path continues from that checkpoint.
 
     Raises:
-        ValueError: the output directory already holds a run and ``resume`` is False; resuming
-            without ``last.pt``, with a changed config or changed data; bad data or config.
+        ValueError: the output directory already holds a run and ``resume`` is False; nothing to
+            resume from; a checkpoint of another model, config, data or number of ranks; bad
+            data or config; :class:`~sciml.distributed.DistributedError` for a broken launch.
     """
 
-    def __init__(self, config: TrainConfig, resume: bool = False, verbose: bool = True):
+    def __init__(self, config: TrainConfig, resume: "bool | str" = False, verbose: bool = True):
         config.validate()
-        self.config, self.verbose = config, verbose
+        self.config = config
         self.output_dir = Path(config.output_dir)
+        self.context = distributed.setup(config.device)
+        self.verbose = verbose and self.context.is_main
         checkpoint = self._check_output_dir(resume)
-        self.device = torch.device("cuda" if config.device == "auto" and torch.cuda.is_available()
-                                   else "cpu" if config.device == "auto" else config.device)
+        self.device = self.context.device(config.device)
         self.dtype = _DTYPES[config.dtype]
         torch.manual_seed(config.seed)
         self.model = build_model(config.model.name, **config.model.options)
         self.problem = make_problem(config, self.model, self.dtype)
         self.samples = self.problem.load()
-        self.splits = self._load_splits() if resume else self._make_splits(len(self.samples))
+        self.splits = self._load_splits() if checkpoint is not None else self._make_splits(len(self.samples))
         self.train_set, self.valid_set, self.test_set = (
             [self.samples[i] for i in self.splits[name]] for name in ("train", "valid", "test"))
         self.statistics = self.problem.fit(self.train_set)
         self.model.to(device=self.device, dtype=self.dtype)
+        broadcast_parameters(self.model, self.context)
         self.optimizer = build_optimizer(self.model, config.optimizer)
-        self.sampler = self.problem.batch_sampler(self.train_set)
-        steps_per_epoch = len(self.sampler) if self.sampler is not None else math.ceil(len(self.train_set) / config.batch_size)
+        sizes = self.problem.sizes(self.train_set)
+        self.sampler = AtomBalancedBatchSampler(
+            sizes if sizes is not None else [1] * len(self.train_set), config.batch_size, config.batch_max_atoms,
+            num_replicas=self.context.world_size, rank=self.context.rank, seed=config.seed)
+        self.atoms_counted = sizes is not None
+        steps_per_epoch = math.ceil(len(self.sampler) / config.accumulate_batches)
         self.schedule = LearningRateSchedule(self.optimizer, config.scheduler, steps_per_epoch, config.epochs)
         self.ema = ExponentialMovingAverage(self.model, config.ema_decay) if config.ema_decay is not None else None
-        self.shuffle_generator = torch.Generator().manual_seed(config.seed)
+        self.amp_dtype = _AMP_DTYPES.get(config.amp)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.amp == "fp16")
         self.start_epoch, self.best_epoch, self.best_valid_loss, self.stale_epochs = 1, 0, math.inf, 0
+        self.global_step, self.resume_position, self.resume_sums = 0, 0, (0.0, 0.0, 0.0)
         if checkpoint is not None:
             self._restore(checkpoint)
-        self._write_yaml(self.output_dir / "config.yaml", config.to_dict())
+        if config.activation_checkpointing:
+            enable_activation_checkpointing(self.model)
+        if config.compile:
+            compile_model(self.model)
+        if self.context.is_main:
+            self._write_yaml(self.output_dir / "config.yaml", config.to_dict())
 
     # ------------------------------------------------------------------------- setup
-    def _check_output_dir(self, resume: bool) -> Optional[Dict[str, Any]]:
-        """Refuse to overwrite a run; on resume return ``last.pt`` after checking the config."""
-        if not resume:
-            if any((self.output_dir / name).exists() for name in _RUN_FILES):
+    def _check_output_dir(self, resume: "bool | str") -> Optional[Dict[str, Any]]:
+        """Refuse to overwrite a run; on resume return the checkpoint to continue from after
+        checking that it belongs to this config and number of ranks. Reads files only."""
+        has_run = any((self.output_dir / name).exists() for name in _RUN_FILES)
+        if resume is False:
+            if has_run:
                 raise ValueError(f"output directory {self.output_dir} already holds a run; use --resume or another directory")
             return None
-        last = self.output_dir / "last.pt"
-        if not last.is_file():
-            raise ValueError(f"cannot resume: {last} does not exist (start a new run without --resume)")
-        checkpoint = load_checkpoint(last)
+        if resume is True or resume == "auto":
+            with warnings.catch_warnings(record=True) as skipped:
+                warnings.simplefilter("always")
+                found = newest_checkpoint(self.output_dir)
+            if self.context.is_main:
+                for warning in skipped:
+                    print(f"warning: {warning.message}", file=sys.stderr)
+            if found is None:
+                if resume == "auto" and not has_run:
+                    return None
+                raise ValueError(f"cannot resume: {self.output_dir} has no checkpoint (start a new run without --resume)")
+            path, checkpoint = found
+        else:
+            path = Path(resume)
+            checkpoint = load_checkpoint(path)
+        name = self.config.model.name
+        if checkpoint.get("model_name") != name or "train_config" not in checkpoint:
+            raise CheckpointError(f"cannot resume from {path}: it holds a {checkpoint.get('model_name')!r} model "
+                                  f"{'' if 'train_config' in checkpoint else 'without training state '}"
+                                  f"and the config trains {name!r}")
         # the saved config read back with today's defaults, so keys added since it was written
         # (at their default values) are not differences
         saved = TrainConfig.from_dict(checkpoint["train_config"]).to_dict()
@@ -136,6 +197,14 @@ class Trainer:
         if changed:
             raise ValueError(f"cannot resume {self.output_dir}: the config differs from the saved run at "
                              f"{'; '.join(changed)} (only {', '.join(_RESUMABLE_CHANGES[:-1])} may change)")
+        saved_ranks = int(checkpoint.get("world_size", 1))
+        if saved_ranks != self.context.world_size:
+            raise ValueError(f"cannot resume from {path}: it was written by a run of {saved_ranks} rank(s), this one "
+                             f"has {self.context.world_size}; the batches per step would differ (launch "
+                             f"{saved_ranks} rank(s), or start a new run)")
+        if self.context.is_main and self.verbose:
+            print(f"resuming from {path} (epoch {checkpoint['epoch']}, step {checkpoint.get('global_step', '?')})",
+                  file=sys.stderr)
         return checkpoint
 
     def _make_splits(self, total: int) -> Dict[str, List[int]]:
@@ -176,6 +245,8 @@ class Trainer:
 
     def _save_splits(self, total: int, splits: Dict[str, List[int]]) -> Dict[str, List[int]]:
         split = self.config.split
+        if not self.context.is_main:
+            return splits
         with atomic_path(self.output_dir / "splits.json") as tmp:
             tmp.write_text(json.dumps({"data_path": str(self.config.data.path), "num_structures": total,
                                        "seed": split.seed, **splits}))
@@ -193,45 +264,57 @@ class Trainer:
         return {name: saved[name] for name in ("train", "valid", "test")}
 
     def _restore(self, checkpoint: Dict[str, Any]) -> None:
-        """Continue exactly where ``last.pt`` stopped: weights, optimizer, schedule, EMA, RNGs."""
+        """Continue exactly where the checkpoint stopped: weights, optimizer, schedule, gradient
+        scaler, EMA, position in the epoch, partial training loss and RNGs."""
         self.model.load_state_dict(checkpoint["train_state_dict"] or checkpoint["state_dict"])
         if self.ema is not None:
             self.ema.load_state_dict(checkpoint["state_dict"], checkpoint["ema_num_updates"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.schedule.load_state_dict(checkpoint["scheduler"])
+        if checkpoint.get("scaler"):
+            self.scaler.load_state_dict(checkpoint["scaler"])
         rng = checkpoint["rng"]
         torch.set_rng_state(rng["torch"])
-        self.shuffle_generator.set_state(rng["shuffle"])
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(list(rng["cuda"]))
         self.start_epoch = checkpoint["epoch"] + 1
+        self.global_step = int(checkpoint.get("global_step", 0))
+        self.resume_position = int(checkpoint.get("epoch_batches_done", 0))
+        if self.context.is_main:  # the partial sums are global; rank 0 carries them on
+            self.resume_sums = tuple(checkpoint.get("epoch_partial_sums", (0.0, 0.0, 0.0)))
         self.best_epoch, self.best_valid_loss = checkpoint["best_epoch"], checkpoint["best_metric"]
         self.stale_epochs = checkpoint["stale_epochs"]
-        self._truncate_metrics(checkpoint["epoch"])
+        if self.context.is_main:
+            self._truncate_metrics(checkpoint["epoch"])
 
     # ------------------------------------------------------------------------- training
     def fit(self) -> TrainResult:
-        """Train from ``start_epoch`` to ``config.epochs`` (or an early stop), then test.
+        """Train from where the run stands to ``config.epochs`` (or an early stop), then test.
 
         Afterwards the model holds the weights of ``best.pt``.
+
+        Raises:
+            TrainingInterrupted: SIGTERM or SIGUSR1 arrived; a step checkpoint was saved first.
         """
         config = self.config
-        writer = _tensorboard_writer(self.output_dir / "tensorboard")
+        writer = _tensorboard_writer(self.output_dir / "tensorboard") if self.context.is_main else None
         stopped_early = False
         epoch = self.start_epoch - 1
         try:
-            for epoch in range(self.start_epoch, config.epochs + 1):
-                row = self._run_epoch(epoch)
-                if writer is not None:
-                    for name, value in row.items():
-                        if name != "epoch":
-                            writer.add_scalar(name, value, epoch)
-                if config.early_stopping_patience is not None and self.stale_epochs >= config.early_stopping_patience:
-                    stopped_early = True
-                    break
+            with StopSignals() as signals:
+                for epoch in range(self.start_epoch, config.epochs + 1):
+                    row = self._run_epoch(epoch, signals)
+                    if writer is not None:
+                        for name, value in row.items():
+                            if name != "epoch":
+                                writer.add_scalar(name, value, epoch)
+                    if config.early_stopping_patience is not None and self.stale_epochs >= config.early_stopping_patience:
+                        stopped_early = True
+                        break
         finally:
             if writer is not None:
                 writer.close()
+        self.context.barrier()  # best.pt is complete on disk
         best = load_checkpoint(self.output_dir / "best.pt", map_location=self.device)
         self.model.load_state_dict(best["state_dict"])
         result = TrainResult(self.output_dir, epoch, self.best_epoch, self.best_valid_loss, stopped_early,
@@ -239,40 +322,52 @@ class Trainer:
         if self.test_set:
             result.test_metrics = self.problem.evaluate(self.test_set, self._valid_batch_size(), self.device, with_loss=False)
             result.baseline_metrics = self.problem.baselines(self.train_set, self.test_set)
-            with atomic_path(self.output_dir / "test_metrics.json") as tmp:
-                tmp.write_text(json.dumps({"model": result.test_metrics, "baselines": result.baseline_metrics}, indent=1))
+            if self.context.is_main:
+                with atomic_path(self.output_dir / "test_metrics.json") as tmp:
+                    tmp.write_text(json.dumps({"model": result.test_metrics, "baselines": result.baseline_metrics}, indent=1))
         return result
 
-    def _run_epoch(self, epoch: int) -> Dict[str, float]:
-        """Train one epoch, validate, log a metrics row and save checkpoints; returns the row."""
-        config = self.config
+    def _run_epoch(self, epoch: int, signals: Optional[StopSignals] = None) -> Dict[str, float]:
+        """Train one epoch (from the saved position when it was interrupted), validate, log a
+        metrics row and save checkpoints; returns the row."""
+        config, context = self.config, self.context
         started = time.perf_counter()
         self.model.train()
-        if self.sampler is not None:
-            self.sampler.set_epoch(epoch)
-            batches = list(self.sampler)
-        else:
-            order = torch.randperm(len(self.train_set), generator=self.shuffle_generator).tolist()
-            batches = [order[k:k + config.batch_size] for k in range(0, len(order), config.batch_size)]
-        progress = tqdm(batches, desc=f"epoch {epoch}/{config.epochs}", leave=False, unit="batch",
+        self.sampler.set_epoch(epoch)
+        batches = list(self.sampler)
+        first = self.resume_position if epoch == self.start_epoch else 0
+        # (loss x structures, structures, atoms) of this rank, plus the global sums saved mid-epoch
+        sums = list(self.resume_sums) if epoch == self.start_epoch else [0.0, 0.0, 0.0]
+        progress = tqdm(range(first, len(batches)), desc=f"epoch {epoch}/{config.epochs}", leave=False, unit="batch",
                         disable=not (self.verbose and sys.stderr.isatty()))
-        loss_sum, lr, seen = 0.0, self.schedule.base_lrs[0], 0
-        for indices in progress:
+        lr = self.schedule.base_lrs[0] * self.schedule.current_factor()
+        self.optimizer.zero_grad(set_to_none=True)
+        for position in progress:
+            indices = batches[position]
             batch = self.problem.collate([self.train_set[i] for i in indices]).to(self.device)
-            lr = self.schedule.apply()
-            loss = self.problem.loss(batch, self.problem.outputs(batch))
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
-            self.optimizer.step()
-            if self.ema is not None:
-                self.ema.update(self.model)
-            loss_sum += float(loss.detach()) * len(indices)
-            seen += len(indices)
+            group_start = position - position % config.accumulate_batches
+            group = min(config.accumulate_batches, len(batches) - group_start)
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                loss = self.problem.loss(batch, self.problem.outputs(batch))
+            self.scaler.scale(loss / group).backward()
+            sums[0] += float(loss.detach()) * len(indices)
+            sums[1] += len(indices)
+            sums[2] += self._atoms(batch)
             progress.set_postfix(loss=f"{float(loss.detach()):.4g}")
+            if position + 1 - group_start < group:
+                continue
+            lr = self._optimizer_step()
+            received = signals.received if signals is not None else None
+            stop = context.any(received is not None)
+            every = config.checkpoint_every
+            if stop or (every is not None and self.global_step % every == 0 and position + 1 < len(batches)):
+                path = self._save_step_checkpoint(epoch, position + 1, sums)
+                if stop:
+                    raise TrainingInterrupted(received or signal.SIGTERM, str(path))
+        loss_sum, seen, atoms = context.all_reduce_sum(sums)
         if not math.isfinite(loss_sum):
             raise FloatingPointError(f"training loss became {loss_sum} in epoch {epoch}; lower optimizer.lr or set grad_clip")
+        train_time = time.perf_counter() - started
 
         with self.ema.applied(self.model) if self.ema is not None else contextlib.nullcontext():
             valid = self.problem.evaluate(self.valid_set, self._valid_batch_size(), self.device, with_loss=True)
@@ -286,27 +381,68 @@ class Trainer:
             self.best_epoch, self.best_valid_loss, self.stale_epochs = epoch, valid_loss, 0
         else:
             self.stale_epochs += 1
-        row = {"epoch": epoch, "train_loss": loss_sum / seen, "valid_loss": valid_loss,
-               **{f"valid_{k}": v for k, v in valid.items()}, "lr": lr, "epoch_time_s": time.perf_counter() - started}
-        self._append_metrics(row)
-        payload = self._checkpoint_payload(epoch, valid)
-        if improved:
-            save_checkpoint(self.output_dir / "best.pt", **payload)
-        save_checkpoint(self.output_dir / "last.pt", **payload)
+        row = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "valid_loss": valid_loss,
+               **{f"valid_{k}": v for k, v in valid.items()}, "lr": lr, "epoch_time_s": time.perf_counter() - started,
+               "samples_per_s": seen / train_time, **({"atoms_per_s": atoms / train_time} if self.atoms_counted else {}),
+               "peak_memory_mb": _peak_memory_mb(self.device)}
+        if context.is_main:
+            self._append_metrics(row)
+            payload = self._checkpoint_payload(epoch, valid, 0, (0.0, 0.0, 0.0))
+            if improved:
+                save_checkpoint(self.output_dir / "best.pt", **payload)
+            save_checkpoint(self.output_dir / "last.pt", **payload)
         if self.verbose:
             tqdm.write(f"epoch {epoch}/{config.epochs}  train {row['train_loss']:.4g}  valid {valid_loss:.4g}  "
                        + "  ".join(f"{k[6:]} {v:.4g}" for k, v in row.items() if k.startswith("valid_") and k != "valid_loss")
-                       + f"  lr {lr:.3g}  {row['epoch_time_s']:.1f}s" + ("  *" if improved else ""))
+                       + f"  lr {lr:.3g}  {row['epoch_time_s']:.1f}s  {row['samples_per_s']:.1f} samples/s"
+                       + ("  *" if improved else ""))
         return row
+
+    def _optimizer_step(self) -> float:
+        """Average gradients over ranks, clip, step (through the fp16 scaler), update the EMA and
+        the ranks' batch-norm statistics; returns the learning rate used."""
+        lr = self.schedule.apply()
+        average_gradients(self.model, self.context)
+        if self.config.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update(self.model)
+        broadcast_running_statistics(self.model, self.context)
+        self.global_step += 1
+        return lr
+
+    def _atoms(self, batch: Any) -> int:
+        return int(batch.num_nodes) if self.atoms_counted else 0
+
+    def _save_step_checkpoint(self, epoch: int, batches_done: int, sums: List[float]) -> Path:
+        """Rank 0 writes ``checkpoints/step-<global step>.pt`` (mid-epoch ``epoch``, after
+        ``batches_done`` batches) and prunes old ones; every rank waits until it is on disk."""
+        totals = self.context.all_reduce_sum(sums)
+        path = step_checkpoint_path(self.output_dir, self.global_step)
+        if self.context.is_main:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            payload = self._checkpoint_payload(epoch - 1, {}, batches_done, tuple(totals))
+            save_checkpoint(path, **payload)
+            prune_step_checkpoints(self.output_dir, self.config.keep_checkpoints)
+        self.context.barrier()
+        return path
 
     def _valid_batch_size(self) -> int:
         return self.config.valid_batch_size or self.config.batch_size
 
     # ------------------------------------------------------------------------- files
-    def _checkpoint_payload(self, epoch: int, valid_metrics: Dict[str, float]) -> Dict[str, Any]:
+    def _checkpoint_payload(self, epoch: int, valid_metrics: Dict[str, float], batches_done: int,
+                            partial_sums: Tuple[float, float, float]) -> Dict[str, Any]:
+        """Everything to resume: ``epoch`` is the last finished epoch, ``batches_done`` the batches of
+        the next one already trained (0 at an epoch end) and ``partial_sums`` their global
+        (loss x samples, samples, atoms)."""
         model = self.model
         weights = self.ema.averaged_state_dict(model) if self.ema is not None else model.state_dict()
-        rng = {"torch": torch.get_rng_state(), "shuffle": self.shuffle_generator.get_state()}
+        rng = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
         return dict(
@@ -318,7 +454,12 @@ class Trainer:
             ema_num_updates=self.ema.num_updates if self.ema is not None else None,
             optimizer=self.optimizer.state_dict(),
             scheduler=self.schedule.state_dict(),
+            scaler=self.scaler.state_dict() if self.scaler.is_enabled() else None,
             epoch=epoch,
+            global_step=self.global_step,
+            epoch_batches_done=batches_done,
+            epoch_partial_sums=list(partial_sums),
+            world_size=self.context.world_size,
             best_epoch=self.best_epoch,
             best_metric=self.best_valid_loss,
             stale_epochs=self.stale_epochs,
@@ -375,3 +516,10 @@ def _tensorboard_writer(folder: Path):
     except ImportError:
         return None
     return SummaryWriter(str(folder))
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    """Peak GPU memory allocated on a CUDA device, else the process's peak resident memory (MB)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
