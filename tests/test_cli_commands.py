@@ -47,6 +47,7 @@ def test_train_writes_run_files_and_resume_continues(run, capsys):
     out = run / "run"
     assert {"best.pt", "last.pt", "metrics.csv", "config.yaml", "splits.json"} <= {p.name for p in out.iterdir()}
     assert main(["train", str(run / "config.yaml"), "--resume", "--epochs", "3"]) == 0
+    assert f"resuming from {out / 'last.pt'} (epoch 2" in capsys.readouterr().err
     epochs = [line.split(",")[0] for line in (out / "metrics.csv").read_text().splitlines()[1:]]
     assert epochs == ["1", "2", "3"]
     best = (out / "best.pt").read_bytes()

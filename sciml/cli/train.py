@@ -71,13 +71,13 @@ def run_train(args) -> int:
     config = load_config(args.config, overrides)
     try:
         result = train(config, resume=args.resume)
+        if is_main_process():
+            print(result.summary())
     except TrainingInterrupted as stop:
         print(f"sciml train: {stop}", file=sys.stderr)
         return stop.exit_code
     finally:
         teardown()
-    if is_main_process():
-        print(result.summary())
     return 0
 
 
