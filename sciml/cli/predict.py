@@ -1,13 +1,13 @@
-"""``sciml predict``: energies, forces and stress, or the properties a model predicts, of structures in files."""
+"""``sciml predict``: energies, forces and stress, or the properties a model predicts, of structures in files.
+
+The work is done by :mod:`sciml.batch_inference`: workers read files and build graphs, ranks of a
+``torchrun`` job share the structures, and ``--output`` runs resume where they stopped.
+"""
 
 from __future__ import annotations
 
-import csv
-import json
 import sys
 from pathlib import Path
-
-import numpy as np
 
 from sciml.cli.common import add_command, refuse_overwrite
 
@@ -15,110 +15,107 @@ EXAMPLES = """  sciml predict --checkpoint runs/ethanol/best.pt frames.extxyz --
   sciml predict --checkpoint runs/jarvis_formation/best.pt cifs/*.cif          # prints a property table
   sciml predict --checkpoint model.pt POSCAR a.cif b.cif --output predictions.csv
   sciml predict --checkpoint model.pt structures.xyz --output predictions.json --batch-size 64
+  sciml predict --checkpoint model.pt structures.db --files-from cifs.txt --workers 8 --output predictions.csv
+  torchrun --nproc-per-node 4 --no-python sciml predict --checkpoint model.pt --device cuda \\
+      --files-from cifs.txt --workers 4 --output predictions.extxyz           # 4 GPUs share the structures
+
+  With --output, results are appended to OUTPUT.parts/rank-<r>.jsonl batch by batch and merged into
+  OUTPUT at the end; an interrupted run resumes when started again with the same command (the
+  structures already in OUTPUT.parts are not predicted again). Bad files and structures are listed
+  and skipped; they are recorded, so a resume skips them too unless --retry-errors is given.
+  --force overwrites OUTPUT and deletes OUTPUT.parts: the run starts from scratch.
 """
-PREFIX = "sciml_"  # extxyz keys of predictions, like MACE's "MACE_energy"
 
 
 def register(sub) -> None:
     parser = add_command(sub, "predict", "predict energies/forces/stress or properties for structure files", EXAMPLES)
     parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("files", nargs="+", help="CIF, POSCAR, xyz, extxyz or any ase-readable file")
-    parser.add_argument("--output", help="out.csv, out.json or out.extxyz (default: print a table only)")
+    parser.add_argument("files", nargs="*",
+                        help="CIF, POSCAR, xyz, extxyz, ase .db or .traj, or any ase-readable file; each structure "
+                             "of a multi-structure file is predicted")
+    parser.add_argument("--files-from", metavar="LIST",
+                        help="a text file of structure files, one path per line (after the FILES given); "
+                             "blank lines and lines starting with # are ignored")
+    parser.add_argument("--output", help="out.csv, out.json or out.extxyz, resumable (default: print a table only)")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--force", action="store_true", help="overwrite --output if it exists")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="processes reading files and building graphs while the model runs (default 0: none)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda (under torchrun: each rank's own GPU) or cuda:N")
+    parser.add_argument("--force", action="store_true",
+                        help="overwrite --output if it exists and discard OUTPUT.parts of an interrupted run")
+    parser.add_argument("--retry-errors", action="store_true",
+                        help="on resume, try again the structures an earlier run recorded as bad")
     parser.set_defaults(run=run)
 
 
 def run(args) -> int:
-    from sciml.inference import load_model, predict
-    from sciml.io.files import atomic_path, write_extxyz
+    from sciml import batch_inference
+    from sciml.distributed import setup, teardown
+    from sciml.inference import load_model
 
+    paths = list(args.files) + (_read_file_list(args.files_from) if args.files_from else [])
+    if not paths:
+        raise ValueError("no structure files: give FILES or --files-from LIST")
+    if args.batch_size < 1 or args.workers < 0:
+        raise ValueError(f"--batch-size must be >= 1 and --workers >= 0, got {args.batch_size} and {args.workers}")
     output = refuse_overwrite(args.output, args.force) if args.output else None
-    kind = output.suffix.lower().lstrip(".") if output else None
-    if output and kind not in ("csv", "json", "extxyz", "xyz"):
-        raise ValueError(f"--output must end in .csv, .json or .extxyz, got {output.name}")
-    model = load_model(args.checkpoint, device=args.device)
-    structures, sources, results, bad = [], [], [], []
-    for path in args.files:  # a bad file is listed and skipped, the others are predicted
-        try:
-            frames = _read(path)
-            predicted = predict(frames, model, batch_size=args.batch_size, device=args.device)
-        except (ValueError, OSError) as err:
-            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-            bad.append((path, reason if str(path) in reason else f"{path}: {reason}"))
-            continue
-        structures += frames
-        sources += [(path, k) for k in range(len(frames))]
-        results += predicted
-    if not structures:
-        if len(bad) == 1:
-            raise ValueError(bad[0][1])
-        raise ValueError("no structure could be predicted; bad files: " + "; ".join(reason for _, reason in bad))
-    for path, reason in bad:
-        print(f"skipped {reason}", file=sys.stderr)
-    rows = [_summary_row(atoms, source, row) for atoms, source, row in zip(structures, sources, results)]
-    if output is None:
-        print(_table(rows))
-    elif kind in ("extxyz", "xyz"):
-        for atoms, row in zip(structures, results):
-            atoms.calc = None
-            for key, value in row.items():
-                store = atoms.arrays if key == "forces" else atoms.info
-                store[f"{PREFIX}{key}"] = value.reshape(-1) if key == "stress" else value
-        write_extxyz(output, structures)
-    else:
-        if kind == "json":  # JSON keeps the full arrays
-            for out, row in zip(rows, results):
-                if "forces" in row:
-                    out["forces_eV_per_A"] = row["forces"].tolist()
-                if "stress" in row:
-                    out["stress_eV_per_A3"] = row["stress"].tolist()
-        with atomic_path(output) as tmp, open(tmp, "w", newline="") as handle:
-            if kind == "json":
-                json.dump(rows, handle, indent=1)
-            else:
-                writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-                writer.writeheader()
-                writer.writerows(rows)
     if output is not None:
-        print(f"wrote predictions for {len(structures)} structures to {output}")
-    if bad:
-        print(f"skipped {len(bad)} bad file{'s' * (len(bad) != 1)} (listed above)", file=sys.stderr)
+        batch_inference.output_format(output)  # refuses a bad suffix before the model is loaded
+    ctx = setup(args.device)
+    try:
+        if output is None and ctx.world_size > 1:
+            raise ValueError("--output is needed to predict across ranks (each rank writes its share there)")
+        model = load_model(args.checkpoint, device=ctx.device(args.device))
+        if output is None:
+            records, skipped = batch_inference.predict_structures(model, paths, args.batch_size, args.workers)
+            _print_skipped(skipped)
+            print(_table(records))
+        else:
+            summary = batch_inference.predict_to_file(
+                model, paths, output, ctx=ctx, batch_size=args.batch_size, workers=args.workers, force=args.force,
+                retry_errors=args.retry_errors, job=_job(args.checkpoint) if ctx.is_main else None,
+            )
+            if summary is not None:  # rank 0
+                _print_skipped(summary.skipped)
+                print(f"wrote predictions for {summary.predicted} structures to {output}")
+    finally:
+        teardown()
     return 0
 
 
-def _read(path: str) -> list:
-    """Structures of one file; CIFs are validated (partial occupancies, overlapping atoms, missing
-    lattice, unknown elements raise an error naming the file)."""
-    from sciml.data.crystals import read_cif
-    from sciml.data.readers import read_structures
+def _job(checkpoint: str) -> dict:
+    """What OUTPUT.parts must have been made with to be resumed: the same model."""
+    from sciml.batch_inference import file_sha256
 
-    if Path(path).suffix.lower() == ".cif":
-        return [read_cif(path)]
-    return read_structures(path, energy_key=None, forces_key=None, stress_key=None)
+    return {"checkpoint_sha256": file_sha256(checkpoint)}
 
 
-def _summary_row(atoms, source, row) -> dict:
-    path, index = source
-    out = {"file": str(Path(path)), "index": index, "formula": atoms.get_chemical_formula(), "atoms": len(atoms)}
-    if "energy" in row:
-        out["energy_eV"] = row["energy"]
-        out["energy_per_atom_eV"] = row["energy"] / len(atoms)
-    if "forces" in row:
-        out["max_force_eV_per_A"] = float(np.linalg.norm(row["forces"], axis=1).max())
-    if "stress" in row:
-        out["pressure_GPa"] = float(-np.trace(row["stress"]) / 3 * 160.21766208)
-    for key, value in row.items():
-        if key not in ("energy", "forces", "stress") and np.ndim(value) == 0:
-            out[key] = value
-    return out
+def _read_file_list(path: str) -> list:
+    """The paths listed in ``path``, one a line, as written (relative ones are relative to the
+    working directory, as for FILES)."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as err:
+        raise ValueError(f"--files-from {path}: cannot read ({err.strerror or err})") from None
+    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 
-def _table(rows: list) -> str:
-    """A fixed-width text table of the summary rows (floats with 6 significant digits)."""
-    columns = list(rows[0])
-    cells = [[f"{row[c]:.6g}" if isinstance(row[c], float) else str(row[c]) for c in columns] for row in rows]
+def _print_skipped(skipped: list) -> None:
+    for reason in skipped:
+        print(f"skipped {reason}", file=sys.stderr)
+    if skipped:
+        print(f"skipped {len(skipped)} bad file{'s' * (len(skipped) != 1)} or structure{'s' * (len(skipped) != 1)} "
+              f"(listed above)", file=sys.stderr)
+
+
+def _table(records: list) -> str:
+    """A fixed-width text table of the records' summary rows (floats with 6 significant digits)."""
+    from sciml.batch_inference import output_fields, summary_columns, summary_row
+
+    fields = dict.fromkeys(name for record in records for name in output_fields(record))
+    columns = summary_columns(list(fields))
+    rows = [summary_row(record) for record in records]
+    cells = [[f"{v:.6g}" if isinstance(v, float) else str(v) for v in (row.get(c, "") for c in columns)] for row in rows]
     widths = [max(len(c), *(len(line[k]) for line in cells)) for k, c in enumerate(columns)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(line, widths)) for line in cells]
