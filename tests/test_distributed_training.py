@@ -302,3 +302,30 @@ def test_activation_checkpointing_keeps_gradients(name):
         grads.append({k: p.grad for k, p in m.named_parameters()})
     for key, grad in grads[0].items():
         assert torch.allclose(grad, grads[1][key], atol=1e-6, rtol=1e-5), key
+
+
+def test_compile_trains_field_models_as_eager_and_refuses_force_training(workdir, tmp_path):
+    from sciml.data.pde import generate_navier_stokes, write_fno_mat
+
+    data = generate_navier_stokes(16, resolution=16, solver_resolution=32, viscosity=1e-3, forcing="symmetric",
+                                  t_final=2.0, record_every=0.25, dt=2.5e-3, scheme="heun", seed=0, dtype=torch.float32)
+    path = tmp_path / "ns16.mat"
+    write_fno_mat(path, data["vorticity"].numpy(), data["initial"].numpy(), data["t"].numpy())
+    losses = []
+    for compiled in (False, True):
+        config = load_config(None, [
+            f"data.path={path}", "data.format=fno_mat", "model.name=fno2d", "model.options={t_in: 4, width: 8, modes: 4, blocks: 2}",
+            "fields.t_in=4", "fields.steps=3", "split.valid=4", "split.test=0", "batch_size=4", "epochs=2",
+            f"output_dir={tmp_path / str(compiled)}", f"compile={str(compiled).lower()}"])
+        losses.append(train(config, verbose=False).best_valid_loss)
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4)
+    config = load_config(write_config(workdir, "compiled_forces"), [f"output_dir={tmp_path / 'forces'}", "compile=true"])
+    with pytest.raises(ValueError, match="torch.compile cannot train on forces"):
+        Trainer(config, verbose=False)
+
+
+def test_bench_ddp_prints_the_ratio_of_two_ranks_to_one(capsys):
+    assert main(["bench", "ddp", "--structures", "48", "--epochs", "1", "--batch", "8"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    one, two = (line.split() for line in lines[-2:])
+    assert (one[0], two[0]) == ("1", "2") and float(one[4]) == 1.0 and float(two[4]) > 0

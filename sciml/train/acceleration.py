@@ -48,5 +48,9 @@ def compile_model(model: nn.Module) -> nn.Module:
     """
     if not hasattr(model, "compile"):
         raise ValueError("config key compile: this torch has no nn.Module.compile")
+    import torch._functorch.config as functorch_config
+
+    # forces differentiate the compiled energy with create_graph=True, which donated buffers forbid
+    functorch_config.donated_buffer = False
     model.compile(dynamic=True)
     return model

@@ -111,6 +111,11 @@ class AtomisticProblem:
         self.use_stress = first.stress is not None and config.loss.stress > 0 and bool(first.pbc.any())
         return self.statistics
 
+    @property
+    def differentiates_outputs(self) -> bool:
+        """True when the loss needs gradients of the outputs (forces, stress): double backward."""
+        return self.use_forces or self.use_stress
+
     @staticmethod
     def sizes(train: Sequence[AtomicGraph]) -> List[int]:
         """Atoms per structure: batches and ranks are balanced by them."""

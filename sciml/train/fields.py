@@ -83,6 +83,8 @@ class FieldProblem:
     def fit(self, train: Sequence[torch.Tensor]) -> Dict[str, float]:
         return {"t_in": self.options.t_in, "steps": self.options.steps}
 
+    differentiates_outputs = False
+
     @staticmethod
     def sizes(train: Sequence[torch.Tensor]) -> None:
         """None: every sample costs the same (batches are balanced by count)."""

@@ -7,6 +7,7 @@ checkpoints, splits, logs and resuming; a problem owns everything that depends o
 - ``fit(train) -> dict``: training statistics, given to the model (e.g. energy-head references,
   label standardisation), saved in checkpoints;
 - ``sizes(train)``: the cost of each sample (atoms) to balance batches and ranks by, or None;
+- ``differentiates_outputs``: whether the loss differentiates outputs (forces), i.e. double backward;
 - ``collate(samples)``: one batch (an object with ``.to(device)``);
 - ``outputs(batch) -> dict`` and ``loss(batch, outputs) -> scalar tensor``;
 - ``evaluate(samples, batch_size, device, with_loss) -> dict`` of metrics, with ``loss`` when

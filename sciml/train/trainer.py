@@ -156,6 +156,10 @@ class Trainer:
         if config.activation_checkpointing:
             enable_activation_checkpointing(self.model)
         if config.compile:
+            if self.problem.differentiates_outputs:
+                raise ValueError("config key compile: torch.compile cannot train on forces or stress (they "
+                                 "differentiate the energy twice, which compiled graphs do not support); set "
+                                 "compile: false, or loss.forces and loss.stress to 0")
             compile_model(self.model)
         if self.context.is_main:
             self._write_yaml(self.output_dir / "config.yaml", config.to_dict())
