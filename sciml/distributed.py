@@ -117,7 +117,7 @@ def setup(device: str = "auto", timeout_s: float | None = None) -> DistributedCo
     timeout = float(os.environ.get("SCIML_DIST_TIMEOUT", timeout_s if timeout_s is not None else DEFAULT_TIMEOUT_S))
     endpoint = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
     try:
-        dist.init_process_group(backend, rank=rank, world_size=world_size,
+        dist.init_process_group(backend, rank=rank, world_size=world_size, store=_round_store(world_size, timeout),
                                 timeout=datetime.timedelta(seconds=timeout))
     except (RuntimeError, ValueError, TimeoutError) as err:
         reason = " ".join(str(err).split())[:300]
@@ -125,6 +125,22 @@ def setup(device: str = "auto", timeout_s: float | None = None) -> DistributedCo
             f"rank {rank} of {world_size} could not join the process group at {endpoint} within {timeout:g} s "
             f"(unreachable rendezvous, or fewer processes started than WORLD_SIZE): {reason}") from None
     return DistributedContext(rank, world_size, local_rank, backend)
+
+
+def _round_store(world_size: int, timeout_s: float):
+    """Under torchrun's agent store, a store of this restart round only (else None: ``env://``).
+
+    torchrun keeps one store for all rounds, so after an elastic restart the previous round's
+    process-group keys (e.g. gloo's peer addresses) are still there and a fast new rank may
+    connect to a dead peer. Every worker counts itself in; the first ``world_size`` joins form
+    round 0, the next round 1, and each round's keys live under their own prefix.
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size, is_master=False,
+                          timeout=datetime.timedelta(seconds=timeout_s))
+    restart_round = (store.add("sciml/joins", 1) - 1) // world_size
+    return dist.PrefixStore(f"sciml/round_{restart_round}/", store)
 
 
 def is_main_process() -> bool:

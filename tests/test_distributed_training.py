@@ -168,7 +168,7 @@ def test_torchrun_max_restarts_recovers_a_killed_worker(workdir, two_rank_run):
     config = write_config(workdir, "elastic", checkpoint_every=2)
     out = workdir / "elastic"
     command = sciml_command("train", str(config), "--output-dir", str(out), "--resume", "auto", ranks=2,
-                            launcher=("--max-restarts=3",))
+                            launcher=("--max-restarts=1",))
     agent = subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for_step(out, 16, agent)  # 12 steps per epoch on each rank
     workers = _children(agent.pid)
