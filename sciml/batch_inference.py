@@ -55,9 +55,10 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequ
 import numpy as np
 import torch
 
+from sciml.data.readers import check_structure_file
 from sciml.distributed import DistributedContext
 from sciml.graph import AtomicGraph, GraphSpec
-from sciml.inference import model_dtype, predict_batches
+from sciml.inference import model_dtype, per_structure_outputs, predict_batches
 
 OUTPUT_FORMATS = ("csv", "json", "extxyz", "xyz")
 PREFIX = "sciml_"  # extxyz keys of predictions, like MACE's "MACE_energy"
@@ -119,7 +120,7 @@ def _index_file(path: str) -> Tuple[str, list]:
         single = False
     if single:
         return "single", [None]
-    _check_file(path)
+    check_structure_file(path)
     if suffix in (".xyz", ".extxyz"):
         return "xyz", _xyz_frame_ranges(path)
     try:
@@ -148,17 +149,6 @@ def _index_file(path: str) -> Tuple[str, list]:
         raise ValueError(f"{path}: cannot read file ({type(err).__name__}: {_first_line(err)})") from None
     frames = read_structures(path, energy_key=None, forces_key=None, stress_key=None)
     return "any", [None] * len(frames)
-
-
-def _check_file(path: str) -> None:
-    """The checks :func:`sciml.data.readers.read_structures` makes before reading."""
-    where = Path(path)
-    if not where.exists():
-        raise ValueError(f"{path}: no such file")
-    if where.is_dir():
-        raise ValueError(f"{path}: is a directory, not a structure file")
-    if where.stat().st_size == 0:
-        raise ValueError(f"{path}: file is empty")
 
 
 def _xyz_frame_ranges(path: str) -> List[Tuple[int, int]]:
@@ -347,20 +337,12 @@ def _predict_batch(model: torch.nn.Module, batch: AtomicGraph, device) -> List[d
     """Per-structure outputs as :func:`sciml.inference.predict` gives them, as floats and lists."""
     rows: List[dict] = []
     for on_device, out in predict_batches(model, [batch], batch_size=1, device=device):
-        for k in range(on_device.num_graphs):
-            lo, hi = int(on_device.ptr[k]), int(on_device.ptr[k + 1])
+        for outputs in per_structure_outputs(on_device, out):
             row: Dict[str, Any] = {}
             properties: Dict[str, Any] = {}
-            for key, value in out.items():
-                if key == "forces":
-                    row[key] = value[lo:hi].cpu().double().tolist()
-                elif key == "stress":
-                    if bool(on_device.pbc[k].any()):
-                        row[key] = value[k].cpu().double().tolist()
-                elif value.ndim >= 1 and value.shape[0] == on_device.num_graphs and key != "energies":
-                    item = value[k].cpu().double()
-                    scalar = float(item) if item.numel() == 1 else item.tolist()
-                    (row if key == "energy" else properties)[key] = scalar
+            for key, value in outputs.items():
+                plain = float(value) if key not in ("forces", "stress") and value.numel() == 1 else value.tolist()
+                (row if key in ("energy", "forces", "stress") else properties)[key] = plain
             if properties:
                 row["properties"] = properties
             rows.append(row)

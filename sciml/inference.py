@@ -114,17 +114,25 @@ def predict(
         graphs.append(graph)
     results: List[dict] = []
     for batch, out in predict_batches(model, graphs, batch_size, device, compute_stress=compute_stress):
-        for k in range(batch.num_graphs):
-            lo, hi = int(batch.ptr[k]), int(batch.ptr[k + 1])
-            row = {}
-            for key, value in out.items():
-                if key == "forces":
-                    row[key] = value[lo:hi].cpu().double().numpy()
-                elif key == "stress":
-                    if bool(batch.pbc[k].any()):
-                        row[key] = value[k].cpu().double().numpy()
-                elif value.ndim >= 1 and value.shape[0] == batch.num_graphs and key != "energies":
-                    item = value[k].cpu().double()
-                    row[key] = float(item) if item.numel() == 1 else item.numpy()
-            results.append(row)
+        for row in per_structure_outputs(batch, out):
+            results.append({key: float(value) if key not in ("forces", "stress") and value.numel() == 1 else value.numpy()
+                            for key, value in row.items()})
     return results
+
+
+def per_structure_outputs(batch: AtomicGraph, out: Dict[str, torch.Tensor]) -> Iterator[Dict[str, torch.Tensor]]:
+    """One batch's outputs split per structure, as CPU float64 tensors: ``forces`` (n, 3),
+    ``stress`` (3, 3) of periodic structures only, and every per-structure output (``energy``,
+    properties) under its name; per-atom outputs other than forces are left out."""
+    for k in range(batch.num_graphs):
+        lo, hi = int(batch.ptr[k]), int(batch.ptr[k + 1])
+        row = {}
+        for key, value in out.items():
+            if key == "forces":
+                row[key] = value[lo:hi]
+            elif key == "stress":
+                if bool(batch.pbc[k].any()):
+                    row[key] = value[k]
+            elif value.ndim >= 1 and value.shape[0] == batch.num_graphs and key != "energies":
+                row[key] = value[k]
+        yield {key: value.detach().cpu().double() for key, value in row.items()}

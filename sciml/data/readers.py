@@ -56,12 +56,7 @@ def read_structures(
             elements; non-finite coordinates or labels; a label missing from a frame.
     """
     path = Path(path)
-    if not path.exists():
-        raise ValueError(f"{path}: no such file")
-    if path.is_dir():
-        raise ValueError(f"{path}: is a directory, not a structure file")
-    if path.stat().st_size == 0:
-        raise ValueError(f"{path}: file is empty")
+    check_structure_file(path)
     try:
         frames = ase.io.read(path, index=index, format=format)
     except KeyError as err:
@@ -180,3 +175,14 @@ def _require(frames: Sequence[ase.Atoms], present: List[bool], key: str, what: s
 
 def _is_numeric(value: Any) -> bool:
     return np.asarray(value).dtype.kind in "biuf"
+
+
+def check_structure_file(path: "str | Path") -> None:
+    """ValueError naming ``path`` when it is missing, a directory or empty."""
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"{path}: no such file")
+    if path.is_dir():
+        raise ValueError(f"{path}: is a directory, not a structure file")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: file is empty")
