@@ -329,3 +329,22 @@ def test_bench_ddp_prints_the_ratio_of_two_ranks_to_one(capsys):
     lines = capsys.readouterr().out.splitlines()
     one, two = (line.split() for line in lines[-2:])
     assert (one[0], two[0]) == ("1", "2") and float(one[4]) == 1.0 and float(two[4]) > 0
+
+
+def test_inconsistent_launch_environments_are_clear_errors(monkeypatch):
+    from sciml.distributed import DistributedError, setup
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "5")
+    with pytest.raises(DistributedError, match="RANK=5 does not fit WORLD_SIZE=2"):
+        setup("cpu")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    monkeypatch.delenv("MASTER_PORT", raising=False)
+    with pytest.raises(DistributedError, match="MASTER_ADDR and MASTER_PORT unset"):
+        setup("cpu")
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    with pytest.raises(DistributedError, match="WORLD_SIZE='two' is not an integer"):
+        setup("cpu")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert not setup("cpu").enabled
