@@ -4,9 +4,11 @@ super-resolution, bad inputs and a tiny benchmark run."""
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch.func import functional_call
 
 from sciml.models import build_model
-from sciml.models.gfno import GroupLinear, GroupSpectralConv, PointGroup, SpectralConv
+from sciml.models.gfno import GroupLinear, GroupSpectralConv, PointGroup, SpectralConv, _fused
 
 # the reference's counts (divelab AIRS OpenPDE/G-FNO, complex weights counted twice), default options
 REFERENCE_PARAMETERS = {
@@ -150,6 +152,91 @@ def test_fno_spectral_conv_matches_the_reference_computation():
     out[:, :, :m, :m] = torch.einsum("bixy,xyio->boxy", ft[:, :, :m, :m], weight[m:])
     out[:, :, -m:, :m] = torch.einsum("bixy,xyio->boxy", ft[:, :, -m:, :m], weight[:m])
     assert torch.allclose(layer(x), torch.fft.irfft2(out, s=(n, n + 4)), atol=1e-12)
+
+
+def _layer_by_layer(block, x):
+    """A Fourier block computed from its layers one at a time (their own forward passes)."""
+    mlp = block.mlp[2](F.gelu(block.mlp[0](block.norm(block.conv(block.norm(x))))))
+    return block.activation(mlp + block.skip(x))
+
+
+@pytest.mark.parametrize("keep", [True, False])
+@pytest.mark.parametrize("name, options, block_index", [
+    ("gfno2d_p4m", {}, 0), ("gfno2d_p4", {}, 3), ("fno2d", {}, 0), ("gfno3d_p4", SMALL_3D, 1),
+    ("gfno3d_p4m", dict(SMALL_3D, norm=True), 0),
+])
+def test_fused_block_equals_its_layers(name, options, block_index, keep, monkeypatch):
+    """The fused block (spectral norm, chunked tail, hand-written backward) against the layers one by
+    one: outputs and gradients to the input and every parameter, with and without kept intermediates."""
+    monkeypatch.setattr(_fused, "KEEP_BYTES", _fused.KEEP_BYTES if keep else 0)
+    monkeypatch.setattr(_fused, "CHUNK_BYTES", 1 << 14)  # several chunks even on a small batch
+    block = _model(name, **options).train().blocks[block_index]
+    channels = block.skip.weight.shape[0] * block.skip.group.order
+    grid = (20, 20, 8) if "3d" in name else (24, 24)
+    x = torch.randn(3, channels, *grid, dtype=torch.float64, generator=torch.Generator().manual_seed(3)) * 2 + 0.5
+    x.requires_grad_()
+    weights = torch.randn(3, channels, *grid, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    inputs = [x, *block.parameters()]
+    ours = block(x)
+    expected = _layer_by_layer(block, x)
+    assert _relative_error(ours, expected) < 1e-13
+    for a, b in zip(torch.autograd.grad((ours * weights).sum(), inputs),
+                    torch.autograd.grad((expected * weights).sum(), inputs)):
+        assert _relative_error(a, b) < 1e-12
+
+
+def test_group_mlp_equals_its_layers():
+    model = _model("gfno2d_p4m")
+    x = torch.randn(2, 7 * 8, 16, 16, dtype=torch.float64, requires_grad=True)
+    project = model.project
+    ours, expected = project(x), project[2](F.gelu(project[0](x)))
+    assert _relative_error(ours, expected) < 1e-14
+    inputs = [x, *project.parameters()]
+    for a, b in zip(torch.autograd.grad(ours.square().sum(), inputs),
+                    torch.autograd.grad(expected.square().sum(), inputs)):
+        assert _relative_error(a, b) < 1e-13
+
+
+def test_spectral_convolution_of_a_scaled_and_shifted_input():
+    """conv(x, scale, shift) = conv(x * scale + shift), the shift applied at frequency zero."""
+    torch.manual_seed(0)
+    for layer, channels in ((GroupSpectralConv(2, 3, (4, 4), PointGroup("p4")), 8), (SpectralConv(3, 2, (4, 4)), 3)):
+        layer = layer.double()
+        x = torch.randn(2, channels, 12, 10 if channels == 3 else 12, dtype=torch.float64)
+        scale, shift = torch.rand(2, channels, dtype=torch.float64) + 0.5, torch.randn(2, channels, dtype=torch.float64)
+        expected = layer(x * scale[..., None, None] + shift[..., None, None])
+        assert _relative_error(layer(x, scale, shift), expected) < 1e-13
+
+
+@pytest.mark.parametrize("name, options, shape", [
+    ("gfno2d_p4m", dict(width=2, modes=3, blocks=2), (2, 8, 8, 10)),
+    ("fno2d", dict(width=3, modes=3, blocks=2), (2, 8, 10, 10)),
+    ("gfno3d_p4", dict(width=1, modes=3, time_modes=2, blocks=2, norm=True), (1, 6, 6, 4, 10)),
+])
+def test_model_gradients_pass_gradcheck(name, options, shape):
+    torch.manual_seed(0)
+    model = build_model(name, **options).double()
+    names = [n for n, _ in model.named_parameters()]
+    parameters = tuple(p.detach().clone().requires_grad_() for p in model.parameters())
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+
+    def run(x, *values):
+        return functional_call(model, dict(zip(names, values)), (x,))
+
+    assert torch.autograd.gradcheck(run, (x, *parameters), eps=1e-6, atol=1e-7, rtol=1e-6, fast_mode=True)
+
+
+def test_inference_mode_then_training():
+    """The cached DFT matrices are made outside inference mode, so a first call under
+    torch.inference_mode does not break training afterwards."""
+    model = _model("gfno2d_p4", torch.float32).train()
+    x = _input("gfno2d_p4", 40, torch.float32)
+    with torch.inference_mode():
+        expected = model(x)
+    y = model(x)
+    y.square().mean().backward()
+    assert torch.allclose(y.detach(), expected, atol=1e-6)
+    assert all(p.grad is not None for p in model.parameters())
 
 
 def test_super_resolution():

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from sciml.bench.timing import best_seconds
-from sciml.bench.tp import peak_extra_mb
+from sciml.bench.timing import peak_extra_mb
 from sciml.graph import AtomicGraph
 from sciml.graph.geometry import edge_geometry
 from sciml.models import build_model

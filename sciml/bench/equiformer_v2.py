@@ -33,7 +33,7 @@ import torch
 from ase.build import add_adsorbate, fcc111
 
 from sciml.bench.timing import best_seconds
-from sciml.bench.tp import peak_extra_mb
+from sciml.bench.timing import peak_extra_mb
 from sciml.graph import AtomicGraph
 from sciml.models import build_model
 from sciml.models.equiformer_v2 import export_fairchem_checkpoint

@@ -1,9 +1,16 @@
-"""The one timing rule every benchmark uses: the fastest of several runs after warm-up."""
+"""The measuring rules every benchmark uses: the fastest of several runs after warm-up, and the
+peak memory of one run in a forked child."""
 
 from __future__ import annotations
 
+import ctypes
+import os
+import select
+import signal
 import time
 from typing import Callable, List, Optional
+
+import torch
 
 
 def best_seconds(
@@ -28,3 +35,35 @@ def best_seconds(
         fn()
         times.append(time.perf_counter() - start)
     return min(times)
+
+
+def _status_kb(key: str) -> int:
+    with open("/proc/self/status") as handle:
+        return next(int(line.split()[1]) for line in handle if line.startswith(key))
+
+
+def peak_extra_mb(fn: Callable[[], object], timeout_s: float = 600.0) -> float:
+    """Peak resident-memory growth (MB) while running ``fn`` once in a forked single-threaded child,
+    measured from a baseline with the free heap returned to the system; NaN if it fails or hangs."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: measure, report, exit without running the parent's cleanup
+        os.close(read_end)
+        try:
+            torch.set_num_threads(1)  # thread pools do not survive a fork
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+            with open("/proc/self/clear_refs", "w") as handle:
+                handle.write("5")  # resets VmHWM to the current resident size
+            resident = _status_kb("VmRSS")
+            fn()
+            os.write(write_end, f"{(_status_kb('VmHWM') - resident) * 1024 / 1e6:.3f}".encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    ready, _, _ = select.select([read_end], [], [], timeout_s)
+    data = os.read(read_end, 64) if ready else b""
+    os.close(read_end)
+    if not ready:
+        os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return float(data) if data else float("nan")

@@ -13,17 +13,13 @@ and the output.
 
 from __future__ import annotations
 
-import os
-import resource
-import select
-import signal
 from typing import Callable, Dict, List, Sequence
 
 import numpy as np
 import torch
 from e3nn import o3
 
-from sciml.bench.timing import best_seconds
+from sciml.bench.timing import best_seconds, peak_extra_mb
 from sciml.ops import ChannelwiseTensorProduct, FullyConnectedTensorProduct, tensor_product_conv
 from sciml.ops.irreps import clebsch_gordan
 
@@ -31,34 +27,6 @@ from sciml.ops.irreps import clebsch_gordan
 def best_ms(fn: Callable[[], object], repeats: int, budget_s: float = 0.5) -> float:
     """Fastest of ``repeats`` runs after one warm-up (fewer when they exceed ``budget_s`` each), ms."""
     return 1e3 * best_seconds(fn, repeats, budget_seconds=budget_s * repeats)
-
-
-def peak_extra_mb(fn: Callable[[], object], timeout_s: float = 300.0) -> float:
-    """Peak resident-memory growth (MB) while running ``fn`` once, in a forked child process.
-
-    The child runs single-threaded (thread pools do not survive a fork); NaN if it fails or hangs.
-    """
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: measure, report, exit without running the parent's cleanup
-        os.close(read_end)
-        try:
-            torch.set_num_threads(1)
-            with open("/proc/self/statm") as handle:
-                resident = int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-            fn()
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-            os.write(write_end, f"{(peak - resident) / 1e6:.3f}".encode())
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    ready, _, _ = select.select([read_end], [], [], timeout_s)
-    data = os.read(read_end, 64) if ready else b""
-    os.close(read_end)
-    if not ready:
-        os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    return float(data) if data else float("nan")
 
 
 def machine_limits() -> Dict[str, float]:

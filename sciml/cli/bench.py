@@ -15,6 +15,9 @@ EXAMPLES = """  sciml bench neighbors                      # 1k, 10k, 100k atoms
   sciml bench comformer --reference-python ~/fairchem-venv/bin/python --reference-source ~/AIRS/OpenMat/ComFormer
   sciml bench gfno                           # FNO / G-FNO p4 / p4m 2D: time and memory vs the reference
   sciml bench gfno --sizes 64 --repeats 5
+  sciml bench gfno --reference-source ~/AIRS/OpenPDE/G-FNO   # time the reference in the same run
+  sciml bench ddp                            # training throughput of 1 vs 2 CPU ranks (torchrun, gloo)
+  sciml bench ddp --ranks 1 2 4 --batch 32
   sciml bench tp                             # tensor products, SO(2), Wigner-D, Gaunt vs e3nn (minutes)
   sciml bench tp --channels 16 --lmax 1 2 3 --edges 2000 --sections channelwise conv
 """
@@ -69,7 +72,18 @@ def register(sub) -> None:
     gfno.add_argument("--repeats", type=int, default=3, help="timed repeats; the best is reported")
     gfno.add_argument("--threads", type=int, default=2)
     gfno.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    gfno.add_argument("--reference-source",
+                      help="the AIRS G-FNO source (OpenPDE/G-FNO, needs only torch): times the reference in this run "
+                           "on the same batch and weights (default: quote its earlier times)")
     gfno.set_defaults(run=_run_gfno)
+
+    ddp = add_command(targets, "ddp", "data-parallel training throughput: 1 rank vs N ranks, same global batch",
+                      EXAMPLES)
+    ddp.add_argument("--ranks", type=int, nargs="+", default=[1, 2], help="rank counts (the first is the anchor)")
+    ddp.add_argument("--batch", type=int, default=16, help="global batch, split over the ranks")
+    ddp.add_argument("--structures", type=int, default=480, help="ethanol frames (16 validate, the rest train)")
+    ddp.add_argument("--epochs", type=int, default=3, help="epochs per run; the last one is timed")
+    ddp.set_defaults(run=_run_ddp)
 
     tp = add_command(targets, "tp", "tensor products and SO(3) kernels vs e3nn, with the machine's roofline", EXAMPLES)
     tp.add_argument("--channels", type=int, nargs="+", default=[16, 32, 64], help="channelwise TP channel counts")
@@ -124,7 +138,15 @@ def _run_comformer(args) -> int:
 def _run_gfno(args) -> int:
     from sciml.bench.gfno import bench_gfno, format_gfno_table
 
-    print(format_gfno_table(bench_gfno(args.sizes, args.batch, args.repeats, args.threads, not args.no_memory)))
+    print(format_gfno_table(bench_gfno(args.sizes, args.batch, args.repeats, args.threads, not args.no_memory,
+                                       args.reference_source)))
+    return 0
+
+
+def _run_ddp(args) -> int:
+    from sciml.bench.ddp import bench_ddp, format_ddp_table
+
+    print(format_ddp_table(bench_ddp(args.ranks, args.structures, args.batch, args.epochs), args.batch))
     return 0
 
 

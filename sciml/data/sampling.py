@@ -8,7 +8,6 @@ is needed, and takes its own share of every step.
 
 from __future__ import annotations
 
-import heapq
 import math
 from typing import Iterator, List, Optional, Sequence
 

@@ -9,13 +9,15 @@ layer (the same code path with a group of one element).
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sciml.models.gfno import _fused
 from sciml.models.gfno.group import PointGroup
 
 GRID_KINDS = ("symmetric", "cartesian", "none")
@@ -81,17 +83,29 @@ class GroupLinear(nn.Module):
         nn.init.uniform_(self.weight, -bound, bound)
         nn.init.uniform_(self.bias, -bound, bound)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, grid, order = x.shape[0], x.shape[2:], self.group.order
-        x = x.reshape(batch, x.shape[1], -1)
-        weight, bias = self.weight, self.bias
+    def matrix(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The map on flattened channels: weight (out_channels |G_out|, in_channels |G_in|) and bias
+        (out_channels |G_out|,), the weight of regular -> regular built once with one gather."""
+        order, weight, bias = self.group.order, self.weight, self.bias
         if self.regular_in and self.regular_out:
             out_channels, in_channels = weight.shape[:2]
             # (o, i, h, k) -> (o h, i k)
             weight = weight[:, :, self.relative].transpose(1, 2).reshape(out_channels * order, in_channels * order)
-            bias = bias.repeat_interleave(order)
+        elif self.regular_out:
+            weight = weight.repeat_interleave(order, 0)
         elif self.regular_in:
-            x = x.view(batch, -1, order, x.shape[-1]).sum(2)
+            weight = weight.repeat_interleave(order, 1)
+        return weight, (bias.repeat_interleave(order) if self.regular_out else bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, grid, order = x.shape[0], x.shape[2:], self.group.order
+        x = x.reshape(batch, x.shape[1], -1)
+        if self.regular_in and self.regular_out:
+            weight, bias = self.matrix()
+        else:
+            weight, bias = self.weight, self.bias
+            if self.regular_in:
+                x = x.view(batch, -1, order, x.shape[-1]).sum(2)
         out = torch.baddbmm(bias[:, None], weight.expand(batch, *weight.shape), x)
         if self.regular_out and not self.regular_in:
             out = out.unsqueeze(2).expand(-1, -1, order, -1)
@@ -121,7 +135,8 @@ class SpectralConvolution(nn.Module):
     Along the last axis (the rfft axis) frequencies ``0..modes[-1] - 1`` are kept, along every
     other axis ``-negative..positive - 1``. With so few kept frequencies the transforms are
     truncated DFTs done as matrix products, one axis at a time (the last axis as a real one):
-    cheaper than zero-padded FFTs on the CPU, and so are their backward passes.
+    cheaper than zero-padded FFTs on the CPU, and so are their backward passes. The DFT matrices
+    are built once per (size, frequencies, dtype, device) and cached.
     """
 
     in_channels: int
@@ -136,51 +151,80 @@ class SpectralConvolution(nn.Module):
         """(P, in, out) complex: the matrix of each kept frequency, P of them in row-major box order."""
         raise NotImplementedError
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        grid, dims = x.shape[2:], x.dim() - 2
-        kept = self.kept()
-        ft = _rdft(x, grid[-1], self.modes[-1])
-        for axis, (negative, positive) in enumerate(kept):
-            ft = _dft(ft, _frequencies(negative, positive, x.device), grid[axis], axis - dims, inverse=False)
-        batch, box = ft.shape[0], ft.shape[2:]
-        out = torch.bmm(ft.reshape(batch, self.in_channels, -1).permute(2, 0, 1), self.spectral_weight())
-        out = out.permute(1, 2, 0).reshape(batch, -1, *box)
-        for axis, (negative, positive) in reversed(list(enumerate(kept))):
-            out = _dft(out, _frequencies(negative, positive, x.device), grid[axis], axis - dims, inverse=True)
-        return _irdft(out, grid[-1])
+    def plan(self, x: torch.Tensor) -> _fused.SpectralPlan:
+        """The truncated transforms for ``x``'s grid, dtype and device (cached)."""
+        grid = x.shape[2:]
+        axes = tuple((_dft_matrix(negative, positive, grid[axis], False, x.dtype, x.device),
+                      _dft_matrix(negative, positive, grid[axis], True, x.dtype, x.device))
+                     for axis, (negative, positive) in enumerate(self.kept()))
+        return _fused.SpectralPlan(_rdft_matrix(grid[-1], self.modes[-1], x.dtype, x.device),
+                                   _irdft_matrix(grid[-1], self.modes[-1], x.dtype, x.device), axes,
+                                   tuple(negative for negative, _ in self.kept()))
+
+    def forward(self, x: torch.Tensor, scale: Optional[torch.Tensor] = None,
+                shift: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The layer applied to ``x * scale + shift`` (see :meth:`spectrum`)."""
+        plan = self.plan(x)
+        spectrum = self.spectrum(x, scale, shift, plan)
+        out = torch.view_as_real(spectrum).flatten(-2) @ plan.irdft
+        return out.view(*spectrum.shape[:-1], x.shape[-1])
+
+    def spectrum(self, x: torch.Tensor, scale: Optional[torch.Tensor] = None, shift: Optional[torch.Tensor] = None,
+                 plan: Optional[_fused.SpectralPlan] = None) -> torch.Tensor:
+        """The layer's output before the last inverse transform: back on the grid along every axis
+        but the last, frequencies 0..modes[-1] - 1 along it; (B, out, *grid[:-1], modes[-1]) complex.
+
+        ``scale``, ``shift`` (B, in): the layer is applied to ``x * scale + shift`` (per sample and
+        channel, e.g. an instance norm) without forming it: the transform is linear, so the kept
+        spectrum is scaled and ``shift`` times the number of grid points added at frequency 0.
+        """
+        plan = self.plan(x) if plan is None else plan
+        ft = _fused.transform(x, plan)
+        if scale is not None:
+            ft = ft * scale.view(*scale.shape, *(1,) * (x.dim() - 2))
+        if shift is not None:
+            zero = (slice(None), slice(None)) + plan.zero + (0,)
+            ft[zero] = ft[zero] + shift * math.prod(x.shape[2:])
+        return _fused.inverse_axes(_fused.mix(ft, self.spectral_weight()), plan)
 
 
-def _frequencies(negative: int, positive: int, device: torch.device) -> torch.Tensor:
-    return torch.arange(-negative, positive, device=device)
+def _angles(rows: torch.Tensor, columns: torch.Tensor, n: int) -> torch.Tensor:
+    """2 pi (r c mod n) / n in float64, the product reduced exactly before the division."""
+    return (2 * math.pi / n) * torch.remainder(torch.outer(rows, columns), n).double()
 
 
-def _rdft(x: torch.Tensor, n: int, modes: int) -> torch.Tensor:
-    """Frequencies 0..modes-1 of the real DFT along the last axis (length n): (..., n) real ->
-    (..., modes) complex, as one real matrix product (its backward is one too)."""
-    angle = (2 * math.pi / n) * torch.outer(torch.arange(n, device=x.device), torch.arange(modes, device=x.device)).to(x.dtype)
-    matrix = torch.stack([torch.cos(angle), -torch.sin(angle)], -1).reshape(n, 2 * modes)  # (re, im) interleaved
-    return torch.view_as_complex((x @ matrix).unflatten(-1, (modes, 2)))
+@functools.lru_cache(maxsize=64)
+def _rdft_matrix(n: int, modes: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(n, 2 modes) real: frequencies 0..modes-1 of the real DFT of length n, columns (re, im) interleaved."""
+    with torch.inference_mode(False):
+        angle = _angles(torch.arange(n), torch.arange(modes), n)
+        matrix = torch.stack([torch.cos(angle), -torch.sin(angle)], -1).reshape(n, 2 * modes)
+        return matrix.to(dtype=dtype, device=device)
 
 
-def _irdft(z: torch.Tensor, n: int) -> torch.Tensor:
-    """``torch.fft.irfft(z, n)`` for z holding frequencies 0..m-1 (the rest zero), as one real matrix product."""
-    modes = z.shape[-1]
-    k = torch.arange(modes, device=z.device)
-    weight = torch.where((k == 0) | (2 * k == n), 1.0, 2.0).to(z.real.dtype) / n  # Hermitian partners counted twice
-    angle = (2 * math.pi / n) * torch.outer(k, torch.arange(n, device=z.device)).to(z.real.dtype)
-    matrix = torch.stack([torch.cos(angle), -torch.sin(angle)], 1) * weight[:, None, None]  # (modes, 2, n)
-    return torch.view_as_real(z).flatten(-2) @ matrix.reshape(2 * modes, n)
+@functools.lru_cache(maxsize=64)
+def _irdft_matrix(n: int, modes: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(2 modes, n) real: ``torch.fft.irfft(z, n)`` for z holding frequencies 0..modes-1 (the rest
+    zero) as (re, im) rows; the imaginary parts of frequency 0 (and n/2) are ignored as irfft does."""
+    with torch.inference_mode(False):
+        k = torch.arange(modes)
+        weight = torch.where((k == 0) | (2 * k == n), 1.0, 2.0).double() / n  # Hermitian partners counted twice
+        angle = _angles(k, torch.arange(n), n)
+        matrix = torch.stack([torch.cos(angle), -torch.sin(angle)], 1) * weight[:, None, None]  # (modes, 2, n)
+        return matrix.reshape(2 * modes, n).to(dtype=dtype, device=device)
 
 
-def _dft(z: torch.Tensor, frequencies: torch.Tensor, n: int, dim: int, inverse: bool) -> torch.Tensor:
-    """The complex DFT along ``dim`` restricted to ``frequencies``: (.., n, ..) -> (.., len(frequencies), ..);
-    ``inverse``: its adjoint / n, from those frequencies back to n points (the others zero)."""
-    angle = (2 * math.pi / n) * torch.outer(frequencies, torch.arange(n, device=z.device)).to(z.real.dtype)
-    matrix = torch.polar(torch.ones_like(angle), -angle)  # (frequencies, n)
-    if inverse:
-        matrix = matrix.conj().T / n
-    moved = z.movedim(dim, 0)  # one large product rather than many small batched ones
-    return (matrix @ moved.reshape(moved.shape[0], -1)).reshape(-1, *moved.shape[1:]).movedim(0, dim)
+@functools.lru_cache(maxsize=64)
+def _dft_matrix(negative: int, positive: int, n: int, inverse: bool, dtype: torch.dtype,
+                device: torch.device) -> torch.Tensor:
+    """The complex DFT of length n restricted to frequencies -negative..positive-1, (k, n); ``inverse``:
+    its adjoint / n, (n, k), from those frequencies back to n points (the others zero)."""
+    with torch.inference_mode(False):
+        angle = _angles(torch.arange(-negative, positive), torch.arange(n), n)
+        matrix = torch.polar(torch.ones_like(angle), -angle)
+        if inverse:
+            matrix = matrix.conj().T / n
+        return matrix.to(dtype=torch.promote_types(dtype, torch.complex64), device=device).contiguous()
 
 
 class SpectralConv(SpectralConvolution):
@@ -217,7 +261,7 @@ class GroupSpectralConv(SpectralConvolution):
     (``weight``: (out, in, |G|, 2m-1, 2m-1[, 2m_t-1])) as W = (A + A_rev)/2 + i (A - A_rev)/2 with
     A_rev(k) = A(-k): a bijection, with (2m-1)^2 [(2m_t-1)] real numbers per kernel as in the
     reference. The full weight W[o h, i k](q) = W_{o, i, h^-1 k}(h^-1 q) is gathered once per
-    forward with one index_select; only the rfft half (last axis >= 0) is built.
+    forward, in its final layout, with one index_select; only the rfft half (last axis >= 0) is built.
     """
 
     def __init__(self, in_channels: int, out_channels: int, modes: Sequence[int], group: PointGroup):
@@ -230,38 +274,53 @@ class GroupSpectralConv(SpectralConvolution):
         box = tuple(2 * m - 1 for m in modes)
         bound = 1 / math.sqrt(in_channels * group.order * math.prod(box))
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, group.order, *box).uniform_(-bound, bound))
-        # the index of every entry of the full weight in the flattened (element, *box) kernels
+        # the kernel (element, box position) of every entry of the full weight ...
         positions = torch.arange(math.prod(box)).view(box)
         rotated = torch.stack([group.act(positions, h, (0, 1))[..., modes[-1] - 1:].reshape(-1) for h in range(group.order)])
         relative = group.relative()  # [h, k] -> h^-1 k
-        index = relative.T[None] * positions.numel() + rotated.T[:, None, :]  # (P, k, h)
-        self.register_buffer("index", index.reshape(-1), persistent=False)
+        kernel = relative.T[None] * positions.numel() + rotated.T[:, None, :]  # (P, k, h)
+        # ... and its place in the kernels flattened as (element, box, in, out), in the order (P, i k, o h)
+        i = torch.arange(in_channels).view(1, -1, 1, 1, 1)
+        o = torch.arange(out_channels).view(1, 1, 1, -1, 1)
+        index = (kernel[:, None, :, None, :] * in_channels + i) * out_channels + o
+        self.register_buffer("index", index.reshape(-1).to(torch.int32 if index.max() < 2 ** 31 else torch.int64),
+                             persistent=False)
 
     def kept(self) -> Tuple[Tuple[int, int], ...]:
         return tuple((m - 1, m) for m in self.modes[:-1])
 
     def spectral_weight(self) -> torch.Tensor:
-        out_channels, in_channels, order = self.weight.shape[:3]
         reverse = self.weight.flip(tuple(range(3, self.weight.dim())))
         kernels = torch.complex((self.weight + reverse) / 2, (self.weight - reverse) / 2)
-        kernels = kernels.movedim((0, 1), (-1, -2)).reshape(-1, in_channels, out_channels)  # (element * box, in, out)
-        full = kernels.index_select(0, self.index).view(-1, order, order, in_channels, out_channels)  # (P, k, h, i, o)
-        return full.permute(0, 3, 1, 4, 2).reshape(-1, self.in_channels, self.out_channels)
+        kernels = kernels.permute(*range(2, self.weight.dim()), 1, 0).reshape(-1)  # (element, *box, in, out)
+        return kernels.index_select(0, self.index).view(-1, self.in_channels, self.out_channels)
 
 
 class GroupMLP(nn.Sequential):
-    """Two pointwise maps with GELU between: regular (in) -> regular (hidden) -> ``output`` (out)."""
+    """Two pointwise maps with GELU between: regular (in) -> regular (hidden) -> ``output`` (out).
+
+    Runs as one fused operation on a few samples at a time, the hidden features recomputed in the
+    backward pass rather than stored (see :mod:`._fused`)."""
 
     def __init__(self, in_channels: int, hidden_channels: int, out_channels: int, group: PointGroup,
                  output: str = "regular"):
         super().__init__(GroupLinear(in_channels, hidden_channels, group), nn.GELU(),
                          GroupLinear(hidden_channels, out_channels, group, output=output))
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _fused.mlp(x, *self[0].matrix(), *self[2].matrix())
+
 
 class FourierBlock(nn.Module):
     """One FNO/G-FNO block as the reference: x -> act(mlp(norm(conv(norm(x)))) + skip(x)),
     (B, width |G|, *grid) -> same. ``norm`` (group instance norm) is off in the 3D models, as
-    in the reference; ``activation`` (GELU) is off in the last block."""
+    in the reference; ``activation`` (GELU) is off in the last block.
+
+    Computed as one fused operation with a hand-written backward pass (:func:`._fused.fourier_block`):
+    the first norm is applied to the kept spectrum, and the last inverse transform, the second norm,
+    the MLP, the skip map and the activation run on a few samples at a time, so that no intermediate
+    field of the whole batch is formed and the gradient of x is written once.
+    """
 
     def __init__(self, conv: SpectralConvolution, width: int, group: PointGroup, norm: bool, activation: bool):
         super().__init__()
@@ -272,4 +331,8 @@ class FourierBlock(nn.Module):
         self.activation = nn.GELU() if activation else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.activation(self.mlp(self.norm(self.conv(self.norm(x)))) + self.skip(x))
+        normed = isinstance(self.norm, GroupInstanceNorm)
+        (w1, b1), (w2, b2), (ws, bs) = self.mlp[0].matrix(), self.mlp[2].matrix(), self.skip.matrix()
+        return _fused.fourier_block(x, self.conv.spectral_weight(), self.conv.plan(x), w1, b1, w2, ws, b2 + bs,
+                                    self.skip.group.order, self.norm.eps if normed else None,
+                                    isinstance(self.activation, nn.GELU))
