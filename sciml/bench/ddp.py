@@ -24,7 +24,7 @@ import yaml
 ETHANOL = Path(__file__).resolve().parents[2] / "datasets" / "ethanol_xtb_500K" / "ethanol_xtb_500K.extxyz"
 
 
-def bench_ddp(ranks: Sequence[int] = (1, 2), structures: int = 480, batch: int = 16, epochs: int = 3,
+def bench_ddp(ranks: Sequence[int] = (1, 2), structures: int = 480, batch: int = 64, epochs: int = 3,
               hidden: int = 64, layers: int = 4) -> List[Dict]:
     """One row per rank count: ``ranks``, ``samples_per_s``, ``atoms_per_s`` (last epoch) and
     ``wall_s`` (the whole command). ``batch`` is the global batch and must divide by every rank count.

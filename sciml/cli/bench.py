@@ -80,7 +80,7 @@ def register(sub) -> None:
     ddp = add_command(targets, "ddp", "data-parallel training throughput: 1 rank vs N ranks, same global batch",
                       EXAMPLES)
     ddp.add_argument("--ranks", type=int, nargs="+", default=[1, 2], help="rank counts (the first is the anchor)")
-    ddp.add_argument("--batch", type=int, default=16, help="global batch, split over the ranks")
+    ddp.add_argument("--batch", type=int, default=64, help="global batch, split over the ranks")
     ddp.add_argument("--structures", type=int, default=480, help="ethanol frames (16 validate, the rest train)")
     ddp.add_argument("--epochs", type=int, default=3, help="epochs per run; the last one is timed")
     ddp.set_defaults(run=_run_ddp)

@@ -10,7 +10,7 @@ differentiate their energy for forces inside the loss (double backward), where h
 
 from __future__ import annotations
 
-from typing import List
+from typing import List, Sequence
 
 import torch
 import torch.distributed as dist
@@ -28,23 +28,23 @@ def broadcast_parameters(model: nn.Module, context: DistributedContext) -> None:
             dist.broadcast(tensor.data, src=0)
 
 
-def average_gradients(model: nn.Module, context: DistributedContext) -> None:
+def average_gradients(model: nn.Module, context: DistributedContext, extra: Sequence[float] = ()) -> List[float]:
     """Replace every gradient by its mean over the ranks (a gradient missing on a rank counts
-    as zero; a parameter without a gradient on every rank keeps ``grad`` None)."""
-    if not context.enabled:
-        return
+    as zero; a parameter without a gradient on every rank keeps ``grad`` None). ``extra`` values
+    (e.g. a stop flag) travel in the same all-reduce; returns their sums over the ranks."""
     parameters: List[nn.Parameter] = [p for p in model.parameters() if p.requires_grad]
-    if not parameters:
-        return
+    if not context.enabled or not parameters:
+        return context.all_reduce_sum(extra) if extra else []
     reference = parameters[0]
+    flags = [float(p.grad is not None) for p in parameters] + [float(v) for v in extra]
     flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).to(reference.dtype)
                       for p in parameters]
-                     + [torch.tensor([float(p.grad is not None) for p in parameters], dtype=reference.dtype,
-                                     device=reference.device)])
+                     + [torch.tensor(flags, dtype=torch.float64).to(reference.dtype).to(reference.device)])
     dist.all_reduce(flat)
+    sums = flat[len(flat) - len(extra):].tolist() if extra else []
     flat /= context.world_size
     offset = 0
-    present = flat[-len(parameters):] > 0
+    present = flat[len(flat) - len(flags):len(flat) - len(extra)] > 0
     for parameter, has_gradient in zip(parameters, present.tolist()):
         size = parameter.numel()
         if has_gradient:
@@ -54,6 +54,7 @@ def average_gradients(model: nn.Module, context: DistributedContext) -> None:
             else:
                 parameter.grad.copy_(averaged)
         offset += size
+    return sums
 
 
 def broadcast_running_statistics(model: nn.Module, context: DistributedContext) -> None:

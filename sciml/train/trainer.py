@@ -360,9 +360,8 @@ class Trainer:
             progress.set_postfix(loss=f"{float(loss.detach()):.4g}")
             if position + 1 - group_start < group:
                 continue
-            lr = self._optimizer_step()
             received = signals.received if signals is not None else None
-            stop = context.any(received is not None)
+            lr, stop = self._optimizer_step(received is not None)
             every = config.checkpoint_every
             if stop or (every is not None and self.global_step % every == 0 and position + 1 < len(batches)):
                 path = self._save_step_checkpoint(epoch, position + 1, sums)
@@ -402,11 +401,12 @@ class Trainer:
                        + ("  *" if improved else ""))
         return row
 
-    def _optimizer_step(self) -> float:
+    def _optimizer_step(self, stop_requested: bool) -> Tuple[float, bool]:
         """Average gradients over ranks, clip, step (through the fp16 scaler), update the EMA and
-        the ranks' batch-norm statistics; returns the learning rate used."""
+        the ranks' batch-norm statistics; returns the learning rate used and whether any rank
+        was asked to stop (agreed in the gradients' all-reduce)."""
         lr = self.schedule.apply()
-        average_gradients(self.model, self.context)
+        stop = average_gradients(self.model, self.context, [float(stop_requested)])[0] > 0
         if self.config.grad_clip is not None:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
@@ -417,7 +417,7 @@ class Trainer:
             self.ema.update(self.model)
         broadcast_running_statistics(self.model, self.context)
         self.global_step += 1
-        return lr
+        return lr, stop
 
     def _atoms(self, batch: Any) -> int:
         return int(batch.num_nodes) if self.atoms_counted else 0
