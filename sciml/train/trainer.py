@@ -342,6 +342,7 @@ class Trainer:
         first = self.resume_position if epoch == self.start_epoch else 0
         # (loss x structures, structures, atoms) of this rank, plus the global sums saved mid-epoch
         sums = list(self.resume_sums) if epoch == self.start_epoch else [0.0, 0.0, 0.0]
+        restored = list(sums)  # not trained in this process: left out of the throughput
         progress = tqdm(range(first, len(batches)), desc=f"epoch {epoch}/{config.epochs}", leave=False, unit="batch",
                         disable=not (self.verbose and sys.stderr.isatty()))
         lr = self.schedule.base_lrs[0] * self.schedule.current_factor()
@@ -367,7 +368,7 @@ class Trainer:
                 path = self._save_step_checkpoint(epoch, position + 1, sums)
                 if stop:
                     raise TrainingInterrupted(received or signal.SIGTERM, str(path))
-        loss_sum, seen, atoms = context.all_reduce_sum(sums)
+        loss_sum, seen, atoms, _, restored_seen, restored_atoms = context.all_reduce_sum(sums + restored)
         if not math.isfinite(loss_sum):
             raise FloatingPointError(f"training loss became {loss_sum} in epoch {epoch}; lower optimizer.lr or set grad_clip")
         train_time = time.perf_counter() - started
@@ -386,7 +387,8 @@ class Trainer:
             self.stale_epochs += 1
         row = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "valid_loss": valid_loss,
                **{f"valid_{k}": v for k, v in valid.items()}, "lr": lr, "epoch_time_s": time.perf_counter() - started,
-               "samples_per_s": seen / train_time, **({"atoms_per_s": atoms / train_time} if self.atoms_counted else {}),
+               "samples_per_s": (seen - restored_seen) / train_time,
+               **({"atoms_per_s": (atoms - restored_atoms) / train_time} if self.atoms_counted else {}),
                "peak_memory_mb": _peak_memory_mb(self.device)}
         if context.is_main:
             self._append_metrics(row)
