@@ -71,6 +71,14 @@ class DistributedContext:
         dist.broadcast_object_list(box, src=0, device=self._collective_device())
         return box[0]
 
+    def all_gather(self, value: Any) -> List[Any]:
+        """Every rank's ``value`` (any picklable object), in rank order, on every rank."""
+        if not self.enabled:
+            return [value]
+        values: List[Any] = [None] * self.world_size
+        dist.all_gather_object(values, value)
+        return values
+
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()

@@ -96,10 +96,21 @@ def test_two_ranks_take_the_same_steps_as_one_rank_with_the_global_batch(workdir
     two, one = (json.loads((folder / "test_metrics.json").read_text())["model"]
                 for folder in (two_rank_run, workdir / "one_rank"))
     assert two["forces_mae_meV_per_A"] == pytest.approx(one["forces_mae_meV_per_A"], rel=1e-5)
+    # validation in shards (each rank every other structure, error sums combined) gives the
+    # whole set's metrics
+    for column in ("valid_loss", "valid_forces_rmse_meV_per_A", "valid_energy_mae_meV"):
+        two_rows, one_rows = (_column(folder / "metrics.csv", column) for folder in (two_rank_run, workdir / "one_rank"))
+        assert two_rows == pytest.approx(one_rows, rel=1e-5)
     # rank 0 alone wrote the log: one row per epoch, with throughput and memory
     lines = (two_rank_run / "metrics.csv").read_text().splitlines()
     assert len(lines) == 1 + SETTINGS["epochs"]
     assert {"samples_per_s", "atoms_per_s", "peak_memory_mb"} <= set(lines[0].split(","))
+
+
+def _column(path: Path, name: str) -> list:
+    lines = path.read_text().splitlines()
+    index = lines[0].split(",").index(name)
+    return [float(line.split(",")[index]) for line in lines[1:]]
 
 
 def _wait_for_step(run_dir: Path, step: int, process: subprocess.Popen, timeout: float = 120) -> Path:

@@ -14,8 +14,9 @@ from sciml.data.readers import load_graph_dataset, read_structures
 from sciml.graph import AtomicGraph, GraphSpec
 from sciml.inference import model_outputs
 from sciml.models.heads import EnergyHead, PropertyHead, fit_element_energies
+from sciml.distributed import DistributedContext
 from sciml.train.config import DataConfig, TrainConfig
-from sciml.train.evaluation import evaluate, mean_baseline_metrics
+from sciml.train.evaluation import error_sums, evaluate, mean_baseline_metrics, metrics_from_sums
 
 # OC20 formats read the OC20 way without data.format: ASE databases keep the plain ase reader.
 _OC20_AUTO_FORMATS = ("s2ef-extxyz", "legacy-lmdb", "sciml-cache")
@@ -174,10 +175,23 @@ class AtomisticProblem:
             total = total + weight * ((error / stats["property_std"][key]) ** 2).mean()
         return total
 
-    def evaluate(self, items: Sequence[AtomicGraph], batch_size: int, device, with_loss: bool) -> Dict[str, float]:
-        """Metrics of :func:`~sciml.train.evaluation.evaluate` (with ``loss`` if asked)."""
-        return evaluate(self.model, items, batch_size, device, self.loss if with_loss else None,
-                        self.config.data.prediction_keys)
+    def evaluate(self, items: Sequence[AtomicGraph], batch_size: int, device, with_loss: bool,
+                 context: Optional[DistributedContext] = None) -> Dict[str, float]:
+        """Metrics of :func:`~sciml.train.evaluation.evaluate` (with ``loss`` if asked). With a
+        data-parallel ``context`` each rank evaluates every ``world_size``-th structure and the
+        error sums are combined, so every rank returns the metrics of the whole set."""
+        loss_fn = self.loss if with_loss else None
+        keys = self.config.data.prediction_keys
+        if context is None or not context.enabled or len(items) < context.world_size:
+            return evaluate(self.model, items, batch_size, device, loss_fn, keys)
+        shard = list(items)[context.rank::context.world_size]
+        sums: Dict[str, float] = {}
+        counts: Dict[str, int] = {}
+        for part_sums, part_counts in context.all_gather(error_sums(self.model, shard, batch_size, device, loss_fn, keys)):
+            for name, total in part_sums.items():
+                sums[name] = sums.get(name, 0.0) + total
+                counts[name] = counts.get(name, 0) + part_counts[name]
+        return metrics_from_sums(sums, counts, len(items))
 
     @staticmethod
     def baselines(train: Sequence[AtomicGraph], test: Sequence[AtomicGraph]) -> Dict[str, float]:

@@ -6,7 +6,7 @@ RMSE over Cartesian components), stress in meV/Å^3, properties in the units of 
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Mapping, Optional, Sequence
+from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
 
@@ -38,11 +38,28 @@ def evaluate(
     """
     if len(graphs) == 0:
         raise ValueError("cannot evaluate on an empty set of structures")
+    sums, counts = error_sums(model, graphs, batch_size, device, loss_fn, prediction_keys)
+    return metrics_from_sums(sums, counts, len(graphs))
+
+
+def error_sums(
+    model: torch.nn.Module,
+    graphs: Sequence[AtomicGraph],
+    batch_size: int = 32,
+    device: "str | torch.device | None" = None,
+    loss_fn: Optional[LossFn] = None,
+    prediction_keys: Optional[Mapping[str, str]] = None,
+) -> Tuple[Dict[str, float], Dict[str, int]]:
+    """The sums and counts behind :func:`evaluate`'s metrics, by metric name: sums over parts of
+    a set (e.g. the shards of data-parallel ranks) add up to the set's, and
+    :func:`metrics_from_sums` turns them into the metrics."""
+    sums: Dict[str, float] = {}
+    counts: Dict[str, int] = {}
+    if len(graphs) == 0:
+        return sums, counts
     first = graphs[0]
     keys = sorted(first.properties) + sorted(first.atom_properties)
     prediction_keys = dict(prediction_keys or {})
-    sums: Dict[str, float] = {}
-    counts: Dict[str, int] = {}
 
     def add(name: str, total: torch.Tensor, count: int) -> None:
         sums[name] = sums.get(name, 0.0) + float(total)
@@ -73,7 +90,12 @@ def evaluate(
                 error = (out[predicted].reshape(target.shape) - target).double()
                 add(f"{key}_mae", error.abs().sum(), error.numel())
                 add(f"{key}_mse", error.pow(2).sum(), error.numel())
-    metrics = {"num_structures": float(len(graphs))}
+    return sums, counts
+
+
+def metrics_from_sums(sums: Mapping[str, float], counts: Mapping[str, int], num_structures: int) -> Dict[str, float]:
+    """:func:`evaluate`'s metrics from :func:`error_sums` of ``num_structures`` structures."""
+    metrics = {"num_structures": float(num_structures)}
     for name, total in sums.items():
         mean = total / counts[name]
         if name == "energy_mse_per_atom":

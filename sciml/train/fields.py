@@ -110,10 +110,12 @@ class FieldProblem:
     def loss(self, batch: FieldBatch, out: Dict[str, torch.Tensor]) -> torch.Tensor:
         return relative_l2(out["fields"], batch.fields[..., self.options.t_in:])
 
-    def evaluate(self, samples: Sequence[torch.Tensor], batch_size: int, device, with_loss: bool) -> Dict[str, float]:
+    def evaluate(self, samples: Sequence[torch.Tensor], batch_size: int, device, with_loss: bool,
+                 context=None) -> Dict[str, float]:
         """``rel_l2`` (and ``loss``, the same) on the samples; without ``with_loss`` (the test set)
         also ``rel_l2_<transform>`` for each of ``fields.transforms`` and ``rel_l2_<name>`` for
-        each file of ``fields.extra_test``."""
+        each file of ``fields.extra_test``. Every rank of a data-parallel run (``context``)
+        evaluates the whole set."""
         fields = torch.stack(list(samples))
         transforms = ["identity"] + ([t for t in self.options.transforms if t != "identity"] if not with_loss else [])
         errors = self._errors(fields, transforms, batch_size, device)

@@ -24,8 +24,9 @@ A run writes into ``config.output_dir``:
 Launched by ``torchrun`` the run is data-parallel (:mod:`sciml.distributed`): every rank takes its
 share of each step from one shared plan (:class:`~sciml.data.sampling.AtomBalancedBatchSampler`,
 balanced by atoms), gradients are averaged over ranks (:mod:`sciml.train.parallel`), losses and
-throughput are summed over ranks, every rank validates on the whole validation set (so all ranks
-agree on schedules and early stopping), and only rank 0 writes files. A rank's loss is the mean
+throughput are summed over ranks, structures are validated and tested in shards whose error sums
+are combined (field models: every rank evaluates the whole set), so all ranks agree on schedules
+and early stopping, and only rank 0 writes files. A rank's loss is the mean
 over its batch, so ``N`` ranks with ``batch_size`` B take the same steps as one process with
 ``batch_size`` N x B when structures are equally large.
 """
@@ -324,7 +325,8 @@ class Trainer:
         result = TrainResult(self.output_dir, epoch, self.best_epoch, self.best_valid_loss, stopped_early,
                              valid_metrics=dict(best["valid_metrics"]))
         if self.test_set:
-            result.test_metrics = self.problem.evaluate(self.test_set, self._valid_batch_size(), self.device, with_loss=False)
+            result.test_metrics = self.problem.evaluate(self.test_set, self._valid_batch_size(), self.device,
+                                                        with_loss=False, context=self.context)
             result.baseline_metrics = self.problem.baselines(self.train_set, self.test_set)
             if self.context.is_main:
                 with atomic_path(self.output_dir / "test_metrics.json") as tmp:
@@ -374,7 +376,8 @@ class Trainer:
         train_time = time.perf_counter() - started
 
         with self.ema.applied(self.model) if self.ema is not None else contextlib.nullcontext():
-            valid = self.problem.evaluate(self.valid_set, self._valid_batch_size(), self.device, with_loss=True)
+            valid = self.problem.evaluate(self.valid_set, self._valid_batch_size(), self.device, with_loss=True,
+                                          context=self.context)
         valid_loss = valid.pop("loss")
         if not math.isfinite(valid_loss):
             raise FloatingPointError(f"validation loss became {valid_loss} in epoch {epoch}; lower optimizer.lr or set grad_clip")
