@@ -26,6 +26,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from sciml.data.pde import read_fno_mat, read_pdebench
+from sciml.distributed import DistributedContext
 from sciml.tasks.pde import check_transforms, relative_l2, rollout, transformed_errors
 from sciml.train.config import TrainConfig
 
@@ -111,31 +112,43 @@ class FieldProblem:
         return relative_l2(out["fields"], batch.fields[..., self.options.t_in:])
 
     def evaluate(self, samples: Sequence[torch.Tensor], batch_size: int, device, with_loss: bool,
-                 context=None) -> Dict[str, float]:
+                 context: Optional[DistributedContext] = None) -> Dict[str, float]:
         """``rel_l2`` (and ``loss``, the same) on the samples; without ``with_loss`` (the test set)
         also ``rel_l2_<transform>`` for each of ``fields.transforms`` and ``rel_l2_<name>`` for
-        each file of ``fields.extra_test``. Every rank of a data-parallel run (``context``)
-        evaluates the whole set."""
+        each file of ``fields.extra_test``. With a data-parallel ``context`` each rank rolls out
+        every ``world_size``-th trajectory and the errors are combined: every rank returns the
+        metrics of the whole set."""
         fields = torch.stack(list(samples))
         transforms = ["identity"] + ([t for t in self.options.transforms if t != "identity"] if not with_loss else [])
-        errors = self._errors(fields, transforms, batch_size, device)
+        errors = self._errors(fields, transforms, batch_size, device, context)
         metrics = {self.count_key: float(len(samples)), "rel_l2": errors.pop("identity")}
         if with_loss:
             metrics["loss"] = metrics["rel_l2"]
             return metrics
         metrics.update({f"rel_l2_{name}": error for name, error in errors.items()})
         for name, path in self.options.extra_test.items():
-            metrics[f"rel_l2_{name}"] = self._errors(self._read(path), ["identity"], batch_size, device)["identity"]
+            metrics[f"rel_l2_{name}"] = self._errors(self._read(path), ["identity"], batch_size, device, context)["identity"]
         return metrics
 
-    def _errors(self, fields: torch.Tensor, transforms: Sequence[str], batch_size: int, device) -> Dict[str, float]:
-        """:func:`~sciml.tasks.pde.transformed_errors` of the model in eval mode (free rollouts)."""
+    def _errors(self, fields: torch.Tensor, transforms: Sequence[str], batch_size: int, device,
+                context: Optional[DistributedContext] = None) -> Dict[str, float]:
+        """:func:`~sciml.tasks.pde.transformed_errors` of the model in eval mode (free rollouts);
+        with a data-parallel ``context`` over this rank's share of the trajectories, combined into
+        the means over all of them."""
+        ranks, rank = (context.world_size, context.rank) if context is not None and context.enabled else (1, 0)
+        shard = fields[rank::ranks]
         was_training = self.model.training
         self.model.eval()
         try:
-            return transformed_errors(self.predict, fields, self.options.t_in, transforms, batch_size, device)
+            errors = {}
+            if len(shard):
+                errors = transformed_errors(self.predict, shard, self.options.t_in, transforms, batch_size, device)
         finally:
             self.model.train(was_training)
+        if ranks == 1:
+            return errors
+        parts = [(part, count) for part, count in context.all_gather((errors, len(shard))) if count]
+        return {name: sum(part[name] * count for part, count in parts) / len(fields) for name in transforms}
 
     def baselines(self, train: Sequence[torch.Tensor], test: Sequence[torch.Tensor]) -> Dict[str, float]:
         """The relative L2 error of repeating the last known step."""

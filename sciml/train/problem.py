@@ -10,7 +10,7 @@ checkpoints, splits, logs and resuming; a problem owns everything that depends o
 - ``differentiates_outputs``: whether the loss differentiates outputs (forces), i.e. double backward;
 - ``collate(samples)``: one batch (an object with ``.to(device)``);
 - ``outputs(batch) -> dict`` and ``loss(batch, outputs) -> scalar tensor``;
-- ``evaluate(samples, batch_size, device, with_loss, context) -> dict`` of metrics (of the whole set on every rank of a data-parallel ``context``), with ``loss`` when
+- ``evaluate(samples, batch_size, device, with_loss, context) -> dict`` of metrics (of the whole set on every rank of a data-parallel ``context``, each evaluating a shard), with ``loss`` when
   asked and the sample count under ``count_key``;
 - ``baselines(train, test) -> dict``: trivial predictors' metrics on the test set.
 

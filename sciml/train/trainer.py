@@ -24,9 +24,8 @@ A run writes into ``config.output_dir``:
 Launched by ``torchrun`` the run is data-parallel (:mod:`sciml.distributed`): every rank takes its
 share of each step from one shared plan (:class:`~sciml.data.sampling.AtomBalancedBatchSampler`,
 balanced by atoms), gradients are averaged over ranks (:mod:`sciml.train.parallel`), losses and
-throughput are summed over ranks, structures are validated and tested in shards whose error sums
-are combined (field models: every rank evaluates the whole set), so all ranks agree on schedules
-and early stopping, and only rank 0 writes files. A rank's loss is the mean
+throughput are summed over ranks, validation and test sets are evaluated in shards whose errors
+are combined (so all ranks agree on schedules and early stopping), and only rank 0 writes files. A rank's loss is the mean
 over its batch, so ``N`` ranks with ``batch_size`` B take the same steps as one process with
 ``batch_size`` N x B when structures are equally large.
 """
