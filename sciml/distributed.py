@@ -59,10 +59,6 @@ class DistributedContext:
         dist.all_reduce(tensor)
         return tensor.tolist()
 
-    def any(self, flag: bool) -> bool:
-        """True on every rank when ``flag`` is True on at least one."""
-        return self.all_reduce_sum([1.0 if flag else 0.0])[0] > 0 if self.enabled else bool(flag)
-
     def broadcast(self, value: Any) -> Any:
         """Rank 0's ``value`` (any picklable object) on every rank."""
         if not self.enabled:

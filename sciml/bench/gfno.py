@@ -19,12 +19,11 @@ varied by up to ~40% between runs: only same-run ratios are firm.
 
 from __future__ import annotations
 
-import time
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from sciml.bench.timing import peak_extra_mb
+from sciml.bench.timing import alternating_best_seconds, peak_extra_mb
 from sciml.models import build_model
 
 MODELS = ("fno2d", "gfno2d_p4", "gfno2d_p4m")
@@ -34,20 +33,6 @@ REFERENCE_SECONDS = {
     128: {"fno2d": (0.53, 1.32), "gfno2d_p4": (1.99, 6.88), "gfno2d_p4m": (3.73, 11.9)},
 }
 NAN = float("nan")
-
-
-def _alternating_best(functions: Sequence[Callable[[], object]], repeats: int) -> List[float]:
-    """The fastest of ``repeats`` timed runs of each function (s), after one untimed run each, the
-    functions taking turns so that a change of machine load hits all of them alike."""
-    for fn in functions:
-        fn()
-    best = [float("inf")] * len(functions)
-    for _ in range(repeats):
-        for index, fn in enumerate(functions):
-            start = time.perf_counter()
-            fn()
-            best[index] = min(best[index], time.perf_counter() - start)
-    return best
 
 
 def _passes(model: torch.nn.Module, x: torch.Tensor):
@@ -83,7 +68,7 @@ def bench_gfno(sizes: Sequence[int] = (64, 128), batch: int = 20, repeats: int =
                 row = dict(model=name, size=size, batch=batch, params=sum(p.numel() for p in model.parameters()),
                            reference_measured=reference_source is not None)
                 if reference_source is None:
-                    row["forward_s"], row["forward_backward_s"] = _alternating_best([forward, forward_backward],
+                    row["forward_s"], row["forward_backward_s"] = alternating_best_seconds([forward, forward_backward],
                                                                                     repeats)
                     quoted = REFERENCE_SECONDS.get(size, {}).get(name) if batch == 20 else None
                     row["reference_forward_s"], row["reference_forward_backward_s"] = quoted or (NAN, NAN)
@@ -99,7 +84,7 @@ def bench_gfno(sizes: Sequence[int] = (64, 128), batch: int = 20, repeats: int =
                     row["max_relative_difference"] = difference / float(theirs.abs().max())
                     reference_forward, reference_forward_backward = _passes(reference, x)
                     (row["forward_s"], row["reference_forward_s"], row["forward_backward_s"],
-                     row["reference_forward_backward_s"]) = _alternating_best(
+                     row["reference_forward_backward_s"]) = alternating_best_seconds(
                         [forward, reference_forward, forward_backward, reference_forward_backward], repeats)
                     row["reference_peak_mb"] = peak_extra_mb(reference_forward_backward) if memory else NAN
                 row["peak_mb"] = peak_extra_mb(forward_backward) if memory else NAN

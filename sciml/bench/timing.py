@@ -1,5 +1,5 @@
-"""The measuring rules every benchmark uses: the fastest of several runs after warm-up, and the
-peak memory of one run in a forked child."""
+"""The measuring rules every benchmark uses: the fastest of several runs after warm-up (alone, or
+taking turns with the runs it is compared with), and the peak memory of one run in a forked child."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 import select
 import signal
 import time
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Sequence
 
 import torch
 
@@ -35,6 +35,20 @@ def best_seconds(
         fn()
         times.append(time.perf_counter() - start)
     return min(times)
+
+
+def alternating_best_seconds(functions: Sequence[Callable[[], object]], repeats: int) -> List[float]:
+    """The fastest of ``repeats`` timed runs of each function (s), after one untimed run each, the
+    functions taking turns so that a change of machine load hits all of them alike."""
+    for fn in functions:
+        fn()
+    best = [float("inf")] * len(functions)
+    for _ in range(repeats):
+        for index, fn in enumerate(functions):
+            start = time.perf_counter()
+            fn()
+            best[index] = min(best[index], time.perf_counter() - start)
+    return best
 
 
 def _status_kb(key: str) -> int:

@@ -8,9 +8,8 @@ A run keeps ``last.pt`` (end of the last epoch), ``best.pt`` (lowest validation 
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from sciml.io.checkpoint import CheckpointError, load_checkpoint
 
@@ -33,12 +32,13 @@ def prune_step_checkpoints(run_dir: Path, keep: int) -> None:
         path.unlink(missing_ok=True)
 
 
-def newest_checkpoint(run_dir: Path) -> Optional[Tuple[Path, Dict[str, Any]]]:
+def newest_checkpoint(run_dir: Path, on_skip: Callable[[str], None] = lambda reason: None
+                      ) -> Optional[Tuple[Path, Dict[str, Any]]]:
     """The valid checkpoint with the most optimizer steps among ``last.pt`` and the step
     checkpoints, and its contents; None when the run has none of them.
 
-    A truncated or corrupted candidate is skipped with a warning naming it; with candidates but
-    none valid a :class:`~sciml.io.checkpoint.CheckpointError` lists them all.
+    A truncated or corrupted candidate is skipped and ``on_skip`` gets the reason naming it; with
+    candidates but none valid a :class:`~sciml.io.checkpoint.CheckpointError` lists them all.
     """
     run_dir = Path(run_dir)
     candidates = [p for p in [run_dir / "last.pt", *step_checkpoints(run_dir)] if p.exists()]
@@ -49,7 +49,7 @@ def newest_checkpoint(run_dir: Path) -> Optional[Tuple[Path, Dict[str, Any]]]:
             payload = load_checkpoint(path)
         except CheckpointError as err:
             problems.append(str(err))
-            warnings.warn(f"skipping {err}", RuntimeWarning, stacklevel=2)
+            on_skip(f"skipping {err}")
             continue
         step = int(payload.get("global_step", -1))
         if best is None or step > best[0]:

@@ -40,7 +40,6 @@ import resource
 import signal
 import sys
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -174,12 +173,7 @@ class Trainer:
                 raise ValueError(f"output directory {self.output_dir} already holds a run; use --resume or another directory")
             return None
         if resume is True or resume == "auto":
-            with warnings.catch_warnings(record=True) as skipped:
-                warnings.simplefilter("always")
-                found = newest_checkpoint(self.output_dir)
-            if self.context.is_main:
-                for warning in skipped:
-                    print(f"warning: {warning.message}", file=sys.stderr)
+            found = newest_checkpoint(self.output_dir, self._warn)
             if found is None:
                 if resume == "auto" and not has_run:
                     return None
@@ -206,10 +200,15 @@ class Trainer:
             raise ValueError(f"cannot resume from {path}: it was written by a run of {saved_ranks} rank(s), this one "
                              f"has {self.context.world_size}; the batches per step would differ (launch "
                              f"{saved_ranks} rank(s), or start a new run)")
-        if self.context.is_main and self.verbose:
+        if self.verbose:
             print(f"resuming from {path} (epoch {checkpoint['epoch']}, step {checkpoint.get('global_step', '?')})",
                   file=sys.stderr)
         return checkpoint
+
+    def _warn(self, message: str) -> None:
+        """A warning on stderr, from rank 0 only."""
+        if self.context.is_main:
+            print(f"warning: {message}", file=sys.stderr)
 
     def _make_splits(self, total: int) -> Dict[str, List[int]]:
         """Seeded random split, the fixed ``split.ranges`` or a benchmark's split (``split.method``);
