@@ -299,12 +299,21 @@ class _FourierBlock(torch.autograd.Function):
 
 def _normalised_spectrum(ft, mean, rstd, order, plan, points):
     """The kept spectrum of (x - mean) * rstd from that of x (statistics per group of ``order`` channels)."""
-    batch, channels = ft.shape[:2]
-    scale = rstd.repeat_interleave(order, 1)
-    scaled = ft * scale.view(batch, channels, *(1,) * (ft.dim() - 2))
-    zero = (slice(None), slice(None)) + plan.zero + (0,)
-    scaled[zero] -= (mean * rstd).repeat_interleave(order, 1) * points
-    return scaled
+    return affine_spectrum(ft, rstd.repeat_interleave(order, 1), -(mean * rstd).repeat_interleave(order, 1), plan,
+                           points)
+
+
+def affine_spectrum(ft: torch.Tensor, scale: Optional[torch.Tensor], shift: Optional[torch.Tensor],
+                    plan: SpectralPlan, points: int) -> torch.Tensor:
+    """The kept spectrum of ``x * scale + shift`` from ``ft``, that of x on a grid of ``points``
+    points; ``scale``, ``shift``: (B, C) real, per sample and channel, or None. The transform is
+    linear: the spectrum is scaled, and ``shift`` times the number of points is added at frequency
+    zero. A new tensor; ``ft`` is not changed."""
+    out = ft * scale.view(*scale.shape, *(1,) * (ft.dim() - 2)) if scale is not None else ft.clone()
+    if shift is not None:
+        zero = (slice(None), slice(None)) + plan.zero + (0,)
+        out[zero] += shift * points
+    return out
 
 
 def fourier_block(x: torch.Tensor, weight: torch.Tensor, plan: SpectralPlan, w1: torch.Tensor, b1: torch.Tensor,

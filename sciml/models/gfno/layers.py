@@ -180,11 +180,8 @@ class SpectralConvolution(nn.Module):
         """
         plan = self.plan(x) if plan is None else plan
         ft = _fused.transform(x, plan)
-        if scale is not None:
-            ft = ft * scale.view(*scale.shape, *(1,) * (x.dim() - 2))
-        if shift is not None:
-            zero = (slice(None), slice(None)) + plan.zero + (0,)
-            ft[zero] = ft[zero] + shift * math.prod(x.shape[2:])
+        if scale is not None or shift is not None:
+            ft = _fused.affine_spectrum(ft, scale, shift, plan, math.prod(x.shape[2:]))
         return _fused.inverse_axes(_fused.mix(ft, self.spectral_weight()), plan)
 
 
