@@ -32,7 +32,7 @@ import numpy as np
 from ase.data import atomic_numbers
 
 from sciml.data.crystals._io import PathLike, dump_json, entry_records, load_json, unknown_targets
-from sciml.data.crystals.records import CrystalRecord, as_target
+from sciml.data.crystals.records import CrystalRecord, named_targets
 from sciml.data.crystals.validation import CrystalInputError, check_crystal
 
 _STRUCTURE_KEYS = ("atoms", "jid")
@@ -78,13 +78,7 @@ def read_jarvis(
         if id_key not in entry:
             raise CrystalInputError(f"{source}: no {id_key!r} field")
         atoms = check_crystal(jarvis_atoms_to_ase(entry.get("atoms"), source), source)
-        values = {}
-        for name in targets:
-            try:
-                values[name] = as_target(entry.get(name))
-            except ValueError as err:
-                raise CrystalInputError(f"{source}: target {name!r}: {err}") from None
-        return atoms, values
+        return atoms, named_targets(entry, targets, source)
 
     return entry_records(entries, path, id_key, parse, skip_bad, skipped)
 

@@ -37,7 +37,7 @@ from sciml.data.crystals._io import (
 )
 from sciml.data.crystals._pymatgen import structure_dict_to_ase
 from sciml.data.crystals.cif import cif_text_to_atoms, read_cif
-from sciml.data.crystals.records import CrystalRecord, as_target
+from sciml.data.crystals.records import CrystalRecord, as_target, named_targets
 from sciml.data.crystals.validation import CrystalInputError, check_crystal
 
 _STRUCTURE_KEYS = ("structure", "cif", "atoms")
@@ -171,13 +171,7 @@ def _targets_of(entry: Dict[str, Any], targets: Optional[Sequence[str]], exclude
             except ValueError:
                 continue  # text or list fields (formula, symmetry, ...) are not targets
         return values
-    out = {}
-    for name in targets:
-        try:
-            out[name] = as_target(entry.get(name))
-        except ValueError as err:
-            raise CrystalInputError(f"{source}: target {name!r}: {err}") from None
-    return out
+    return named_targets(entry, targets, source)
 
 
 def _is_number(text: str) -> bool:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import ase
+
+from sciml.data.crystals.validation import CrystalInputError
 
 #: Strings that stand for a missing value in the public datasets (JARVIS writes "na").
 MISSING = ("na", "nan", "none", "null", "")
@@ -50,6 +52,22 @@ def as_target(value: Any) -> Optional[float]:
         number = float(value)
         return None if math.isnan(number) else number
     raise ValueError(f"{type(value).__name__} value is not a scalar number")
+
+
+def named_targets(entry: Mapping[str, Any], names: Sequence[str], source: str) -> Dict[str, Optional[float]]:
+    """``{name: as_target(entry[name])}`` for each of ``names`` (missing keys give None).
+
+    Raises:
+        CrystalInputError: a value is not a number or a missing marker; the message names
+            ``source`` and the target.
+    """
+    values = {}
+    for name in names:
+        try:
+            values[name] = as_target(entry.get(name))
+        except ValueError as err:
+            raise CrystalInputError(f"{source}: target {name!r}: {err}") from None
+    return values
 
 
 def records_to_atoms(records: Sequence[CrystalRecord], target: str) -> List[ase.Atoms]:
