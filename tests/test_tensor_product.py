@@ -108,16 +108,23 @@ def test_output_rotates_with_the_inputs():
 
 
 def test_backend_selection(monkeypatch):
+    """The backend is chosen once, when the module is built or moved: SCIML_TP_BACKEND as it is then."""
     tp = ChannelwiseTensorProduct("2x0e+2x1o", "0e+1o")
     x1, x2, weight = torch.randn(4, 8), torch.randn(4, 4), torch.randn(4, tp.weight_numel)
     expected = tp(x1, x2, weight)
+    assert tp.resolved_backend == "cpu"
     monkeypatch.setenv("SCIML_TP_BACKEND", "torch")
-    torch.testing.assert_close(tp(x1, x2, weight), expected)
+    assert tp.resolved_backend == "cpu"  # not re-read on every call
+    torch_tp = ChannelwiseTensorProduct("2x0e+2x1o", "0e+1o")
+    assert torch_tp.resolved_backend == "torch"
+    torch.testing.assert_close(torch_tp(x1, x2, weight), expected)
+    assert tp.double().resolved_backend == "torch"  # moving the module chooses again
     monkeypatch.setenv("SCIML_TP_BACKEND", "fastest")
     with pytest.raises(ValueError, match="unknown tensor-product backend 'fastest'"):
-        tp(x1, x2, weight)
+        ChannelwiseTensorProduct("2x0e+2x1o", "0e+1o")
+    monkeypatch.delenv("SCIML_TP_BACKEND")
     with pytest.raises(ValueError, match="backend 'cuda' is not usable on cpu"):
-        ChannelwiseTensorProduct("2x0e", "0e", backend="cuda")(torch.randn(1, 2), torch.randn(1, 1), torch.randn(1, 2))
+        ChannelwiseTensorProduct("2x0e", "0e", backend="cuda")
 
 
 @pytest.mark.parametrize(
@@ -179,17 +186,15 @@ def test_bench_rows_check_against_e3nn_and_report_the_roofline():
 @pytest.mark.skipif("cpu" not in CPU_BACKENDS, reason="no C compiler for the cpu kernel")
 @pytest.mark.parametrize("channels", [16, 3])
 def test_one_pass_gradients_equal_separate_passes(monkeypatch, channels):
-    from sciml.ops.tensor_product import core
-
     irreps = f"{channels}x0e+{channels}x1o+{channels}x2e"
     tp = ChannelwiseTensorProduct(irreps, "0e+1o+2e", backend="cpu").double()
     inputs = _inputs(tp, 6, torch.float64)
     calls = []
-    fused = core._FUSED_GRADIENTS["cpu"]
-    monkeypatch.setitem(core._FUSED_GRADIENTS, "cpu", lambda *args: calls.append(1) or fused(*args))
+    fused = cpu.fused_gradients
+    monkeypatch.setattr(cpu, "fused_gradients", lambda *args: calls.append(1) or fused(*args))
     one_pass = _forward_backward(tp, *inputs)
     assert calls, "the one-pass gradients were not used for a channelwise product"
-    monkeypatch.delitem(core._FUSED_GRADIENTS, "cpu")
+    monkeypatch.setattr(cpu, "fused_gradients", lambda *args: None)
     for got, want in zip(one_pass, _forward_backward(tp, *inputs)):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
@@ -199,14 +204,15 @@ def test_auto_falls_back_to_the_reference_without_a_compiler(monkeypatch):
 
     monkeypatch.setattr(cpu, "_failure", "no C compiler found (set CC)")
     monkeypatch.setattr(dispatch, "_warned", set())
-    tp = ChannelwiseTensorProduct("2x0e+2x1o", "0e+1o")
-    x1, x2, weight = torch.randn(3, 8), torch.randn(3, 4), torch.randn(3, tp.weight_numel)
     with pytest.warns(UserWarning, match="backend 'cpu' unavailable: no C compiler found"):
-        out = tp(x1, x2, weight)
+        tp = ChannelwiseTensorProduct("2x0e+2x1o", "0e+1o")
+    assert tp.resolved_backend == "reference"
+    x1, x2, weight = torch.randn(3, 8), torch.randn(3, 4), torch.randn(3, tp.weight_numel)
+    out = tp(x1, x2, weight)
     tp.backend = "reference"
     torch.testing.assert_close(out, tp(x1, x2, weight))
     with pytest.raises(ValueError, match="backend 'cpu' is not usable on cpu: no C compiler found"):
-        ChannelwiseTensorProduct("2x0e", "0e", backend="cpu")(torch.randn(1, 2), torch.randn(1, 1), torch.randn(1, 2))
+        ChannelwiseTensorProduct("2x0e", "0e", backend="cpu")
 
 
 def test_pickle_and_deepcopy_after_kernels_ran(monkeypatch):

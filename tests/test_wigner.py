@@ -1,4 +1,3 @@
-import ctypes
 
 import pytest
 import torch
@@ -7,7 +6,7 @@ from e3nn import o3
 from e3nn_reference import default_dtype
 from sh_backends import backend, has_compiler  # noqa: F401  (backend is a fixture)
 from sciml.ops import edge_rotation, spherical_harmonics, wigner_D
-from sciml.ops.cbuild import compile_c
+from sciml.ops.cbuild import kernel_name
 from sciml.ops.wigner import _c_source, wigner_D_blocks
 
 
@@ -90,17 +89,15 @@ def test_compiled_kernel_at_every_simd_width(monkeypatch, vbytes, dtype):
     monkeypatch.setenv("SCIML_SH_BACKEND", "torch")
     lmax, e = 3, 37
     source = f"#define VBYTES {vbytes}\n" + _c_source(lmax, "float" if dtype == torch.float32 else "double")
-    forward, backward = (compile_c(source, name) for name in ("sciml_wigner_forward", "sciml_wigner_backward"))
+    kernels = "\n".join(kernel_name(source, name) for name in ("sciml_wigner_forward", "sciml_wigner_backward"))
     rot = rotations(e, improper=True, dtype=dtype)
     ref_rot = rot.clone().requires_grad_(True)
     ref = wigner_D_blocks(lmax, ref_rot)
     grads = [torch.randn_like(b) for b in ref]
     (ref_grad,) = torch.autograd.grad(ref, ref_rot, grads)
-    out, out_grad = torch.empty(sum(b.numel() for b in ref), dtype=dtype), torch.empty_like(rot)
     grad = torch.cat([g.reshape(-1) for g in grads])
-    pointer = lambda t: ctypes.c_void_p(t.data_ptr())
-    forward(ctypes.c_int64(e), pointer(rot), pointer(out), ctypes.c_int(2))
-    backward(ctypes.c_int64(e), pointer(rot), pointer(grad), pointer(out_grad), ctypes.c_int(2))
+    out = torch.ops.sciml.wigner_blocks(rot, kernels, lmax)
+    out_grad = torch.ops.sciml.wigner_blocks_backward(rot, grad, kernels, lmax)
     tolerance = 1e-5 if dtype == torch.float32 else 1e-13
     assert (out - torch.cat([b.reshape(-1) for b in ref])).abs().max() <= tolerance
     assert (out_grad - ref_grad).abs().max() <= tolerance * ref_grad.abs().max()

@@ -1,14 +1,15 @@
-"""Building small C kernels at run time: system compiler, on-disk cache, ctypes loading.
+"""Building the generated C kernels of the CPU operators: system compiler and an on-disk cache.
 
 Kernels are compiled with ``cc -O3 -march=native -fopenmp`` into ``$SCIML_CACHE_DIR/kernels``
 (default ``~/.cache/sciml/kernels``), keyed by the source, the compiler, the flags and the CPU
 model, so a home directory shared by different machines never loads a binary built for another
-CPU. No torch headers are involved, so a build takes well under a second for small sources.
+CPU. No torch headers are involved, so a build takes well under a second for small sources. A
+built function is named to an operator of ``torch.ops.sciml`` (``sciml.ops.library``) as
+``"path/to/kernel.so:symbol"``; the operator loads it and calls it from C++.
 """
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import os
 import platform
@@ -16,12 +17,12 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Optional
 
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu99"]
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (part of every build key)."""
     try:
         with open("/proc/cpuinfo") as handle:
             return next((line for line in handle if line.startswith("model name")), platform.processor())
@@ -34,21 +35,23 @@ def cache_dir() -> Path:
     return Path(os.environ.get("SCIML_CACHE_DIR", Path.home() / ".cache" / "sciml")) / "kernels"
 
 
-def compiler() -> str:
-    """The C compiler (``$CC``, else ``cc``/``gcc`` on PATH); RuntimeError if there is none."""
-    found = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+def compiler(cxx: bool = False) -> str:
+    """The C compiler (``$CC``, else ``cc``/``gcc``) or, with ``cxx``, the C++ compiler (``$CXX``,
+    else ``c++``/``g++``) on PATH; RuntimeError if there is none."""
+    names = ("CXX", "c++", "g++") if cxx else ("CC", "cc", "gcc")
+    found = os.environ.get(names[0]) or shutil.which(names[1]) or shutil.which(names[2])
     if found is None:
-        raise RuntimeError("no C compiler found (set CC)")
+        raise RuntimeError(f"no {'C++' if cxx else 'C'} compiler found (set {names[0]})")
     return found
 
 
-def compile_c(source: str, name: str) -> Callable:
-    """Compile ``source`` (cached on disk) and return its function ``name`` via ctypes (restype None).
+def build_library(source: str) -> Path:
+    """Compile ``source`` into a shared library (cached on disk) and return its path.
 
     Raises RuntimeError with the compiler's message when the build fails.
     """
     cc = compiler()
-    key = hashlib.sha256("\n".join([source, cc, *FLAGS, _cpu_model()]).encode()).hexdigest()[:20]
+    key = hashlib.sha256("\n".join([source, cc, *FLAGS, cpu_model()]).encode()).hexdigest()[:20]
     target = cache_dir() / f"k_{key}.so"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -60,11 +63,9 @@ def compile_c(source: str, name: str) -> Callable:
             if result.returncode != 0:
                 raise RuntimeError(f"compiling a C kernel failed: {result.stderr.strip()[:500]}")
             os.replace(temporary, target)  # atomic: concurrent builders never see a partial file
-    function = getattr(ctypes.CDLL(str(target)), name)
-    function.restype = None
-    return function
+    return target
 
 
-def pointer(tensor: Optional[Any]) -> ctypes.c_void_p:
-    """A kernel argument for ``tensor``'s data (a contiguous torch tensor), NULL for None."""
-    return ctypes.c_void_p(None if tensor is None else tensor.data_ptr())
+def kernel_name(source: str, symbol: str) -> str:
+    """``"path:symbol"`` of function ``symbol`` in ``source`` compiled by :func:`build_library`."""
+    return f"{build_library(source)}:{symbol}"

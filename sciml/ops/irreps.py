@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from e3nn import o3
 
+from sciml.ops.tracing import built_outside_tracing
+
 IrrepsLike = Union[str, o3.Irreps, list, tuple]
 
 
@@ -27,6 +29,7 @@ def parse_irreps(value: IrrepsLike, name: str = "irreps") -> o3.Irreps:
 
 
 @lru_cache(maxsize=None)
+@built_outside_tracing
 def clebsch_gordan(l1: int, l2: int, l3: int) -> np.ndarray:
     """Real Clebsch-Gordan tensor (2l1+1, 2l2+1, 2l3+1) in float64, e3nn's ``wigner_3j(l1, l2, l3)``."""
     if not abs(l1 - l2) <= l3 <= l1 + l2:
@@ -38,6 +41,7 @@ def clebsch_gordan(l1: int, l2: int, l3: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=None)
+@built_outside_tracing
 def clebsch_gordan_tensor(l1: int, l2: int, l3: int, dtype: torch.dtype, device: str) -> torch.Tensor:
     """``clebsch_gordan(l1, l2, l3)`` as a torch tensor of ``dtype`` on ``device`` (cached)."""
     return torch.tensor(clebsch_gordan(l1, l2, l3), dtype=dtype, device=device)

@@ -28,7 +28,8 @@ Two implementations of the same recurrence and gradient:
 
 - ``c`` (CPU, float32/float64): C source generated per (degrees, normalization, normalize,
   dtype) with the fitted constants as literals, compiled at run time (``sciml.ops.cbuild``) and
-  called through ctypes. Points are processed in blocks of one SIMD register's width (the
+  run by the operators ``torch.ops.sciml.spherical_harmonics`` / ``spherical_harmonics_backward``
+  (``sciml.ops.library``). Points are processed in blocks of one SIMD register's width (the
   recurrence runs across the block's points, so it vectorises), the block's rows are transposed
   in registers and written straight into the (N, K) output; blocks are split over
   ``torch.get_num_threads()`` OpenMP threads. The first backward (dL/dr from the A_l and the
@@ -44,7 +45,6 @@ Two implementations of the same recurrence and gradient:
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import math
 import os
@@ -54,7 +54,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from sciml.ops.cbuild import compile_c, pointer
+from sciml.ops import library
+from sciml.ops.cbuild import build_library
+from sciml.ops.tracing import built_outside_tracing, is_tracing
 
 NORMALIZATIONS = ("integral", "component", "norm")
 MAX_L = 16  # the fit below is checked to 1e-9 relative up to here
@@ -80,6 +82,7 @@ def _parse_ls(lmax_or_ls: LmaxOrLs) -> Tuple[int, ...]:
     return ls
 
 
+@built_outside_tracing
 def cg_spherical_harmonics(lmax: int, vectors: np.ndarray) -> List[np.ndarray]:
     """Reference harmonics from the Clebsch-Gordan recursion, float64 numpy (setup and tests only).
 
@@ -179,6 +182,7 @@ def _normalization_factor(l: int, normalization: str) -> float:
 
 
 @functools.lru_cache(maxsize=64)
+@built_outside_tracing
 def _torch_constants(lmax: int, normalization: str, dtype: torch.dtype, device: torch.device):
     """The recurrence constants as tensors, columns (rows, 1) for broadcasting over N."""
     out = []
@@ -265,6 +269,7 @@ class _GradientTables(NamedTuple):
 
 
 @functools.lru_cache(maxsize=64)
+@built_outside_tracing
 def _gradient_tables(
     ls: Tuple[int, ...], normalization: str, dtype: torch.dtype, device: torch.device
 ) -> _GradientTables:
@@ -336,22 +341,28 @@ _CHUNK = 16384
 
 
 class _Harmonics(torch.autograd.Function):
-    """Point rows (3, N) -> harmonics of the degrees ``ls``: (N, K), or (K, N) if ``as_rows``.
+    """Point rows (3, N) -> (harmonics of the degrees ``ls``: (N, K), or (K, N) if ``as_rows``;
+    the rows of the degrees below lmax or None).
 
     Backward: dL/dr_k = sum over degrees of sum_ij G^l_i A_l[k, j, i] Y^{l-1}_j, using the banded
     structure of A_l (:func:`_gradient_tables`) and the rows Y^0..Y^{lmax-1} kept from the forward
-    pass, instead of replaying the recurrence; both passes run over chunks of points. When a graph
-    of the backward is requested (double backward, e.g. a loss on forces), the rows are
-    recomputed with autograd so that the gradient is itself differentiable.
+    pass (its second output, returned rather than stashed so the function also runs under
+    ``torch.func`` transforms), instead of replaying the recurrence; both passes run over chunks of
+    points. When a graph of the backward is requested (double backward, e.g. a loss on forces), or
+    the rows were not kept, they are recomputed with autograd so that the gradient is itself
+    differentiable.
     """
 
     @staticmethod
-    def forward(ctx, rows: torch.Tensor, ls: Tuple[int, ...], normalization: str, as_rows: bool) -> torch.Tensor:
-        ctx.ls, ctx.normalization, ctx.as_rows = ls, normalization, as_rows
+    def forward(rows: torch.Tensor, ls: Tuple[int, ...], normalization: str, as_rows: bool):
         n, k, lmax = rows.shape[1], sum(2 * l + 1 for l in ls), max(ls)
         out = rows.new_empty(k, n) if as_rows else rows.new_empty(n, k)
         # Degrees below lmax, for the backward (about (lmax / (lmax + 1))^2 of the output's size).
-        lower = rows.new_empty(lmax * lmax, n) if ctx.needs_input_grad[0] and lmax > 0 else None
+        keep = rows.requires_grad and torch.is_grad_enabled() and lmax > 0
+        if is_tracing():  # one piece: a loop over a symbolic number of points would fix it
+            full, picked = _selected_rows(rows, ls, normalization)
+            return (picked if as_rows else picked.t()), (full[: lmax * lmax] if keep else None)
+        lower = rows.new_empty(lmax * lmax, n) if keep else None
         for start in range(0, n, _CHUNK):
             stop = start + _CHUNK
             full, picked = _selected_rows(rows[:, start:stop], ls, normalization)
@@ -361,20 +372,29 @@ class _Harmonics(torch.autograd.Function):
                 out[start:stop] = picked.t()
             if lower is not None:
                 lower[:, start:stop] = full[: lmax * lmax]
-        ctx.save_for_backward(rows, lower)
-        return out
+        return out, lower
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):
+    def setup_context(ctx, inputs, output) -> None:
+        rows, ls, normalization, as_rows = inputs
+        ctx.ls, ctx.normalization, ctx.as_rows = ls, normalization, as_rows
+        if output[1] is not None:
+            ctx.mark_non_differentiable(output[1])
+        ctx.save_for_backward(rows, output[1])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor, _):
         rows, lower = ctx.saved_tensors
         ls, normalization = ctx.ls, ctx.normalization
         if max(ls) == 0:
             return torch.zeros_like(rows), None, None, None
         t = _gradient_tables(ls, normalization, rows.dtype, rows.device)
         grad_rows = grad if ctx.as_rows else grad.t()
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() or lower is None:
             full = _selected_rows(rows, ls, normalization)[0]
             return _gradient_of_rows(grad_rows.contiguous(), full, t), None, None, None
+        if is_tracing():
+            return _gradient_of_rows(grad_rows.contiguous(), lower, t), None, None, None
         out = torch.empty_like(rows)
         for start in range(0, rows.shape[1], _CHUNK):
             stop = start + _CHUNK
@@ -390,7 +410,7 @@ def harmonics_of_rows(
     No normalization of the points; ``ls`` must already be validated (see :func:`spherical_harmonics`).
     Returns (N, K), or (K, N) when ``as_rows``. Differentiable (any order).
     """
-    return _Harmonics.apply(rows, ls, normalization, as_rows)
+    return _Harmonics.apply(rows, ls, normalization, as_rows)[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -424,23 +444,28 @@ def use_compiled(tensor: torch.Tensor) -> bool:
     return applies
 
 
-_built: Dict[tuple, Union[Tuple[Callable, ...], str]] = {}
+_built: Dict[tuple, Tuple[bool, str]] = {}
 
 
-def build_kernels(key: tuple, make_source: Callable[[], str], names: Sequence[str]) -> Optional[Tuple[Callable, ...]]:
-    """The functions ``names`` of the generated source, compiled once per ``key``.
+@built_outside_tracing
+def build_kernels(key: tuple, make_source: Callable[[], str], names: Sequence[str]) -> Optional[str]:
+    """The functions ``names`` of the generated source, compiled once per ``key``, as the
+    operators' ``kernels`` argument ("path:symbol" lines).
 
-    Returns None when the build fails (no compiler, or a compiler error; the reason is kept and
-    the build is not retried), except under ``SCIML_SH_BACKEND=c``, which raises RuntimeError.
+    Returns None when the build fails (no compiler, a compiler error, or no operator library; the
+    reason is kept and the build is not retried), except under ``SCIML_SH_BACKEND=c``, which raises
+    RuntimeError.
     """
     if key not in _built:
         try:
-            source = make_source()
-            _built[key] = tuple(compile_c(source, name) for name in names)
+            if not library.available():
+                raise RuntimeError(library.unavailable_reason())
+            path = build_library(make_source())
+            _built[key] = (True, "\n".join(f"{path}:{name}" for name in names))
         except (RuntimeError, OSError) as error:
-            _built[key] = str(error)
-    result = _built[key]
-    if isinstance(result, str):
+            _built[key] = (False, str(error))
+    built, result = _built[key]
+    if not built:
         if backend() == "c":
             raise RuntimeError(f"the compiled spherical-harmonics kernel is unavailable: {result}")
         return None
@@ -720,9 +745,7 @@ void sciml_sh_backward(int64_t n, const real* restrict in, const real* restrict 
 """
 
 
-def _compiled_kernels(
-    ls: Tuple[int, ...], normalization: str, normalize: bool, dtype: torch.dtype
-) -> Optional[Tuple[Callable, ...]]:
+def _compiled_kernels(ls: Tuple[int, ...], normalization: str, normalize: bool, dtype: torch.dtype) -> Optional[str]:
     real = c_real(dtype)
     return build_kernels(
         ("harmonics", ls, normalization, normalize, real),
@@ -731,41 +754,7 @@ def _compiled_kernels(
     )
 
 
-class _CompiledHarmonics(torch.autograd.Function):
-    """Points (N, 3), contiguous -> harmonics (N, K) with the compiled kernels.
-
-    The backward is C unless its graph is wanted (``create_graph=True``): then the harmonics are
-    recomputed by the torch code and differentiated, so every higher derivative is exact too.
-    """
-
-    @staticmethod
-    def forward(ctx, points, ls, normalization, normalize, kernels):
-        ctx.ls, ctx.normalization, ctx.normalize, ctx.kernels = ls, normalization, normalize, kernels
-        out = points.new_empty(points.shape[0], sum(2 * l + 1 for l in ls))
-        threads = ctypes.c_int(torch.get_num_threads())
-        kernels[0](ctypes.c_int64(points.shape[0]), pointer(points), pointer(out), threads)
-        ctx.save_for_backward(points)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        (points,) = ctx.saved_tensors
-        if torch.is_grad_enabled():
-            with torch.enable_grad():
-                source = points if points.requires_grad else points.detach().requires_grad_(True)
-                harmonics = _torch_harmonics(source, ctx.ls, ctx.normalization, ctx.normalize)
-                (out,) = torch.autograd.grad(harmonics, source, grad, create_graph=True)
-            return out, None, None, None, None
-        out = torch.empty_like(points)
-        if max(ctx.ls) == 0:
-            return out.zero_(), None, None, None, None
-        grad = grad.contiguous()
-        threads = ctypes.c_int(torch.get_num_threads())
-        ctx.kernels[1](ctypes.c_int64(points.shape[0]), pointer(points), pointer(grad), pointer(out), threads)
-        return out, None, None, None, None
-
-
-def _torch_harmonics(points: torch.Tensor, ls: Tuple[int, ...], normalization: str, normalize: bool) -> torch.Tensor:
+def torch_harmonics(points: torch.Tensor, ls: Tuple[int, ...], normalization: str, normalize: bool) -> torch.Tensor:
     """Points (N, 3) -> (N, K) with the torch code."""
     rows = points.t().contiguous()
     if normalize:
@@ -809,9 +798,10 @@ def spherical_harmonics(
     points = vectors.reshape(-1, 3)
     kernels = _compiled_kernels(ls, normalization, normalize, points.dtype) if use_compiled(points) else None
     if kernels is not None:
-        out = _CompiledHarmonics.apply(points.contiguous(), ls, normalization, normalize, kernels)
+        dim = sum(2 * l + 1 for l in ls)
+        out = library.call("spherical_harmonics", points, kernels, dim, list(ls), normalization, normalize)
     else:
-        out = _torch_harmonics(points, ls, normalization, normalize)
+        out = torch_harmonics(points, ls, normalization, normalize)
     return out.view(*batch, out.shape[-1])
 
 

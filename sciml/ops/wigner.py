@@ -17,20 +17,20 @@ On CPU (float32/float64, ``SCIML_SH_BACKEND`` not "torch") one generated C kerne
 block of rotations, one rotation per SIMD lane: the harmonics of the rotated points (the
 recurrence of :mod:`sciml.ops.spherical_harmonics`), the contraction with the pseudo-inverses
 (literals in the source) and the (2l+1)^2 entries of each D^l written in place; its backward
-(dL/dR) is C as well. Otherwise, and for a differentiable backward (``create_graph=True``), the
+(dL/dR) is C as well. Both run as operators of ``torch.ops.sciml`` (``sciml.ops.library``). Otherwise, and for a differentiable backward (``create_graph=True``), the
 same steps run as torch operations.
 """
 
 from __future__ import annotations
 
-import ctypes
 import functools
-from typing import Callable, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
 
-from sciml.ops.cbuild import pointer
+from sciml.ops import library
+from sciml.ops.tracing import built_outside_tracing
 from sciml.ops.spherical_harmonics import (
     MAX_L,
     build_kernels,
@@ -66,6 +66,7 @@ def _point_set(lmax: int) -> Tuple[np.ndarray, Tuple[np.ndarray, ...]]:
 
 
 @functools.lru_cache(maxsize=64)
+@built_outside_tracing
 def _torch_point_set(lmax: int, dtype: torch.dtype, device: torch.device) -> Tuple[torch.Tensor, List[torch.Tensor]]:
     points, pinvs = _point_set(lmax)
     return (
@@ -109,9 +110,15 @@ def _blocks(lmax: int, rotations: torch.Tensor) -> List[torch.Tensor]:
         return [b.permute(2, 0, 1) for b in _edge_minor_blocks(lmax, flat)]
     e = flat.shape[0]
     sizes = [(2 * l + 1) ** 2 for l in range(lmax + 1)]
-    out = _CompiledBlocks.apply(flat.contiguous(), lmax, kernels)
+    out = library.call("wigner_blocks", flat, kernels, lmax)
     # (torch.split: its backward is one cat, where slicing would zero-fill a full gradient per degree.)
     return [b.view(e, 2 * l + 1, 2 * l + 1) for l, b in enumerate(torch.split(out, [e * size for size in sizes]))]
+
+
+def torch_flat_blocks(lmax: int, rotations: torch.Tensor) -> torch.Tensor:
+    """The compiled kernel's output computed with torch operations: D^0..D^lmax of the rotations
+    (E, 3, 3), each (E, 2l+1, 2l+1), flattened one after the other."""
+    return torch.cat([b.permute(2, 0, 1).reshape(-1) for b in _edge_minor_blocks(lmax, rotations)])
 
 
 def _edge_minor_blocks(lmax: int, rotations: torch.Tensor) -> List[torch.Tensor]:
@@ -285,52 +292,12 @@ int sciml_wigner_backward(int64_t edges, const real* restrict rot, const real* r
     return "\n".join(lines)
 
 
-def _compiled_kernels(lmax: int, dtype: torch.dtype) -> Optional[Tuple[Callable, ...]]:
+def _compiled_kernels(lmax: int, dtype: torch.dtype) -> Optional[str]:
+    """The operators' ``kernels`` argument for (lmax, dtype), or None where they cannot be built."""
     real = c_real(dtype)
-    kernels = build_kernels(
+    return build_kernels(
         ("wigner", lmax, real), lambda: _c_source(lmax, real), ("sciml_wigner_forward", "sciml_wigner_backward")
     )
-    for kernel in kernels or ():
-        kernel.restype = ctypes.c_int
-    return kernels
-
-
-def _run(kernel: Callable, *args) -> None:
-    if kernel(*args, ctypes.c_int(torch.get_num_threads())):
-        raise MemoryError("the Wigner-D kernel could not allocate its scratch memory")
-
-
-class _CompiledBlocks(torch.autograd.Function):
-    """Rotations (E, 3, 3), contiguous -> D^0..D^lmax flat (each (E, 2l+1, 2l+1), one after the other).
-
-    The backward is C unless its graph is wanted (``create_graph=True``): then the blocks are
-    recomputed with torch operations and differentiated.
-    """
-
-    @staticmethod
-    def forward(ctx, rotations, lmax, kernels):
-        ctx.lmax, ctx.kernels = lmax, kernels
-        e = rotations.shape[0]
-        out = rotations.new_empty(e * sum((2 * l + 1) ** 2 for l in range(lmax + 1)))
-        _run(kernels[0], ctypes.c_int64(e), pointer(rotations), pointer(out))
-        ctx.save_for_backward(rotations)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        (rotations,) = ctx.saved_tensors
-        if torch.is_grad_enabled():
-            with torch.enable_grad():
-                source = rotations if rotations.requires_grad else rotations.detach().requires_grad_(True)
-                flat = torch.cat([b.permute(2, 0, 1).reshape(-1) for b in _edge_minor_blocks(ctx.lmax, source)])
-                (out,) = torch.autograd.grad(flat, source, grad, create_graph=True)
-            return out, None, None
-        out = torch.empty_like(rotations)
-        if ctx.lmax == 0:
-            return out.zero_(), None, None
-        grad = grad.contiguous()
-        _run(ctx.kernels[1], ctypes.c_int64(rotations.shape[0]), pointer(rotations), pointer(grad), pointer(out))
-        return out, None, None
 
 
 def wigner_D(lmax: int, rotations: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 
 from sciml.ops.scatter import scatter_sum
-from sciml.ops.tensor_product.dispatch import resolve_backend
+from sciml.ops.tracing import is_tracing
 from sciml.ops.tensor_product.module import TensorProduct
 from sciml.ops.tensor_product.reference import reference_tensor_product
 
@@ -46,11 +46,11 @@ def tensor_product_conv(
         raise ValueError(f"edge_index must have shape (2, E), got {tuple(edge_index.shape)}")
     num_edges = edge_index.shape[1]
     num_nodes = node_feats.shape[0] if num_nodes is None else num_nodes
-    if node_feats.ndim != 2 or node_feats.shape[1] != tp.irreps_in1.dim:
+    if node_feats.ndim != 2 or node_feats.shape[1] != tp.dim_in1:
         raise ValueError(f"node_feats must be (N, {tp.irreps_in1.dim}) for {tp.irreps_in1}, got {tuple(node_feats.shape)}")
-    if edge_attrs.shape != (num_edges, tp.irreps_in2.dim):
+    if edge_attrs.ndim != 2 or edge_attrs.shape[0] != num_edges or edge_attrs.shape[1] != tp.dim_in2:
         raise ValueError(f"edge_attrs must be ({num_edges}, {tp.irreps_in2.dim}) for {tp.irreps_in2}, got {tuple(edge_attrs.shape)}")
-    if edge_index.numel() and (int(edge_index.min()) < 0 or int(edge_index[1].max()) >= node_feats.shape[0] or int(edge_index[0].max()) >= num_nodes):
+    if edge_index.numel() and not is_tracing() and (int(edge_index.min()) < 0 or int(edge_index[1].max()) >= node_feats.shape[0] or int(edge_index[0].max()) >= num_nodes):
         raise ValueError(f"edge_index refers to nodes outside 0..{max(num_nodes, node_feats.shape[0]) - 1}")
     receiver, sender = edge_index[0].long(), edge_index[1].long()
     if tp.shared_weights:
@@ -62,12 +62,12 @@ def tensor_product_conv(
             shape = None if edge_weights is None else tuple(edge_weights.shape)
             raise ValueError(f"edge_weights must be ({num_edges}, {tp.weight_numel}), got {shape}")
         weights = edge_weights
-    backend = resolve_backend(tp.backend, node_feats.device, node_feats.dtype)
+    backend = tp.backend_for(node_feats)
     lowered = tp._lowered
     if backend == "reference" or lowered.mixers:
         gathered = node_feats[sender]
         if backend == "reference":
-            messages = reference_tensor_product(tp.paths, tp.irreps_out.dim, gathered, edge_attrs, weights[0] if tp.shared_weights else weights, tp.shared_weights)
+            messages = reference_tensor_product(tp.paths, tp.dim_out, gathered, edge_attrs, weights[0] if tp.shared_weights else weights, tp.shared_weights)
         else:
             messages = lowered(gathered, edge_attrs, weights, backend)
         return scatter_sum(messages, receiver, dim_size=num_nodes)

@@ -17,17 +17,24 @@ implement only this forward, and gradients of any order follow. Only structural 
 Clebsch-Gordan tensors are visited, outer products are never materialised, and a non-identity
 output rowmap means the output is a scatter-sum (fused gather -> product -> scatter).
 
-A backend is a function ``(plan, operands, rowmaps, out_slot, out_rows, num_terms) -> Tensor``
-registered with :func:`register_core_backend`; it must not track gradients itself.
+The compiled backends run as the operator ``torch.ops.sciml.tp_core`` (``sciml.ops.library``):
+"cpu" on CPU tensors, "cuda" and "triton" on CUDA tensors; its autograd formula is the same
+operator with another output slot. Pure-Python backends (``torch``, and Triton's interpreter on
+the CPU) are functions ``(plan, operands, rowmaps, out_slot, out_rows, num_terms) -> Tensor``
+registered with :func:`register_core_backend`; they must not track gradients themselves.
 """
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+
+from sciml.ops import library
+from sciml.ops.tracing import built_outside_tracing
 
 INDEX_COLUMN = {0: 0, 1: 1, 3: 2}  # slot -> column of ``indices``; slot s has no component index
 PATH_COLUMNS = ("off_a", "off_b", "off_s", "off_o", "bc_a", "bc_b", "bc_s", "bc_o", "channels", "begin", "end")
@@ -48,6 +55,7 @@ class CorePlan:
     values: np.ndarray
     _device_cache: Dict = field(default_factory=dict, repr=False, compare=False)
 
+    @built_outside_tracing
     def tensors(self, device: torch.device) -> tuple:
         """(paths, indices, values) as torch tensors on ``device`` (cached)."""
         key = str(device)
@@ -59,6 +67,7 @@ class CorePlan:
             )
         return self._device_cache[key]
 
+    @built_outside_tracing
     def addresses(self, slot: int, path: int, device: torch.device) -> torch.Tensor:
         """Column of every (entry, channel) of ``path`` in operand ``slot``: int64 (n_entries, U)."""
         key = ("addr", slot, path, str(device))
@@ -76,16 +85,22 @@ class CorePlan:
         return self._device_cache[key]
 
 
+_PLANS: Dict[int, tuple] = {}  # id of a plan's CPU paths tensor -> (weak reference to it, plan)
+
+
+def plan_from_tables(tables: Sequence[torch.Tensor], widths: Sequence[int]) -> CorePlan:
+    """The plan whose (paths, indices, values) tensors are ``tables`` (as built by ``CorePlan.tensors``
+    on the CPU and passed to the operator), recovered once per plan."""
+    paths = tables[0]
+    known = _PLANS.get(id(paths))
+    if known is None or known[0]() is not paths:
+        plan = CorePlan(tuple(int(w) for w in widths), paths.numpy(), tables[1].numpy(), tables[2].numpy())
+        known = _PLANS[id(paths)] = (weakref.ref(paths, lambda _, key=id(paths): _PLANS.pop(key, None)), plan)
+    return known[1]
+
+
 CoreBackend = Callable[..., torch.Tensor]
 _CORE_BACKENDS: Dict[str, CoreBackend] = {}
-_FUSED_GRADIENTS: Dict[str, Callable] = {}
-
-
-def register_fused_gradients(name: str, function: Callable) -> None:
-    """Optional: ``function(plan, a, b, s, grad_out) -> (grad_a, grad_b, grad_s)`` computing all three
-    input gradients of a forward core (output slot o, identity row maps) in one pass, or None
-    where the plan does not suit it. Used for first derivatives only (not under create_graph)."""
-    _FUSED_GRADIENTS[name] = function
 
 
 def register_core_backend(name: str, function: CoreBackend) -> None:
@@ -138,19 +153,23 @@ register_core_backend("torch", torch_core)
 
 
 class _SparseCore(torch.autograd.Function):
-    """Autograd wrapper: the gradient for an input slot is the core with that slot as the output."""
+    """Autograd of the Python backends: the gradient for an input slot is the core with that slot
+    as the output (setup_context form, so it also runs under ``torch.func`` transforms)."""
 
     @staticmethod
-    def forward(ctx, config, *inputs):
+    def forward(config, *inputs):
         plan, rowmaps, out_slot, out_rows, num_terms, backend = config
-        slots = [slot for slot in range(4) if slot != out_slot]
         operands = [None] * 4
-        for slot, tensor in zip(slots, inputs):
+        for slot, tensor in zip([slot for slot in range(4) if slot != out_slot], inputs):
             operands[slot] = tensor.contiguous()
-        ctx.config = config
-        ctx.slots = slots
-        ctx.save_for_backward(*inputs)
         return core_backend(backend)(plan, operands, rowmaps, out_slot, out_rows, num_terms)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        config, *tensors = inputs
+        ctx.config = config
+        ctx.slots = [slot for slot in range(4) if slot != config[2]]
+        ctx.save_for_backward(*tensors)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -160,12 +179,6 @@ class _SparseCore(torch.autograd.Function):
         for slot, tensor in zip(ctx.slots, inputs):
             operands[slot] = tensor
         operands[out_slot] = grad_out.contiguous()
-        fused = _FUSED_GRADIENTS.get(backend)
-        if (fused is not None and out_slot == 3 and all(m is None for m in rowmaps) and all(ctx.needs_input_grad[1:])
-                and not torch.is_grad_enabled()):
-            grads = fused(plan, *operands)
-            if grads is not None:
-                return (None, *grads)
         grads = []
         for position, slot in enumerate(ctx.slots):
             if not ctx.needs_input_grad[position + 1]:
@@ -175,6 +188,11 @@ class _SparseCore(torch.autograd.Function):
             others[slot] = None
             grads.append(sparse_core(plan, others, rowmaps, slot, inputs[position].shape[0], num_terms, backend))
         return (None, *grads)
+
+
+def runs_as_operator(backend: str, device: torch.device) -> bool:
+    """Whether ``backend`` runs as ``torch.ops.sciml.tp_core`` on ``device`` (else in Python)."""
+    return backend == "cpu" or (backend in ("cuda", "triton") and device.type == "cuda")
 
 
 def sparse_core(
@@ -191,6 +209,16 @@ def sparse_core(
     ``operands`` has four entries in slot order with ``None`` at ``out_slot``; ``rowmaps`` four int64
     (num_terms,) row maps or None (identity).
     """
+    reference = next(op for op in operands if op is not None)
+    if runs_as_operator(backend, reference.device):
+        from sciml.ops.tensor_product import cpu
+
+        differentiable = torch.is_grad_enabled() and any(op is not None and op.requires_grad for op in operands)
+        # other dtypes run in float32: the operator's autocast rule casts them
+        dtype = reference.dtype if reference.dtype in (torch.float32, torch.float64) else torch.float32
+        kernels = cpu.kernels(plan, dtype, num_terms, out_slot, differentiable) if backend == "cpu" else ""
+        return library.call("tp_core", *operands, *rowmaps, cpu.tables(plan), list(plan.widths), kernels, out_slot,
+                                       out_rows, num_terms, backend)
     slots = [slot for slot in range(4) if slot != out_slot]
     config = (plan, tuple(rowmaps), out_slot, out_rows, num_terms, backend)
     return _SparseCore.apply(config, *[operands[slot] for slot in slots])

@@ -1,46 +1,54 @@
-"""The ``cpu`` backend: the sparse core (``cpu_kernel.c``) compiled with the system C compiler.
+"""The ``cpu`` backend: the sparse core as the operator ``torch.ops.sciml.tp_core`` on CPU tensors.
 
-Built on first use (``sciml.ops.cbuild``: cached on disk, keyed by source, flags and CPU model).
-One generic kernel serves every plan from tables; for
-large workloads a kernel specialised to the plan (``cpu_codegen.py``) is compiled once and cached:
-``SCIML_CPU_SPECIALISE`` = "auto" (default: when terms x entries x channels exceeds
-``SPECIALISE_WORK``), "always" or "never"). Without a working compiler the backend reports itself
-unavailable and "auto" falls back to the reference.
+The operator (``kernels/sciml_ops.cpp``, see ``sciml.ops.library``) runs a C kernel
+(``cpu_kernel.c``) compiled per machine by ``sciml.ops.cbuild``. One generic kernel serves every
+plan from tables; for large workloads kernels specialised to the plan (``cpu_codegen.py``) are
+compiled once and cached: ``SCIML_CPU_SPECIALISE`` = "auto" (default: when terms x entries x
+channels exceeds ``SPECIALISE_WORK``), "always" or "never". The plan's tables travel with every
+call as operator arguments, so the operator (and its autograd formula, the same operator on
+another output slot) needs no state of its own. Without a working compiler the backend reports
+itself unavailable and "auto" falls back to the reference.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 from pathlib import Path
-from typing import Callable, Dict, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
 
-from sciml.ops.cbuild import compile_c, pointer
-from sciml.ops.tensor_product.core import (
-    INDEX_COLUMN,
-    CorePlan,
-    register_core_backend,
-    register_fused_gradients,
-    sorted_rows,
-)
+from sciml.ops import library
+from sciml.ops.cbuild import kernel_name
+from sciml.ops.tracing import built_outside_tracing, is_tracing
+from sciml.ops.tensor_product.core import INDEX_COLUMN, CorePlan
 from sciml.ops.tensor_product.cpu_codegen import generate_source
 
 SOURCE = Path(__file__).with_name("cpu_kernel.c")
-_kernels: Dict[str, Callable] = {}
+SUFFIXES = {torch.float32: "f32", torch.float64: "f64"}
+_generic: dict = {}
 _failure: Optional[str] = None
 
 
+def _generic_kernels() -> dict:
+    """"path:symbol" of the generic core and fused-gradient kernels per dtype suffix."""
+    if not _generic:
+        source = SOURCE.read_text()
+        for suffix in SUFFIXES.values():
+            _generic[f"core_{suffix}"] = kernel_name(source, f"sciml_tp_core_{suffix}")
+            _generic[f"gradients_{suffix}"] = kernel_name(source, f"sciml_tp_gradients_{suffix}")
+    return _generic
+
+
 def available() -> bool:
-    """Whether the kernel is built (building it on the first call)."""
+    """Whether the kernels and the operator library are built (building them on the first call)."""
     global _failure
-    if _failure is None and not _kernels:
+    if _failure is None and not _generic:
         try:
-            source = SOURCE.read_text()
-            _kernels.update({name: compile_c(source, f"sciml_tp_core_{name}") for name in ("f32", "f64")})
-            _kernels.update({f"gradients_{name}": compile_c(source, f"sciml_tp_gradients_{name}") for name in ("f32", "f64")})
+            _generic_kernels()
+            if not library.available():
+                _failure = library.unavailable_reason()
         except (RuntimeError, OSError) as error:
             _failure = str(error)
     return _failure is None
@@ -59,6 +67,7 @@ def input_order(out_slot: int) -> list:
     return [slot for slot in (0, 1, 3, 2) if slot != out_slot]
 
 
+@built_outside_tracing
 def _program(plan: CorePlan, out_slot: int) -> tuple:
     """The plan compiled for ``out_slot``: (paths (P, 8), groups (G, 3), offsets (n, 3), values (n,)).
 
@@ -119,80 +128,60 @@ def _specialises(plan: CorePlan, num_terms: int) -> bool:
     return num_terms * len(plan.values) * channels >= SPECIALISE_WORK
 
 
-def _kernel(plan: CorePlan, out_slot: int, dtype: torch.dtype, program: tuple, num_terms: int) -> Callable:
-    """The plan-specialised kernel when worth it (``SCIML_CPU_SPECIALISE``), else the generic one."""
-    suffix = "f32" if dtype == torch.float32 else "f64"
+def _specialised_kernel(plan: CorePlan, out_slot: int, suffix: str) -> str:
     key = ("cpu_specialised", out_slot, suffix)
     if key not in plan._device_cache:
-        if not _specialises(plan, num_terms):
-            return _kernels[suffix]
-        real = "float" if dtype == torch.float32 else "double"
-        plan._device_cache[key] = compile_c(generate_source(program, real, "sciml_tp_core_specialised"), "sciml_tp_core_specialised")
+        real = "float" if suffix == "f32" else "double"
+        source = generate_source(_program(plan, out_slot), real, "sciml_tp_core_specialised")
+        plan._device_cache[key] = kernel_name(source, "sciml_tp_core_specialised")
     return plan._device_cache[key]
 
 
-def cpu_core(
-    plan: CorePlan,
-    operands: Sequence[Optional[torch.Tensor]],
-    rowmaps: Sequence[Optional[torch.Tensor]],
-    out_slot: int,
-    out_rows: int,
-    num_terms: int,
-) -> torch.Tensor:
-    """Run the compiled core; same contract as ``core.torch_core``."""
-    if not available():
-        raise RuntimeError(f"cpu tensor-product kernel unavailable: {_failure}")
-    inputs = input_order(out_slot)
-    dtype = operands[inputs[0]].dtype
-    if dtype not in (torch.float32, torch.float64) or any(operands[s].dtype != dtype for s in inputs):
-        raise TypeError(f"the cpu tensor-product kernel needs float32 or float64 operands of one dtype, got {dtype}")
-    if rowmaps[out_slot] is not None and out_rows * 64 < num_terms:
-        # few output rows (e.g. the gradient of shared weights): per-term rows in parallel, then reduce
-        per_term = cpu_core(plan, operands, [*rowmaps[:out_slot], None, *rowmaps[out_slot + 1 :]], out_slot, num_terms, num_terms)
-        return torch.zeros(out_rows, plan.widths[out_slot], dtype=dtype).index_add_(0, rowmaps[out_slot], per_term)
-    out = torch.empty(out_rows, plan.widths[out_slot], dtype=dtype)
-    tensors = [operands[slot].contiguous() for slot in inputs]
-    maps = [None if rowmaps[slot] is None else rowmaps[slot].contiguous() for slot in inputs]
-    ptr, order = sorted_rows(rowmaps[out_slot], out_rows, num_terms)
-    program = _program(plan, out_slot)
-    paths, groups, offsets, values = program
-    _kernel(plan, out_slot, dtype, program, num_terms)(
-        ctypes.c_int64(out_rows), pointer(ptr), pointer(order),
-        (ctypes.c_void_p * 3)(*[pointer(t) for t in tensors]), (ctypes.c_void_p * 3)(*[pointer(m) for m in maps]),
-        (ctypes.c_int64 * 3)(*[plan.widths[slot] for slot in inputs]), pointer(out),
-        ctypes.c_int64(plan.widths[out_slot]), ctypes.c_int64(paths.shape[0]), pointer(paths),
-        pointer(groups), pointer(offsets), pointer(values),
-        ctypes.c_int(torch.get_num_threads()),
-    )
-    return out
+@built_outside_tracing
+def kernels(plan: CorePlan, dtype: torch.dtype, num_terms, out_slot: int, differentiable: bool) -> str:
+    """The operator's ``kernels`` argument: one "path:symbol" per output slot, newline-separated.
+
+    Kernels specialised to the plan where ``SCIML_CPU_SPECIALISE`` asks for them: for the slot
+    computed now and, when gradients may follow (``differentiable``), for every slot, so the
+    autograd formula finds them among the operator's arguments. While tracing (``num_terms``
+    symbolic) the kernels already built for the plan are used.
+    """
+    suffix = SUFFIXES[dtype]
+    generic = _generic_kernels()[f"core_{suffix}"]
+    if not is_tracing() and _specialises(plan, num_terms):
+        wanted = range(4) if differentiable else (out_slot,)
+        for slot in wanted:
+            _specialised_kernel(plan, slot, suffix)
+    return "\n".join(plan._device_cache.get(("cpu_specialised", slot, suffix), generic) for slot in range(4))
 
 
-def _channelwise(plan: CorePlan) -> bool:
-    """Every path has a and the output per-channel and b broadcast: the fused gradients apply."""
-    key = "cpu_channelwise"
+@built_outside_tracing
+def tables(plan: CorePlan) -> List[torch.Tensor]:
+    """The operator's ``tables`` argument: per output slot the program (paths, groups, offsets,
+    values), then the plan's own (paths, indices, values); built once per plan."""
+    key = "cpu_tables"
     if key not in plan._device_cache:
-        rows = plan.paths
-        plan._device_cache[key] = bool(len(rows)) and bool(
-            np.all(rows[:, 4] == 0) and np.all(rows[:, 5] == 1) and np.all(rows[:, 7] == 0)
-        )
+        programs = [tensor for slot in range(4) for tensor in _program(plan, slot)]
+        plan._device_cache[key] = programs + list(plan.tensors(torch.device("cpu")))
     return plan._device_cache[key]
 
 
-def cpu_gradients(plan: CorePlan, a: torch.Tensor, b: torch.Tensor, s: torch.Tensor, grad: torch.Tensor):
+def _channelwise(paths: torch.Tensor) -> bool:
+    """Every path has a and the output per-channel and b broadcast: the fused gradients apply."""
+    return bool(paths.shape[0]) and bool(((paths[:, 4] == 0) & (paths[:, 5] == 1) & (paths[:, 7] == 0)).all())
+
+
+def fused_gradients(tables: Sequence[torch.Tensor], widths: Sequence[int], a: torch.Tensor, b: torch.Tensor,
+                    s: torch.Tensor, grad: torch.Tensor):
     """(grad_a, grad_b, grad_s) of a forward core in one pass (``cpu_kernel.c``), or None where the
-    plan is not channelwise; same values as three separate core calls."""
-    if not _channelwise(plan) or a.dtype not in (torch.float32, torch.float64) or _specialises(plan, a.shape[0]):
-        return None  # large products: the per-plan kernels, one per gradient, are faster (measured)
-    tensors = [t.contiguous() for t in (a, b, s, grad)]
-    grads = [torch.empty_like(t) for t in tensors[:3]]
-    paths, indices, values = plan.tensors(torch.device("cpu"))
-    _kernels["gradients_f32" if a.dtype == torch.float32 else "gradients_f64"](
-        ctypes.c_int64(a.shape[0]), *[pointer(t) for t in tensors + grads],
-        (ctypes.c_int64 * 4)(*plan.widths), ctypes.c_int64(paths.shape[0]), pointer(paths),
-        pointer(indices), pointer(values), ctypes.c_int(torch.get_num_threads()),
-    )
-    return tuple(grads)
-
-
-register_core_backend("cpu", cpu_core)
-register_fused_gradients("cpu", cpu_gradients)
+    plan is not channelwise or is large enough for the specialised kernels (one per gradient,
+    measured faster); same values as three separate core calls."""
+    paths, _, values = tables[16:19]
+    if not _channelwise(paths) or a.dtype not in SUFFIXES:
+        return None
+    channels = int(paths[:, 8].max())
+    mode = os.environ.get("SCIML_CPU_SPECIALISE", "auto")
+    if mode == "always" or (mode == "auto" and a.shape[0] * len(values) * channels >= SPECIALISE_WORK):
+        return None
+    kernel = _generic_kernels()[f"gradients_{SUFFIXES[a.dtype]}"]
+    return torch.ops.sciml.tp_core_gradients(a, b, s, grad, *tables[16:19], list(widths), kernel)

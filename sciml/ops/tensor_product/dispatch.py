@@ -52,15 +52,17 @@ def _why_not(name: str) -> str:
 def resolve_backend(requested: Optional[str], device: torch.device, dtype: torch.dtype = torch.float32) -> str:
     """Name of the backend to run on ``device`` for ``dtype``; ``ValueError`` for unknown/unusable names.
 
-    The compiled kernels take float32/float64; other dtypes (e.g. bfloat16 under autocast) run on
-    the reference under "auto".
+    The compiled kernels take float32/float64. Under autocast on ``device`` other dtypes (e.g.
+    bfloat16) run them in float32 (the operators' autocast rule); outside autocast they run on the
+    reference under "auto".
     """
     name = requested or os.environ.get("SCIML_TP_BACKEND", "auto")
     if name not in BACKENDS:
         raise ValueError(f"unknown tensor-product backend {name!r}; choose one of {BACKENDS}")
-    if name in ("cpu", "triton", "cuda") and dtype not in KERNEL_DTYPES:
+    kernel_dtype = dtype in KERNEL_DTYPES or torch.is_autocast_enabled(device.type)
+    if name in ("cpu", "triton", "cuda") and not kernel_dtype:
         raise ValueError(f"tensor-product backend {name!r} supports float32/float64, got {dtype}")
-    if name == "auto" and dtype not in KERNEL_DTYPES:
+    if name == "auto" and not kernel_dtype:
         return "reference"
     if name != "auto":
         if not _available(name, device):

@@ -22,13 +22,14 @@ its inner loop runs over contiguous channels) and back.
 
 from __future__ import annotations
 
-import ctypes
 from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 import torch
 
-from sciml.ops.cbuild import compile_c, pointer
+from sciml.ops import library
+from sciml.ops.cbuild import kernel_name
+from sciml.ops.tracing import built_outside_tracing
 from sciml.ops.irreps import clebsch_gordan
 from sciml.ops.tensor_product.core import CorePlan, sparse_core
 from sciml.ops.tensor_product.instructions import Path
@@ -55,55 +56,60 @@ DEFINE_GATHER(sciml_gather_f64, double)
 _gathers: dict = {}
 
 
-def _gather_columns(x: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
-    """``x[:, columns]`` for a permutation: one pass with a compiled loop on the CPU (torch's
-    ``index_select`` along dim 1 is several times slower), ``index_select`` elsewhere."""
-    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
-        return x.index_select(1, columns)
-    suffix = "f32" if x.dtype == torch.float32 else "f64"
+def _gather_kernel(dtype: torch.dtype) -> Optional[str]:
+    """"path:symbol" of the compiled column gather for ``dtype``, or None where it cannot be used."""
+    suffix = {torch.float32: "f32", torch.float64: "f64"}.get(dtype)
+    if suffix is None:
+        return None
     if suffix not in _gathers:
         try:
-            _gathers[suffix] = compile_c(_GATHER_SOURCE, f"sciml_gather_{suffix}")
+            _gathers[suffix] = kernel_name(_GATHER_SOURCE, f"sciml_gather_{suffix}") if library.available() else None
         except RuntimeError:
             _gathers[suffix] = None
-    if _gathers[suffix] is None:
-        return x.index_select(1, columns)
-    x = x.contiguous()
-    out = torch.empty_like(x)
-    _gathers[suffix](
-        ctypes.c_int64(x.shape[0]), ctypes.c_int64(x.shape[1]), pointer(x),
-        pointer(columns), pointer(out), ctypes.c_int(torch.get_num_threads()),
-    )
-    return out
+    return _gathers[suffix]
 
 
-class _Permute(torch.autograd.Function):
-    """``x[:, columns]`` for a permutation of all columns; the gradient is the inverse permutation."""
+class Columns:
+    """A fixed selection ``x[:, columns]`` of a tensor's columns, analysed once at construction.
 
-    @staticmethod
-    def forward(ctx, x, columns, inverse):
-        ctx.columns, ctx.inverse = columns, inverse
-        return _gather_columns(x, columns)
+    Run-time calls read only Python facts and cached index tensors (no numpy), so dynamo and
+    make_fx see plain constants. The identity costs nothing; a permutation of all columns on the
+    CPU is the operator ``sciml::permute_columns`` (one pass of a compiled loop; torch's
+    ``index_select`` along dim 1 is several times slower), whose gradient is the inverse permutation.
+    """
 
-    @staticmethod
-    def backward(ctx, grad):
-        return _Permute.apply(grad, ctx.inverse, ctx.columns), None, None
+    def __init__(self, columns: np.ndarray) -> None:
+        self.columns = np.asarray(columns, dtype=np.int64)
+        self.size = len(self.columns)
+        self.is_range = bool(np.array_equal(self.columns, np.arange(self.size)))
+        self.is_permutation = bool(np.array_equal(np.sort(self.columns), np.arange(self.size)))
+        self._tensors: dict = {}
 
+    @built_outside_tracing
+    def _index(self, device: torch.device) -> tuple:
+        key = str(device)
+        if key not in self._tensors:
+            index = torch.as_tensor(self.columns, dtype=torch.int64, device=device)
+            inverse = torch.as_tensor(np.argsort(self.columns), dtype=torch.int64, device=device) if self.is_permutation else None
+            self._tensors[key] = (index, inverse)
+        return self._tensors[key]
 
-def select_columns(x: torch.Tensor, columns: np.ndarray, cache: dict) -> torch.Tensor:
-    """``x[:, columns]``: no copy for the identity, a cheap permutation where possible."""
-    if len(columns) == x.shape[1] and np.array_equal(columns, np.arange(x.shape[1])):
-        return x
-    key = (columns.tobytes(), str(x.device))
-    if key not in cache:
-        index = torch.as_tensor(columns, dtype=torch.int64, device=x.device)
-        is_permutation = len(columns) == x.shape[1] and np.array_equal(np.sort(columns), np.arange(x.shape[1]))
-        inverse = torch.as_tensor(np.argsort(columns), dtype=torch.int64, device=x.device) if is_permutation else None
-        cache[key] = (index, inverse)
-    index, inverse = cache[key]
-    if inverse is not None:
-        return _Permute.apply(x, index, inverse)
-    return x.index_select(1, index)
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """(rows, width) -> (rows, len(columns))."""
+        whole = self.size == x.shape[1]
+        if whole and self.is_range:
+            return x
+        index, inverse = self._index(x.device)
+        kernel = _gather_kernel(x.dtype) if whole and self.is_permutation and x.device.type == "cpu" else None
+        if kernel is not None:
+            return library.call("permute_columns", x, index, inverse, kernel)
+        return x.index_select(1, index)
+
+    def __getstate__(self) -> dict:
+        return {"columns": self.columns}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["columns"])
 
 
 def _entries(path: Path, swap: bool) -> tuple:
@@ -139,24 +145,30 @@ class _Operand:
         self.width += width
         return offset
 
-    def build(self, env: dict, cache: dict) -> torch.Tensor:
-        pieces, pending = [], None  # merge consecutive gathers from one source into one index_select
-        for block in self.blocks:
+    def finish(self) -> None:
+        """Fix the build steps: consecutive gathers from one source merge into one selection."""
+        self.steps: List[tuple] = []  # ("select", source, Columns) or ("derived", make)
+        pending = None
+        for block in self.blocks + [("end",)]:
+            if block[0] == "gather" and pending is not None and pending[0] == block[1]:
+                pending[1].append(block[2])
+                continue
+            if pending is not None:
+                self.steps.append(("select", pending[0], Columns(np.concatenate(pending[1]))))
+                pending = None
             if block[0] == "gather":
-                if pending is not None and pending[0] == block[1]:
-                    pending[1].append(block[2])
-                    continue
-                if pending is not None:
-                    pieces.append(select_columns(env[pending[0]], np.concatenate(pending[1]), cache))
                 pending = (block[1], [block[2]])
+            elif block[0] == "derived":
+                self.steps.append(block)
+
+    def build(self, env: dict) -> torch.Tensor:
+        pieces = []
+        for step in self.steps:
+            if step[0] == "select":
+                pieces.append(step[2](env[step[1]]))
             else:
-                if pending is not None:
-                    pieces.append(select_columns(env[pending[0]], np.concatenate(pending[1]), cache))
-                    pending = None
-                made = block[1](env)
+                made = step[1](env)
                 pieces.extend(made if isinstance(made, list) else [made])
-        if pending is not None:
-            pieces.append(select_columns(env[pending[0]], np.concatenate(pending[1]), cache))
         return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
 
 
@@ -176,14 +188,13 @@ class LoweredTensorProduct:
         self.out_blocks = list(out_blocks)
         self.shared = shared_weights
         self.mixers: dict = {}  # i_out -> [(temp offset, channels, path)] for uvw/uuw paths
-        self._cache: dict = {}
         operand = [_Operand() for _ in range(3)]
         out_offsets = np.cumsum([0] + [mul * dim for _, mul, dim in self.out_blocks])
         self.out_columns = np.concatenate(
             [ir_mul_columns(slice(int(out_offsets[i]), None), mul, dim) for i, (_, mul, dim) in enumerate(self.out_blocks)]
             or [np.zeros(0, np.int64)]
         )
-        self.out_back = np.argsort(self.out_columns)  # ir_mul buffer -> mul_ir output
+        self.out_back = Columns(np.argsort(self.out_columns))  # ir_mul buffer -> mul_ir output
         out_width = dim_out
         rows, indices, values = [], [], []
         one = np.zeros(1, np.int64)
@@ -281,6 +292,13 @@ class LoweredTensorProduct:
             rows.append([off_a, off_b, off_s, off_o, bc_a, bc_b, bc_s, bc_o, channels, begin, begin + len(value)])
 
         self.operands = operand
+        for block in operand:
+            block.finish()
+        self.mix_columns = {  # per mixed output irrep: the paths' product blocks, component-major
+            i_out: Columns(np.concatenate([np.concatenate([offset + k * channels + np.arange(channels) for offset, channels, _ in parts])
+                                           for k in range(2 * parts[0][2].l3 + 1)]))
+            for i_out, parts in self.mixers.items()
+        }
         # the fused gather reads x1 through a rowmap only when operand a holds nothing but x1 columns
         self.fused_gather = operand[A].origins == {"x1"} and not operand[B].origins & {"x1", "x1, weights"} and not self.mixers
         self.plan = CorePlan(
@@ -300,8 +318,10 @@ class LoweredTensorProduct:
 
     # ---- run-time builders of derived blocks and mixers (closures over static shapes) ----
     def _mixed(self, source: str, columns: np.ndarray, weight_cols: np.ndarray, equation: str, mul: int, dim: int, shape: tuple) -> Callable:
+        selection = Columns(columns)
+
         def make(env):
-            x = select_columns(env[source], columns, self._cache).reshape(-1, dim, mul).transpose(1, 2)  # (Z, mul, dim)
+            x = selection(env[source]).reshape(-1, dim, mul).transpose(1, 2)  # (Z, mul, dim)
             w = self._weight_block(env, int(weight_cols[0]))
             if self.shared:
                 mixed = torch.einsum(equation, w.reshape(shape), x)
@@ -348,7 +368,8 @@ class LoweredTensorProduct:
         return env["w_blocks"][start]
 
     def _summed(self, source: str, columns: np.ndarray, mul: int, dim: int) -> Callable:
-        return lambda env: select_columns(env[source], columns, self._cache).reshape(-1, dim, mul).sum(dim=2)
+        selection = Columns(columns)
+        return lambda env: selection(env[source]).reshape(-1, dim, mul).sum(dim=2)
 
     def _mix(self, env: dict, out_buffer: torch.Tensor, i_out: int) -> torch.Tensor:
         """sum over the uvw/uuw paths into output irrep ``i_out`` of W_p^T temp_p, as one GEMM.
@@ -360,12 +381,7 @@ class LoweredTensorProduct:
         parts = self.mixers[i_out]
         d3 = 2 * parts[0][2].l3 + 1
         mul_out = parts[0][2].mul_out
-        key = ("mix", i_out)
-        if key not in self._cache:
-            self._cache[key] = np.concatenate(
-                [np.concatenate([offset + k * channels + np.arange(channels) for offset, channels, _ in parts]) for k in range(d3)]
-            )
-        temp = select_columns(out_buffer, self._cache[key], self._cache).reshape(out_buffer.shape[0], d3, -1)
+        temp = self.mix_columns[i_out](out_buffer).reshape(out_buffer.shape[0], d3, -1)
         w = env["w"]
         if self.shared:
             stacked = torch.cat([w[0, p.weight_slice].reshape(channels, mul_out) for _, channels, p in parts])
@@ -400,11 +416,11 @@ class LoweredTensorProduct:
         if self.plan.paths.shape[0] == 0:
             return x1.new_zeros(rows, self.dim_out)
         env = {"x1": x1, "x2": x2, "w": weights, "ones": weights.new_ones(weights.shape[0], 1)}
-        tensors = [self.operands[slot].build(env, self._cache) for slot in (A, B, S)]
+        tensors = [self.operands[slot].build(env) for slot in (A, B, S)]
         rowmap_s = torch.zeros(num_terms, dtype=torch.int64, device=x2.device) if self.shared else None
         rowmaps = [rowmap_x1, None, rowmap_s, rowmap_out]
         out_buffer = sparse_core(self.plan, [*tensors, None], rowmaps, O, rows, num_terms, backend)
-        out = select_columns(out_buffer, self.out_back, self._cache) if self.out_back.size else out_buffer[:, :0]
+        out = self.out_back(out_buffer) if self.out_back.size else out_buffer[:, :0]
         if self.mixers:
             pieces = []
             for i_out, (sl, mul, dim) in enumerate(self.out_blocks):

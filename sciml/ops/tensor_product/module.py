@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from sciml.ops.irreps import IrrepsLike, parse_irreps
-from sciml.ops.tensor_product.dispatch import BACKENDS, resolve_backend
+from sciml.ops.tensor_product.dispatch import BACKENDS, KERNEL_DTYPES, resolve_backend
 from sciml.ops.tensor_product.instructions import build_paths
 from sciml.ops.tensor_product.lowering import LoweredTensorProduct
 from sciml.ops.tensor_product.reference import reference_tensor_product
@@ -82,6 +82,28 @@ class TensorProduct(nn.Module):
             self.register_buffer("weight", torch.Tensor(), persistent=False)
         out_blocks = [(sl, mul, ir.dim) for sl, (mul, ir) in zip(self.irreps_out.slices(), self.irreps_out)]
         self._lowered = LoweredTensorProduct(self.paths, self.irreps_out.dim, out_blocks, self.shared_weights)
+        # plain ints for the forward (e3nn's Irreps objects are opaque to dynamo's guards)
+        self.dim_in1, self.dim_in2, self.dim_out = self.irreps_in1.dim, self.irreps_in2.dim, self.irreps_out.dim
+        self._resolve_backend()
+
+    def _resolve_backend(self) -> None:
+        """Choose the backend for the module's device and dtype: once, at construction and when the
+        module moves (``.to``, ``.cuda``, ``.double``), not on every call."""
+        self.resolved_backend = resolve_backend(self.backend, self.weight.device, self.weight.dtype
+                                                if self.weight.is_floating_point() else torch.get_default_dtype())
+        self._resolved_for = (self.backend, self.weight.device, self.weight.dtype)
+
+    def _apply(self, fn, recurse: bool = True):
+        module = super()._apply(fn, recurse)
+        self._resolve_backend()
+        return module
+
+    def backend_for(self, x: torch.Tensor) -> str:
+        """The backend that runs on ``x``: the one chosen for the module, unless ``x`` lives
+        elsewhere, the ``backend`` attribute changed, or ``x``'s dtype needs the reference."""
+        if self._resolved_for[:2] != (self.backend, x.device) or (x.dtype != self._resolved_for[2] and x.dtype not in KERNEL_DTYPES):
+            return resolve_backend(self.backend, x.device, x.dtype)
+        return self.resolved_backend
 
     @property
     def instructions(self) -> list:
@@ -112,9 +134,9 @@ class TensorProduct(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Product of ``x`` (..., irreps_in1.dim) and ``y`` (..., irreps_in2.dim) (e3nn's argument names)."""
         x1, x2 = x, y
-        if x1.shape[-1] != self.irreps_in1.dim:
+        if x1.shape[-1] != self.dim_in1:
             raise ValueError(f"x1 has {x1.shape[-1]} features but irreps_in1 = {self.irreps_in1} has dim {self.irreps_in1.dim}")
-        if x2.shape[-1] != self.irreps_in2.dim:
+        if x2.shape[-1] != self.dim_in2:
             raise ValueError(f"x2 has {x2.shape[-1]} features but irreps_in2 = {self.irreps_in2} has dim {self.irreps_in2.dim}")
         try:
             batch_shape = torch.broadcast_shapes(x1.shape[:-1], x2.shape[:-1])
@@ -128,12 +150,12 @@ class TensorProduct(nn.Module):
         w = self._weights(weight, batch_shape)
         flat1 = x1.expand(*batch_shape, x1.shape[-1]).reshape(-1, x1.shape[-1])
         flat2 = x2.expand(*batch_shape, x2.shape[-1]).reshape(-1, x2.shape[-1])
-        backend = resolve_backend(self.backend, flat1.device, flat1.dtype)
+        backend = self.backend_for(flat1)
         if backend == "reference":
-            out = reference_tensor_product(self.paths, self.irreps_out.dim, flat1, flat2, w[0] if self.shared_weights else w, self.shared_weights)
+            out = reference_tensor_product(self.paths, self.dim_out, flat1, flat2, w[0] if self.shared_weights else w, self.shared_weights)
         else:
             out = self._lowered(flat1, flat2, w, backend)
-        return out.reshape(*batch_shape, self.irreps_out.dim)
+        return out.reshape(*batch_shape, self.dim_out)
 
     @classmethod
     def from_e3nn(cls, tp: nn.Module, backend: Optional[str] = None) -> "TensorProduct":
