@@ -1,11 +1,13 @@
 """The ``cuda`` backend: the sparse core (``kernels/tp_core.cu``) as a CUDA C++ kernel.
 
 Built on first use, only when a CUDA device is present, with ``torch.utils.cpp_extension.load``
-(nvcc + ninja) from ``kernels/tp_core.cu`` (the kernel, no torch headers) and
-``kernels/tp_core.cpp`` (a thin binding), into ``$SCIML_CACHE_DIR/kernels`` (default
-``~/.cache/sciml``) keyed by the sources, torch's version and the GPUs' compute capabilities, so a
-shared home directory never loads a binary built for another GPU. Without a device, sources or a
-working toolchain the backend reports itself unavailable with the reason, and "auto" falls back.
+(nvcc + ninja) from ``tp_core.cu`` (the kernel, no torch headers) and ``tp_core.cpp`` (a thin
+binding), package data of ``sciml._kernels`` (``kernels/`` in a source checkout, so wheels ship
+them), into ``$SCIML_CACHE_DIR/kernels`` (default ``~/.cache/sciml``) keyed by the sources, torch's
+version and the GPUs' compute capabilities, so a shared home directory never loads a binary built
+for another GPU. It runs as the CUDA implementation of ``torch.ops.sciml.tp_core``
+(``sciml.ops.library``). Without a device, sources or a working toolchain the backend reports
+itself unavailable with the reason, and "auto" falls back.
 
 Kernel design (see the .cu): a block is (channels) x (output rows); a thread owns one (row,
 channel) pair, walks the row's terms (receiver-sorted CSR) and the plan's entries grouped by output
@@ -16,26 +18,22 @@ host-side schedule with the Triton backend (``_kernel_schedule``).
 from __future__ import annotations
 
 import hashlib
-import os
+import importlib.resources
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Tuple
 
 import torch
 
+from sciml.ops.cbuild import cache_dir
 from sciml.ops.tensor_product._kernel_schedule import next_power_of_2, prepare_call
 from sciml.ops.tensor_product.core import CorePlan, register_core_backend
 
-# the repository's kernels/ (an editable install); a wheel install points SCIML_KERNELS_DIR at a copy
-SOURCE_DIR = Path(os.environ.get("SCIML_KERNELS_DIR", Path(__file__).resolve().parents[3] / "kernels"))
+SOURCE_DIR = Path(str(importlib.resources.files("sciml._kernels")))  # kernels/ of a source checkout
 SOURCES = (SOURCE_DIR / "tp_core.cpp", SOURCE_DIR / "tp_core.cu")
 THREADS_PER_BLOCK = 128
 MAX_BLOCK_U = 128
 _extension: Optional[Any] = None
 _failure: Optional[str] = None
-
-
-def _cache_dir() -> Path:
-    return Path(os.environ.get("SCIML_CACHE_DIR", Path.home() / ".cache" / "sciml")) / "kernels"
 
 
 def _build() -> Any:
@@ -52,7 +50,7 @@ def _build() -> Any:
     fingerprint = b"".join(path.read_bytes() for path in SOURCES)
     fingerprint += f"{torch.__version__} {torch.version.cuda} {capabilities}".encode()
     key = hashlib.sha256(fingerprint).hexdigest()[:16]
-    directory = _cache_dir() / f"tp_core_cuda_{key}"
+    directory = cache_dir() / f"tp_core_cuda_{key}"
     directory.mkdir(parents=True, exist_ok=True)
     return cpp_extension.load(
         name=f"sciml_tp_core_cuda_{key}",
