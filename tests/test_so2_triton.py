@@ -14,7 +14,7 @@ from typing import Optional
 import pytest
 import torch
 
-from sciml.ops import SO2Convolution, edge_rotation, so2, so2_triton, wigner_D, wigner_D_blocks
+from sciml.ops import SO2Convolution, backends, edge_rotation, so2, so2_triton, wigner_D, wigner_D_blocks
 from triton_testing import compile_for_sm90, run_in_interpreter
 
 TOLERANCE = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float64: dict(rtol=1e-10, atol=1e-10)}
@@ -114,24 +114,24 @@ def test_kernel_m_major_positions(lmax, mmax):
 
 
 def test_backend_argument_and_cpu_dispatch(monkeypatch):
-    with pytest.raises(ValueError, match="backend must be one of"):
+    with pytest.raises(ValueError, match="unknown SO\\(2\\) rotation backend 'cuda'"):
         SO2Convolution(2, 1, backend="cuda")
     conv = SO2Convolution(2, 1, in_channels=3, out_channels=2).double()
     assert conv.backend == "auto"
     x = torch.randn(4, 9, 3, dtype=torch.float64)
     wigner = wigner_D_blocks(2, edge_rotation(torch.randn(4, 3, dtype=torch.float64)))
     if not torch.cuda.is_available():  # "auto" keeps the torch path on the CPU, even under the interpreter
-        assert not so2_triton.use_triton("auto", x)
+        assert backends.resolve("rotation", "auto", x.device, x.dtype) == "torch"
         monkeypatch.setattr(so2_triton, "rotate_to_edge_frame", None)  # would fail if called
         expected = conv(x, wigner)
         conv.backend = "torch"
         assert torch.equal(conv(x, wigner), expected)
     if not so2_triton.available(x.device):
         conv.backend = "triton"
-        with pytest.raises(RuntimeError, match="triton SO\\(2\\) rotation kernels cannot run"):
+        with pytest.raises(RuntimeError, match="SO\\(2\\) rotation backend 'triton' is not usable on cpu"):
             conv(x, wigner)
     conv.backend = "bogus"
-    with pytest.raises(ValueError, match="backend must be one of"):
+    with pytest.raises(ValueError, match="unknown SO\\(2\\) rotation backend 'bogus'"):
         conv(x, wigner)
 
 

@@ -200,10 +200,11 @@ def test_one_pass_gradients_equal_separate_passes(monkeypatch, channels):
 
 
 def test_auto_falls_back_to_the_reference_without_a_compiler(monkeypatch):
-    from sciml.ops.tensor_product import dispatch
+    from sciml.ops import backends
 
     monkeypatch.setattr(cpu, "_failure", "no C compiler found (set CC)")
-    monkeypatch.setattr(dispatch, "_warned", set())
+    monkeypatch.setattr(backends, "_warned", set())
+    monkeypatch.setattr(backends, "_REASONS", {})
     with pytest.warns(UserWarning, match="backend 'cpu' unavailable: no C compiler found"):
         tp = ChannelwiseTensorProduct("2x0e+2x1o", "0e+1o")
     assert tp.resolved_backend == "reference"

@@ -20,7 +20,8 @@ from typing import Callable, Optional
 import pytest
 import torch
 
-from sciml.ops.tensor_product import BACKENDS, TensorProduct, _kernel_schedule, cuda, tensor_product_conv, triton_core
+from sciml.ops import backends
+from sciml.ops.tensor_product import TensorProduct, _kernel_schedule, cuda, tensor_product_conv, triton_core
 from sciml.ops.tensor_product.core import core_backend, register_core_backend, torch_core
 from tp_cases import MODES, random_e3nn_tensor_product
 
@@ -134,7 +135,7 @@ def _check_scatter(backend: str, dtype: torch.dtype, nodes: int = 4, edges: int 
     inputs = tuple(t.to(device).requires_grad_() for t in tensors)
     tp.backend = "reference"
     expected = _forward_and_grads(_scatter_reference(tp, senders, receivers, nodes), inputs)
-    if backend in BACKENDS:  # the public fused convolution
+    if backend in backends.choices("tensor_product"):  # the public fused convolution
         tp.backend = backend
         edge_index = torch.stack([receivers, senders])
         got = _forward_and_grads(lambda x1, x2, w: tensor_product_conv(x1, x2, w, edge_index, tp, nodes), inputs)

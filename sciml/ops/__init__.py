@@ -11,6 +11,7 @@ Submodules share names with some functions (``sciml.ops.spherical_harmonics`` is
 here): import helpers with ``from sciml.ops.spherical_harmonics import ...``.
 """
 
+from sciml.ops.edge_frames import EdgeFrames
 from sciml.ops.gaunt import GauntTensorProduct, gaunt_coefficients
 from sciml.ops.scatter import scatter, scatter_max, scatter_mean, scatter_sum
 from sciml.ops.so2 import SO2Convolution, SO2Linear, from_m_major, to_m_major
@@ -27,6 +28,6 @@ __all__ = [
     "scatter", "scatter_sum", "scatter_mean", "scatter_max",
     "TensorProduct", "FullyConnectedTensorProduct", "ChannelwiseTensorProduct", "tensor_product_conv",
     "spherical_harmonics", "SphericalHarmonics", "wigner_D", "wigner_D_blocks", "edge_rotation",
-    "SO2Linear", "SO2Convolution", "to_m_major", "from_m_major",
+    "SO2Linear", "SO2Convolution", "EdgeFrames", "to_m_major", "from_m_major",
     "GauntTensorProduct", "gaunt_coefficients",
 ]

@@ -29,16 +29,16 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from torch import nn
 
+from sciml.ops import backends
 from sciml.ops.spherical_harmonics import spherical_harmonics
 
 Wigner = Union[torch.Tensor, Sequence[torch.Tensor]]
-ROTATION_BACKENDS = ("auto", "torch", "triton")  # SO2Convolution's backend; see sciml.ops.so2_triton
 
 
 def _check_lm(lmax: int, mmax: Optional[int]) -> int:
@@ -382,7 +382,7 @@ def rotate_to_edge_frame(x: torch.Tensor, wigner: Wigner, lmax: int, mmax: Optio
 
 
 @functools.lru_cache(maxsize=None)
-def _rotate_back_scales(lmax: int, mmax: int) -> Tuple[float, ...]:
+def rotate_back_scales(lmax: int, mmax: int) -> Tuple[float, ...]:
     return tuple(math.sqrt((2 * l + 1) / (2 * mmax + 1)) if l > mmax else 1.0 for l in range(lmax + 1))
 
 
@@ -407,7 +407,7 @@ def rotate_from_edge_frame(
             f"x must have shape (E, {order.numel()}, C) (m-major, lmax={lmax}, mmax={mmax}), got {tuple(x.shape)}"
         )
     truncated = x.index_select(1, torch.argsort(order))
-    scales = _rotate_back_scales(lmax, mmax) if rescale else (1.0,) * (lmax + 1)
+    scales = rotate_back_scales(lmax, mmax) if rescale else (1.0,) * (lmax + 1)
     parts = []
     degrees = torch.split(truncated, [2 * min(l, mmax) + 1 for l in range(lmax + 1)], dim=1)
     for l, (block, yl) in enumerate(zip(_wigner_blocks(wigner, lmax, x.shape[0]), degrees)):
@@ -419,6 +419,22 @@ def rotate_from_edge_frame(
         part = torch.bmm(rows.transpose(1, 2), yl)
         parts.append(part * scales[l] if scales[l] != 1.0 else part)
     return torch.cat(parts, 1)
+
+
+def _unpacked(wigner: Wigner, lmax: int, edges: Optional[int] = None) -> Wigner:
+    return wigner
+
+
+def edge_frame_rotations(backend: str, x: torch.Tensor) -> Tuple[Callable, Callable, Callable]:
+    """``(pack, rotate_to, rotate_from)`` of the rotation backend for features ``x`` (the
+    "rotation" family of :mod:`sciml.ops.backends`: "torch" is :func:`rotate_to_edge_frame` /
+    :func:`rotate_from_edge_frame`; "triton" the fused kernels of :mod:`sciml.ops.so2_triton`).
+    ``pack(wigner, lmax, edges)`` puts the Wigner-D blocks in the backend's layout, once per forward."""
+    name = backends.resolve("rotation", backend, x.device, x.dtype)
+    if name == "torch":
+        return _unpacked, rotate_to_edge_frame, rotate_from_edge_frame
+    kernels = backends.implementation("rotation", name)
+    return kernels.pack_wigner, kernels.rotate_to_edge_frame, kernels.rotate_from_edge_frame
 
 
 class SO2Convolution(nn.Module):
@@ -461,8 +477,7 @@ class SO2Convolution(nn.Module):
         backend: str = "auto",
     ) -> None:
         super().__init__()
-        if backend not in ROTATION_BACKENDS:
-            raise ValueError(f"backend must be one of {ROTATION_BACKENDS}, got {backend!r}")
+        backends.requested("rotation", backend)
         self.linear = SO2Linear(lmax, mmax, in_channels, out_channels, bias, extra_m0_output_channels)
         self.lmax, self.mmax = self.linear.lmax, self.linear.mmax
         self.rescale = rescale
@@ -473,13 +488,8 @@ class SO2Convolution(nn.Module):
         self, x: torch.Tensor, wigner: Wigner, radial: Optional[torch.Tensor] = None
     ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
         """(E, (L+1)^2, C_in) global-frame features -> (E, (L+1)^2, C_out) [, (E, extra)]."""
-        rotate_to, rotate_from = rotate_to_edge_frame, rotate_from_edge_frame
-        if self.backend != "torch":
-            from sciml.ops import so2_triton  # it imports this module
-
-            if so2_triton.use_triton(self.backend, x):
-                wigner = so2_triton.pack_wigner(wigner, self.lmax, x.shape[0])  # once, for both rotations
-                rotate_to, rotate_from = so2_triton.rotate_to_edge_frame, so2_triton.rotate_from_edge_frame
+        pack, rotate_to, rotate_from = edge_frame_rotations(self.backend, x)
+        wigner = pack(wigner, self.lmax, x.shape[0])  # once, for both rotations
         out = self.linear(rotate_to(x, wigner, self.lmax, self.mmax), radial)
         extra = None
         if isinstance(out, tuple):

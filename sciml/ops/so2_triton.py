@@ -52,12 +52,14 @@ was set before triton was imported (see :mod:`sciml.ops.tensor_product.triton_co
 from __future__ import annotations
 
 import functools
+import sys
 from contextlib import nullcontext
 from typing import Any, Optional, Tuple, Union
 
 import torch
 
-from sciml.ops.so2 import ROTATION_BACKENDS, Wigner, _check_lm, _rotate_back_scales, _wigner_blocks
+from sciml.ops import backends
+from sciml.ops.so2 import Wigner, _check_lm, rotate_back_scales, _wigner_blocks
 from sciml.ops.tensor_product import triton_core
 
 triton = triton_core.triton
@@ -66,7 +68,6 @@ tl = triton_core.tl
 _SUPPORTED = triton is not None and hasattr(triton, "constexpr_function")
 
 DTYPES = (torch.float32, torch.float64)
-BACKENDS = ROTATION_BACKENDS
 TILE = 1024  # register-tile elements (edges x rows x channels) a program aims for
 MAX_BLOCK_C = 64
 MAX_BLOCK_E = 16
@@ -89,21 +90,7 @@ def unavailable_reason(device: Optional[Union[torch.device, str]] = None) -> str
     return reason
 
 
-def use_triton(backend: str, x: torch.Tensor) -> bool:
-    """The dispatch of :class:`~sciml.ops.so2.SO2Convolution`: whether ``backend`` runs these kernels on x.
-
-    "auto": on CUDA when triton is available and x is float32/float64 (otherwise the torch path);
-    "torch": never; "triton": always, raising RuntimeError where the kernels cannot run.
-    """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "torch":
-        return False
-    if backend == "auto":
-        return x.is_cuda and x.dtype in DTYPES and available(x.device)
-    if not available(x.device):
-        raise RuntimeError(f"the triton SO(2) rotation kernels cannot run: {unavailable_reason(x.device)}")
-    return True
+backends.register("rotation", "triton", unavailable_reason, implementation=sys.modules[__name__])
 
 
 # ---------------------------------------------------------------- packed Wigner layout
@@ -354,7 +341,7 @@ def tile_sizes(lmax: int, channels: int, edges: int) -> Tuple[int, int, int]:
 
 @functools.lru_cache(maxsize=64)
 def _scales(lmax: int, mmax: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    return torch.tensor(_rotate_back_scales(lmax, mmax), dtype=dtype, device=device)
+    return torch.tensor(rotate_back_scales(lmax, mmax), dtype=dtype, device=device)
 
 
 def _launch(kernel: Any, first: torch.Tensor, second: torch.Tensor, out: torch.Tensor, lmax: int, mmax: int,

@@ -40,22 +40,22 @@ Two implementations of the same recurrence and gradient:
   of derivatives), also the fallback when no C compiler works.
 
 ``SCIML_SH_BACKEND`` = "auto" (default: ``c`` where it applies and builds, else ``torch``), "c"
-(error if it cannot be used) or "torch" selects one; it also applies to :mod:`sciml.ops.wigner`.
+(error if it cannot be used) or "torch" selects one (the "harmonics" family of
+:mod:`sciml.ops.backends`); it also applies to :mod:`sciml.ops.wigner`.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-import os
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from torch import nn
 
-from sciml.ops import library
-from sciml.ops.cbuild import build_library
+from sciml.ops import backends, library
+from sciml.ops.cbuild import build_library, compiler
 from sciml.ops.tracing import built_outside_tracing, is_tracing
 
 NORMALIZATIONS = ("integral", "component", "norm")
@@ -417,31 +417,24 @@ def harmonics_of_rows(
 # The compiled C path (see the module docstring). The generators below are shared with the
 # Wigner-D kernel (``sciml.ops.wigner``), which evaluates the same recurrence at rotated points.
 
-BACKENDS = ("auto", "c", "torch")
-
-
-def backend() -> str:
-    """The implementation asked for by ``SCIML_SH_BACKEND``: "auto" (default), "c" or "torch"."""
-    name = os.environ.get("SCIML_SH_BACKEND", "auto")
-    if name not in BACKENDS:
-        raise ValueError(f"SCIML_SH_BACKEND must be one of {BACKENDS}, got {name!r}")
-    return name
-
-
 def use_compiled(tensor: torch.Tensor) -> bool:
-    """Whether the compiled kernels should run on ``tensor`` (CPU, float32/float64, backend not "torch").
+    """Whether the compiled kernels run on ``tensor``: the "harmonics" choice of
+    :mod:`sciml.ops.backends` (``SCIML_SH_BACKEND``) is "c" for its device and dtype. Asking for
+    "c" where it cannot run raises :class:`~sciml.ops.backends.BackendUnavailable`."""
+    return backends.resolve("harmonics", None, tensor.device, tensor.dtype) == "c" and tensor.dtype in backends.KERNEL_DTYPES
 
-    With ``SCIML_SH_BACKEND=c`` a tensor they cannot take raises ValueError.
-    """
-    name = backend()
-    if name == "torch":
-        return False
-    applies = tensor.device.type == "cpu" and tensor.dtype in (torch.float32, torch.float64)
-    if name == "c" and not applies:
-        raise ValueError(
-            f"SCIML_SH_BACKEND=c needs a CPU float32/float64 tensor, got {tensor.dtype} on {tensor.device}"
-        )
-    return applies
+
+def _why_not_compiled(device: torch.device) -> str:
+    if device.type != "cpu":
+        return "the compiled harmonics run on CPU tensors"
+    try:
+        compiler()
+    except RuntimeError as error:
+        return str(error)
+    return library.unavailable_reason()
+
+
+backends.register("harmonics", "c", _why_not_compiled)
 
 
 _built: Dict[tuple, Tuple[bool, str]] = {}
@@ -466,7 +459,7 @@ def build_kernels(key: tuple, make_source: Callable[[], str], names: Sequence[st
             _built[key] = (False, str(error))
     built, result = _built[key]
     if not built:
-        if backend() == "c":
+        if backends.requested("harmonics") == "c":
             raise RuntimeError(f"the compiled spherical-harmonics kernel is unavailable: {result}")
         return None
     return result

@@ -1,5 +1,5 @@
-"""EquiformerV2's edge operations: edge frames, the edge-degree embedding and the SO(2)
-equivariant graph attention.
+"""EquiformerV2's edge operations: the edge-degree embedding and the SO(2) equivariant graph
+attention (the edge frames they rotate with are :class:`sciml.ops.EdgeFrames`).
 
 Edges follow sciml's convention (:class:`~sciml.graph.AtomicGraph`): ``edge_index = (i, j)``,
 the receiver i gets a message from the sender j and the edge vector is x_j - x_i (+ periodic
@@ -10,90 +10,15 @@ shift). fairchem stores the same edge as (source j, target i) with the same vect
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
 
 from sciml.models.equiformer_v2.grid import SeparableS2Activation
 from sciml.models.equiformer_v2.layers import RadialMLP, SmoothLeakyReLU, SO3Linear
-from sciml.ops import scatter
-from sciml.ops.so2 import SO2Linear, _rotate_back_scales, m_major_order
-
-
-@dataclass
-class EdgeFrames:
-    """Per-edge Wigner-D matrices D(R_e) (R_e takes the edge onto +y), built once per forward and
-    shared by every layer.
-
-    Attributes:
-        blocks: [D^l (E, 2l+1, 2l+1) for l = 0..lmax] (:func:`sciml.ops.wigner.wigner_D_blocks`).
-        lmax, mmax: degrees of the features and orders kept in the edge frame.
-        packed: the same matrices packed for the Triton rotation kernels, or None (torch path).
-    """
-
-    blocks: List[torch.Tensor]
-    lmax: int
-    mmax: int
-    packed: Optional[torch.Tensor] = None
-    _to_matrix: Optional[torch.Tensor] = field(default=None, repr=False)
-    _from_matrix: Optional[torch.Tensor] = field(default=None, repr=False)
-
-    def _matrices(self):
-        """(E, K', K) rows of D in m-major order and (E, K, K') its rescaled transpose: one bmm
-        per rotation for all degrees, built on first use and shared by every layer."""
-        if self._to_matrix is None:
-            first = self.blocks[0]
-            size = (self.lmax + 1) ** 2
-            full = first.new_zeros(first.shape[0], size, size)
-            for l, block in enumerate(self.blocks):
-                full[:, l * l:(l + 1) ** 2, l * l:(l + 1) ** 2] = block
-            order = [l * l + l + m for l, m in m_major_order(self.lmax, self.mmax)]
-            self._to_matrix = full[:, torch.tensor(order, device=first.device)]
-            scales = _rotate_back_scales(self.lmax, self.mmax)
-            scale = torch.tensor([scales[l] for l in range(self.lmax + 1) for _ in range(2 * l + 1)],
-                                 dtype=first.dtype, device=first.device)
-            self._from_matrix = self._to_matrix.transpose(1, 2) * scale.view(1, -1, 1)
-        return self._to_matrix, self._from_matrix
-
-    def to_edge(self, x: torch.Tensor) -> torch.Tensor:
-        """(E, (lmax+1)^2, C) global frame -> (E, K', C) m-major edge frame, |m| <= mmax.
-
-        Rotations run in the Wigner matrices' dtype even under autocast: rounding them to bf16
-        would break the orthogonality that equivariance rests on."""
-        with torch.autocast(x.device.type, enabled=False):
-            return self._to_edge(x.to(self.blocks[0].dtype))
-
-    def _to_edge(self, x: torch.Tensor) -> torch.Tensor:
-        if self.packed is not None:
-            from sciml.ops import so2_triton
-
-            return so2_triton.rotate_to_edge_frame(x, self.packed, self.lmax, self.mmax)
-        return torch.bmm(self._matrices()[0], x)
-
-    def from_edge(self, x: torch.Tensor, degrees: Optional[int] = None) -> torch.Tensor:
-        """(E, K', C) m-major edge frame -> (E, degrees^2, C) global frame (all degrees by default),
-        rescaling l > mmax by sqrt((2l+1)/(2 mmax+1)) as fairchem's ``rotate_inv``."""
-        with torch.autocast(x.device.type, enabled=False):
-            return self._from_edge(x.to(self.blocks[0].dtype), degrees)
-
-    def _from_edge(self, x: torch.Tensor, degrees: Optional[int]) -> torch.Tensor:
-        if degrees is None or degrees > self.lmax:
-            degrees = self.lmax + 1
-        if self.packed is not None:
-            from sciml.ops import so2_triton
-
-            out = so2_triton.rotate_from_edge_frame(x, self.packed, self.lmax, self.mmax, True)
-            return out[:, : degrees * degrees]
-        return torch.bmm(self._matrices()[1][:, : degrees * degrees], x)
-
-    def from_edge_m0(self, x: torch.Tensor) -> torch.Tensor:
-        """D(R_e)^T of features whose only non-zero orders are m = 0: x (E, lmax+1, C), one
-        coefficient per degree -> (E, (lmax+1)^2, C), with the same rescaling as :meth:`from_edge`.
-        The m = 0 entries come first in the m-major layout, so only those columns are used."""
-        with torch.autocast(x.device.type, enabled=False):
-            return torch.bmm(self._matrices()[1][:, :, : self.lmax + 1], x.to(self.blocks[0].dtype))
+from sciml.ops import EdgeFrames, scatter
+from sciml.ops.so2 import SO2Linear, m_major_order
 
 
 def segment_softmax(logits: torch.Tensor, index: torch.Tensor, num_segments: int) -> torch.Tensor:
@@ -202,6 +127,6 @@ class SO2GraphAttention(nn.Module):
         if self.alpha_dropout is not None:
             alpha = self.alpha_dropout(alpha)
         edges, rows = message.shape[:2]
-        message = message.view(edges, rows, self.num_heads, self.value_channels) * alpha.view(edges, 1, -1, 1)
-        message = frames.from_edge(message.view(edges, rows, -1), degrees)
+        message = message.view(edges, rows, self.num_heads, self.value_channels) * alpha.view(edges, 1, self.num_heads, 1)
+        message = frames.from_edge(message.view(edges, rows, self.num_heads * self.value_channels), degrees)
         return self.proj(scatter(message, receiver, x.shape[0], "sum"), degrees)

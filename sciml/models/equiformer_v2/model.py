@@ -22,11 +22,11 @@ from torch.utils.checkpoint import checkpoint
 
 from sciml.graph import AtomicGraph, MessagePassing
 from sciml.graph.radial import GaussianBasis
-from sciml.models.equiformer_v2.attention import EdgeDegreeEmbedding, EdgeFrames, SO2GraphAttention
+from sciml.models.equiformer_v2.attention import EdgeDegreeEmbedding, SO2GraphAttention
 from sciml.models.equiformer_v2.grid import GridFeedForward
 from sciml.models.equiformer_v2.layers import EquivariantLayerNorm, GraphDropPath
 from sciml.models.heads import EnergyHead
-from sciml.ops.wigner import edge_rotation, wigner_D_blocks
+from sciml.ops import EdgeFrames
 
 # fairchem's statistics of the OC20 IS2RE 100k set, its defaults for the OC20 models.
 AVG_NUM_NODES = 77.81317
@@ -159,14 +159,7 @@ class EquiformerV2(MessagePassing):
 
     def edge_frames(self, vectors: torch.Tensor) -> EdgeFrames:
         """Wigner-D blocks of each edge's frame, computed once per forward for every layer."""
-        blocks = wigner_D_blocks(self.lmax, edge_rotation(vectors))
-        packed = None
-        if self.so2_backend == "triton" or (self.so2_backend == "auto" and vectors.is_cuda):
-            from sciml.ops import so2_triton
-
-            if so2_triton.use_triton(self.so2_backend, vectors):
-                packed = so2_triton.pack_wigner(blocks, self.lmax, vectors.shape[0])
-        return EdgeFrames(blocks, self.lmax, self.mmax, packed)
+        return EdgeFrames.of(vectors, self.lmax, self.mmax, self.so2_backend)
 
     def forward(self, graph: AtomicGraph, compute_forces: bool = True,
                 compute_stress: bool = False) -> Dict[str, torch.Tensor]:

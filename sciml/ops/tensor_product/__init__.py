@@ -1,7 +1,6 @@
 """Tensor products of irreps (e3nn-compatible), their backends and the fused convolution."""
 
 from sciml.ops.tensor_product.conv import tensor_product_conv
-from sciml.ops.tensor_product.dispatch import BACKENDS, resolve_backend
 from sciml.ops.tensor_product.module import ChannelwiseTensorProduct, FullyConnectedTensorProduct, TensorProduct
 
-__all__ = ["tensor_product_conv", "TensorProduct", "FullyConnectedTensorProduct", "ChannelwiseTensorProduct", "BACKENDS", "resolve_backend"]
+__all__ = ["tensor_product_conv", "TensorProduct", "FullyConnectedTensorProduct", "ChannelwiseTensorProduct"]

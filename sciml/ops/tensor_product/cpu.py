@@ -19,7 +19,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 import torch
 
-from sciml.ops import library
+from sciml.ops import backends, library
 from sciml.ops.cbuild import kernel_name
 from sciml.ops.tracing import built_outside_tracing, is_tracing
 from sciml.ops.tensor_product.core import INDEX_COLUMN, CorePlan
@@ -57,6 +57,9 @@ def available() -> bool:
 def unavailable_reason() -> str:
     available()
     return _failure or ""
+
+
+backends.register("tensor_product", "cpu", lambda device: unavailable_reason() if device.type == "cpu" else "it runs on CPU tensors")
 
 
 SCALE = 2

@@ -24,6 +24,7 @@ from typing import Any, Callable, Optional, Sequence, Tuple
 
 import torch
 
+from sciml.ops import backends
 from sciml.ops.cbuild import cache_dir
 from sciml.ops.tensor_product._kernel_schedule import next_power_of_2, prepare_call
 from sciml.ops.tensor_product.core import CorePlan, register_core_backend
@@ -131,3 +132,4 @@ def cuda_core(
 
 
 register_core_backend("cuda", cuda_core)
+backends.register("tensor_product", "cuda", lambda device: unavailable_reason() if device.type == "cuda" else "it runs on CUDA tensors")

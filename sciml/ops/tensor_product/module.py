@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from sciml.ops.irreps import IrrepsLike, parse_irreps
-from sciml.ops.tensor_product.dispatch import BACKENDS, KERNEL_DTYPES, resolve_backend
+from sciml.ops import backends
 from sciml.ops.tensor_product.instructions import build_paths
 from sciml.ops.tensor_product.lowering import LoweredTensorProduct
 from sciml.ops.tensor_product.reference import reference_tensor_product
@@ -58,8 +58,8 @@ class TensorProduct(nn.Module):
         self.irreps_in1 = parse_irreps(irreps_in1, "irreps_in1")
         self.irreps_in2 = parse_irreps(irreps_in2, "irreps_in2")
         self.irreps_out = parse_irreps(irreps_out, "irreps_out")
-        if backend is not None and backend not in BACKENDS:
-            raise ValueError(f"unknown tensor-product backend {backend!r}; choose one of {BACKENDS}")
+        if backend is not None:
+            backends.requested("tensor_product", backend)
         self.backend = backend
         self.raw_instructions = [tuple(i) for i in instructions]
         self.paths, self.weight_numel = build_paths(
@@ -89,8 +89,8 @@ class TensorProduct(nn.Module):
     def _resolve_backend(self) -> None:
         """Choose the backend for the module's device and dtype: once, at construction and when the
         module moves (``.to``, ``.cuda``, ``.double``), not on every call."""
-        self.resolved_backend = resolve_backend(self.backend, self.weight.device, self.weight.dtype
-                                                if self.weight.is_floating_point() else torch.get_default_dtype())
+        dtype = self.weight.dtype if self.weight.is_floating_point() else torch.get_default_dtype()
+        self.resolved_backend = backends.resolve("tensor_product", self.backend, self.weight.device, dtype)
         self._resolved_for = (self.backend, self.weight.device, self.weight.dtype)
 
     def _apply(self, fn, recurse: bool = True):
@@ -101,8 +101,8 @@ class TensorProduct(nn.Module):
     def backend_for(self, x: torch.Tensor) -> str:
         """The backend that runs on ``x``: the one chosen for the module, unless ``x`` lives
         elsewhere, the ``backend`` attribute changed, or ``x``'s dtype needs the reference."""
-        if self._resolved_for[:2] != (self.backend, x.device) or (x.dtype != self._resolved_for[2] and x.dtype not in KERNEL_DTYPES):
-            return resolve_backend(self.backend, x.device, x.dtype)
+        if self._resolved_for[:2] != (self.backend, x.device) or (x.dtype != self._resolved_for[2] and x.dtype not in backends.KERNEL_DTYPES):
+            return backends.resolve("tensor_product", self.backend, x.device, x.dtype)
         return self.resolved_backend
 
     @property

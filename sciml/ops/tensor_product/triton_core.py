@@ -23,6 +23,7 @@ from typing import Any, Dict, Optional, Sequence
 import torch
 
 from sciml.ops.tensor_product._kernel_schedule import next_power_of_2, prepare_call
+from sciml.ops import backends
 from sciml.ops.tensor_product.core import CorePlan, register_core_backend
 
 try:
@@ -61,6 +62,12 @@ def available(device: Optional[torch.device] = None) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_available()
     return device.type == "cpu" and _interpreting() and _interpreter_ready()
+
+
+def _why_not(device: torch.device) -> str:
+    if available(device):
+        return ""
+    return unavailable_reason() or f"the kernel runs on CUDA devices (or the CPU in Triton's interpreter), not on {device}"
 
 
 def unavailable_reason() -> str:
@@ -183,3 +190,6 @@ def triton_core(
 
 if triton is not None:
     register_core_backend("triton", triton_core)
+
+
+backends.register("tensor_product", "triton", _why_not)
