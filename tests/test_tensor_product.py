@@ -205,6 +205,7 @@ def test_auto_falls_back_to_the_reference_without_a_compiler(monkeypatch):
     monkeypatch.setattr(cpu, "_failure", "no C compiler found (set CC)")
     monkeypatch.setattr(backends, "_warned", set())
     monkeypatch.setattr(backends, "_REASONS", {})
+    monkeypatch.setattr(backends, "_CHOICES", {})
     with pytest.warns(UserWarning, match="backend 'cpu' unavailable: no C compiler found"):
         tp = ChannelwiseTensorProduct("2x0e+2x1o", "0e+1o")
     assert tp.resolved_backend == "reference"

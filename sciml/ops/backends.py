@@ -62,6 +62,7 @@ FAMILIES: Dict[str, Family] = {
 _CHECKS: Dict[Tuple[str, str], Callable[[torch.device], str]] = {}
 _IMPLEMENTATIONS: Dict[Tuple[str, str], Any] = {}
 _REASONS: Dict[Tuple[str, str, str], str] = {}
+_CHOICES: Dict[tuple, str] = {}
 _warned: set = set()
 
 
@@ -117,10 +118,18 @@ def resolve(family: str, name: Optional[str], device: torch.device, dtype: torch
     Raises ValueError for an unknown name and :class:`BackendUnavailable` for a backend asked
     for by name that cannot run (wrong device, dtype, or no kernel).
     """
+    device = torch.device(device)
+    autocast = torch.is_autocast_enabled(device.type)
+    key = (family, name if name is not None else os.environ.get(FAMILIES[family].variable or "", None), str(device), dtype, autocast)
+    if key not in _CHOICES:
+        _CHOICES[key] = _choose(family, name, device, dtype, autocast)
+    return _CHOICES[key]
+
+
+def _choose(family: str, name: Optional[str], device: torch.device, dtype: torch.dtype, autocast: bool) -> str:
     spec = FAMILIES[family]
     name = requested(family, name)
-    device = torch.device(device)
-    kernel_dtype = dtype in KERNEL_DTYPES or torch.is_autocast_enabled(device.type)
+    kernel_dtype = dtype in KERNEL_DTYPES or autocast
     if name in spec.compiled:
         if not kernel_dtype:
             raise BackendUnavailable(f"{spec.label} backend {name!r} supports float32/float64, got {dtype}")

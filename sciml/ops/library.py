@@ -108,17 +108,25 @@ def call(name: str, *args):
     transforms (``torch.func.grad`` forces traced by make_fx).
 
     The autograd formula registered on the operator (for anyone calling ``torch.ops.sciml``
-    directly) cannot run inside functorch transforms; sciml's own calls go through an
-    ``autograd.Function`` with the same setup and backward, which can. Under dynamo, and for
-    operators without a formula, the operator is called directly.
+    directly) cannot run inside functorch transforms and costs tens of microseconds of Python per
+    call; sciml's own calls go through ``autograd.Function`` classes with the same setup and
+    backward (one in ``setup_context`` form for functorch, a lighter one for eager autograd and
+    make_fx), or straight to the kernel when nothing needs a gradient. Under dynamo the operator
+    itself is recorded.
     """
-    function = _FUNCTIONS.get(name)
-    if function is None or torch.compiler.is_compiling():  # dynamo knows the registered formula
-        return getattr(torch.ops.sciml, name)(*args)
-    return function.apply(*args)
+    op = getattr(torch.ops.sciml, name)
+    if torch.compiler.is_compiling() or name not in _FUNCTIONS:
+        return op(*args)  # dynamo records the operator with its registered formula
+    if torch._C._are_functorch_transforms_active():
+        return _FUNCTIONS[name].apply(*args)
+    if torch.is_grad_enabled() and any(isinstance(arg, torch.Tensor) and arg.requires_grad for arg in args):
+        return _EAGER_FUNCTIONS[name].apply(*args)
+    with torch._C._AutoDispatchBelowAutograd():  # nothing to differentiate: straight to the kernel
+        return op(*args)
 
 
 _FUNCTIONS: dict = {}
+_EAGER_FUNCTIONS: dict = {}
 
 
 def _differentiable(name: str, setup, backward) -> None:
@@ -136,10 +144,20 @@ def _differentiable(name: str, setup, backward) -> None:
         setup(ctx, inputs, output)
 
     torch.library.register_autograd(f"sciml::{name}", registered_backward, setup_context=registered_setup)
+    def below_autograd(*args):
+        with torch._C._AutoDispatchBelowAutograd():
+            return op(*args)
+
+    def eager_forward(ctx, *args):
+        output = below_autograd(*args)
+        setup(ctx, args, output)
+        return output
+
     _FUNCTIONS[name] = type(f"{name}_function", (torch.autograd.Function,), {
-        "forward": staticmethod(lambda *args: op(*args)),
-        "setup_context": staticmethod(setup),
-        "backward": staticmethod(backward),
+        "forward": staticmethod(below_autograd), "setup_context": staticmethod(setup), "backward": staticmethod(backward),
+    })
+    _EAGER_FUNCTIONS[name] = type(f"{name}_eager_function", (torch.autograd.Function,), {
+        "forward": staticmethod(eager_forward), "backward": staticmethod(backward),
     })
 
 

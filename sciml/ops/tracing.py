@@ -32,12 +32,19 @@ def built_outside_tracing(function: F) -> F:
 
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
-        if torch.compiler.is_compiling():  # dynamo traces Python itself: cached results are constants to it
+        # (dynamo traces Python itself: cached results are constants to it)
+        if torch.compiler.is_compiling() or not modes_active():
             return function(*args, **kwargs)
         with temporarily_clear_interpreter_stack(), _disable_current_modes(), torch._C.DisableTorchFunction():
             return function(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
+
+
+def modes_active() -> bool:
+    """Whether any dispatch or torch-function mode or ``torch.func`` transform is active (cheap)."""
+    return (torch._C._len_torch_dispatch_stack() > 0 or torch._C._is_torch_function_mode_enabled()
+            or torch._C._are_functorch_transforms_active())
 
 
 def is_tracing() -> bool:

@@ -233,7 +233,8 @@ def sorted_rows(rowmap: Optional[torch.Tensor], out_rows: int, num_terms: int, d
     if rowmap is None:
         return torch.arange(num_terms + 1, dtype=torch.int64, device=device), None
     order = torch.sort(rowmap, stable=True).indices
-    counts = torch.bincount(rowmap, minlength=out_rows)
+    # (bincount would read the largest row back to the host; index_add keeps the GPU running)
+    counts = torch.zeros(out_rows, dtype=torch.int64, device=rowmap.device).index_add_(0, rowmap, torch.ones_like(rowmap))
     ptr = torch.zeros(out_rows + 1, dtype=torch.int64, device=rowmap.device)
     torch.cumsum(counts, 0, out=ptr[1:])
     return ptr, order
