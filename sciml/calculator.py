@@ -10,8 +10,9 @@ import torch
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
+from sciml.deploy.export import load_potential
 from sciml.graph import AtomicGraph, GraphSpec
-from sciml.inference import load_model, model_dtype
+from sciml.inference import model_dtype
 
 
 class SciMLCalculator(Calculator):
@@ -44,8 +45,9 @@ class SciMLCalculator(Calculator):
 
     @classmethod
     def from_checkpoint(cls, path: str, device: str = "cpu", **kwargs) -> "SciMLCalculator":
-        """A calculator for the model saved at ``path`` (see ``sciml train``)."""
-        return cls(load_model(path, device=device), device=device, **kwargs)
+        """A calculator for the model saved at ``path`` (see ``sciml train``), or for an exported
+        package (``.pt2``, see ``sciml export``), which runs without building the Python model."""
+        return cls(load_potential(path, device=device), device=device, **kwargs)
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:
         super().calculate(atoms, properties, system_changes)

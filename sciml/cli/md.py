@@ -16,7 +16,7 @@ RELAX_EXAMPLES = """  sciml relax runs/ethanol/best.pt molecule.xyz --fmax 0.05
 
 def register(sub) -> None:
     md = add_command(sub, "md", "run molecular dynamics with a trained model (ase)", MD_EXAMPLES)
-    md.add_argument("checkpoint", help="model checkpoint (.pt)")
+    md.add_argument("checkpoint", help="model checkpoint (.pt), or a package of sciml export (.pt2)")
     md.add_argument("structure", help="initial structure (any ase-readable file; the last frame is used)")
     md.add_argument("--ensemble", choices=["nve", "langevin"], default="nve")
     md.add_argument("--steps", type=int, default=200)
@@ -30,7 +30,7 @@ def register(sub) -> None:
     md.set_defaults(run=run_md)
 
     relax = add_command(sub, "relax", "relax a structure with a trained model (ase BFGS)", RELAX_EXAMPLES)
-    relax.add_argument("checkpoint")
+    relax.add_argument("checkpoint", help="model checkpoint (.pt), or a package of sciml export (.pt2)")
     relax.add_argument("structure")
     relax.add_argument("--fmax", type=float, default=0.05, help="force convergence, eV/Å")
     relax.add_argument("--steps", type=int, default=500)

@@ -29,7 +29,7 @@ EXAMPLES = """  sciml predict --checkpoint runs/ethanol/best.pt frames.extxyz --
 
 def register(sub) -> None:
     parser = add_command(sub, "predict", "predict energies/forces/stress or properties for structure files", EXAMPLES)
-    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--checkpoint", required=True, help="model checkpoint (.pt), or a package of sciml export (.pt2)")
     parser.add_argument("files", nargs="*",
                         help="CIF, POSCAR, xyz, extxyz, ase .db or .traj, or any ase-readable file; each structure "
                              "of a multi-structure file is predicted")
@@ -51,7 +51,7 @@ def register(sub) -> None:
 def run(args) -> int:
     from sciml import batch_inference
     from sciml.distributed import setup, teardown
-    from sciml.inference import load_model
+    from sciml.deploy.export import load_potential
 
     paths = list(args.files) + (_read_file_list(args.files_from) if args.files_from else [])
     if not paths:
@@ -65,7 +65,7 @@ def run(args) -> int:
     try:
         if output is None and ctx.world_size > 1:
             raise ValueError("--output is needed to predict across ranks (each rank writes its share there)")
-        model = load_model(args.checkpoint, device=ctx.device(args.device))
+        model = load_potential(args.checkpoint, device=ctx.device(args.device))
         if output is None:
             records, skipped = batch_inference.predict_structures(model, paths, args.batch_size, args.workers)
             _print_skipped(skipped)

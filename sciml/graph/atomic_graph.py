@@ -7,6 +7,7 @@ from typing import Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 import torch
+from torch.utils import _pytree as pytree
 
 from sciml.graph.crystal import knn_neighbor_list, lattice_frame
 from sciml.graph.neighbors import neighbor_list
@@ -64,15 +65,17 @@ class AtomicGraph:
     # ----------------------------------------------------------------------------- sizes
     @property
     def num_graphs(self) -> int:
-        return int(self.ptr.numel() - 1)
+        return self.ptr.shape[0] - 1
 
+    # Sizes are read from shapes without int(): under torch.export they are symbolic and int()
+    # would fix them to the example's size.
     @property
     def num_nodes(self) -> int:
-        return int(self.positions.shape[0])
+        return self.positions.shape[0]
 
     @property
     def num_edges(self) -> int:
-        return int(self.edge_index.shape[1])
+        return self.edge_index.shape[1]
 
     @property
     def num_atoms_per_graph(self) -> torch.Tensor:
@@ -395,6 +398,38 @@ class AtomicGraph:
             elif isinstance(value, dict):
                 changes[f.name] = {k: move(v) for k, v in value.items()}
         return replace(self, **changes)
+
+
+#: The axes of AtomicGraph's tensors that count atoms or edges (the dynamic sizes of an exported model).
+GRAPH_DYNAMIC_AXES = {"positions": {0: "atoms"}, "atomic_numbers": {0: "atoms"}, "batch": {0: "atoms"},
+                      "forces": {0: "atoms"}, "edge_index": {1: "edges"}, "cell_shifts": {0: "edges"}}
+
+# AtomicGraph is a pytree whose leaves are its tensors (cutoff and knn are static context), so a
+# graph can be passed to torch.export, torch.compile and torch.func functions as it is.
+_GRAPH_STATIC = ("cutoff", "knn")
+_GRAPH_CHILDREN = tuple(f.name for f in fields(AtomicGraph) if f.name not in _GRAPH_STATIC)
+
+
+def _graph_flatten(graph: AtomicGraph):
+    return [getattr(graph, name) for name in _GRAPH_CHILDREN], (graph.cutoff, graph.knn)
+
+
+def _graph_flatten_with_keys(graph: AtomicGraph):
+    values, context = _graph_flatten(graph)
+    return [(pytree.GetAttrKey(name), value) for name, value in zip(_GRAPH_CHILDREN, values)], context
+
+
+def _graph_unflatten(values, context) -> AtomicGraph:
+    return AtomicGraph(**dict(zip(_GRAPH_CHILDREN, values)), **dict(zip(_GRAPH_STATIC, context)))
+
+
+pytree.register_pytree_node(
+    AtomicGraph,
+    _graph_flatten,
+    _graph_unflatten,
+    serialized_type_name="sciml.graph.AtomicGraph",
+    flatten_with_keys_fn=_graph_flatten_with_keys,
+)
 
 
 def batched_neighbor_list(

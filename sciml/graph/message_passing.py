@@ -51,7 +51,8 @@ class MessagePassing(nn.Module):
             if self.uses_lattice_frame and graph.lattice_frame is None:
                 raise ValueError("the model needs lattice frames; rebuild the graph with graph.with_graph(model.graph_spec)")
             return
-        if graph.num_edges == 0 and graph.cutoff is None and bool((graph.num_atoms_per_graph > 1).any()):
+        # graph.cutoff first: a built graph (the exported case) never reaches the value check.
+        if graph.cutoff is None and graph.num_edges == 0 and bool((graph.num_atoms_per_graph > 1).any()):
             raise ValueError(f"graph has no edges; build it with cutoff={self.cutoff} (graph.with_edges)")
         if self.cutoff is not None and graph.cutoff is not None and graph.cutoff + 1e-9 < self.cutoff:
             raise ValueError(
@@ -68,3 +69,10 @@ class MessagePassing(nn.Module):
     def aggregate(messages: torch.Tensor, centres: torch.Tensor, num_nodes: int, reduce: str = "sum") -> torch.Tensor:
         """Reduce edge messages (E, ...) onto their centre atoms: (num_nodes, ...)."""
         return scatter(messages, centres, num_nodes, reduce)
+
+
+def edge_counts(centres: torch.Tensor, num_nodes: int, dtype: torch.dtype) -> torch.Tensor:
+    """(num_nodes,) number of edges at each centre atom, as ``dtype``. A scatter of ones rather
+    than ``bincount``, whose output size depends on the values and so cannot be traced."""
+    ones = torch.ones(centres.shape[0], dtype=dtype, device=centres.device)
+    return scatter(ones, centres, num_nodes, "sum")

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from sciml.graph import AtomicGraph, MessagePassing, PolynomialEnvelope
+from sciml.graph import AtomicGraph, MessagePassing, PolynomialEnvelope, edge_counts
 from sciml.models.heads import NUM_ELEMENTS, EnergyHead
 from sciml.ops import scatter
 
@@ -41,7 +41,7 @@ def neighbour_weight_inverse(
 ) -> torch.Tensor:
     """C_i = 1 / max(sum_j w_ij, 1), (N, 1): the mean's normaliser of the coordinate update."""
     if edge_weight is None:
-        total = torch.bincount(edge_index[0], minlength=num_nodes).to(dtype)
+        total = edge_counts(edge_index[0], num_nodes, dtype)
     else:
         total = scatter(edge_weight, edge_index[0], num_nodes, "sum")
     return total.clamp(min=1).reciprocal().unsqueeze(1)
@@ -229,6 +229,7 @@ class EGNNEnergyModel(MessagePassing):
             if self.cutoff is not None and envelope_exponent is not None
             else None
         )
+        self.num_elements = int(num_elements)
         self.embedding = nn.Embedding(num_elements, hidden)
         self.layers = nn.ModuleList(
             EGNNLayer(hidden, attention=attention, update_coords=update_coords and n < layers - 1,
@@ -242,13 +243,12 @@ class EGNNEnergyModel(MessagePassing):
         self, graph: AtomicGraph, compute_forces: bool = True, compute_stress: bool = False
     ) -> Dict[str, torch.Tensor]:
         """Energy ``energy`` (B,) eV and per-atom ``energies`` (N,) eV; ``forces`` (N, 3) eV/Å
-        with ``compute_forces``; ``stress`` (B, 3, 3) eV/Å^3 with ``compute_stress`` for periodic
-        structures. Forces and stress come from one backward pass, kept differentiable in
-        training mode so force and stress losses can be backpropagated."""
+        with ``compute_forces``; ``stress`` (B, 3, 3) eV/Å^3 with ``compute_stress`` (0 for
+        structures without a periodic direction). Forces and stress come from one backward pass,
+        kept differentiable in training mode so force and stress losses can be backpropagated."""
         self.check_graph(graph)
-        stress = compute_stress and bool(graph.pbc.any())
-        derivatives = compute_forces or stress
-        geometry = self.geometry(graph, forces=derivatives, stress=stress)
+        derivatives = compute_forces or compute_stress
+        geometry = self.geometry(graph, forces=derivatives, stress=compute_stress)
         weight = self.envelope(geometry.lengths) if self.envelope is not None else None
         h = self.embedding(graph.atomic_numbers)
         vectors = geometry.vectors

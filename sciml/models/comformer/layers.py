@@ -24,8 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sciml.graph.message_passing import edge_counts
 from sciml.graph.radial import GaussianBasis
 from sciml.ops import FullyConnectedTensorProduct, scatter, spherical_harmonics, tensor_product_conv
+from sciml.ops.tracing import is_tracing
 
 
 def _gaussians(start: float, stop: float, bins: int) -> GaussianBasis:
@@ -220,15 +222,18 @@ class _TensorProductConv(nn.Module):
         bias = torch.cat([last.bias[p.weight_slice].reshape(u, p.mul_out) for p in paths], dim=1)
         width = weight.shape[1]
         per_atom = (x @ weight.reshape(u, -1)).reshape(x.shape[0], width, -1)  # P_j: (N, W, H)
-        # s_e . P_j for all edges of a sender at once: edges grouped by sender, padded
-        order = torch.argsort(sender, stable=True)
-        counts = torch.bincount(sender, minlength=x.shape[0])
-        senders = sender[order]
-        slot = torch.arange(senders.numel(), device=x.device) - (torch.cumsum(counts, 0) - counts)[senders]
-        padded = hidden.new_zeros(x.shape[0], int(counts.max()), hidden.shape[1])
-        padded = padded.index_put((senders, slot), hidden[order])
-        grouped = torch.bmm(padded, per_atom.transpose(1, 2))  # (N, max degree, W)
-        z = hidden.new_zeros(senders.numel(), width).index_put((order,), grouped[senders, slot])
+        if is_tracing():  # the padded layout below is sized by the largest degree, a value tracing has not
+            z = torch.bmm(per_atom.index_select(0, sender), hidden.unsqueeze(2)).squeeze(2)
+        else:
+            # s_e . P_j for all edges of a sender at once: edges grouped by sender, padded
+            order = torch.argsort(sender, stable=True)
+            counts = torch.bincount(sender, minlength=x.shape[0])
+            senders = sender[order]
+            slot = torch.arange(senders.numel(), device=x.device) - (torch.cumsum(counts, 0) - counts)[senders]
+            padded = hidden.new_zeros(x.shape[0], int(counts.max()), hidden.shape[1])
+            padded = padded.index_put((senders, slot), hidden[order])
+            grouped = torch.bmm(padded, per_atom.transpose(1, 2))  # (N, max degree, W)
+            z = hidden.new_zeros(senders.numel(), width).index_put((order,), grouped[senders, slot])
         z = z + (x @ bias)[sender]
         pieces = []
         for p in sorted(paths, key=lambda p: p.slice_out.start):
@@ -264,7 +269,7 @@ class EquivariantUpdate(nn.Module):
                 vectors: torch.Tensor) -> torch.Tensor:
         """x (N, C); edge_index (2, E); edge_features (E, F); vectors (E, 3) Å from centre to neighbour."""
         sh = spherical_harmonics(2, vectors, normalize=True, normalization="component")
-        degree = torch.bincount(edge_index[0], minlength=x.shape[0]).clamp(min=1).to(x.dtype)
+        degree = edge_counts(edge_index[0], x.shape[0], x.dtype).clamp(min=1)
         inverse_degree = (1.0 / degree).unsqueeze(1)
         h = self.node_linear(x)
         h = self.nlayer_1(h, edge_index, edge_features, sh, inverse_degree)

@@ -39,6 +39,7 @@ from sciml.models.comformer.layers import (
     ReciprocalDistanceEmbedding,
 )
 from sciml.models.heads import EnergyHead, PropertyHead
+from sciml.ops.tracing import is_tracing
 
 #: The reference's parameters that its forward never uses (``ComformerConv_edge.lemb`` and
 #: ``lin_edge_len``); sciml leaves them out, so iComFormer has this many fewer parameters.
@@ -103,16 +104,22 @@ class ComFormer(MessagePassing):
         """The variant's block between the first and second node layers: returns (x, edge_features)."""
         raise NotImplementedError
 
+    def check_elements(self, graph: AtomicGraph) -> None:
+        """Raise ValueError for atomic numbers without CGCNN atom features."""
+        z = graph.atomic_numbers
+        if int(z.max()) >= self.atom_features.shape[0] or bool((self.atom_features[z].abs().sum(1) == 0).any()):
+            bad = sorted({int(a) for a in z if int(a) >= self.atom_features.shape[0] or not bool(self.atom_features[a].any())})
+            raise ValueError(f"ComFormer has no atom features for atomic numbers {bad}")
+
     # ----------------------------------------------------------------------- forward
     def forward(self, graph: AtomicGraph, compute_forces: bool = False, compute_stress: bool = False) -> Dict[str, torch.Tensor]:
         """Returns ``{target: (B,)}``; for ``target="energy"`` the energy head's outputs (``energy``
         (B,) eV, ``energies``, and with ``compute_forces``/``compute_stress`` ``forces`` (N, 3)
         eV/Å and ``stress`` (B, 3, 3) eV/Å^3)."""
         self.check_graph(graph)
+        if not is_tracing():
+            self.check_elements(graph)
         z = graph.atomic_numbers
-        if int(z.max()) >= self.atom_features.shape[0] or bool((self.atom_features[z].abs().sum(1) == 0).any()):
-            bad = sorted({int(a) for a in z if int(a) >= self.atom_features.shape[0] or not bool(self.atom_features[a].any())})
-            raise ValueError(f"ComFormer has no atom features for atomic numbers {bad}")
         energy = self.target == "energy"
         stress = energy and compute_stress
         derivatives = energy and (compute_forces or stress)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from sciml.models.equiformer_v2.grid import SeparableS2Activation
-from sciml.models.equiformer_v2.layers import RadialMLP, SmoothLeakyReLU, SO3Linear
+from sciml.models.equiformer_v2.layers import Dropout, RadialMLP, SmoothLeakyReLU, SO3Linear
 from sciml.ops import EdgeFrames, scatter
 from sciml.ops.so2 import SO2Linear, m_major_order
 
@@ -105,7 +105,7 @@ class SO2GraphAttention(nn.Module):
         self.alpha_act = SmoothLeakyReLU(0.2)
         bound = 1.0 / math.sqrt(alpha_channels)
         self.alpha_dot = nn.Parameter(torch.empty(num_heads, alpha_channels).uniform_(-bound, bound))
-        self.alpha_dropout = nn.Dropout(alpha_drop) if alpha_drop > 0 else None
+        self.alpha_dropout = Dropout(alpha_drop) if alpha_drop > 0 else None
         self.s2_act = SeparableS2Activation(lmax, mmax, grid_resolution, m_major=True)
         self.so2_conv_2 = SO2Linear(lmax, mmax, hidden_channels, num_heads * value_channels)
         self.proj = SO3Linear(num_heads * value_channels, out_channels, lmax)

@@ -11,7 +11,7 @@ grows.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import List, Optional
 
 import torch
 from e3nn.o3 import FromS2Grid, ToS2Grid
@@ -19,6 +19,7 @@ from torch import nn
 
 from sciml.models.equiformer_v2.layers import SO3Linear
 from sciml.ops.so2 import m_major_order
+from sciml.ops.tracing import is_tracing, modes_active
 
 
 def grid_matrices(lmax: int, mmax: int, resolution: Optional[int] = None, m_major: bool = False):
@@ -87,13 +88,17 @@ class _GridSiLU(torch.autograd.Function):
 
     The grid is evaluated in chunks of rows that stay in cache, as plain GEMMs over (E C) rows,
     and recomputed in the backward pass. The backward is written in differentiable torch ops,
-    so higher derivatives (conservative forces in training) work.
+    so higher derivatives (conservative forces in training) work, also under ``torch.func``
+    (forces of compiled training, see :mod:`sciml.train.compile`).
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, to_grid: torch.Tensor, from_grid: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(x, to_grid, from_grid)
+    def forward(x: torch.Tensor, to_grid: torch.Tensor, from_grid: torch.Tensor) -> torch.Tensor:
         return _grid_map(x, to_grid, from_grid, None)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.save_for_backward(*inputs)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -108,17 +113,34 @@ def _grid_map(x: torch.Tensor, to_grid: torch.Tensor, from_grid: torch.Tensor,
     x, grad (E, K, C); to_grid S (G, K); from_grid P^T (G, K) (both as stored by S2Grid)."""
     edges, k, channels = x.shape
     rows, grad_rows = _rows(x), None if grad is None else _rows(grad)
-    out = torch.empty_like(rows)
-    step = max(1, _CHUNK_ROWS)
-    for start in range(0, rows.shape[0], step):
-        grid = rows[start:start + step] @ to_grid.t()  # (rows, G)
-        if grad_rows is None:
-            out[start:start + step] = nn.functional.silu(grid) @ from_grid
-        else:
-            sigmoid = torch.sigmoid(grid)
-            slope = sigmoid * (1 + grid * (1 - sigmoid))  # d SiLU / d grid
-            out[start:start + step] = ((grad_rows[start:start + step] @ from_grid.t()) * slope) @ to_grid
+    chunks = _row_chunks(rows.shape[0])
+    if len(chunks) == 1:  # no buffer written in place: the form torch.func and tracing prefer
+        out = _grid_rows(rows, grad_rows, to_grid, from_grid)
+    else:
+        out = torch.empty_like(rows)
+        for chunk in chunks:
+            out[chunk] = _grid_rows(rows[chunk], None if grad_rows is None else grad_rows[chunk], to_grid, from_grid)
     return out.view(edges, channels, k).transpose(1, 2)
+
+
+def _grid_rows(rows: torch.Tensor, grad_rows: Optional[torch.Tensor], to_grid: torch.Tensor,
+               from_grid: torch.Tensor) -> torch.Tensor:
+    """:func:`_grid_map` of (R, K) rows: P SiLU(S r), or with ``grad_rows`` S^T (SiLU'(S r) * (P^T g))."""
+    grid = rows @ to_grid.t()  # (R, G)
+    if grad_rows is None:
+        return nn.functional.silu(grid) @ from_grid
+    sigmoid = torch.sigmoid(grid)
+    slope = sigmoid * (1 + grid * (1 - sigmoid))  # d SiLU / d grid
+    return ((grad_rows @ from_grid.t()) * slope) @ to_grid
+
+
+def _row_chunks(rows: int) -> List[slice]:
+    """Slices of ``_CHUNK_ROWS`` rows; a single one while tracing or under ``torch.func``, where
+    the number of rows may be symbolic (a loop over it would fix it to the example's) and the
+    compiler tiles by itself."""
+    if is_tracing() or modes_active() or rows <= _CHUNK_ROWS:
+        return [slice(None)]
+    return [slice(start, start + _CHUNK_ROWS) for start in range(0, rows, _CHUNK_ROWS)]
 
 
 class SeparableS2Activation(nn.Module):

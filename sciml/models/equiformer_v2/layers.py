@@ -113,6 +113,23 @@ class SmoothLeakyReLU(nn.Module):
         return (1 + a) / 2 * x + (1 - a) / 2 * x * (2 * torch.sigmoid(x) - 1)
 
 
+class Dropout(nn.Module):
+    """Element-wise dropout with probability ``p`` in training (x / (1-p) kept), drawn as torch's
+    CPU dropout draws it (one ``bernoulli_`` mask of x's shape), but written with that mask: the
+    native op cannot be traced under ``torch.func`` at symbolic sizes (compiled force training)."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        return x * torch.empty_like(x).bernoulli_(1.0 - self.p).div_(1.0 - self.p)
+
+
 class GraphDropPath(nn.Module):
     """Stochastic depth per structure: in training, drop a residual branch for whole graphs with
     probability ``p`` and scale kept ones by 1/(1-p). x (N, ...) with ``batch`` (N,)."""

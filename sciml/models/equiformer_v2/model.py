@@ -27,6 +27,7 @@ from sciml.models.equiformer_v2.grid import GridFeedForward
 from sciml.models.equiformer_v2.layers import EquivariantLayerNorm, GraphDropPath
 from sciml.models.heads import EnergyHead
 from sciml.ops import EdgeFrames
+from sciml.ops.tracing import is_tracing
 
 # fairchem's statistics of the OC20 IS2RE 100k set, its defaults for the OC20 models.
 AVG_NUM_NODES = 77.81317
@@ -87,8 +88,8 @@ class EquiformerV2(MessagePassing):
         so2_backend: "auto" (Triton rotation kernels on CUDA), "torch" or "triton".
 
     ``forward(graph, compute_forces=True, compute_stress=False)`` returns ``energy`` (B,) eV and
-    ``energies`` (N,), plus ``forces`` (N, 3) eV/Å and, conservative models on periodic graphs,
-    ``stress`` (B, 3, 3) eV/Å^3.
+    ``energies`` (N,), plus ``forces`` (N, 3) eV/Å and, for conservative models,
+    ``stress`` (B, 3, 3) eV/Å^3 (0 for structures without a periodic direction).
     """
 
     model_name = "equiformer_v2"
@@ -149,6 +150,11 @@ class EquiformerV2(MessagePassing):
         self.register_buffer("energy_shift", torch.zeros(()))
         self.register_buffer("force_scale", torch.ones(()))
 
+    @property
+    def num_elements(self) -> int:
+        """Size of the element embeddings: atomic numbers 0 .. num_elements - 1."""
+        return self.max_num_elements
+
     def check_elements(self, graph: AtomicGraph) -> None:
         """Raise ValueError for atomic numbers outside this model's element embedding."""
         numbers = graph.atomic_numbers
@@ -164,8 +170,9 @@ class EquiformerV2(MessagePassing):
     def forward(self, graph: AtomicGraph, compute_forces: bool = True,
                 compute_stress: bool = False) -> Dict[str, torch.Tensor]:
         self.check_graph(graph)
-        self.check_elements(graph)
-        stress = compute_stress and not self.direct_forces and bool(graph.pbc.any())
+        if not is_tracing():
+            self.check_elements(graph)
+        stress = compute_stress and not self.direct_forces
         derivatives = not self.direct_forces and (compute_forces or stress)
         numbers, edge_index = graph.atomic_numbers, graph.edge_index
         with torch.autocast(graph.positions.device.type, enabled=False):  # geometry stays in full precision
