@@ -54,11 +54,12 @@ def _run(target: Path, cache: Path, **env) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def test_the_wheel_ships_every_kernel_source(installed):
+def test_the_wheel_ships_every_kernel_and_deployment_source(installed):
     wheel, _ = installed
     names = set(zipfile.ZipFile(wheel).namelist())
+    deploy = [f"sciml/deploy/csrc/{path.name}" for path in (ROOT / "sciml" / "deploy" / "csrc").iterdir()]
     for source in ("sciml/_kernels/sciml_ops.cpp", "sciml/_kernels/tp_core.cu", "sciml/_kernels/tp_core.cpp",
-                   "sciml/ops/tensor_product/cpu_kernel.c"):
+                   "sciml/ops/tensor_product/cpu_kernel.c", *deploy):
         assert source in names, f"{source} is missing from {wheel.name}"
 
 
