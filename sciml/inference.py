@@ -24,6 +24,11 @@ def model_device(model: torch.nn.Module) -> torch.device:
     return next((p.device for p in model.parameters()), torch.device("cpu"))
 
 
+def takes_derivative_flags(model: torch.nn.Module) -> bool:
+    """Whether ``model.forward`` takes ``compute_forces``/``compute_stress`` (energy models)."""
+    return _accepts_derivative_flags(type(model).forward)
+
+
 @functools.lru_cache(maxsize=None)
 def _accepts_derivative_flags(forward: Callable) -> bool:
     parameters = inspect.signature(forward).parameters
@@ -36,7 +41,7 @@ def model_outputs(
     """``model(batch)``: a dict of predictions. ``compute_forces``/``compute_stress`` are passed
     to models whose ``forward`` takes them (energy models); any other model, e.g. one that
     predicts positions, is called with the batch alone."""
-    if _accepts_derivative_flags(type(model).forward):
+    if takes_derivative_flags(model):
         return model(batch, compute_forces=compute_forces, compute_stress=compute_stress)
     return model(batch)
 

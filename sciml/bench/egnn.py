@@ -13,6 +13,10 @@ backward pass of a loss to the parameters (no optimizer step). The baseline runs
 weights the way the reference code does (one Linear over concatenated per-edge inputs, scatter
 sums by ``index_add``, nothing fused) in the same process; the reference's own times were
 measured earlier on this machine type and are only quoted.
+
+``train_step`` mode (:func:`bench_egnn_training_step`): eager against compiled training steps
+with forces and stress (see :mod:`sciml.bench.train_step`) of the default EGNN on rattled
+periodic copper.
 """
 
 from __future__ import annotations
@@ -20,9 +24,11 @@ from __future__ import annotations
 from typing import Callable, Dict, List, NamedTuple, Optional
 
 import torch
+from ase.build import bulk
 from torch.nn import functional as F
 
 from sciml.bench.timing import best_seconds
+from sciml.bench.train_step import compare_training_steps
 from sciml.graph import AtomicGraph
 from sciml.models import build_model
 from sciml.models.egnn import EGNNDynamics, EGNNEnergyModel, EGNNLayer
@@ -172,6 +178,27 @@ def bench_egnn(repeats: int = 5, threads: int = 2) -> List[Dict]:
     torch.set_num_threads(threads)
     try:
         return [_time_case(name, repeats) for name in ("nbody", "qm9")]
+    finally:
+        torch.set_num_threads(previous)
+
+
+def bench_egnn_training_step(structures: int = 4, repeats: int = 10, threads: int = 2) -> Dict[str, object]:
+    """Eager against compiled training steps with forces and stress of the default EGNN (128
+    features, 4 layers, 5 Å) on ``structures`` rattled fcc Cu cells of 32 atoms: the result of
+    :func:`~sciml.bench.train_step.compare_training_steps` plus ``case``."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(0)
+        model = build_model("egnn")
+        cells = []
+        for seed in range(structures):
+            atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(2)
+            atoms.rattle(0.05, seed=seed)
+            cells.append(AtomicGraph.from_ase(atoms, cutoff=model.cutoff))
+        batch = AtomicGraph.collate(cells)
+        case = f"egnn {structures}x{len(atoms)} Cu, {batch.num_edges} edges"
+        return {"case": case, **compare_training_steps(model, batch, compute_stress=True, repeats=repeats)}
     finally:
         torch.set_num_threads(previous)
 

@@ -18,6 +18,10 @@ fairchem runs in the same run when a Python with fairchem-core 1.x is given
 :mod:`sciml.bench.fairchem_runner` times fairchem's model on the same structures in that
 interpreter, so the outputs are compared as well. Without it, fairchem's times recorded on this
 machine type are quoted.
+
+``train_step`` mode (:func:`bench_equiformer_v2_training_step`): eager against compiled training
+steps with conservative forces and stress (see :mod:`sciml.bench.train_step`) of a small
+EquiformerV2 (:data:`SMALL`) or a named configuration, in training mode (dropout, drop path).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from ase.build import add_adsorbate, fcc111
 
 from sciml.bench.timing import best_seconds
 from sciml.bench.timing import peak_extra_mb
+from sciml.bench.train_step import compare_training_steps
 from sciml.graph import AtomicGraph
 from sciml.models import build_model
 from sciml.models.equiformer_v2 import export_fairchem_checkpoint
@@ -42,6 +47,11 @@ from sciml.models.equiformer_v2 import export_fairchem_checkpoint
 # machine, idle (load < 0.6), 31M config, the structure above, float32, 2 threads, best of 3, two
 # runs: seconds. (The project's reference notes quote 1.2-1.6 / 2.8-3.8 s, taken on a shared machine.)
 RECORDED_FAIRCHEM_SECONDS = {"oc20_31M": {"forward": (0.68, 0.71), "forward_backward": (2.05, 2.20)}}
+# "small" of the training-step benchmark: 2 blocks, lmax 2, 32 channels, conservative forces and
+# stress (the double backward that compile must handle); about 0.2 M parameters.
+SMALL = dict(num_layers=2, sphere_channels=32, attn_hidden_channels=32, num_heads=4, attn_alpha_channels=16,
+             attn_value_channels=8, ffn_hidden_channels=64, lmax=2, mmax=1, grid_resolution=None, edge_channels=32,
+             num_distance_basis=64, cutoff=6.0, max_neighbors=20, direct_forces=False)
 
 
 def oc20_like_structures(count: int = 1):
@@ -112,6 +122,23 @@ def bench_equiformer_v2(config: str = "oc20_31M", structures: int = 1, repeats: 
     if fairchem_python:
         result["fairchem"] = _run_fairchem(fairchem_python, model, frames, graphs, repeats, threads)
     return result
+
+
+def bench_equiformer_v2_training_step(config: str = "small", structures: int = 1, repeats: int = 10,
+                                      threads: int = 2) -> Dict[str, object]:
+    """Eager against compiled training steps with forces and stress of EquiformerV2 ``config``
+    (``"small"``: :data:`SMALL`; else a named configuration with conservative forces) on
+    ``structures`` OC20-like slabs: the result of
+    :func:`~sciml.bench.train_step.compare_training_steps` plus ``case``."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    options = SMALL if config == "small" else dict(config=config, direct_forces=False)
+    model = build_model("equiformer_v2", **options)
+    graphs = [AtomicGraph.from_ase(a, cutoff=model.cutoff, max_neighbors=model.max_neighbors)
+              for a in oc20_like_structures(structures)]
+    batch = AtomicGraph.collate(graphs)
+    case = f"equiformer_v2 {config}, {batch.num_nodes} atoms, {batch.num_edges} edges"
+    return {"case": case, **compare_training_steps(model, batch, compute_stress=True, repeats=repeats)}
 
 
 def _run_fairchem(python: str, model, frames, graphs: List[AtomicGraph], repeats: int,

@@ -9,7 +9,9 @@ EXAMPLES = """  sciml bench neighbors                      # 1k, 10k, 100k atoms
   sciml bench md                             # EGNN calculator MD steps/s at 32, 256, 2048 atoms
   sciml bench md --checkpoint runs/ethanol/best.pt --sizes 32 256
   sciml bench egnn                           # EGNN forward/backward against the reference's timings
+  sciml bench egnn --train-step              # eager vs torch.compile training step with forces and stress
   sciml bench equiformer_v2                  # EquiformerV2 31M: time and memory vs fairchem
+  sciml bench equiformer_v2 --train-step     # eager vs torch.compile training step, small EquiformerV2
   sciml bench equiformer_v2 --fairchem-python ~/fairchem-venv/bin/python --structures 4
   sciml bench comformer                      # iComFormer/eComFormer: time, memory, epoch vs the reference
   sciml bench comformer --reference-python ~/fairchem-venv/bin/python --reference-source ~/AIRS/OpenMat/ComFormer
@@ -20,6 +22,9 @@ EXAMPLES = """  sciml bench neighbors                      # 1k, 10k, 100k atoms
   sciml bench ddp --ranks 1 2 4 --batch 32
   sciml bench tp                             # tensor products, SO(2), Wigner-D, Gaunt vs e3nn (minutes)
   sciml bench tp --channels 16 --lmax 1 2 3 --edges 2000 --sections channelwise conv
+  sciml bench lammps                         # LAMMPS pair_style sciml vs ase MD steps/s, 504-atom ethanol box
+  sciml bench lammps --checkpoint runs/ethanol/best.pt --system copper --threads 2
+  sciml bench export                         # exported (.pt2) vs eager EGNN and EquiformerV2 inference (minutes)
 """
 TP_SECTIONS = ("channelwise", "fully_connected", "conv", "so3", "gaunt")
 
@@ -41,14 +46,19 @@ def register(sub) -> None:
     md.set_defaults(run=_run_md)
 
     egnn = add_command(targets, "egnn", "EGNN forward/backward time vs the reference implementation", EXAMPLES)
+    egnn.add_argument("--train-step", action="store_true",
+                      help="instead: eager vs compiled training step with forces and stress (compiles for minutes)")
+    egnn.add_argument("--repeats", type=int, default=10, help="timed training steps of each kind (--train-step)")
     egnn.set_defaults(run=_run_egnn)
 
     eqv2 = add_command(targets, "equiformer_v2", "EquiformerV2 forward/backward time and memory vs fairchem", EXAMPLES)
-    eqv2.add_argument("--config", default="oc20_31M", help="named configuration (default oc20_31M)")
+    eqv2.add_argument("--config", help="named configuration (default oc20_31M; with --train-step, small)")
     eqv2.add_argument("--structures", type=int, default=1, help="28-atom OC20-like slabs in the batch")
     eqv2.add_argument("--repeats", type=int, default=3, help="timed repeats; the best is reported")
     eqv2.add_argument("--threads", type=int, default=2)
     eqv2.add_argument("--fairchem-python", help="a Python with fairchem-core 1.x: times fairchem in the same run")
+    eqv2.add_argument("--train-step", action="store_true",
+                      help="instead: eager vs compiled training step with forces and stress (compiles for minutes)")
     eqv2.set_defaults(run=_run_equiformer_v2)
 
     comformer = add_command(targets, "comformer", "iComFormer/eComFormer time and memory vs the reference (AIRS)",
@@ -94,6 +104,22 @@ def register(sub) -> None:
     tp.add_argument("--sections", nargs="+", choices=TP_SECTIONS, default=list(TP_SECTIONS), help="what to run")
     tp.set_defaults(run=_run_tp)
 
+    lammps = add_command(targets, "lammps", "LAMMPS (pair_style sciml) vs ase MD steps/s, same model and system",
+                         EXAMPLES)
+    lammps.add_argument("--checkpoint", help="a trained model (default: EGNN of the ethanol workflow, random weights)")
+    lammps.add_argument("--system", choices=("ethanol", "copper"), default="ethanol",
+                        help="504-atom ethanol box or 500-atom fcc Cu (default ethanol)")
+    lammps.add_argument("--steps", type=int, default=30, help="timed MD steps per run")
+    lammps.add_argument("--repeats", type=int, default=3, help="runs of each, taking turns")
+    lammps.add_argument("--threads", type=int, default=1)
+    lammps.set_defaults(run=_run_lammps)
+
+    export = add_command(targets, "export", "exported (.pt2) vs eager inference time, EGNN and EquiformerV2", EXAMPLES)
+    export.add_argument("--models", nargs="+", choices=("egnn", "equiformer_v2"), default=["egnn", "equiformer_v2"])
+    export.add_argument("--supercells", nargs="+", type=int, default=[2, 3], help="fcc Cu supercells n x n x n (4 n^3 atoms)")
+    export.add_argument("--rounds", type=int, default=3, help="rounds of alternating timings (for the spread)")
+    export.set_defaults(run=_run_export)
+
 
 def _run_neighbors(args) -> int:
     from sciml.bench.neighbors import bench_neighbors, format_neighbor_table
@@ -112,16 +138,28 @@ def _run_md(args) -> int:
 
 
 def _run_egnn(args) -> int:
-    from sciml.bench.egnn import bench_egnn, format_egnn_table
+    from sciml.bench.egnn import bench_egnn, bench_egnn_training_step, format_egnn_table
+    from sciml.bench.train_step import format_training_step_rows
 
-    print(format_egnn_table(bench_egnn()))
+    if args.train_step:
+        print(format_training_step_rows("EGNN training step, float32 CPU, 2 threads",
+                                        [bench_egnn_training_step(repeats=args.repeats)]))
+    else:
+        print(format_egnn_table(bench_egnn()))
     return 0
 
 
 def _run_equiformer_v2(args) -> int:
-    from sciml.bench.equiformer_v2 import bench_equiformer_v2, format_equiformer_v2_table
+    from sciml.bench.equiformer_v2 import (bench_equiformer_v2, bench_equiformer_v2_training_step,
+                                           format_equiformer_v2_table)
+    from sciml.bench.train_step import format_training_step_rows
 
-    result = bench_equiformer_v2(args.config, args.structures, args.repeats, args.threads, args.fairchem_python)
+    if args.train_step:
+        row = bench_equiformer_v2_training_step(args.config or "small", args.structures, args.repeats, args.threads)
+        print(format_training_step_rows(f"EquiformerV2 training step, float32 CPU, {args.threads} threads", [row]))
+        return 0
+    result = bench_equiformer_v2(args.config or "oc20_31M", args.structures, args.repeats, args.threads,
+                                 args.fairchem_python)
     print(format_equiformer_v2_table(result))
     return 0
 
@@ -175,3 +213,18 @@ def _run_tp(args) -> int:
 
         print("\n" + format_gaunt_table(gaunt_rows(args.edges, repeats=args.repeats)), flush=True)
     return 0
+
+
+def _run_lammps(args) -> int:
+    from sciml.bench.lammps import bench_lammps, format_lammps_table
+
+    print(format_lammps_table(bench_lammps(args.checkpoint, args.system, args.steps, args.repeats, args.threads)))
+    return 0
+
+
+def _run_export(args) -> int:
+    from sciml.bench.export import bench_export, format_export_table
+
+    print(format_export_table(bench_export(args.models, args.supercells, args.rounds)))
+    return 0
+

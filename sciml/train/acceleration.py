@@ -1,4 +1,5 @@
-"""Memory and speed switches of the trainer: activation checkpointing and ``torch.compile``."""
+"""Activation checkpointing: the trainer's switch to trade compute for memory (``torch.compile`` is
+:mod:`sciml.train.compile`)."""
 
 from __future__ import annotations
 
@@ -37,20 +38,3 @@ def _checkpointed(block: nn.Module, forward):
         return checkpoint(forward, *args, use_reentrant=False, **kwargs)
 
     return run
-
-
-def compile_model(model: nn.Module) -> nn.Module:
-    """``model.compile()`` in place (``torch.compile`` of its forward; weights and state-dict keys
-    are unchanged). The first batches of each new shape are slow while the graph compiles.
-
-    Raises:
-        ValueError: this torch cannot compile (``torch.compile`` missing or no compiler found).
-    """
-    if not hasattr(model, "compile"):
-        raise ValueError("config key compile: this torch has no nn.Module.compile")
-    import torch._functorch.config as functorch_config
-
-    # forces differentiate the compiled energy with create_graph=True, which donated buffers forbid
-    functorch_config.donated_buffer = False
-    model.compile(dynamic=True)
-    return model

@@ -15,6 +15,7 @@ from sciml.graph import AtomicGraph, GraphSpec
 from sciml.inference import model_outputs
 from sciml.models.heads import EnergyHead, PropertyHead, fit_element_energies
 from sciml.distributed import DistributedContext
+from sciml.train.compile import CompiledOutputs, compile_model
 from sciml.train.config import DataConfig, TrainConfig
 from sciml.train.evaluation import error_sums, evaluate, mean_baseline_metrics, metrics_from_sums
 
@@ -74,6 +75,7 @@ class AtomisticProblem:
         self.config, self.model, self.dtype = config, model, dtype
         self.statistics: Dict[str, Any] = {}
         self.use_forces = self.use_stress = False
+        self.compiled_outputs: Optional[CompiledOutputs] = None
 
     def load(self) -> List[AtomicGraph]:
         """One graph per structure of ``data.path``, in file order, built as the model's graph spec
@@ -112,11 +114,6 @@ class AtomisticProblem:
         self.use_stress = first.stress is not None and config.loss.stress > 0 and bool(first.pbc.any())
         return self.statistics
 
-    @property
-    def differentiates_outputs(self) -> bool:
-        """True when the loss needs gradients of the outputs (forces, stress): double backward."""
-        return self.use_forces or self.use_stress
-
     @staticmethod
     def sizes(train: Sequence[AtomicGraph]) -> List[int]:
         """Atoms per structure: batches and ranks are balanced by them."""
@@ -127,7 +124,23 @@ class AtomisticProblem:
         return AtomicGraph.collate(list(items))
 
     def outputs(self, batch: AtomicGraph) -> Dict[str, torch.Tensor]:
+        if self.compiled_outputs is not None:
+            return self.compiled_outputs(batch)
         return model_outputs(self.model, batch, self.use_forces, self.use_stress)
+
+    def compile(self, backend: str) -> None:
+        """Compile the training forward pass (call after :meth:`fit`). A loss on forces or stress
+        differentiates the outputs, so they are compiled with their derivatives
+        (:class:`~sciml.train.compile.CompiledOutputs`; validation stays eager); otherwise the
+        model's forward is compiled."""
+        if self.use_forces or self.use_stress:
+            if self.config.activation_checkpointing:
+                # the recomputation inside the traced force graph gives wrong gradients (measured)
+                raise ValueError("config keys compile and activation_checkpointing cannot be combined when the "
+                                 "loss trains on forces or stress; set one of them to false")
+            self.compiled_outputs = CompiledOutputs(self.model, self.use_forces, self.use_stress, backend)
+        else:
+            compile_model(self.model, backend)
 
     def _standardise_property_heads(self) -> None:
         """Give each named :class:`PropertyHead` its label's training mean and standard deviation,

@@ -25,6 +25,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import yaml
 
+# torch.compile backends of ``compile_backend`` (see sciml.train.compile)
+COMPILE_BACKENDS = ("inductor", "aot_eager")
+
 
 @dataclass
 class ModelConfig:
@@ -189,7 +192,10 @@ class TrainConfig:
     batches per optimizer step; ``checkpoint_every`` optimizer steps between step checkpoints
     (None: only at epoch ends), of which the newest ``keep_checkpoints`` are kept;
     ``activation_checkpointing`` recomputes each block's activations in the backward pass (less
-    memory, about a third more time); ``compile`` runs the model through ``torch.compile``.
+    memory, about a third more time); ``compile`` runs the training forward pass through
+    ``torch.compile`` (with forces and stress too: see :mod:`sciml.train.compile`), with the
+    ``compile_backend`` ``inductor`` (generated kernels) or ``aot_eager`` (the same graphs run op by
+    op: compiles in seconds, to check that a model compiles).
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -216,6 +222,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     activation_checkpointing: bool = False
     compile: bool = False
+    compile_backend: str = field(default="inductor", metadata={"choices": COMPILE_BACKENDS})
 
     def to_dict(self) -> Dict[str, Any]:
         """Plain nested dict (YAML/JSON/checkpoint friendly) that :meth:`from_dict` reads back."""

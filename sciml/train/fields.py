@@ -28,6 +28,7 @@ import torch
 from sciml.data.pde import read_fno_mat, read_pdebench
 from sciml.distributed import DistributedContext
 from sciml.tasks.pde import check_transforms, relative_l2, rollout, transformed_errors
+from sciml.train.compile import compile_model
 from sciml.train.config import TrainConfig
 
 FIELD_FORMATS = ("fno_mat", "pdebench")
@@ -84,8 +85,6 @@ class FieldProblem:
     def fit(self, train: Sequence[torch.Tensor]) -> Dict[str, float]:
         return {"t_in": self.options.t_in, "steps": self.options.steps}
 
-    differentiates_outputs = False
-
     @staticmethod
     def sizes(train: Sequence[torch.Tensor]) -> None:
         """None: every sample costs the same (batches are balanced by count)."""
@@ -107,6 +106,10 @@ class FieldProblem:
 
     def outputs(self, batch: FieldBatch) -> Dict[str, torch.Tensor]:
         return {"fields": self.predict(batch.fields, self.options.teacher_forcing and self.model.training)}
+
+    def compile(self, backend: str) -> None:
+        """Compile the model's forward (rollouts and validation run the compiled model)."""
+        compile_model(self.model, backend)
 
     def loss(self, batch: FieldBatch, out: Dict[str, torch.Tensor]) -> torch.Tensor:
         return relative_l2(out["fields"], batch.fields[..., self.options.t_in:])

@@ -7,9 +7,10 @@ checkpoints, splits, logs and resuming; a problem owns everything that depends o
 - ``fit(train) -> dict``: training statistics, given to the model (e.g. energy-head references,
   label standardisation), saved in checkpoints;
 - ``sizes(train)``: the cost of each sample (atoms) to balance batches and ranks by, or None;
-- ``differentiates_outputs``: whether the loss differentiates outputs (forces), i.e. double backward;
 - ``collate(samples)``: one batch (an object with ``.to(device)``);
 - ``outputs(batch) -> dict`` and ``loss(batch, outputs) -> scalar tensor``;
+- ``compile(backend)``: run ``outputs`` through ``torch.compile`` from now on (``config.compile``,
+  see :mod:`sciml.train.compile`);
 - ``evaluate(samples, batch_size, device, with_loss, context) -> dict`` of metrics (of the whole set on every rank of a data-parallel ``context``, each evaluating a shard), with ``loss`` when
   asked and the sample count under ``count_key``;
 - ``baselines(train, test) -> dict``: trivial predictors' metrics on the test set.

@@ -54,7 +54,7 @@ from sciml.data.sampling import AtomBalancedBatchSampler
 from sciml.io.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from sciml.io.files import atomic_path
 from sciml.models import build_model
-from sciml.train.acceleration import compile_model, enable_activation_checkpointing
+from sciml.train.acceleration import enable_activation_checkpointing
 from sciml.train.checkpoints import newest_checkpoint, prune_step_checkpoints, step_checkpoint_path
 from sciml.train.config import TrainConfig
 from sciml.train.evaluation import format_metrics
@@ -66,7 +66,7 @@ from sciml.train.signals import StopSignals, TrainingInterrupted
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # Keys that may change when a run is resumed; any other difference is refused.
 _RESUMABLE_CHANGES = ("epochs", "early_stopping_patience", "device", "valid_batch_size", "checkpoint_every",
-                      "keep_checkpoints", "activation_checkpointing", "compile", "output_dir")
+                      "keep_checkpoints", "activation_checkpointing", "compile", "compile_backend", "output_dir")
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 _RUN_FILES = ("last.pt", "best.pt", "metrics.csv")
 
@@ -155,11 +155,7 @@ class Trainer:
         if config.activation_checkpointing:
             enable_activation_checkpointing(self.model)
         if config.compile:
-            if self.problem.differentiates_outputs:
-                raise ValueError("config key compile: torch.compile cannot train on forces or stress (they "
-                                 "differentiate the energy twice, which compiled graphs do not support); set "
-                                 "compile: false, or loss.forces and loss.stress to 0")
-            compile_model(self.model)
+            self.problem.compile(config.compile_backend)
         if self.context.is_main:
             self._write_yaml(self.output_dir / "config.yaml", config.to_dict())
 
