@@ -10,12 +10,28 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
+from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from sciml.graph import AtomicGraph, EdgeGeometry, forces_and_stress
 from sciml.graph.validation import MAX_ATOMIC_NUMBER
 from sciml.ops import scatter
+from sciml.ops.tracing import is_tracing
 
 NUM_ELEMENTS = MAX_ATOMIC_NUMBER + 1  # index 0 unused, so element_energies[Z] needs no offset
+
+
+def structure_sums(values: torch.Tensor, graph: AtomicGraph) -> torch.Tensor:
+    """(B,) sums of per-atom ``values`` (N,) over each structure of ``graph``.
+
+    While traced (compile, export) it is a plain sum for one structure and a (B, N) one-hot
+    product for several (B is small): inductor's CPU code generator fails on an index_add into a
+    single row (torch 2.13), which a batch of one structure is, unless its size is known."""
+    if is_tracing():
+        if statically_known_true(graph.num_graphs == 1):
+            return values.sum(0, keepdim=True)
+        rows = torch.arange(graph.num_graphs, device=values.device).unsqueeze(1)
+        return (rows == graph.batch.unsqueeze(0)).to(values.dtype) @ values
+    return scatter(values, graph.batch, graph.num_graphs, "sum")
 
 
 class EnergyHead(nn.Module):
@@ -62,7 +78,7 @@ class EnergyHead(nn.Module):
             Outside training, outputs that went through the backward pass are detached.
         """
         energies = self.scale * atomic_output + self.element_energies[graph.atomic_numbers]
-        energy = scatter(energies, graph.batch, graph.num_graphs, "sum")
+        energy = structure_sums(energies, graph)
         out = {"energy": energy, "energies": energies}
         if geometry is not None:
             forces, stress = forces_and_stress(energy, geometry, graph, training)
