@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import logging
 import os
 import zipfile
 from dataclasses import dataclass
@@ -51,11 +50,12 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 TRACEABLE_BACKENDS = {"SCIML_TP_BACKEND": "torch", "SCIML_SH_BACKEND": "torch", "SCIML_SCATTER_BACKEND": "torch"}
 TRACEABLE_MODEL_OPTIONS = {"so2_backend": "torch"}  # EquiformerV2's Triton rotations
 
-# Inductor options per device. CPU: no explicit SIMD in the generated loops. With it (AVX2 or
-# AVX-512), torch 2.13's AOTInductor packages of models with 128-wide features abort with heap
-# corruption at the first call, and an index_add into one row fails to generate; the scalar loops
-# compute the same numbers (matrix products still run in BLAS).
-INDUCTOR_OPTIONS = {"cpu": {"cpp.simdlen": 1}}
+# Inductor options per device. CPU: the generated loops run on one thread (vectorised; matrix
+# products still run in threaded BLAS). Generated in a process of several threads, torch 2.13's
+# AOTInductor packages of models with 128-wide features abort with heap corruption at the first
+# call, whatever the threads they run with (measured); serial loops are also what LAMMPS runs
+# with one thread per MPI rank.
+INDUCTOR_OPTIONS = {"cpu": {"cpp.threads": 1}}
 
 # The dynamic axes of the interface's inputs, in order (see the module docstring).
 INTERFACE_DYNAMIC_AXES = ({0: "atoms"}, {0: "atoms"}, None, {1: "edges"}, {0: "edges"})
@@ -320,15 +320,7 @@ def load_exported(path: Union[str, os.PathLike], device: Optional[str] = None) -
     if device is not None and torch.device(device).type != metadata["device"]:
         raise ExportError(f"{path} was built for {metadata['device']} and cannot run on {torch.device(device).type}; "
                           f"export it again with --device {torch.device(device).type}")
-    # torch warns that the package's CPU ISA differs from this machine's: it was built without
-    # explicit SIMD (INDUCTOR_OPTIONS), which runs on any CPU.
-    loader_log = logging.getLogger("torch.export.pt2_archive._package")
-    level = loader_log.level
-    loader_log.setLevel(logging.ERROR)
-    try:
-        return ExportedModel(aoti_load_package(str(path)), metadata)
-    finally:
-        loader_log.setLevel(level)
+    return ExportedModel(aoti_load_package(str(path)), metadata)
 
 
 class ExportedPotential(nn.Module):
