@@ -44,9 +44,10 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 # The one place that picks the kernels a package is built from: sciml.ops' pure-torch paths, which
 # trace and leave a package that needs nothing but libtorch (the C++ loader and LAMMPS load no sciml
-# library). The compiled kernels (ctypes calls today; torch.library operators once sciml.ops.library
-# lands) trace only as operators that the runtime must then provide; to build packages with them,
-# drop their entries here and have the loaders load the operator library.
+# library). The compiled kernels trace as torch.ops.sciml operators that the runtime would then have
+# to provide (load the operator library in the loaders to build packages with them). Kernels chosen
+# per call (harmonics, Wigner-D, scatter) read these variables while tracing; tensor-product modules
+# choose when built, and the models that export as packages have none.
 TRACEABLE_BACKENDS = {"SCIML_TP_BACKEND": "torch", "SCIML_SH_BACKEND": "torch", "SCIML_SCATTER_BACKEND": "torch"}
 TRACEABLE_MODEL_OPTIONS = {"so2_backend": "torch"}  # EquiformerV2's Triton rotations
 
