@@ -130,15 +130,19 @@ def bench_equiformer_v2_training_step(config: str = "small", structures: int = 1
     (``"small"``: :data:`SMALL`; else a named configuration with conservative forces) on
     ``structures`` OC20-like slabs: the result of
     :func:`~sciml.bench.train_step.compare_training_steps` plus ``case``."""
+    previous = torch.get_num_threads()
     torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    options = SMALL if config == "small" else dict(config=config, direct_forces=False)
-    model = build_model("equiformer_v2", **options)
-    graphs = [AtomicGraph.from_ase(a, cutoff=model.cutoff, max_neighbors=model.max_neighbors)
-              for a in oc20_like_structures(structures)]
-    batch = AtomicGraph.collate(graphs)
-    case = f"equiformer_v2 {config}, {batch.num_nodes} atoms, {batch.num_edges} edges"
-    return {"case": case, **compare_training_steps(model, batch, compute_stress=True, repeats=repeats)}
+    try:
+        torch.manual_seed(0)
+        options = SMALL if config == "small" else dict(config=config, direct_forces=False)
+        model = build_model("equiformer_v2", **options)
+        graphs = [AtomicGraph.from_ase(a, cutoff=model.cutoff, max_neighbors=model.max_neighbors)
+                  for a in oc20_like_structures(structures)]
+        batch = AtomicGraph.collate(graphs)
+        case = f"equiformer_v2 {config}, {batch.num_nodes} atoms, {batch.num_edges} edges"
+        return {"case": case, **compare_training_steps(model, batch, compute_stress=True, repeats=repeats)}
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _run_fairchem(python: str, model, frames, graphs: List[AtomicGraph], repeats: int,
