@@ -13,13 +13,16 @@ from typing import Iterator
 def atomic_path(path: "str | os.PathLike") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is fsynced and renamed over ``path``.
 
-    On any exception the temporary file is removed and ``path`` is left as it was.
+    On any exception the temporary file is removed and ``path`` is left as it was. The file gets
+    the permissions an ordinary write would give it: those of the file it replaces, else
+    ``0o666`` less the process's umask (a temporary file alone would be private, 0600).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
+        os.chmod(tmp, new_file_mode(path))
         yield Path(tmp)
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
@@ -27,6 +30,16 @@ def atomic_path(path: "str | os.PathLike") -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def new_file_mode(path: Path) -> int:
+    """Permission bits for writing ``path``: those of the existing file, else 0o666 & ~umask."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        umask = os.umask(0o022)  # reading the umask means setting it; put it back at once
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def write_extxyz(path: "str | os.PathLike", frames) -> Path:

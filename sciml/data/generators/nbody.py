@@ -25,10 +25,11 @@ which the chaotic dynamics amplifies at close encounters.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
+
+from sciml.io.files import atomic_path
 
 _CHARGE_TYPES = np.array([-1.0, 0.0, 1.0])
 _CHARGE_PROB = [0.5, 0.0, 0.5]
@@ -164,16 +165,8 @@ def nbody_samples(
 
 def save_nbody(path: str | Path, sim: dict[str, np.ndarray]) -> None:
     """Save a :func:`simulate_charged_nbody` result to one ``.npz`` file, written atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            np.savez(handle, **{key: sim[key] for key in _KEYS})
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, **{key: sim[key] for key in _KEYS})
 
 
 def load_nbody(path: str | Path) -> dict[str, np.ndarray]:

@@ -19,12 +19,13 @@ Layouts (checked against the generating code of each project):
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
+
+from sciml.io.files import atomic_path
 
 PathLike = str | os.PathLike
 PDEBenchKind = Literal["incompressible-ns", "shallow-water", "diffusion-reaction"]
@@ -136,14 +137,8 @@ def write_fno_mat(path: PathLike, u: np.ndarray, a: np.ndarray, t: np.ndarray) -
     import scipy.io
 
     path = Path(path)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            scipy.io.savemat(stream, {"a": np.asarray(a), "u": np.asarray(u), "t": np.asarray(t).reshape(1, -1)})
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+    with atomic_path(path) as temporary, open(temporary, "wb") as stream:
+        scipy.io.savemat(stream, {"a": np.asarray(a), "u": np.asarray(u), "t": np.asarray(t).reshape(1, -1)})
     return path
 
 
