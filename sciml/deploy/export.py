@@ -34,9 +34,10 @@ from ase.data import chemical_symbols
 from torch import nn
 from torch.utils import _pytree as pytree
 
-from sciml.graph import AtomicGraph, GraphSpec, apply_strain, neighbor_list, stress_from_virial
+from sciml.graph import AtomicGraph, GraphSpec, neighbor_list, stress_from_virial
 from sciml.graph.atomic_graph import GRAPH_DYNAMIC_AXES
 from sciml.graph.validation import MAX_ATOMIC_NUMBER
+from sciml.inference import energy_gradients
 
 FORMAT = "1"
 METADATA_KEYS = ("sciml_format", "model", "cutoff", "elements", "dtype", "device", "torch_version", "forces")
@@ -84,7 +85,8 @@ def traceable_kernels() -> Iterator[None]:
 class EnergyForcesVirial(nn.Module):
     """The exported function (see the module docstring) around an energy model.
 
-    Conservative models: forces and virial are -dE/dx and -dE/deps of one backward pass.
+    Conservative models: forces and virial are -dE/dx and -dE/deps of one backward pass
+    (:func:`~sciml.inference.energy_gradients`).
     Direct-force models (EquiformerV2 with ``direct_forces``): forces come from the force head
     and the virial is zeros (such a model has no stress; metadata ``forces`` = "direct").
     """
@@ -97,29 +99,23 @@ class EnergyForcesVirial(nn.Module):
     def forward(self, positions: torch.Tensor, atomic_numbers: torch.Tensor, cell: torch.Tensor,
                 edge_index: torch.Tensor, cell_shifts: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         n = positions.shape[0]
-        positions = positions.detach().requires_grad_(not self.direct)
-        strain = torch.zeros(1, 3, 3, dtype=cell.dtype, device=cell.device, requires_grad=not self.direct)
         batch = torch.zeros(n, dtype=torch.int64, device=positions.device)
-        strained_positions, strained_cell = apply_strain(positions, cell.unsqueeze(0), batch, strain)
         graph = AtomicGraph(
-            positions=strained_positions,
+            positions=positions,
             atomic_numbers=atomic_numbers,
-            cell=strained_cell,
-            pbc=torch.zeros(1, 3, dtype=torch.bool, device=cell.device),  # unread: stress is not asked
+            cell=cell.unsqueeze(0),
+            pbc=torch.zeros(1, 3, dtype=torch.bool, device=cell.device),  # unread: the virial is returned, not stress
             batch=batch,
             ptr=torch.cat([batch.new_zeros(1), batch.new_full((1,), n)]),
             edge_index=edge_index,
             cell_shifts=cell_shifts,
             cutoff=self.model.cutoff,
         )
-        out = self.model(graph, compute_forces=self.direct, compute_stress=False)
-        energy = out["energy"]
         if self.direct:
-            return energy, out["energies"], out["forces"], cell.new_zeros(3, 3)
-        grad_positions, grad_strain = torch.autograd.grad(energy.sum(), [positions, strain], allow_unused=True)
-        forces = -grad_positions if grad_positions is not None else torch.zeros_like(positions)
-        virial = -grad_strain[0] if grad_strain is not None else cell.new_zeros(3, 3)
-        return energy.detach(), out["energies"].detach(), forces, virial
+            out = self.model(graph, compute_forces=True, compute_stress=False)
+            return out["energy"], out["energies"], out["forces"], cell.new_zeros(3, 3)
+        out, forces, virial = energy_gradients(self.model, graph, strain=True)
+        return out["energy"], out["energies"], forces, virial[0]
 
 
 def check_exportable(model: nn.Module) -> None:
@@ -156,8 +152,8 @@ def example_inputs(cutoff: float, dtype: torch.dtype, device: str) -> Tuple[torc
 
 
 def trace(function: Callable, inputs: Sequence[torch.Tensor], dynamic: Sequence[Optional[Dict[int, str]]]):
-    """``torch.export`` program of ``function(*inputs)``, including any ``torch.autograd.grad``
-    it takes (forces), with dynamic sizes.
+    """``torch.export`` program of ``function(*inputs)``, including any ``torch.autograd.grad`` or
+    ``torch.func.grad`` it takes (forces), with dynamic sizes.
 
     Args:
         function: tensors in, a pytree of tensors out.
@@ -165,7 +161,7 @@ def trace(function: Callable, inputs: Sequence[torch.Tensor], dynamic: Sequence[
         dynamic: per input, ``{axis: "atoms" | "edges"}`` for its dynamic axes, or None.
 
     make_fx writes the backward pass into the graph first (export alone would not trace through
-    autograd.grad), then export makes the sizes symbolic: atoms >= 1, edges >= 0.
+    the gradient), then export makes the sizes symbolic: atoms >= 1, edges >= 0.
     """
     from torch.export import Dim
     from torch.fx.experimental.proxy_tensor import make_fx

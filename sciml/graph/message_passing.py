@@ -11,6 +11,7 @@ from sciml.graph.atomic_graph import AtomicGraph
 from sciml.graph.geometry import EdgeGeometry, edge_geometry
 from sciml.graph.spec import GraphSpec
 from sciml.ops.scatter import scatter
+from sciml.ops.tracing import is_tracing
 
 
 class MessagePassing(nn.Module):
@@ -42,7 +43,14 @@ class MessagePassing(nn.Module):
 
     def check_graph(self, graph: AtomicGraph) -> None:
         """Raise ValueError when ``graph`` was not built for this model's cutoff, or its edges were
-        never built for a multi-atom structure (isolated atoms of a built graph are fine)."""
+        never built for a multi-atom structure (isolated atoms of a built graph are fine), or it
+        holds elements the model has no parameters for (:meth:`check_elements`; not while traced,
+        where no values exist)."""
+        self._check_edges(graph)
+        if not is_tracing():
+            self.check_elements(graph)
+
+    def _check_edges(self, graph: AtomicGraph) -> None:
         if self.knn is not None:
             if graph.knn != self.knn:
                 raise ValueError(f"the model reads a graph of {self.graph_spec.describe()}, but the graph was built "
@@ -59,6 +67,9 @@ class MessagePassing(nn.Module):
                 f"graph was built with cutoff {graph.cutoff} Å but the model needs {self.cutoff} Å; "
                 f"rebuild it with graph.with_edges({self.cutoff})"
             )
+
+    def check_elements(self, graph: AtomicGraph) -> None:
+        """Raise ValueError for atomic numbers the model has no parameters for (models override it)."""
 
     @staticmethod
     def geometry(graph: AtomicGraph, forces: bool = False, stress: bool = False) -> EdgeGeometry:

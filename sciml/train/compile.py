@@ -9,12 +9,11 @@ derivatives, into a single forward graph with
 ``loss.backward()`` is its ordinary first derivative. NequIP and MACE compile their training this
 way.
 
-The derivatives are taken with ``torch.func.grad`` (:func:`outputs_with_derivatives`), not with
-the ``torch.autograd.grad(create_graph=True)`` inside the models' forward: make_fx records the
-backward of an operation that saved its own output (sigmoid, tanh, softmax) with that output
-detached, so the traced forces would be right but their gradients with respect to the
-parameters wrong (by 1e-7 relative in float64, measured on EGNN). ``torch.func`` writes the
-backward as functions of the inputs, and the traced graph differentiates exactly.
+The derivatives are taken with ``torch.func.grad`` (:func:`outputs_with_derivatives`,
+:func:`~sciml.inference.energy_gradients`), not with the ``torch.autograd.grad(create_graph=True)``
+inside the models' forward, whose traced graph gives parameter gradients of force losses off by
+1e-7 relative; ``torch.func`` writes the backward as functions of the inputs, and the traced graph
+differentiates exactly.
 
 Nothing here knows a particular model: any energy model that ``make_fx`` can trace (torch
 operations, and custom ops with fake and autograd implementations; no values read back to the
@@ -24,7 +23,7 @@ host) and that takes an :class:`~sciml.graph.AtomicGraph` works.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Callable, Dict, Hashable, List, Optional, Tuple
+from typing import Callable, Dict, Hashable, List, Optional
 
 import torch
 import torch.fx.experimental._config as fx_config
@@ -33,8 +32,8 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from torch.fx.experimental.symbolic_shapes import is_concrete_int
 from torch.utils import _pytree as pytree
 
-from sciml.graph import AtomicGraph, apply_strain, stress_from_virial
-from sciml.inference import model_outputs, takes_derivative_flags
+from sciml.graph import AtomicGraph, stress_from_virial
+from sciml.inference import energy_gradients, model_outputs, takes_derivative_flags
 from sciml.train.config import COMPILE_BACKENDS
 
 
@@ -51,34 +50,20 @@ def compile_model(model: nn.Module, backend: str = "inductor") -> nn.Module:
 def outputs_with_derivatives(model: nn.Module, graph: AtomicGraph, compute_forces: bool,
                              compute_stress: bool) -> Dict[str, torch.Tensor]:
     """``model_outputs(model, graph, compute_forces, compute_stress)``, with the forces (N, 3) eV/Å
-    = -dE/dx and stress (B, 3, 3) eV/Å^3 of conservative models taken by ``torch.func.grad`` of
-    the energy with respect to the positions and a zero strain (applied as
-    :func:`~sciml.graph.apply_strain`), the model itself called without derivatives.
+    and stress (B, 3, 3) eV/Å^3 of conservative models taken by ``torch.func.grad``
+    (:func:`~sciml.inference.energy_gradients`), the model itself called without derivatives.
 
-    Conservative models are those that take ``compute_forces`` and have no ``direct_forces`` set;
-    their energy must stay differentiable with respect to ``graph.positions`` and ``graph.cell``
-    when called with ``compute_forces=False`` (as :func:`~sciml.graph.edge_geometry` keeps it).
+    Conservative models are those that take ``compute_forces`` and have no ``direct_forces`` set.
     Other models, and calls that ask for no derivative, are :func:`model_outputs` itself.
     """
     conservative = not getattr(model, "direct_forces", False) and (compute_forces or compute_stress)
     if not conservative or not takes_derivative_flags(model):
         return model_outputs(model, graph, compute_forces, compute_stress)
-
-    def energy(positions: torch.Tensor, strain: Optional[torch.Tensor]) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-        cell = graph.cell
-        if strain is not None:
-            positions, cell = apply_strain(positions, cell, graph.batch, strain)
-        out = model(replace(graph, positions=positions, cell=cell), compute_forces=False, compute_stress=False)
-        return out["energy"].sum(), out
-
-    strain = torch.zeros_like(graph.cell) if compute_stress else None
-    arguments = (0, 1) if compute_stress else (0,)
-    gradients, out = torch.func.grad(energy, argnums=arguments, has_aux=True)(graph.positions, strain)
-    out = dict(out)
+    out, forces, virial = energy_gradients(model, graph, strain=compute_stress)
     if compute_forces:
-        out["forces"] = -gradients[0]
+        out["forces"] = forces
     if compute_stress:
-        out["stress"] = stress_from_virial(-gradients[1], graph.cell, graph.pbc)
+        out["stress"] = stress_from_virial(virial, graph.cell, graph.pbc)
     return out
 
 

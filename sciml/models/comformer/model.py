@@ -39,7 +39,6 @@ from sciml.models.comformer.layers import (
     ReciprocalDistanceEmbedding,
 )
 from sciml.models.heads import EnergyHead, PropertyHead
-from sciml.ops.tracing import is_tracing
 
 #: The reference's parameters that its forward never uses (``ComformerConv_edge.lemb`` and
 #: ``lin_edge_len``); sciml leaves them out, so iComFormer has this many fewer parameters.
@@ -117,8 +116,6 @@ class ComFormer(MessagePassing):
         (B,) eV, ``energies``, and with ``compute_forces``/``compute_stress`` ``forces`` (N, 3)
         eV/Å and ``stress`` (B, 3, 3) eV/Å^3)."""
         self.check_graph(graph)
-        if not is_tracing():
-            self.check_elements(graph)
         z = graph.atomic_numbers
         energy = self.target == "energy"
         stress = energy and compute_stress

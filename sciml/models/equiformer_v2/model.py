@@ -27,7 +27,6 @@ from sciml.models.equiformer_v2.grid import GridFeedForward
 from sciml.models.equiformer_v2.layers import EquivariantLayerNorm, GraphDropPath
 from sciml.models.heads import EnergyHead
 from sciml.ops import EdgeFrames
-from sciml.ops.tracing import is_tracing
 
 # fairchem's statistics of the OC20 IS2RE 100k set, its defaults for the OC20 models.
 AVG_NUM_NODES = 77.81317
@@ -170,8 +169,6 @@ class EquiformerV2(MessagePassing):
     def forward(self, graph: AtomicGraph, compute_forces: bool = True,
                 compute_stress: bool = False) -> Dict[str, torch.Tensor]:
         self.check_graph(graph)
-        if not is_tracing():
-            self.check_elements(graph)
         stress = compute_stress and not self.direct_forces
         derivatives = not self.direct_forces and (compute_forces or stress)
         numbers, edge_index = graph.atomic_numbers, graph.edge_index
