@@ -40,8 +40,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from sciml.bench.timing import best_seconds
-from sciml.bench.timing import peak_extra_mb
+from sciml.bench.timing import best_seconds, peak_extra_mb, torch_threads
 from sciml.graph import AtomicGraph
 from sciml.graph.geometry import edge_geometry
 from sciml.models import build_model
@@ -210,13 +209,9 @@ def bench_comformer(crystals: int = 64, train_crystals: int = 256, batch_size: i
         raise ValueError("the reference needs both reference_python and reference_source")
     if reference_python and model_options:
         raise ValueError("the reference runs its default configuration: no model_options with it")
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         return _bench(crystals, train_crystals, batch_size, epochs, repeats, threads, reference_python,
                       reference_source, models, model_options)
-    finally:
-        torch.set_num_threads(previous_threads)
 
 
 def _bench(crystals, train_crystals, batch_size, epochs, repeats, threads, reference_python, reference_source,

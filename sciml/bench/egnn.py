@@ -27,7 +27,7 @@ import torch
 from ase.build import bulk
 from torch.nn import functional as F
 
-from sciml.bench.timing import best_seconds
+from sciml.bench.timing import best_seconds, torch_threads
 from sciml.bench.train_step import compare_training_steps
 from sciml.graph import AtomicGraph
 from sciml.models import build_model
@@ -174,21 +174,15 @@ def bench_egnn(repeats: int = 5, threads: int = 2) -> List[Dict]:
     ``baseline_``), the quoted ``reference_`` times and ``max_abs_diff``, the largest difference
     between sciml's and the baseline's outputs (they compute the same function).
     """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         return [_time_case(name, repeats) for name in ("nbody", "qm9")]
-    finally:
-        torch.set_num_threads(previous)
 
 
 def bench_egnn_training_step(structures: int = 4, repeats: int = 10, threads: int = 2) -> Dict[str, object]:
     """Eager against compiled training steps with forces and stress of the default EGNN (128
     features, 4 layers, 5 Å) on ``structures`` rattled fcc Cu cells of 32 atoms: the result of
     :func:`~sciml.bench.train_step.compare_training_steps` plus ``case``."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         torch.manual_seed(0)
         model = build_model("egnn")
         cells = []
@@ -199,8 +193,6 @@ def bench_egnn_training_step(structures: int = 4, repeats: int = 10, threads: in
         batch = AtomicGraph.collate(cells)
         case = f"egnn {structures}x{len(atoms)} Cu, {batch.num_edges} edges"
         return {"case": case, **compare_training_steps(model, batch, compute_stress=True, repeats=repeats)}
-    finally:
-        torch.set_num_threads(previous)
 
 
 def format_egnn_table(rows: List[Dict]) -> str:

@@ -36,8 +36,7 @@ import ase.io
 import torch
 from ase.build import add_adsorbate, fcc111
 
-from sciml.bench.timing import best_seconds
-from sciml.bench.timing import peak_extra_mb
+from sciml.bench.timing import best_seconds, peak_extra_mb, torch_threads
 from sciml.bench.train_step import compare_training_steps
 from sciml.graph import AtomicGraph
 from sciml.models import build_model
@@ -130,9 +129,7 @@ def bench_equiformer_v2_training_step(config: str = "small", structures: int = 1
     (``"small"``: :data:`SMALL`; else a named configuration with conservative forces) on
     ``structures`` OC20-like slabs: the result of
     :func:`~sciml.bench.train_step.compare_training_steps` plus ``case``."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         torch.manual_seed(0)
         options = SMALL if config == "small" else dict(config=config, direct_forces=False)
         model = build_model("equiformer_v2", **options)
@@ -141,8 +138,6 @@ def bench_equiformer_v2_training_step(config: str = "small", structures: int = 1
         batch = AtomicGraph.collate(graphs)
         case = f"equiformer_v2 {config}, {batch.num_nodes} atoms, {batch.num_edges} edges"
         return {"case": case, **compare_training_steps(model, batch, compute_stress=True, repeats=repeats)}
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _run_fairchem(python: str, model, frames, graphs: List[AtomicGraph], repeats: int,

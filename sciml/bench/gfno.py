@@ -23,7 +23,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from sciml.bench.timing import alternating_best_seconds, peak_extra_mb
+from sciml.bench.timing import alternating_best_seconds, peak_extra_mb, torch_threads
 from sciml.models import build_model
 
 MODELS = ("fno2d", "gfno2d_p4", "gfno2d_p4m")
@@ -55,10 +55,8 @@ def bench_gfno(sizes: Sequence[int] = (64, 128), batch: int = 20, repeats: int =
     ``max_abs_difference`` / ``max_relative_difference``, the largest |sciml - reference| of the
     forward outputs on the same weights, absolute and relative to max |reference|), else quoted
     (NaN for sizes or batches not measured)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
     rows = []
-    try:
+    with torch_threads(threads):
         for size in sizes:
             x = torch.randn(batch, size, size, 10, generator=torch.Generator().manual_seed(0))
             for name in MODELS:
@@ -89,8 +87,6 @@ def bench_gfno(sizes: Sequence[int] = (64, 128), batch: int = 20, repeats: int =
                     row["reference_peak_mb"] = peak_extra_mb(reference_forward_backward) if memory else NAN
                 row["peak_mb"] = peak_extra_mb(forward_backward) if memory else NAN
                 rows.append(row)
-    finally:
-        torch.set_num_threads(previous)
     return rows
 
 
