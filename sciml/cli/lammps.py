@@ -40,10 +40,11 @@ def _run_build(args) -> int:
 def _run_info(args) -> int:
     import torch
 
-    from sciml.deploy.lammps import BuildError, built_plugin, cache_dir, lammps_install
+    from sciml.deploy.lammps import BuildError, built_plugin, lammps_install
+    from sciml.ops.cbuild import cache_dir
 
     print(f"torch        {torch.__version__} (C++11 ABI {int(torch._C._GLIBCXX_USE_CXX11_ABI)})")
-    print(f"build cache  {cache_dir()}")
+    print(f"build cache  {cache_dir('deploy')}")
     try:
         install = lammps_install()
     except BuildError as err:

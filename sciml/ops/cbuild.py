@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Callable, List
 
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu99"]
 
@@ -30,9 +31,10 @@ def cpu_model() -> str:
         return platform.processor()
 
 
-def cache_dir() -> Path:
-    """Where compiled kernels are kept."""
-    return Path(os.environ.get("SCIML_CACHE_DIR", Path.home() / ".cache" / "sciml")) / "kernels"
+def cache_dir(kind: str = "kernels") -> Path:
+    """Where builds of ``kind`` are kept: ``$SCIML_CACHE_DIR/<kind>`` (default ``~/.cache/sciml``);
+    kernels, or deploy (the C++ front ends of exported models)."""
+    return Path(os.environ.get("SCIML_CACHE_DIR", Path.home() / ".cache" / "sciml")) / kind
 
 
 def compiler(cxx: bool = False) -> str:
@@ -52,17 +54,33 @@ def build_library(source: str) -> Path:
     """
     cc = compiler()
     key = hashlib.sha256("\n".join([source, cc, *FLAGS, cpu_model()]).encode()).hexdigest()[:20]
-    target = cache_dir() / f"k_{key}.so"
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
-            source_file = Path(scratch) / "kernel.c"
-            source_file.write_text(source)
-            temporary = Path(scratch) / target.name
-            result = subprocess.run([cc, *FLAGS, str(source_file), "-o", str(temporary)], capture_output=True, text=True)
-            if result.returncode != 0:
-                raise RuntimeError(f"compiling a C kernel failed: {result.stderr.strip()[:500]}")
-            os.replace(temporary, target)  # atomic: concurrent builders never see a partial file
+
+    def command(scratch: Path, output: Path) -> List[str]:
+        source_file = scratch / "kernel.c"
+        source_file.write_text(source)
+        return [cc, *FLAGS, str(source_file), "-o", str(output)]
+
+    return build_once(cache_dir() / f"k_{key}.so", command, "a C kernel")
+
+
+def build_once(target: Path, command: Callable[[Path, Path], List[str]], what: str) -> Path:
+    """``target``, built first if it is not there: ``command(scratch, output)`` gives the compiler
+    command line writing ``output`` (files it needs may go in the ``scratch`` folder); the result
+    is renamed onto ``target`` at once, so concurrent builders never see a partial file.
+
+    Raises RuntimeError naming ``what`` with the compiler's first error lines when the build fails.
+    """
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+        output = Path(scratch) / target.name
+        result = subprocess.run(command(Path(scratch), output), capture_output=True, text=True)
+        if result.returncode != 0:
+            lines = result.stderr.strip().splitlines()
+            errors = [line for line in lines if "error" in line] or lines
+            raise RuntimeError(f"compiling {what} failed: {' | '.join(errors[:3])[:600]}")
+        os.replace(output, target)
     return target
 
 
