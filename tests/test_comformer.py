@@ -189,7 +189,7 @@ def test_scalar_input_tensor_product_equals_the_generic_one():
     """eComFormer's first tensor-product layer contracts the weights per sending atom first; it
     equals sciml's generic tensor-product convolution (an e3nn FullyConnectedTensorProduct with
     per-edge weights), values and gradients."""
-    from sciml.ops import spherical_harmonics
+    from sciml.ops import spherical_harmonics_upto
 
     layer = _model("ecomformer").equi_update.nlayer_1
     assert layer.scalar_input
@@ -198,7 +198,7 @@ def test_scalar_input_tensor_product_equals_the_generic_one():
     edges, nodes = graph.num_edges, graph.num_nodes
     x = torch.randn(nodes, 64, dtype=torch.float64, generator=generator, requires_grad=True)
     features = torch.randn(edges, 32, dtype=torch.float64, generator=generator, requires_grad=True)
-    sh = spherical_harmonics(2, torch.randn(edges, 3, dtype=torch.float64, generator=generator))
+    sh = spherical_harmonics_upto(2, torch.randn(edges, 3, dtype=torch.float64, generator=generator))
     inverse_degree = torch.rand(nodes, 1, dtype=torch.float64, generator=generator)
     results = []
     for fast in (True, False):

@@ -11,7 +11,7 @@ import torch
 from e3nn import o3
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from sciml.ops import ChannelwiseTensorProduct, library, spherical_harmonics, tensor_product_conv, wigner_D
+from sciml.ops import ChannelwiseTensorProduct, library, spherical_harmonics_upto, tensor_product_conv, wigner_D
 from sciml.ops.cbuild import kernel_name
 from sciml.ops.tensor_product import cpu
 
@@ -67,7 +67,7 @@ def _energy(positions, feats, radial, tp, edge_index, lmax=2):
     a fused tensor-product convolution, a scalar readout."""
     vectors = positions[edge_index[1]] - positions[edge_index[0]]
     lengths = vectors.norm(dim=1, keepdim=True)
-    sh = spherical_harmonics(lmax, vectors)
+    sh = spherical_harmonics_upto(lmax, vectors)
     frames = wigner_D(lmax, _frames(vectors))
     sh = torch.einsum("eij,ej->ei", frames, sh)  # rotated into each edge's frame and out again: exercises D
     weights = torch.tanh(lengths * radial)  # (E, weight_numel)

@@ -6,7 +6,7 @@ import torch
 from e3nn import o3
 
 from sh_backends import backend, has_compiler  # noqa: F401  (backend is a fixture)
-from sciml.ops import SphericalHarmonics, spherical_harmonics
+from sciml.ops import SphericalHarmonics, spherical_harmonics, spherical_harmonics_upto
 from sciml.ops.cbuild import kernel_name
 from sciml.ops.spherical_harmonics import _c_source, cg_spherical_harmonics
 
@@ -23,15 +23,18 @@ def vectors(n=40, dtype=torch.float64, seed=0):
     return (torch.randn(n, 3, generator=g, dtype=dtype) * 1.7).requires_grad_(True)
 
 
+def upto(lmax):
+    return list(range(lmax + 1))
+
+
 def e3nn_sh(ls, v, normalize, normalization):
-    ls = list(range(ls + 1)) if isinstance(ls, int) else list(ls)
     return o3.spherical_harmonics(ls, v, normalize, normalization)
 
 
 # Every convention at two degree lists, the others at one convention (each case of the compiled
 # path builds its own kernel, so the list is kept short).
-CASES = [(ls, normalize, n) for ls in (5, [3, 1]) for normalize in (True, False) for n in NORMALIZATIONS]
-CASES += [(ls, True, "component") for ls in (1, 2, 8, [2, 2, 0])]
+CASES = [(ls, normalize, n) for ls in (upto(5), [3, 1]) for normalize in (True, False) for n in NORMALIZATIONS]
+CASES += [(ls, True, "component") for ls in (1, upto(2), upto(8), [2, 2, 0], "0e+2x1o+2e")]
 
 
 @pytest.mark.parametrize("ls, normalize, normalization", CASES)
@@ -68,8 +71,8 @@ def test_second_derivatives_equal_e3nn(backend, normalize, normalization):
 def test_float32_accuracy_and_gradient(backend, normalize, normalization):
     v64 = vectors(200)
     v32 = v64.detach().float().requires_grad_(True)
-    ref = e3nn_sh(5, v64, normalize, normalization)
-    ours = spherical_harmonics(5, v32, normalize, normalization)
+    ref = e3nn_sh(upto(5), v64, normalize, normalization)
+    ours = spherical_harmonics(upto(5), v32, normalize, normalization)
     assert ours.dtype == torch.float32
     assert (ours.double() - ref).abs().max() <= 2e-5 * ref.abs().max()
     weights = torch.randn(ref.shape, dtype=torch.float64)
@@ -86,7 +89,7 @@ def test_zero_vectors_follow_e3nn(backend, dtype):
     v[[0, 7, 19]] = 0.0
     for normalize in (True, False):
         v1, v2 = v.to(dtype).requires_grad_(True), v.clone().requires_grad_(True)
-        ours, theirs = spherical_harmonics(5, v1, normalize, "norm"), e3nn_sh(5, v2, normalize, "norm")
+        ours, theirs = spherical_harmonics(upto(5), v1, normalize, "norm"), e3nn_sh(upto(5), v2, normalize, "norm")
         tolerance = 1e-12 if dtype == torch.float64 else 1e-6
         assert (ours.double() - theirs).abs().max() <= tolerance * theirs.abs().max()
         assert torch.equal(ours[0], torch.tensor([1.0] + [0.0] * 35, dtype=dtype))
@@ -100,27 +103,27 @@ def test_zero_vectors_follow_e3nn(backend, dtype):
 
 def test_batch_shapes_module_and_threads(backend):
     v = torch.randn(2, 5, 3, dtype=torch.float64)
-    module = SphericalHarmonics(5, normalize=True, normalization="norm")
+    module = SphericalHarmonics(upto(5), normalize=True, normalization="norm")
     out = module(v)
     assert out.shape == (2, 5, 36) and module.dim == 36
-    assert torch.equal(out, spherical_harmonics(5, v, True, "norm"))
-    assert torch.allclose(out, e3nn_sh(5, v, True, "norm"), atol=1e-13)
-    assert spherical_harmonics(5, torch.zeros(0, 4, 3)).shape == (0, 4, 36)
-    assert spherical_harmonics([1, 0], torch.tensor([0.0, 0.0, 2.0])).shape == (4,)
+    assert torch.equal(out, spherical_harmonics(upto(5), v, True, "norm"))
+    assert torch.allclose(out, e3nn_sh(upto(5), v, True, "norm"), atol=1e-13)
+    assert spherical_harmonics_upto(5, torch.zeros(0, 4, 3)).shape == (0, 4, 36)
+    assert spherical_harmonics([1, 0], torch.tensor([0.0, 0.0, 2.0]), True).shape == (4,)
     strided = torch.randn(3, 100, dtype=torch.float64).t()  # not contiguous
-    assert torch.allclose(spherical_harmonics(5, strided), e3nn_sh(5, strided, True, "component"), atol=1e-12)
+    assert torch.allclose(spherical_harmonics_upto(5, strided), e3nn_sh(upto(5), strided, True, "component"), atol=1e-12)
     # several OpenMP threads over many blocks of points, and a tail block
     many = vectors(3001, torch.float32).detach().requires_grad_(True)
     weights = torch.randn(3001, 81, dtype=torch.float64)
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        ours = spherical_harmonics(8, many)
+        ours = spherical_harmonics_upto(8, many)
         (grad,) = torch.autograd.grad((ours * weights.float()).sum(), many)
     finally:
         torch.set_num_threads(threads)
     ref = many.detach().double().requires_grad_(True)
-    theirs = e3nn_sh(8, ref, True, "component")
+    theirs = e3nn_sh(upto(8), ref, True, "component")
     (ref_grad,) = torch.autograd.grad((theirs * weights).sum(), ref)
     assert (ours.double() - theirs).abs().max() < 2e-5 * theirs.abs().max()
     assert (grad.double() - ref_grad).abs().max() < 2e-5 * ref_grad.abs().max()
@@ -128,20 +131,20 @@ def test_batch_shapes_module_and_threads(backend):
 
 def test_polar_axis_is_y_and_signs(backend):
     # On +y only m = 0 is non-zero, with value sqrt(2l+1) ("component"), for every degree.
-    y = spherical_harmonics(16, torch.tensor([[0.0, 2.0, 0.0]], dtype=torch.float64))[0]
+    y = spherical_harmonics_upto(16, torch.tensor([[0.0, 2.0, 0.0]], dtype=torch.float64))[0]
     for l in range(17):
         block = y[l * l : (l + 1) ** 2]
         assert torch.allclose(block[l], torch.tensor(float(2 * l + 1) ** 0.5, dtype=torch.float64))
         assert block.abs().sum() - block[l].abs() < 1e-12
     assert torch.allclose(
-        spherical_harmonics([1], torch.tensor([[1.0, 2.0, 3.0]]), False), 3**0.5 * torch.tensor([[1.0, 2.0, 3.0]])
+        spherical_harmonics(1, torch.tensor([[1.0, 2.0, 3.0]]), False, "component"), 3**0.5 * torch.tensor([[1.0, 2.0, 3.0]])
     )
 
 
 def test_clebsch_gordan_reference_matches_e3nn():
     points = np.random.default_rng(0).normal(size=(10, 3))
     ours = np.concatenate(cg_spherical_harmonics(6, points), axis=1)
-    theirs = e3nn_sh(6, torch.tensor(points), False, "component").numpy()
+    theirs = e3nn_sh(upto(6), torch.tensor(points), False, "component").numpy()
     assert np.abs(ours - theirs).max() < 1e-12 * np.abs(theirs).max()
 
 
@@ -172,10 +175,10 @@ def test_backend_selection(monkeypatch):
     v = vectors(10)
     monkeypatch.setenv("SCIML_SH_BACKEND", "fast")
     with pytest.raises(ValueError, match="SCIML_SH_BACKEND"):
-        spherical_harmonics(2, v)
+        spherical_harmonics_upto(2, v)
     monkeypatch.setenv("SCIML_SH_BACKEND", "c")
     with pytest.raises(ValueError, match="float32/float64"):
-        spherical_harmonics(2, v.detach().to(torch.bfloat16))
+        spherical_harmonics_upto(2, v.detach().to(torch.bfloat16))
     # Without a working compiler "auto" falls back to the torch code and "c" raises.
     monkeypatch.setattr(harmonics_module, "_built", {})
 
@@ -184,20 +187,21 @@ def test_backend_selection(monkeypatch):
 
     monkeypatch.setattr(harmonics_module, "build_library", broken)
     with pytest.raises(RuntimeError, match="no C compiler"):
-        spherical_harmonics(2, v)
+        spherical_harmonics_upto(2, v)
     monkeypatch.setenv("SCIML_SH_BACKEND", "auto")
-    assert torch.allclose(spherical_harmonics(2, v), e3nn_sh(2, v, True, "component"), atol=1e-13)
+    assert torch.allclose(spherical_harmonics_upto(2, v), e3nn_sh(upto(2), v, True, "component"), atol=1e-13)
     assert next(iter(harmonics_module._built.values()))[0] is False  # the failure is remembered
 
 
 @pytest.mark.parametrize(
     "args, match",
     [
-        ((-1, torch.zeros(2, 3)), "lmax must be >= 0"),
-        ((17, torch.zeros(2, 3)), "0..16"),
-        (([], torch.zeros(2, 3)), "empty"),
-        ((2, torch.zeros(2, 4)), r"shape \(\.\.\., 3\)"),
-        ((2, torch.zeros(2, 3, dtype=torch.int64)), "floating-point"),
+        ((-1, torch.zeros(2, 3), True), "0..16"),
+        ((17, torch.zeros(2, 3), True), "0..16"),
+        (([], torch.zeros(2, 3), True), "empty"),
+        ((2, torch.zeros(2, 4), True), r"shape \(\.\.\., 3\)"),
+        ((2, torch.zeros(2, 3, dtype=torch.int64), True), "floating-point"),
+        (("2x0e+1o+1e", torch.zeros(2, 3), True), "parity"),
     ],
 )
 def test_bad_input_raises(args, match):
@@ -207,6 +211,23 @@ def test_bad_input_raises(args, match):
 
 def test_bad_normalization_raises():
     with pytest.raises(ValueError, match="unknown normalization"):
-        spherical_harmonics(2, torch.zeros(2, 3), normalization="unit")
+        spherical_harmonics(2, torch.zeros(2, 3), True, normalization="unit")
     with pytest.raises(ValueError, match="unknown normalization"):
-        SphericalHarmonics(2, normalization="unit")
+        SphericalHarmonics(2, True, normalization="unit")
+    with pytest.raises(ValueError, match="lmax"):
+        spherical_harmonics_upto(-1, torch.zeros(2, 3))
+
+
+def test_e3nn_meaning_of_degrees_and_defaults():
+    """An int is one degree, irreps repeat degrees, the default normalization is "integral", and
+    pseudovector inputs (irreps_in "1e") give even parities: all as e3nn, shapes and values."""
+    v = vectors(7)
+    for degrees in (0, 3, [2, 0, 2], "0e + 1o + 2e", o3.Irreps("2x1o+0e")):
+        ours, theirs = spherical_harmonics(degrees, v, True), o3.spherical_harmonics(degrees, v, True)
+        assert ours.shape == theirs.shape
+        assert (ours - theirs).abs().max() < 1e-13
+    for args in (("1x0e+1x1e+1x2e", False), (2, True, "norm", "1e"), ([1, 3], False, "component")):
+        ours, theirs = SphericalHarmonics(*args), o3.SphericalHarmonics(*args)
+        assert (ours.irreps_in, ours.irreps_out) == (theirs.irreps_in, theirs.irreps_out)
+        assert (ours(v) - theirs(v)).abs().max() < 1e-12
+    assert torch.equal(spherical_harmonics_upto(3, v), spherical_harmonics(upto(3), v, True, "component"))

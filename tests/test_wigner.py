@@ -5,7 +5,7 @@ from e3nn import o3
 
 from e3nn_reference import default_dtype
 from sh_backends import backend, has_compiler  # noqa: F401  (backend is a fixture)
-from sciml.ops import edge_rotation, spherical_harmonics, wigner_D
+from sciml.ops import edge_rotation, spherical_harmonics_upto, wigner_D
 from sciml.ops.cbuild import kernel_name
 from sciml.ops.wigner import _c_source, wigner_D_blocks
 
@@ -50,8 +50,8 @@ def test_orthogonal_representation_and_harmonics_equivariance(backend):
     assert (wigner_D(6, r1 @ r2) - d1 @ d2).abs().max() < 1e-12
     assert (wigner_D(6, r1.transpose(1, 2)) - d1.transpose(1, 2)).abs().max() < 1e-12
     v = torch.randn(6, 3, dtype=torch.float64)
-    rotated = spherical_harmonics(6, (r1 @ v.unsqueeze(-1)).squeeze(-1))
-    assert (rotated - (d1 @ spherical_harmonics(6, v).unsqueeze(-1)).squeeze(-1)).abs().max() < 1e-12
+    rotated = spherical_harmonics_upto(6, (r1 @ v.unsqueeze(-1)).squeeze(-1))
+    assert (rotated - (d1 @ spherical_harmonics_upto(6, v).unsqueeze(-1)).squeeze(-1)).abs().max() < 1e-12
 
 
 def test_blocks_batch_shape_and_gradients(backend):
@@ -131,9 +131,9 @@ def test_edge_rotation_is_smooth_away_from_the_chart_seam():
     assert (edge_rotation(v + step) - edge_rotation(v)).abs().max() < 1e-3
     assert torch.autograd.gradcheck(edge_rotation, (v[:3].clone().requires_grad_(True),))
     # The harmonics of an edge in its own frame are those of +y: non-zero only at m = 0.
-    sh = spherical_harmonics(4, v)
+    sh = spherical_harmonics_upto(4, v)
     in_frame = (wigner_D(4, edge_rotation(v)) @ sh.unsqueeze(-1)).squeeze(-1)
-    assert (in_frame - spherical_harmonics(4, torch.tensor([[0.0, 1.0, 0.0]], dtype=torch.float64))).abs().max() < 1e-12
+    assert (in_frame - spherical_harmonics_upto(4, torch.tensor([[0.0, 1.0, 0.0]], dtype=torch.float64))).abs().max() < 1e-12
 
 
 @pytest.mark.parametrize(

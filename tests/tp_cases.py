@@ -9,7 +9,7 @@ from e3nn import o3
 
 from e3nn_reference import default_dtype
 
-MODES = ("uvw", "uvu", "uvv", "uuw", "uuu", "uvuv")
+MODES = ("uvw", "uvu", "uvv", "uuw", "uuu", "uvuv", "uvu<v", "u<vw")
 
 
 def random_irreps(rng: random.Random, count: int, max_l: int = 2, max_mul: int = 3) -> o3.Irreps:
@@ -29,17 +29,18 @@ def random_e3nn_tensor_product(seed: int, mode: str, shared: bool, max_l: int = 
     rng = random.Random(seed)
     while True:
         in1, in2 = random_irreps(rng, 3, max_l, max_mul), random_irreps(rng, 2, max_l, max_mul)
-        if mode in ("uuw", "uuu"):
-            mul = rng.randint(1, max_mul)
+        if mode in ("uuw", "uuu", "uvu<v", "u<vw"):  # equal multiplicities (at least 2 for pairs u < v)
+            mul = rng.randint(1 if mode in ("uuw", "uuu") else 2, max_mul)
             in1 = o3.Irreps([(mul, ir) for _, ir in in1])
             in2 = o3.Irreps([(mul, ir) for _, ir in in2])
         outs, instructions = [], []
         for i1, (mul1, ir1) in enumerate(in1):
             for i2, (mul2, ir2) in enumerate(in2):
                 for ir_out in ir1 * ir2:
-                    has_weight = mode == "uvw" or rng.random() < 0.8
+                    has_weight = mode in ("uvw", "u<vw") or rng.random() < 0.8
                     mul_out = {"uvw": rng.randint(1, max_mul), "uvu": mul1, "uvv": mul2, "uuu": mul1,
-                               "uvuv": mul1 * mul2, "uuw": rng.randint(1, max_mul) if has_weight else 1}[mode]
+                               "uvuv": mul1 * mul2, "uuw": rng.randint(1, max_mul) if has_weight else 1,
+                               "uvu<v": mul1 * (mul1 - 1) // 2, "u<vw": rng.randint(1, max_mul)}[mode]
                     outs.append((mul_out, ir_out))
                     instructions.append((i1, i2, len(outs) - 1, mode, has_weight))
         if instructions:

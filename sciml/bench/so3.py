@@ -31,7 +31,7 @@ from e3nn import o3
 from sciml.bench.timing import best_seconds
 from sciml.ops.gaunt import channels_to_mul_ir
 from sciml.ops.so2 import SO2Convolution, edge_tensor_product_paths
-from sciml.ops.spherical_harmonics import spherical_harmonics
+from sciml.ops.spherical_harmonics import spherical_harmonics_upto
 from sciml.ops.wigner import edge_rotation, wigner_D, wigner_D_blocks
 
 
@@ -53,7 +53,7 @@ def _harmonics_rows(vectors: int, repeats: int, generator: torch.Generator) -> L
             _row(
                 "spherical_harmonics forward",
                 case,
-                _ms(lambda: spherical_harmonics(lmax, x), repeats),
+                _ms(lambda: spherical_harmonics_upto(lmax, x), repeats),
                 _ms(lambda: module(x), repeats),
             )
         )
@@ -61,7 +61,7 @@ def _harmonics_rows(vectors: int, repeats: int, generator: torch.Generator) -> L
             _row(
                 "spherical_harmonics forward+backward",
                 case,
-                _ms(lambda: torch.autograd.grad(spherical_harmonics(lmax, x).sum(), x), repeats),
+                _ms(lambda: torch.autograd.grad(spherical_harmonics_upto(lmax, x).sum(), x), repeats),
                 _ms(lambda: torch.autograd.grad(module(x).sum(), x), repeats),
             )
         )

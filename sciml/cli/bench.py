@@ -25,6 +25,8 @@ EXAMPLES = """  sciml bench neighbors                      # 1k, 10k, 100k atoms
   sciml bench lammps                         # LAMMPS pair_style sciml vs ase MD steps/s, 504-atom ethanol box
   sciml bench lammps --checkpoint runs/ethanol/best.pt --system copper --threads 2
   sciml bench export                         # exported (.pt2) vs eager EGNN and EquiformerV2 inference (minutes)
+  sciml bench mace                           # MACE on e3nn vs under sciml.ops.patch_e3nn (needs mace-torch)
+  sciml bench mace --structure copper --size 3 --variants L1 --dtype float32 --md-steps 0
 """
 TP_SECTIONS = ("channelwise", "fully_connected", "conv", "so3", "gaunt")
 
@@ -119,6 +121,20 @@ def register(sub) -> None:
     export.add_argument("--supercells", nargs="+", type=int, default=[2, 3], help="fcc Cu supercells n x n x n (4 n^3 atoms)")
     export.add_argument("--rounds", type=int, default=3, help="rounds of alternating timings (for the spread)")
     export.set_defaults(run=_run_export)
+
+    mace = add_command(targets, "mace", "MACE (mace-torch) built on e3nn vs built under sciml.ops.patch_e3nn",
+                       EXAMPLES)
+    mace.add_argument("--structure", choices=("water", "copper"), default="water",
+                      help="periodic water box or rattled fcc Cu (default water)")
+    mace.add_argument("--size", type=int, default=27,
+                      help="water molecules (rounded up to a cube; default 27 = 81 atoms) or Cu cubic cells per side")
+    mace.add_argument("--variants", nargs="+", choices=("L1", "L2"), default=["L1", "L2"],
+                      help="hidden irreps 32x0e+32x1o (L1) and/or 32x0e+32x1o+32x2e (L2)")
+    mace.add_argument("--dtype", choices=("float32", "float64"), default="float64")
+    mace.add_argument("--repeats", type=int, default=5, help="timed runs of each model, taking turns")
+    mace.add_argument("--md-steps", type=int, default=10, help="velocity-Verlet steps per timed MD run (0: no MD)")
+    mace.add_argument("--threads", type=int, default=1)
+    mace.set_defaults(run=_run_mace)
 
 
 def _run_neighbors(args) -> int:
@@ -228,3 +244,10 @@ def _run_export(args) -> int:
     print(format_export_table(bench_export(args.models, args.supercells, args.rounds)))
     return 0
 
+
+def _run_mace(args) -> int:
+    from sciml.bench.mace import format_mace_table, run
+
+    print(format_mace_table(run(args.structure, args.size, args.variants, args.dtype, args.repeats, args.md_steps,
+                                args.threads)))
+    return 0

@@ -112,11 +112,11 @@ def call(name: str, *args):
     call; sciml's own calls go through ``autograd.Function`` classes with the same setup and
     backward (one in ``setup_context`` form for functorch, a lighter one for eager autograd and
     make_fx), or straight to the kernel when nothing needs a gradient. Under dynamo the operator
-    itself is recorded.
+    itself is recorded, and so under ``torch.jit.trace`` (TorchScript).
     """
     op = getattr(torch.ops.sciml, name)
-    if torch.compiler.is_compiling() or name not in _FUNCTIONS:
-        return op(*args)  # dynamo records the operator with its registered formula
+    if torch.compiler.is_compiling() or torch.jit.is_tracing() or name not in _FUNCTIONS:
+        return op(*args)  # dynamo and torch.jit.trace record the operator with its registered formula
     if torch._C._are_functorch_transforms_active():
         return _FUNCTIONS[name].apply(*args)
     if torch.is_grad_enabled() and any(isinstance(arg, torch.Tensor) and arg.requires_grad for arg in args):

@@ -261,7 +261,7 @@ class SO2Linear(nn.Module):
                 raise ValueError(
                     f"path ({l1}, {l2}, {l3}) weight must be ({in_channels}, {out_channels}), got {weight.shape}"
                 )
-            y_pole = spherical_harmonics([l2], pole, True, sh_normalization)[0].numpy()
+            y_pole = spherical_harmonics(l2, pole, True, sh_normalization)[0].numpy()
             coupling = np.einsum("ijk,j->ik", wigner_3j(l1, l2, l3, dtype=torch.float64).numpy(), y_pole)
             coupling = path_weight * coupling  # (2 l1 + 1, 2 l3 + 1): x^{l1}_i -> out^{l3}_k
             m_in, m_out = np.abs(np.arange(-l1, l1 + 1))[:, None], np.abs(np.arange(-l3, l3 + 1))[None, :]

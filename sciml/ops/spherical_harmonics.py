@@ -52,34 +52,61 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, 
 
 import numpy as np
 import torch
+from e3nn import o3
 from torch import nn
 
 from sciml.ops import backends, library
+from sciml.ops.irreps import parse_irreps
+from sciml.ops.jit_trace import traced_call
 from sciml.ops.cbuild import build_library, compiler
 from sciml.ops.tracing import built_outside_tracing, is_tracing
 
 NORMALIZATIONS = ("integral", "component", "norm")
 MAX_L = 16  # the fit below is checked to 1e-9 relative up to here
 
-LmaxOrLs = Union[int, Sequence[int]]
+Degrees = Union[int, Sequence[int], str, o3.Irreps]
 
 
-def _parse_ls(lmax_or_ls: LmaxOrLs) -> Tuple[int, ...]:
-    """An int is lmax (degrees 0..lmax); a sequence lists the degrees wanted, in output order."""
-    if isinstance(lmax_or_ls, bool):
-        raise ValueError("lmax_or_ls must be an int lmax or a sequence of degrees, not a bool")
-    if isinstance(lmax_or_ls, (int, np.integer)):
-        ls = tuple(range(int(lmax_or_ls) + 1)) if lmax_or_ls >= 0 else ()
-        if not ls:
-            raise ValueError(f"lmax must be >= 0, got {lmax_or_ls}")
-    else:
-        ls = tuple(int(l) for l in lmax_or_ls)
-        if not ls:
-            raise ValueError("the list of degrees is empty")
+def _check_ls(ls: Tuple[int, ...]) -> Tuple[int, ...]:
+    if not ls:
+        raise ValueError("the list of degrees is empty")
     bad = [l for l in ls if l < 0 or l > MAX_L]
     if bad:
         raise ValueError(f"spherical harmonic degrees must lie in 0..{MAX_L}, got {bad}")
     return ls
+
+
+def parse_degrees(degrees: Degrees, irreps_in: Optional[Union[str, o3.Irreps]] = None) -> Tuple[Tuple[int, ...], o3.Irreps, o3.Irreps]:
+    """Degrees with e3nn's meaning -> (degrees in output order, output irreps, input irreps).
+
+    An int is one degree; a sequence lists degrees; a str or ``Irreps`` lists irreps whose
+    multiplicities repeat the degree and whose parities must be those of the harmonics of the input
+    (``irreps_in`` "1o", a vector, or "1e", a pseudovector; for an irreps argument it defaults to
+    "1e" when an odd degree has even parity, as in e3nn).
+    """
+    if isinstance(degrees, bool):
+        raise ValueError("degrees must be an int, a sequence of ints or irreps, not a bool")
+    if isinstance(degrees, str):
+        degrees = parse_irreps(degrees, "degrees")
+    if isinstance(degrees, o3.Irreps) and irreps_in is None:
+        irreps_in = "1e" if any(l % 2 == 1 and p == 1 for _, (l, p) in degrees) else None
+    irreps_in = o3.Irreps(irreps_in if irreps_in is not None else "1o")
+    if irreps_in not in (o3.Irreps("1x1o"), o3.Irreps("1x1e")):
+        raise ValueError(f"irreps_in for spherical harmonics must be a vector (1x1o) or a pseudovector (1x1e), not {irreps_in}")
+    parity = irreps_in[0].ir.p
+    if isinstance(degrees, o3.Irreps):
+        for _, (l, p) in degrees:
+            if p != parity**l:
+                raise ValueError(
+                    f"irreps {degrees} ask for degree {l} with parity {p}, but harmonics of a {irreps_in} input have parity {parity**l}"
+                )
+        ls = tuple(l for mul, (l, _) in degrees for _ in range(mul))
+    elif isinstance(degrees, (int, np.integer)):
+        ls = (int(degrees),)
+    else:
+        ls = tuple(int(l) for l in degrees)
+    _check_ls(ls)
+    return ls, o3.Irreps([(1, (l, parity**l)) for l in ls]).simplify(), irreps_in
 
 
 @built_outside_tracing
@@ -758,29 +785,8 @@ def torch_harmonics(points: torch.Tensor, ls: Tuple[int, ...], normalization: st
     return harmonics_of_rows(rows, ls, normalization)
 
 
-def spherical_harmonics(
-    lmax_or_ls: LmaxOrLs,
-    vectors: torch.Tensor,
-    normalize: bool = True,
-    normalization: str = "component",
-) -> torch.Tensor:
-    """Real spherical harmonics of ``vectors`` in e3nn's basis (polar axis y, m = -l..l).
-
-    Equal to ``e3nn.o3.spherical_harmonics(ls, vectors, normalize, normalization)`` with
-    ``ls = list(range(lmax + 1))`` for an int argument (note: e3nn reads an int as one degree, here
-    it is lmax), in values and in gradients of any order.
-
-    Args:
-        lmax_or_ls: lmax (degrees 0..lmax) or a sequence of degrees (each 0..16), output in that order.
-        vectors: (..., 3) points (any length unit; with ``normalize=False`` Y^l scales as |v|^l).
-        normalize: project the vectors onto the unit sphere first (zero vectors give Y^0 only).
-        normalization: "component" (|Y^l|^2 = 2l+1), "norm" (|Y^l| = 1) or "integral"
-            (orthonormal on the sphere), see the module docstring.
-
-    Returns:
-        (..., sum over degrees of 2l+1), same dtype and device as ``vectors``.
-    """
-    ls = _parse_ls(lmax_or_ls)
+def _harmonics(ls: Tuple[int, ...], vectors: torch.Tensor, normalize: bool, normalization: str) -> torch.Tensor:
+    """Harmonics of the validated degrees ``ls`` of ``vectors`` (..., 3) -> (..., sum of 2l+1)."""
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"unknown normalization {normalization!r}; use one of {NORMALIZATIONS}")
     if vectors.ndim == 0 or vectors.shape[-1] != 3:
@@ -798,30 +804,68 @@ def spherical_harmonics(
     return out.view(*batch, out.shape[-1])
 
 
-class SphericalHarmonics(nn.Module):
-    """Module form of :func:`spherical_harmonics` with fixed degrees and conventions.
+def spherical_harmonics(degrees: Degrees, x: torch.Tensor, normalize: bool, normalization: str = "integral") -> torch.Tensor:
+    """Real spherical harmonics of ``x`` in e3nn's basis: ``e3nn.o3.spherical_harmonics``, same
+    arguments and meaning, equal in values and in gradients of any order.
 
     Args:
-        lmax_or_ls: lmax (degrees 0..lmax) or a sequence of degrees.
-        normalize: project inputs onto the unit sphere first.
-        normalization: "component", "norm" or "integral".
+        degrees: one degree (int), a sequence of degrees, or irreps ("1x0e+1x1o+2x2e": degrees
+            repeated by multiplicity, parities checked), each degree 0..16; output in that order.
+        x: (..., 3) points (any length unit; with ``normalize=False`` Y^l scales as |x|^l).
+        normalize: project the points onto the unit sphere first (zero vectors give Y^0 only).
+        normalization: "integral" (orthonormal on the sphere, e3nn's default), "component"
+            (|Y^l|^2 = 2l+1) or "norm" (|Y^l| = 1), see the module docstring.
 
-    Shapes: (..., 3) -> (..., ``dim``), ``dim`` = sum of 2l+1 over the degrees.
+    Returns:
+        (..., sum over the degrees of 2l+1), dtype and device of ``x``.
+    """
+    return _harmonics(parse_degrees(degrees)[0], x, normalize, normalization)
+
+
+def spherical_harmonics_upto(lmax: int, vectors: torch.Tensor, normalize: bool = True, normalization: str = "component") -> torch.Tensor:
+    """All degrees 0..lmax of ``vectors`` (..., 3) -> (..., (lmax+1)^2): the edge harmonics of an
+    equivariant network, ``spherical_harmonics(range(lmax + 1), vectors, normalize, normalization)``
+    with sciml's defaults (unit vectors, "component" normalization, Y^0 = 1)."""
+    if isinstance(lmax, bool) or not isinstance(lmax, (int, np.integer)) or lmax < 0:
+        raise ValueError(f"lmax must be an int >= 0, got {lmax!r}")
+    return _harmonics(_check_ls(tuple(range(int(lmax) + 1))), vectors, normalize, normalization)
+
+
+class SphericalHarmonics(nn.Module):
+    """Module form of :func:`spherical_harmonics`: ``e3nn.o3.SphericalHarmonics``'s arguments.
+
+    Args:
+        irreps_out: the degrees, as in :func:`spherical_harmonics` (int, sequence or irreps).
+        normalize: project inputs onto the unit sphere first.
+        normalization: "integral" (default, as e3nn), "component" or "norm".
+        irreps_in: "1o" (vectors, default) or "1e" (pseudovectors: every degree has even parity).
+
+    Shapes: (..., 3) -> (..., ``irreps_out.dim``).
     """
 
-    def __init__(self, lmax_or_ls: LmaxOrLs, normalize: bool = True, normalization: str = "component") -> None:
+    __e3nn_compile_mode__ = "trace"
+
+    def __init__(self, irreps_out: Degrees, normalize: bool, normalization: str = "integral", irreps_in=None) -> None:
         super().__init__()
         if normalization not in NORMALIZATIONS:
             raise ValueError(f"unknown normalization {normalization!r}; use one of {NORMALIZATIONS}")
-        self.ls = _parse_ls(lmax_or_ls)
+        self.ls, self.irreps_out, self.irreps_in = parse_degrees(irreps_out, irreps_in)
+        # e3nn's attribute names, read by e3nn-based code (MACE reads ``_lmax``)
+        self._ls_list, self._lmax = list(self.ls), max(self.ls)
+        self._is_range_lmax = self._ls_list == list(range(self._lmax + 1))
         self.normalize = normalize
         self.normalization = normalization
-        self.dim = sum(2 * l + 1 for l in self.ls)
+        self.dim = self.irreps_out.dim
         _recurrence_constants(max(self.ls), normalization)  # fit (and check) once, at construction
 
-    def forward(self, vectors: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(..., 3) -> (..., dim)."""
-        return spherical_harmonics(self.ls, vectors, self.normalize, self.normalization)
+        if torch.jit.is_tracing():
+            return traced_call(self, "_forward", x)
+        return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _harmonics(self.ls, x, self.normalize, self.normalization)
 
     def extra_repr(self) -> str:
         return f"ls={list(self.ls)}, normalize={self.normalize}, normalization={self.normalization!r}"

@@ -28,12 +28,19 @@ F = TypeVar("F", bound=Callable)
 
 def built_outside_tracing(function: F) -> F:
     """Run ``function`` with fake-tensor, proxy and torch-function modes and ``torch.func``
-    transforms suspended (real tensors out)."""
+    transforms suspended (real tensors out); under dynamo, as a constant of the graph."""
+
+    # under dynamo the builder runs eagerly and its result is a constant of the graph (its
+    # numpy code must not be traced, and a cache filled while tracing would hold graph values)
+    constant = torch.compiler.assume_constant_result(function)
 
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
-        # (dynamo traces Python itself: cached results are constants to it)
-        if torch.compiler.is_compiling() or not modes_active():
+        if torch.compiler.is_compiling():
+            if any(isinstance(arg, torch.SymInt) for arg in args):
+                return function(*args, **kwargs)  # symbolic sizes are not constants: dynamo traces it
+            return constant(*args, **kwargs)
+        if not modes_active():
             return function(*args, **kwargs)
         with temporarily_clear_interpreter_stack(), _disable_current_modes(), torch._C.DisableTorchFunction():
             return function(*args, **kwargs)

@@ -26,7 +26,7 @@ from torch import nn
 
 from sciml.graph.message_passing import edge_counts
 from sciml.graph.radial import GaussianBasis
-from sciml.ops import FullyConnectedTensorProduct, scatter, spherical_harmonics, tensor_product_conv
+from sciml.ops import FullyConnectedTensorProduct, scatter, spherical_harmonics_upto, tensor_product_conv
 from sciml.ops.tracing import is_tracing
 
 
@@ -268,7 +268,7 @@ class EquivariantUpdate(nn.Module):
     def forward(self, x: torch.Tensor, edge_index: torch.Tensor, edge_features: torch.Tensor,
                 vectors: torch.Tensor) -> torch.Tensor:
         """x (N, C); edge_index (2, E); edge_features (E, F); vectors (E, 3) Å from centre to neighbour."""
-        sh = spherical_harmonics(2, vectors, normalize=True, normalization="component")
+        sh = spherical_harmonics_upto(2, vectors)
         degree = edge_counts(edge_index[0], x.shape[0], x.dtype).clamp(min=1)
         inverse_degree = (1.0 / degree).unsqueeze(1)
         h = self.node_linear(x)

@@ -140,7 +140,6 @@ def _specialised_kernel(plan: CorePlan, out_slot: int, suffix: str) -> str:
     return plan._device_cache[key]
 
 
-@built_outside_tracing
 def kernels(plan: CorePlan, dtype: torch.dtype, num_terms, out_slot: int, differentiable: bool) -> str:
     """The operator's ``kernels`` argument: one "path:symbol" per output slot, newline-separated.
 
@@ -149,9 +148,15 @@ def kernels(plan: CorePlan, dtype: torch.dtype, num_terms, out_slot: int, differ
     autograd formula finds them among the operator's arguments. While tracing (``num_terms``
     symbolic) the kernels already built for the plan are used.
     """
+    specialise = not is_tracing() and _specialises(plan, num_terms)
+    return _kernel_names(plan, dtype, out_slot, differentiable, specialise)
+
+
+@built_outside_tracing
+def _kernel_names(plan: CorePlan, dtype: torch.dtype, out_slot: int, differentiable: bool, specialise: bool) -> str:
     suffix = SUFFIXES[dtype]
     generic = _generic_kernels()[f"core_{suffix}"]
-    if not is_tracing() and _specialises(plan, num_terms):
+    if specialise:
         wanted = range(4) if differentiable else (out_slot,)
         for slot in wanted:
             _specialised_kernel(plan, slot, suffix)

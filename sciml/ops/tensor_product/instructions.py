@@ -10,7 +10,10 @@ and the output and the weight shape in brackets:
 - ``uvv`` [u, v]: output channel v collects input-1 channels u;
 - ``uuw`` [u, w]: matching channels of both inputs, mixed into output channels w;
 - ``uuu`` [u]: elementwise in channels;
-- ``uvuv`` [u, v]: every channel pair is its own output channel (outer product), mul_out = mul1 mul2.
+- ``uvuv`` [u, v]: every channel pair is its own output channel (outer product), mul_out = mul1 mul2;
+- ``uvu<v`` [q]: the pairs q = (u, v) with u < v of equal multiplicities (upper triangle, row by row)
+  are the output channels, mul_out = mul (mul - 1) / 2 (the antisymmetric/symmetric square);
+- ``u<vw`` [q, w]: those pairs mixed into output channels w.
 
 Weights of all weighted instructions are concatenated in instruction order, each block flattened in
 row-major order of its shape: e3nn's layout, so e3nn weights load unchanged.
@@ -24,9 +27,18 @@ from typing import Optional, Sequence
 
 from e3nn import o3
 
-MODES = ("uvw", "uvu", "uvv", "uuw", "uuu", "uvuv")
+MODES = ("uvw", "uvu", "uvv", "uuw", "uuu", "uvuv", "uvu<v", "u<vw")
 IRREP_NORMALIZATIONS = ("component", "norm", "none")
 PATH_NORMALIZATIONS = ("element", "path", "none")
+
+
+class InstructionError(ValueError, AssertionError):
+    """An invalid tensor-product instruction or argument (a ``ValueError``; also an
+    ``AssertionError``, which is what e3nn raises for the same mistakes and what e3nn code catches)."""
+
+
+class InstructionIndexError(InstructionError, IndexError):
+    """An instruction refers to an irrep index outside the irreps (e3nn raises ``IndexError``)."""
 
 
 @dataclass(frozen=True)
@@ -79,12 +91,15 @@ def weight_shape(mode: str, mul1: int, mul2: int, mul_out: int) -> tuple:
         "uuw": (mul1, mul_out),
         "uuu": (mul1,),
         "uvuv": (mul1, mul2),
+        "uvu<v": (mul1 * (mul2 - 1) // 2,),
+        "u<vw": (mul1 * (mul2 - 1) // 2, mul_out),
     }[mode]
 
 
 def _summed_elements(mode: str, mul1: int, mul2: int) -> int:
     """How many products are summed into one output component (e3nn's ``num_elements``)."""
-    return {"uvw": mul1 * mul2, "uvu": mul2, "uvv": mul1, "uuw": mul1, "uuu": 1, "uvuv": 1}[mode]
+    pairs = mul1 * (mul2 - 1) // 2
+    return {"uvw": mul1 * mul2, "uvu": mul2, "uvv": mul1, "uuw": mul1, "uuu": 1, "uvuv": 1, "uvu<v": 1, "u<vw": pairs}[mode]
 
 
 def _check_multiplicities(mode: str, mul1: int, mul2: int, mul_out: int, has_weight: bool, where: str) -> None:
@@ -95,13 +110,16 @@ def _check_multiplicities(mode: str, mul1: int, mul2: int, mul_out: int, has_wei
         "uuw": (mul1 == mul2, f"mul1 ({mul1}) must equal mul2 ({mul2})"),
         "uvuv": (mul_out == mul1 * mul2, f"mul_out ({mul_out}) must equal mul1 * mul2 ({mul1 * mul2})"),
         "uvw": (True, ""),
+        "uvu<v": (mul1 == mul2 and mul_out == mul1 * (mul1 - 1) // 2,
+                  f"mul1 and mul2 ({mul1}, {mul2}) must be equal and mul_out ({mul_out}) the number of pairs u < v"),
+        "u<vw": (mul1 == mul2, f"mul1 ({mul1}) must equal mul2 ({mul2})"),
     }[mode]
     if not expected[0]:
-        raise ValueError(f"{where}: mode {mode!r}: {expected[1]}")
-    if mode == "uvw" and not has_weight:
-        raise ValueError(f"{where}: mode 'uvw' needs weights (has_weight=True)")
+        raise InstructionError(f"{where}: mode {mode!r}: {expected[1]}")
+    if mode in ("uvw", "u<vw") and not has_weight:
+        raise InstructionError(f"{where}: mode {mode!r} needs weights (has_weight=True)")
     if mode == "uuw" and not has_weight and mul_out != 1:
-        raise ValueError(f"{where}: unweighted 'uuw' sums the channels, so mul_out must be 1 (got {mul_out})")
+        raise InstructionError(f"{where}: unweighted 'uuw' sums the channels, so mul_out must be 1 (got {mul_out})")
 
 
 def _variances(values: Optional[Sequence[float]], irreps: o3.Irreps, name: str) -> list:
@@ -109,7 +127,7 @@ def _variances(values: Optional[Sequence[float]], irreps: o3.Irreps, name: str) 
         return [1.0] * len(irreps)
     values = [float(v) for v in values]
     if len(values) != len(irreps):
-        raise ValueError(f"{name} has {len(values)} entries but the irreps {irreps} have {len(irreps)}")
+        raise InstructionError(f"{name} has {len(values)} entries but the irreps {irreps} have {len(irreps)}")
     return values
 
 
@@ -126,13 +144,14 @@ def build_paths(
 ) -> tuple:
     """Validate ``instructions`` and normalise them as e3nn does.
 
-    Returns ``(paths, weight_numel)``. Raises ``ValueError`` naming the instruction and irreps for
-    out-of-range indices, unknown modes, parity or triangle-rule violations and bad multiplicities.
+    Returns ``(paths, weight_numel)``. Raises ``InstructionError`` (a ``ValueError``) naming the
+    instruction and irreps for unknown modes, parity or triangle-rule violations and bad
+    multiplicities, ``InstructionIndexError`` for out-of-range indices.
     """
     if irrep_normalization not in IRREP_NORMALIZATIONS:
-        raise ValueError(f"irrep_normalization must be one of {IRREP_NORMALIZATIONS}, got {irrep_normalization!r}")
+        raise InstructionError(f"irrep_normalization must be one of {IRREP_NORMALIZATIONS}, got {irrep_normalization!r}")
     if path_normalization not in PATH_NORMALIZATIONS:
-        raise ValueError(f"path_normalization must be one of {PATH_NORMALIZATIONS}, got {path_normalization!r}")
+        raise InstructionError(f"path_normalization must be one of {PATH_NORMALIZATIONS}, got {path_normalization!r}")
     var1 = _variances(in1_var, irreps_in1, "in1_var")
     var2 = _variances(in2_var, irreps_in2, "in2_var")
     var_out = _variances(out_var, irreps_out, "out_var")
@@ -142,7 +161,7 @@ def build_paths(
     for number, instruction in enumerate(instructions):
         instruction = tuple(instruction)
         if len(instruction) not in (5, 6):
-            raise ValueError(
+            raise InstructionError(
                 f"instruction {number} {instruction!r}: expected (i_in1, i_in2, i_out, mode, has_weight[, path_weight])"
             )
         i1, i2, io, mode, has_weight = instruction[:5]
@@ -150,14 +169,14 @@ def build_paths(
         where = f"instruction {number} {instruction!r}"
         for index, irreps, label in ((i1, irreps_in1, "irreps_in1"), (i2, irreps_in2, "irreps_in2"), (io, irreps_out, "irreps_out")):
             if not 0 <= index < len(irreps):
-                raise ValueError(f"{where}: index {index} out of range for {label} = {irreps} ({len(irreps)} irreps)")
+                raise InstructionIndexError(f"{where}: index {index} out of range for {label} = {irreps} ({len(irreps)} irreps)")
         if mode not in MODES:
-            raise ValueError(f"{where}: unknown connection mode {mode!r}; supported: {MODES}")
+            raise InstructionError(f"{where}: unknown connection mode {mode!r}; supported: {MODES}")
         (mul1, ir1), (mul2, ir2), (mul_out, ir_out) = irreps_in1[i1], irreps_in2[i2], irreps_out[io]
         if ir1.p * ir2.p != ir_out.p:
-            raise ValueError(f"{where}: {ir1} x {ir2} -> {ir_out} violates parity ({ir1.p} * {ir2.p} != {ir_out.p})")
+            raise InstructionError(f"{where}: {ir1} x {ir2} -> {ir_out} violates parity ({ir1.p} * {ir2.p} != {ir_out.p})")
         if not abs(ir1.l - ir2.l) <= ir_out.l <= ir1.l + ir2.l:
-            raise ValueError(f"{where}: {ir1} x {ir2} -> {ir_out} violates the selection rule |l1-l2| <= l3 <= l1+l2")
+            raise InstructionError(f"{where}: {ir1} x {ir2} -> {ir_out} violates the selection rule |l1-l2| <= l3 <= l1+l2")
         _check_multiplicities(mode, mul1, mul2, mul_out, bool(has_weight), where)
         parsed.append((i1, i2, io, mode, bool(has_weight), path_weight, mul1, mul2, mul_out, ir1.l, ir2.l, ir_out.l))
 

@@ -13,7 +13,8 @@ torch ops around it:
 - ``uuw`` and ``uvw`` with both multiplicities > 1: the core computes the unweighted channelwise
   product into temporary blocks, which one GEMM per output irrep mixes into the output channels;
 - outer products of channels (``uvuv``, ``uvw`` with both multiplicities > 1) expand the channel
-  index of the inputs, as e3nn does.
+  index of the inputs, as e3nn does; the pair modes (``uvu<v``, ``u<vw``) expand it to the pairs
+  u < v only, then run as ``uvuv`` / ``uvw``.
 
 All paths of one product go into a single core call, and the output slot sums paths sharing an
 output irrep. Features are converted from e3nn's ``mul_ir`` layout to ``ir_mul`` for the core (so
@@ -203,7 +204,7 @@ class LoweredTensorProduct:
         for path in paths:
             d1, d2, d3 = 2 * path.l1 + 1, 2 * path.l2 + 1, 2 * path.l3 + 1
             u_mul, v_mul = path.mul1, path.mul2
-            if 0 in (u_mul, v_mul, path.mul_out):
+            if 0 in (u_mul, v_mul, path.mul_out, *path.weight_shape):
                 continue
             cols1 = ir_mul_columns(path.slice1, u_mul, d1)
             cols2 = ir_mul_columns(path.slice2, v_mul, d2)
@@ -268,6 +269,16 @@ class LoweredTensorProduct:
                 else:  # ... and x2 channel v
                     off_b = operand[B].gather("x2", np.tile(cols2.reshape(d2, v_mul), (1, u_mul)).reshape(-1))
                 if mode == "uvuv":
+                    scale, off_o = weight_cols, out_offset
+                else:
+                    off_o, out_width = out_width, out_width + d3 * channels
+                    self.mixers.setdefault(path.i_out, []).append((off_o, channels, path))
+            elif mode in ("uvu<v", "u<vw"):  # channel q = (u, v), u < v, reads x1 channel u and x2 channel v
+                first, second = np.triu_indices(u_mul, 1)
+                channels = len(first)
+                off_a = operand[A].gather("x1", cols1.reshape(d1, u_mul)[:, first].reshape(-1))
+                off_b = operand[B].gather("x2", cols2.reshape(d2, v_mul)[:, second].reshape(-1))
+                if mode == "uvu<v":
                     scale, off_o = weight_cols, out_offset
                 else:
                     off_o, out_width = out_width, out_width + d3 * channels

@@ -17,6 +17,9 @@ _EINSUMS = {
     "uuw": ("zuw,ijk,zui,zuj->zwk", "ijk,zui,zuj->zk"),
     "uuu": ("zu,ijk,zui,zuj->zuk", "ijk,zui,zuj->zuk"),
     "uvuv": ("zuv,ijk,zui,zvj->zuvk", "ijk,zui,zvj->zuvk"),
+    # the pair modes, on inputs whose channels were first picked pair by pair (u < v)
+    "uvu<v": ("zu,ijk,zui,zuj->zuk", "ijk,zui,zuj->zuk"),
+    "u<vw": ("zuw,ijk,zui,zuj->zwk", None),
 }
 
 
@@ -32,6 +35,9 @@ def reference_tensor_product(
     for path in paths:
         a = x1[:, path.slice1].reshape(batch, path.mul1, 2 * path.l1 + 1)
         b = x2[:, path.slice2].reshape(batch, path.mul2, 2 * path.l2 + 1)
+        if path.mode in ("uvu<v", "u<vw"):
+            first, second = torch.triu_indices(path.mul1, path.mul2, 1, device=x1.device)
+            a, b = a[:, first], b[:, second]
         cg = clebsch_gordan_tensor(path.l1, path.l2, path.l3, x1.dtype, str(x1.device))
         weighted, plain = _EINSUMS[path.mode]
         if path.has_weight:
