@@ -16,8 +16,11 @@ torch ops around it:
   index of the inputs, as e3nn does.
 
 All paths of one product go into a single core call, and the output slot sums paths sharing an
-output irrep. Features are converted from e3nn's ``mul_ir`` layout to ``ir_mul`` for the core (so
-its inner loop runs over contiguous channels) and back.
+output irrep. The core works in the ``ir_mul`` layout (so its inner loop runs over contiguous
+channels); an operand that is a column selection of one input (e.g. x1 in e3nn's ``mul_ir``
+layout), and the output when no channel mixing follows, are read and written through their
+column selections by the core itself (``CorePlan.columns``), otherwise gathered and converted back
+by separate column permutations.
 """
 
 from __future__ import annotations
@@ -160,6 +163,13 @@ class _Operand:
                 pending = (block[1], [block[2]])
             elif block[0] == "derived":
                 self.steps.append(block)
+
+    def selection(self) -> Optional[tuple]:
+        """(source, columns) where the operand is nothing but a column selection of one input, so
+        the core can read the input through it (``CorePlan.columns``); else None."""
+        if len(self.steps) == 1 and self.steps[0][0] == "select":
+            return self.steps[0][1], self.steps[0][2].columns
+        return None
 
     def build(self, env: dict) -> torch.Tensor:
         pieces = []
@@ -307,6 +317,10 @@ class LoweredTensorProduct:
             indices=np.concatenate(indices) if indices else np.zeros((0, 3), np.int64),
             values=np.concatenate(values) if values else np.zeros(0),
         )
+        self.selections = [block.selection() for block in operand]  # per input slot: (source, columns) or None
+        out_selection = self.out_columns if not self.mixers and self.out_columns.size else None
+        columns = [selected[1] if selected else None for selected in self.selections] + [out_selection]
+        self.selecting_plan = self.plan.selecting(columns) if any(c is not None for c in columns) else self.plan
 
     def __getstate__(self) -> dict:
         """Pickled (and deep-copied) as its construction arguments: the closures, caches and
@@ -416,10 +430,13 @@ class LoweredTensorProduct:
         if self.plan.paths.shape[0] == 0:
             return x1.new_zeros(rows, self.dim_out)
         env = {"x1": x1, "x2": x2, "w": weights, "ones": weights.new_ones(weights.shape[0], 1)}
-        tensors = [self.operands[slot].build(env) for slot in (A, B, S)]
+        tensors = [env[selected[0]] if selected else self.operands[slot].build(env) for slot, selected in enumerate(self.selections)]
         rowmap_s = torch.zeros(num_terms, dtype=torch.int64, device=x2.device) if self.shared else None
         rowmaps = [rowmap_x1, None, rowmap_s, rowmap_out]
-        out_buffer = sparse_core(self.plan, [*tensors, None], rowmaps, O, rows, num_terms, backend)
+        plan = self.selecting_plan
+        out_buffer = sparse_core(plan, [*tensors, None], rowmaps, O, rows, num_terms, backend, self.dim_out)
+        if plan.columns[O] is not None:
+            return out_buffer
         out = self.out_back(out_buffer) if self.out_back.size else out_buffer[:, :0]
         if self.mixers:
             pieces = []
