@@ -13,15 +13,15 @@ by all u). For every term, path, Clebsch-Gordan entry e = (i_a, i_b, i_o, value)
 
 The product is symmetric in its four operands, so the gradient with respect to any input slot is
 the same primitive with that slot as the output and the incoming gradient in slot ``o``: backends
-implement only this forward, and gradients of any order follow.
+implement only this forward, and gradients of any order follow. Only structural non-zeros of the
+Clebsch-Gordan tensors are visited, outer products are never materialised, and a non-identity
+output rowmap means the output is a scatter-sum (fused gather -> product -> scatter).
 
 An operand may be a *column selection* of the tensor passed in its slot (``CorePlan.columns``):
 operand column c is tensor column ``columns[c]``, and as the output the operand is summed into
 those columns of a zero tensor, the gradient of the selection, so the symmetry holds. A tensor
 product's features in e3nn's ``mul_ir`` layout are read and written this way in the core's
-``ir_mul`` order: the cpu backend selects inside its kernel, the others around it. Only structural non-zeros of the
-Clebsch-Gordan tensors are visited, outer products are never materialised, and a non-identity
-output rowmap means the output is a scatter-sum (fused gather -> product -> scatter).
+``ir_mul`` order: the cpu backend selects inside its kernel, the others around it.
 
 The compiled backends run as the operator ``torch.ops.sciml.tp_core`` (``sciml.ops.library``):
 "cpu" on CPU tensors, "cuda" and "triton" on CUDA tensors; its autograd formula is the same
@@ -264,19 +264,23 @@ def _around_selections(plan: CorePlan, operands, rowmaps, out_slot: int, out_row
     out = sparse_core(plan.without_selections(), selected, rowmaps, out_slot, out_rows, num_terms, backend)
     if plan.columns[out_slot] is None:
         return out
-    index = _column_index(plan, out_slot, out.device)
-    if out_width == len(index) and np.array_equal(np.sort(plan.columns[out_slot]), np.arange(out_width)):
-        return out.index_select(1, _column_index(plan, out_slot, out.device, inverse=True))  # a permutation
-    return out.new_zeros(out.shape[0], out_width).index_add(1, index, out)
+    inverse = _column_index(plan, out_slot, out.device, inverse=True)
+    if inverse is not None and len(inverse) == out_width:  # a permutation: a gather, no atomics
+        return out.index_select(1, inverse)
+    return out.new_zeros(out.shape[0], out_width).index_add(1, _column_index(plan, out_slot, out.device), out)
 
 
 @built_outside_tracing
-def _column_index(plan: CorePlan, slot: int, device: torch.device, inverse: bool = False) -> torch.Tensor:
-    """The column selection of ``slot`` (or its inverse permutation) as an int64 tensor (cached)."""
+def _column_index(plan: CorePlan, slot: int, device: torch.device, inverse: bool = False) -> Optional[torch.Tensor]:
+    """The column selection of ``slot`` as an int64 tensor, or with ``inverse`` its inverse
+    permutation (None where it permutes no range 0..n-1); cached."""
     key = ("columns", slot, inverse, str(device))
     if key not in plan._device_cache:
         columns = plan.columns[slot]
-        plan._device_cache[key] = torch.as_tensor(np.argsort(columns) if inverse else columns, dtype=torch.int64, device=device)
+        if inverse:
+            permutes = np.array_equal(np.sort(columns), np.arange(len(columns)))
+            columns = np.argsort(columns) if permutes else None
+        plan._device_cache[key] = None if columns is None else torch.as_tensor(columns, dtype=torch.int64, device=device)
     return plan._device_cache[key]
 
 

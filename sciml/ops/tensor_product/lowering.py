@@ -8,8 +8,9 @@ torch ops around it:
 - ``uvu``/``uvv`` with both multiplicities > 1: the weights are first contracted with the input
   whose channel is summed (one small batched matmul), then the core runs channelwise;
 - ``uvw`` with one multiplicity 1 (e.g. features x spherical harmonics): the weights first mix the
-  other input's channels into output channels (one GEMM per path, at matmul speed), then the core
-  runs channelwise straight into the output;
+  other input's channels into output channels (shared weights: one GEMM per path, at matmul speed;
+  per-sample weights of mul2 = 1 paths: one more core call, reading the weights once), then the
+  core runs channelwise straight into the output;
 - ``uuw`` and ``uvw`` with both multiplicities > 1: the core computes the unweighted channelwise
   product into temporary blocks, which one GEMM per output irrep mixes into the output channels;
 - outer products of channels (``uvuv``, ``uvw`` with both multiplicities > 1) expand the channel
