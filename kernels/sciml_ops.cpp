@@ -65,10 +65,19 @@ void check_cpu_real(const at::Tensor& t, const char* name) {
 // ------------------------------------------------------------------------- tensor-product core
 
 using CoreKernel = void (*)(int64_t, const int64_t*, const int64_t*, void* const*, const int64_t* const*,
-                            const int64_t*, void*, int64_t, int64_t, const int64_t*, const int64_t*,
-                            const int64_t*, const double*, int);
+                            const int64_t*, const int64_t* const*, const int64_t*, void*, int64_t,
+                            const int64_t*, const int64_t*, const int64_t*, const double*, int);
 
 constexpr int kCoreTables = 4;  // per output slot: paths, groups, offsets, values (sciml/ops/tensor_product/cpu.py)
+constexpr int kSelections = kCoreTables * 4 + 3;  // then the plan's 3 tables, then one column selection per slot
+
+// Slot ``slot``'s column selection (empty: operand column c is tensor column c), or an undefined tensor.
+at::Tensor selection(at::TensorList tables, int64_t slot) {
+  if (tables.size() <= static_cast<size_t>(kSelections + slot) || tables[kSelections + slot].numel() == 0) return at::Tensor();
+  const at::Tensor columns = tables[kSelections + slot].contiguous();
+  TORCH_CHECK(columns.scalar_type() == at::kLong && columns.dim() == 1, "sciml::tp_core: malformed column selection");
+  return columns;
+}
 
 // The inputs of the kernel for ``out_slot``: the other three slots, the scale slot (2) last.
 std::vector<int64_t> input_order(int64_t out_slot) {
@@ -124,15 +133,27 @@ at::Tensor run_core(const std::optional<at::Tensor> (&operands)[4], const std::o
               "sciml::tp_core: malformed plan tables");
   void* input_pointers[3];
   const int64_t* map_pointers[3];
-  int64_t input_widths[3];
+  int64_t slot_widths[4];
+  const int64_t* column_pointers[4];
+  int64_t selected[4];
+  const int64_t slots[4] = {inputs[0], inputs[1], inputs[2], out_slot};
+  at::Tensor columns[4];
+  for (int k = 0; k < 4; ++k) {
+    columns[k] = selection(tables, slots[k]);
+    slot_widths[k] = widths[slots[k]];
+    column_pointers[k] = columns[k].defined() ? columns[k].data_ptr<int64_t>() : nullptr;
+    selected[k] = columns[k].defined() ? columns[k].numel() : widths[slots[k]];
+    if (columns[k].defined() && columns[k].numel())
+      TORCH_CHECK(columns[k].min().item<int64_t>() >= 0 && columns[k].max().item<int64_t>() < widths[slots[k]],
+                  "sciml::tp_core: column selection of slot ", slots[k], " outside its ", widths[slots[k]], " columns");
+  }
   for (int k = 0; k < 3; ++k) {
     input_pointers[k] = tensors[k].data_ptr();
     map_pointers[k] = rowmaps[k].defined() ? rowmaps[k].data_ptr<int64_t>() : nullptr;
-    input_widths[k] = widths[inputs[k]];
   }
   auto kernel = reinterpret_cast<CoreKernel>(load_symbol(kernel_line(kernels, out_slot)));
   kernel(out_rows, ptr.data_ptr<int64_t>(), order.defined() ? order.data_ptr<int64_t>() : nullptr, input_pointers,
-         map_pointers, input_widths, out.data_ptr(), widths[out_slot], paths.size(0), paths.data_ptr<int64_t>(),
+         map_pointers, slot_widths, column_pointers, selected, out.data_ptr(), paths.size(0), paths.data_ptr<int64_t>(),
          groups.data_ptr<int64_t>(), offsets.data_ptr<int64_t>(), values.data_ptr<double>(), threads());
   return out;
 }
@@ -152,23 +173,37 @@ at::Tensor tp_core_cpu(const std::optional<at::Tensor>& a, const std::optional<a
   return run_core(operands, maps, tables, widths, kernels, out_slot, out_rows, num_terms);
 }
 
-using GradientsKernel = void (*)(int64_t, const void*, const void*, const void*, const void*, void*, void*, void*,
+using GradientsKernel = void (*)(int64_t, void* const*, void* const*, const int64_t*, const int64_t* const*,
                                  const int64_t*, int64_t, const int64_t*, const int64_t*, const double*, int);
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> tp_core_gradients_cpu(
     const at::Tensor& a, const at::Tensor& b, const at::Tensor& s, const at::Tensor& grad, const at::Tensor& paths,
-    const at::Tensor& indices, const at::Tensor& values, at::IntArrayRef widths, const std::string& kernel) {
+    const at::Tensor& indices, const at::Tensor& values, at::TensorList columns, at::IntArrayRef widths,
+    const std::string& kernel) {
   for (const at::Tensor* t : {&a, &b, &s, &grad}) check_cpu_real(*t, "operand");
-  TORCH_CHECK(widths.size() == 4, "sciml::tp_core_gradients: widths must have 4 entries");
-  const at::Tensor ac = a.contiguous(), bc = b.contiguous(), sc = s.contiguous(), gc = grad.contiguous();
+  TORCH_CHECK(widths.size() == 4 && columns.size() == 4, "sciml::tp_core_gradients: widths and columns need 4 entries");
+  const at::Tensor tensors[4] = {a.contiguous(), b.contiguous(), s.contiguous(), grad.contiguous()};
   const at::Tensor pc = paths.contiguous(), ic = indices.contiguous(), vc = values.contiguous();
-  at::Tensor ga = at::empty_like(ac), gb = at::empty_like(bc), gs = at::empty_like(sc);
-  const int64_t w[4] = {widths[0], widths[1], widths[2], widths[3]};
+  at::Tensor grads[3] = {at::empty_like(tensors[0]), at::empty_like(tensors[1]), at::empty_like(tensors[2])};
+  void* tensor_pointers[4];
+  void* grad_pointers[3];
+  const int64_t* column_pointers[4];
+  int64_t w[4], selected[4];
+  at::Tensor kept[4];
+  for (int k = 0; k < 4; ++k) {
+    TORCH_CHECK(tensors[k].dim() == 2 && tensors[k].size(1) == widths[k], "sciml::tp_core_gradients: operand ", k,
+                " must be (rows, ", widths[k], ")");
+    kept[k] = columns[k].contiguous();
+    tensor_pointers[k] = tensors[k].data_ptr();
+    if (k < 3) grad_pointers[k] = grads[k].data_ptr();
+    w[k] = widths[k];
+    column_pointers[k] = kept[k].numel() ? kept[k].data_ptr<int64_t>() : nullptr;
+    selected[k] = kept[k].numel() ? kept[k].numel() : widths[k];
+  }
   auto function = reinterpret_cast<GradientsKernel>(load_symbol(kernel));
-  function(ac.size(0), ac.data_ptr(), bc.data_ptr(), sc.data_ptr(), gc.data_ptr(), ga.data_ptr(), gb.data_ptr(),
-           gs.data_ptr(), w, pc.size(0), pc.data_ptr<int64_t>(), ic.data_ptr<int64_t>(), vc.data_ptr<double>(),
-           threads());
-  return {ga, gb, gs};
+  function(tensors[0].size(0), tensor_pointers, grad_pointers, w, column_pointers, selected, pc.size(0),
+           pc.data_ptr<int64_t>(), ic.data_ptr<int64_t>(), vc.data_ptr<double>(), threads());
+  return {grads[0], grads[1], grads[2]};
 }
 
 // ------------------------------------------------------------------------- column permutation
@@ -255,7 +290,7 @@ TORCH_LIBRARY(sciml, m) {
         "Tensor? map_o, Tensor[] tables, int[] widths, str kernels, int out_slot, SymInt out_rows, "
         "SymInt num_terms, str backend) -> Tensor");
   m.def("tp_core_gradients(Tensor a, Tensor b, Tensor s, Tensor grad, Tensor paths, Tensor indices, "
-        "Tensor values, int[] widths, str kernel) -> (Tensor, Tensor, Tensor)");
+        "Tensor values, Tensor[] columns, int[] widths, str kernel) -> (Tensor, Tensor, Tensor)");
   m.def("permute_columns(Tensor x, Tensor columns, Tensor inverse, str kernel) -> Tensor");
   m.def("spherical_harmonics(Tensor points, str kernels, int dim, int[] ls, str normalization, bool normalize) "
         "-> Tensor");

@@ -173,6 +173,29 @@ def test_plan_specialised_cpu_kernel_equals_reference(monkeypatch, dtype):
             torch.testing.assert_close(got, want, **TOLERANCE[dtype])
 
 
+@pytest.mark.parametrize("specialise", ["never", "always"])
+def test_one_block_per_path_and_per_sample_fully_connected_equal_e3nn(monkeypatch, specialise):
+    """The MACE/NequIP layout (uvu, one output block per path, per-edge weights, read and written in
+    mul_ir through the core's column selections) and fully connected products with per-sample
+    weights (mixed by the core), generic and specialised kernels, values and gradients."""
+    from sciml.bench.tp import feature_irreps, mace_layout
+
+    monkeypatch.setenv("SCIML_CPU_SPECIALISE", specialise)
+    irreps, sh = feature_irreps(3, 2), o3.Irreps.spherical_harmonics(2)
+    irreps_out, instructions = mace_layout(irreps, sh, 2)
+    options = dict(shared_weights=False, internal_weights=False)
+    modules = [e3nn_module(lambda: o3.TensorProduct(irreps, sh, irreps_out, instructions, **options), torch.float64),
+               e3nn_module(lambda: o3.FullyConnectedTensorProduct(irreps, sh, irreps, **options), torch.float64)]
+    for e3nn_tp in modules:
+        inputs = _inputs(e3nn_tp, 6, torch.float64)
+        expected = _forward_backward(e3nn_tp, *inputs)
+        ours = TensorProduct.from_e3nn(e3nn_tp)
+        for backend in CPU_BACKENDS:
+            ours.backend = backend
+            for got, want in zip(_forward_backward(ours, *inputs), expected):
+                torch.testing.assert_close(got, want, **TOLERANCE[torch.float64], msg=backend)
+
+
 def test_bench_rows_check_against_e3nn_and_report_the_roofline():
     from sciml.bench.tp import channelwise_rows, conv_rows, format_tp_table
 

@@ -22,13 +22,14 @@ EXAMPLES = """  sciml bench neighbors                      # 1k, 10k, 100k atoms
   sciml bench ddp --ranks 1 2 4 --batch 32
   sciml bench tp                             # tensor products, SO(2), Wigner-D, Gaunt vs e3nn (minutes)
   sciml bench tp --channels 16 --lmax 1 2 3 --edges 2000 --sections channelwise conv
+  sciml bench tp --sections one_block_per_path fully_connected   # MACE/NequIP layout, FC shared/per-sample
   sciml bench lammps                         # LAMMPS pair_style sciml vs ase MD steps/s, 504-atom ethanol box
   sciml bench lammps --checkpoint runs/ethanol/best.pt --system copper --threads 2
   sciml bench export                         # exported (.pt2) vs eager EGNN and EquiformerV2 inference (minutes)
   sciml bench mace                           # MACE on e3nn vs under sciml.ops.patch_e3nn (needs mace-torch)
   sciml bench mace --structure copper --size 3 --variants L1 --dtype float32 --md-steps 0
 """
-TP_SECTIONS = ("channelwise", "fully_connected", "conv", "so3", "gaunt")
+TP_SECTIONS = ("channelwise", "one_block_per_path", "fully_connected", "conv", "so3", "gaunt")
 
 
 def register(sub) -> None:
@@ -214,8 +215,11 @@ def _run_tp(args) -> int:
     rows = []
     if "channelwise" in args.sections:
         rows += bench.channelwise_rows(args.channels, args.lmax, args.edges, limits, args.repeats)
+    if "one_block_per_path" in args.sections:
+        rows += bench.one_block_per_path_rows(32, [(2, args.edges), (3, max(args.edges // 5, 1)), (4, max(args.edges // 5, 1))],
+                                              limits, args.repeats)
     if "fully_connected" in args.sections:
-        rows += bench.fully_connected_rows(32, [1, 2, 3], args.edges, args.repeats)
+        rows += bench.fully_connected_rows(32, [1, 2, 3], args.edges, limits, args.repeats, max(args.edges // 10, 1))
     if "conv" in args.sections:
         rows += bench.conv_rows(32, [1, 2, 3], max(args.edges // 20, 1), args.edges, args.repeats)
     if rows:

@@ -167,7 +167,7 @@ def _register() -> None:
     lib = torch.library
     lib.register_fake("sciml::tp_core")(_tp_core_fake)
     lib.register_fake("sciml::tp_core_gradients")(
-        lambda a, b, s, grad, paths, indices, values, widths, kernel: (torch.empty_like(a), torch.empty_like(b), torch.empty_like(s))
+        lambda a, b, s, grad, paths, indices, values, columns, widths, kernel: (torch.empty_like(a), torch.empty_like(b), torch.empty_like(s))
     )
     lib.register_fake("sciml::permute_columns")(lambda x, columns, inverse, kernel: torch.empty_like(x))
     lib.register_fake("sciml::spherical_harmonics")(
@@ -225,7 +225,7 @@ def _tp_core_backward(ctx, grad):
             and not torch.is_grad_enabled()):  # first derivatives only: all three in one pass
         from sciml.ops.tensor_product.cpu import fused_gradients
 
-        grads = fused_gradients(tables, widths, *operands)
+        grads = fused_gradients(tables, widths, kernels, *operands)
         if grads is not None:
             return (*grads, None, *none)
     grads: List[Optional[torch.Tensor]] = [None] * 4

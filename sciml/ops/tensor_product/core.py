@@ -17,6 +17,12 @@ implement only this forward, and gradients of any order follow. Only structural 
 Clebsch-Gordan tensors are visited, outer products are never materialised, and a non-identity
 output rowmap means the output is a scatter-sum (fused gather -> product -> scatter).
 
+An operand may be a *column selection* of the tensor passed in its slot (``CorePlan.columns``):
+operand column c is tensor column ``columns[c]``, and as the output the operand is summed into
+those columns of a zero tensor, the gradient of the selection, so the symmetry holds. A tensor
+product's features in e3nn's ``mul_ir`` layout are read and written this way in the core's
+``ir_mul`` order: the cpu backend selects inside its kernel, the others around it.
+
 The compiled backends run as the operator ``torch.ops.sciml.tp_core`` (``sciml.ops.library``):
 "cpu" on CPU tensors, "cuda" and "triton" on CUDA tensors; its autograd formula is the same
 operator with another output slot. Pure-Python backends (``torch``, and Triton's interpreter on
@@ -46,14 +52,32 @@ class CorePlan:
 
     ``paths`` is int64 (P, 11) with the columns of ``PATH_COLUMNS``; ``indices`` int64 (n, 3) holds
     each entry's component index in slots a, b, o; ``values`` float64 (n,) the coefficients
-    (Clebsch-Gordan value times the path's normalisation).
+    (Clebsch-Gordan value times the path's normalisation). ``widths`` are the operands' widths;
+    ``columns`` per slot None (the tensor passed is the operand) or the int64 (widths[slot],)
+    columns of the tensor that make the operand (its column selection, see the module docstring).
     """
 
     widths: Tuple[int, int, int, int]
     paths: np.ndarray
     indices: np.ndarray
     values: np.ndarray
+    columns: Tuple[Optional[np.ndarray], ...] = (None, None, None, None)
     _device_cache: Dict = field(default_factory=dict, repr=False, compare=False)
+
+    def selecting(self, columns: Sequence[Optional[np.ndarray]]) -> "CorePlan":
+        """This plan with its operands read through the column selections ``columns`` (per slot)."""
+        return CorePlan(self.widths, self.paths, self.indices, self.values, tuple(columns))
+
+    @property
+    def selects(self) -> bool:
+        """Whether some operand is a column selection."""
+        return any(columns is not None for columns in self.columns)
+
+    def without_selections(self) -> "CorePlan":
+        """The plan on the selected operands themselves (cached, so its kernels are built once)."""
+        if "plain" not in self._device_cache:
+            self._device_cache["plain"] = CorePlan(self.widths, self.paths, self.indices, self.values)
+        return self._device_cache["plain"]
 
     @built_outside_tracing
     def tensors(self, device: torch.device) -> tuple:
@@ -203,12 +227,16 @@ def sparse_core(
     out_rows: int,
     num_terms: int,
     backend: str = "torch",
+    out_width: Optional[int] = None,
 ) -> torch.Tensor:
-    """Differentiable sparse core (see the module docstring); returns (out_rows, widths[out_slot]).
+    """Differentiable sparse core (see the module docstring); returns (out_rows, widths[out_slot]),
+    or (out_rows, out_width) where the output slot is a column selection of ``out_width`` columns.
 
     ``operands`` has four entries in slot order with ``None`` at ``out_slot``; ``rowmaps`` four int64
     (num_terms,) row maps or None (identity).
     """
+    if plan.selects and backend != "cpu":
+        return _around_selections(plan, operands, rowmaps, out_slot, out_rows, num_terms, backend, out_width)
     reference = next(op for op in operands if op is not None)
     if runs_as_operator(backend, reference.device):
         from sciml.ops.tensor_product import cpu
@@ -217,11 +245,43 @@ def sparse_core(
         # other dtypes run in float32: the operator's autocast rule casts them
         dtype = reference.dtype if reference.dtype in (torch.float32, torch.float64) else torch.float32
         kernels = cpu.kernels(plan, dtype, num_terms, out_slot, differentiable) if backend == "cpu" else ""
-        return library.call("tp_core", *operands, *rowmaps, cpu.tables(plan), list(plan.widths), kernels, out_slot,
+        widths = [plan.widths[slot] if op is None else op.shape[1] for slot, op in enumerate(operands)]
+        if plan.columns[out_slot] is not None:
+            widths[out_slot] = out_width
+        return library.call("tp_core", *operands, *rowmaps, cpu.tables(plan), widths, kernels, out_slot,
                                        out_rows, num_terms, backend)
     slots = [slot for slot in range(4) if slot != out_slot]
     config = (plan, tuple(rowmaps), out_slot, out_rows, num_terms, backend)
     return _SparseCore.apply(config, *[operands[slot] for slot in slots])
+
+
+def _around_selections(plan: CorePlan, operands, rowmaps, out_slot: int, out_rows: int, num_terms: int, backend: str,
+                       out_width: Optional[int]) -> torch.Tensor:
+    """``sparse_core`` of a plan with column selections on a backend that takes operands as they
+    are: the input selections gathered before the core, the output summed into its columns after."""
+    selected = [op if op is None or plan.columns[slot] is None else op.index_select(1, _column_index(plan, slot, op.device))
+                for slot, op in enumerate(operands)]
+    out = sparse_core(plan.without_selections(), selected, rowmaps, out_slot, out_rows, num_terms, backend)
+    if plan.columns[out_slot] is None:
+        return out
+    inverse = _column_index(plan, out_slot, out.device, inverse=True)
+    if inverse is not None and len(inverse) == out_width:  # a permutation: a gather, no atomics
+        return out.index_select(1, inverse)
+    return out.new_zeros(out.shape[0], out_width).index_add(1, _column_index(plan, out_slot, out.device), out)
+
+
+@built_outside_tracing
+def _column_index(plan: CorePlan, slot: int, device: torch.device, inverse: bool = False) -> Optional[torch.Tensor]:
+    """The column selection of ``slot`` as an int64 tensor, or with ``inverse`` its inverse
+    permutation (None where it permutes no range 0..n-1); cached."""
+    key = ("columns", slot, inverse, str(device))
+    if key not in plan._device_cache:
+        columns = plan.columns[slot]
+        if inverse:
+            permutes = np.array_equal(np.sort(columns), np.arange(len(columns)))
+            columns = np.argsort(columns) if permutes else None
+        plan._device_cache[key] = None if columns is None else torch.as_tensor(columns, dtype=torch.int64, device=device)
+    return plan._device_cache[key]
 
 
 def sorted_rows(rowmap: Optional[torch.Tensor], out_rows: int, num_terms: int, device: Optional[torch.device] = None) -> tuple:

@@ -23,7 +23,7 @@ from sciml.ops import backends, library
 from sciml.ops.cbuild import kernel_name
 from sciml.ops.tracing import built_outside_tracing, is_tracing
 from sciml.ops.tensor_product.core import INDEX_COLUMN, CorePlan
-from sciml.ops.tensor_product.cpu_codegen import generate_source
+from sciml.ops.tensor_product.cpu_codegen import generate_gradients_source, generate_source
 
 SOURCE = Path(__file__).with_name("cpu_kernel.c")
 SUFFIXES = {torch.float32: "f32", torch.float64: "f64"}
@@ -135,18 +135,30 @@ def _specialised_kernel(plan: CorePlan, out_slot: int, suffix: str) -> str:
     key = ("cpu_specialised", out_slot, suffix)
     if key not in plan._device_cache:
         real = "float" if suffix == "f32" else "double"
-        source = generate_source(_program(plan, out_slot), real, "sciml_tp_core_specialised")
+        source = generate_source(_program(plan, out_slot), real, "sciml_tp_core_specialised", SOURCE.read_text())
         plan._device_cache[key] = kernel_name(source, "sciml_tp_core_specialised")
     return plan._device_cache[key]
 
 
+def _specialised_gradients(plan: CorePlan, suffix: str) -> str:
+    key = ("cpu_specialised_gradients", suffix)
+    if key not in plan._device_cache:
+        real = "float" if suffix == "f32" else "double"
+        source = generate_gradients_source((plan.paths, plan.indices, plan.values), real, "sciml_tp_gradients_specialised",
+                                           SOURCE.read_text())
+        plan._device_cache[key] = kernel_name(source, "sciml_tp_gradients_specialised")
+    return plan._device_cache[key]
+
+
 def kernels(plan: CorePlan, dtype: torch.dtype, num_terms, out_slot: int, differentiable: bool) -> str:
-    """The operator's ``kernels`` argument: one "path:symbol" per output slot, newline-separated.
+    """The operator's ``kernels`` argument, newline-separated "path:symbol": one per output slot,
+    then the one-pass gradients of the forward slot (``fused_gradients``).
 
     Kernels specialised to the plan where ``SCIML_CPU_SPECIALISE`` asks for them: for the slot
-    computed now and, when gradients may follow (``differentiable``), for every slot, so the
-    autograd formula finds them among the operator's arguments. While tracing (``num_terms``
-    symbolic) the kernels already built for the plan are used.
+    computed now and, when gradients may follow (``differentiable``), for every slot and the
+    one-pass gradients of a channelwise plan, so the autograd formula finds them among the
+    operator's arguments. While tracing (``num_terms`` symbolic) the kernels already built for
+    the plan are used.
     """
     specialise = not is_tracing() and _specialises(plan, num_terms)
     return _kernel_names(plan, dtype, out_slot, differentiable, specialise)
@@ -160,17 +172,30 @@ def _kernel_names(plan: CorePlan, dtype: torch.dtype, out_slot: int, differentia
         wanted = range(4) if differentiable else (out_slot,)
         for slot in wanted:
             _specialised_kernel(plan, slot, suffix)
-    return "\n".join(plan._device_cache.get(("cpu_specialised", slot, suffix), generic) for slot in range(4))
+        if differentiable and _channelwise(torch.as_tensor(plan.paths)):
+            _specialised_gradients(plan, suffix)
+    cores = [plan._device_cache.get(("cpu_specialised", slot, suffix), generic) for slot in range(4)]
+    gradients = plan._device_cache.get(("cpu_specialised_gradients", suffix), _generic_kernels()[f"gradients_{suffix}"])
+    return "\n".join(cores + [gradients])
+
+
+def _selection(columns: Optional[np.ndarray]) -> torch.Tensor:
+    """The kernels' column selection of one slot: empty where operand column c is tensor column c."""
+    if columns is None or np.array_equal(columns, np.arange(len(columns))):
+        return torch.zeros(0, dtype=torch.int64)
+    return torch.as_tensor(columns, dtype=torch.int64)
 
 
 @built_outside_tracing
 def tables(plan: CorePlan) -> List[torch.Tensor]:
     """The operator's ``tables`` argument: per output slot the program (paths, groups, offsets,
-    values), then the plan's own (paths, indices, values); built once per plan."""
+    values), then the plan's own (paths, indices, values), then per slot its column selection
+    (``CorePlan.columns``; empty for none); built once per plan."""
     key = "cpu_tables"
     if key not in plan._device_cache:
         programs = [tensor for slot in range(4) for tensor in _program(plan, slot)]
-        plan._device_cache[key] = programs + list(plan.tensors(torch.device("cpu")))
+        selections = [_selection(columns) for columns in plan.columns]
+        plan._device_cache[key] = programs + list(plan.tensors(torch.device("cpu"))) + selections
     return plan._device_cache[key]
 
 
@@ -179,17 +204,12 @@ def _channelwise(paths: torch.Tensor) -> bool:
     return bool(paths.shape[0]) and bool(((paths[:, 4] == 0) & (paths[:, 5] == 1) & (paths[:, 7] == 0)).all())
 
 
-def fused_gradients(tables: Sequence[torch.Tensor], widths: Sequence[int], a: torch.Tensor, b: torch.Tensor,
-                    s: torch.Tensor, grad: torch.Tensor):
-    """(grad_a, grad_b, grad_s) of a forward core in one pass (``cpu_kernel.c``), or None where the
-    plan is not channelwise or is large enough for the specialised kernels (one per gradient,
-    measured faster); same values as three separate core calls."""
-    paths, _, values = tables[16:19]
-    if not _channelwise(paths) or a.dtype not in SUFFIXES:
+def fused_gradients(tables: Sequence[torch.Tensor], widths: Sequence[int], kernels: str, a: torch.Tensor,
+                    b: torch.Tensor, s: torch.Tensor, grad: torch.Tensor):
+    """(grad_a, grad_b, grad_s) of a forward core in one pass (``cpu_kernel.c``; specialised to the
+    plan where ``kernels`` names such a kernel), or None where the plan is not channelwise; same
+    values as three separate core calls, reading the output gradient once instead of three times."""
+    if not _channelwise(tables[16]) or a.dtype not in SUFFIXES:
         return None
-    channels = int(paths[:, 8].max())
-    mode = os.environ.get("SCIML_CPU_SPECIALISE", "auto")
-    if mode == "always" or (mode == "auto" and a.shape[0] * len(values) * channels >= SPECIALISE_WORK):
-        return None
-    kernel = _generic_kernels()[f"gradients_{SUFFIXES[a.dtype]}"]
-    return torch.ops.sciml.tp_core_gradients(a, b, s, grad, *tables[16:19], list(widths), kernel)
+    kernel = kernels.split("\n")[4]
+    return torch.ops.sciml.tp_core_gradients(a, b, s, grad, *tables[16:19], tables[19:23], list(widths), kernel)

@@ -6,8 +6,19 @@
  * its row and the coefficient. For every output row (in parallel, OpenMP; the kernel zeroes the
  * row first) and every term of that row (CSR order: deterministic, no atomics), each group
  * accumulates its entries in a register block of channels and writes the output once.
+ *
+ * An operand may be a column selection of the tensor passed in its slot (core.CorePlan.columns,
+ * e.g. features in e3nn's mul_ir layout read in the core's ir_mul order): the driver copies the
+ * selected columns of each input row into a per-thread row buffer in cache, and sums the output
+ * row, computed in a buffer, into the selected columns of the zeroed tensor row. So a layout
+ * change costs no pass over memory of its own.
+ *
+ * The per-term arithmetic is a function TERM(rows, out, num_paths, paths, groups, offsets, values):
+ * the generic one reads the program's tables; cpu_codegen.py writes one with the tables as
+ * constants and compiles it with this file's driver (SCIML_DRIVER_ONLY: no generic kernels).
  */
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* 64-byte vectors (one AVX-512 register, two AVX2 registers); unaligned access allowed */
@@ -70,119 +81,191 @@ typedef double vec_f64 __attribute__((vector_size(64), aligned(8)));
         }                                                                                              \
     }
 
-/* paths: (P, 8) = channels, pattern of inputs 0..2 (see GROUP_LOOP), group begin, group end, output
- * broadcast, column of the hoisted scale (input 2).
- * groups: (G, 3) = output column (component offset; + channel for vector outputs), entry begin, end.
- * offsets: (n, 3) column of each input for the entry (component offset, channel 0). */
-#define DEFINE_CORE(NAME, REAL, VEC)                                                                       \
-void NAME(int64_t out_rows, const int64_t *ptr, const int64_t *order, REAL *const *inputs,             \
-          const int64_t *const *rowmaps, const int64_t *widths, REAL *out, int64_t out_width,          \
-          int64_t num_paths, const int64_t *paths, const int64_t *groups, const int64_t *offsets,      \
-          const double *values, int num_threads) {                                                     \
-    _Pragma("omp parallel for schedule(dynamic, 16) num_threads(num_threads)")                         \
-    for (int64_t n = 0; n < out_rows; ++n) {                                                          \
-        REAL *out_row = out + n * out_width;                                                          \
-        memset(out_row, 0, (size_t)out_width * sizeof(REAL));  /* rows are owned by one thread */     \
-        for (int64_t t = ptr[n]; t < ptr[n + 1]; ++t) {                                               \
-            const int64_t z = order ? order[t] : t;                                                   \
-            const REAL *row[3];                                                                       \
-            for (int k = 0; k < 3; ++k) row[k] = inputs[k] + (rowmaps[k] ? rowmaps[k][z] : z) * widths[k]; \
-            for (int64_t p = 0; p < num_paths; ++p) {                                                 \
-                const int64_t *path = paths + 8 * p;                                                  \
-                const int64_t channels = path[0];                                                     \
-                const int out_broadcast = (int)path[6];                                               \
-                const int pattern = (int)(path[1] * 6 + path[2] * 3 + path[3]);                       \
-                switch (pattern) {                                                                    \
-                    case 0: GROUP_LOOP(REAL, VEC, 0, 0, 0) break;                                     \
-                    case 1: GROUP_LOOP(REAL, VEC, 0, 0, 1) break;                                     \
-                    case 2: GROUP_LOOP(REAL, VEC, 0, 0, 2) break;                                     \
-                    case 3: GROUP_LOOP(REAL, VEC, 0, 1, 0) break;                                     \
-                    case 4: GROUP_LOOP(REAL, VEC, 0, 1, 1) break;                                     \
-                    case 5: GROUP_LOOP(REAL, VEC, 0, 1, 2) break;                                     \
-                    case 6: GROUP_LOOP(REAL, VEC, 1, 0, 0) break;                                     \
-                    case 7: GROUP_LOOP(REAL, VEC, 1, 0, 1) break;                                     \
-                    case 8: GROUP_LOOP(REAL, VEC, 1, 0, 2) break;                                     \
-                    case 9: GROUP_LOOP(REAL, VEC, 1, 1, 0) break;                                     \
-                    case 10: GROUP_LOOP(REAL, VEC, 1, 1, 1) break;                                    \
-                    case 11: GROUP_LOOP(REAL, VEC, 1, 1, 2) break;                                    \
-                }                                                                                     \
-            }                                                                                         \
-        }                                                                                             \
-    }                                                                                                 \
+/* A row buffer of ``width`` reals per thread, cache-line aligned (NULL where no selection needs one). */
+static inline void *row_buffer(const int64_t *columns, int64_t width, size_t real) {
+    void *buffer = NULL;
+    if (columns && posix_memalign(&buffer, 64, (size_t)width * real + 64) != 0) buffer = NULL;
+    return buffer;
 }
 
-DEFINE_CORE(sciml_tp_core_f32, float, vec_f32)
-DEFINE_CORE(sciml_tp_core_f64, double, vec_f64)
+/* An input row as its operand: the tensor row itself, or its selected columns copied into buffer. */
+#define DEFINE_STAGING(SUFFIX, REAL)                                                                   \
+static inline const REAL *select_##SUFFIX(const REAL *row, const int64_t *columns, int64_t width,     \
+                                          REAL *buffer) {                                             \
+    if (!columns) return row;                                                                         \
+    for (int64_t c = 0; c < width; ++c) buffer[c] = row[columns[c]];                                   \
+    return buffer;                                                                                    \
+}                                                                                                     \
+/* The operand row computed in ``buffer`` summed into the selected columns of the zeroed tensor row */ \
+static inline void scatter_##SUFFIX(REAL *row, int64_t row_width, const int64_t *columns, int64_t width, \
+                                    const REAL *buffer) {                                             \
+    memset(row, 0, (size_t)row_width * sizeof(REAL));                                                 \
+    for (int64_t c = 0; c < width; ++c) row[columns[c]] += buffer[c];                                  \
+}
+
+DEFINE_STAGING(f32, float)
+DEFINE_STAGING(f64, double)
+
+/* The core over output rows (see the top of the file). Slots in kernel order: inputs 0..2, then the
+ * output (3); per slot the tensor's row stride ``widths``, the column selection ``columns`` (NULL:
+ * operand column c is tensor column c) and the operand width ``selected``. The output tensor row
+ * is zeroed; without a selection the term adds straight into it. */
+#define DEFINE_DRIVER(NAME, SUFFIX, REAL, TERM)                                                        \
+void NAME(int64_t out_rows, const int64_t *ptr, const int64_t *order, REAL *const *inputs,             \
+          const int64_t *const *rowmaps, const int64_t *widths, const int64_t *const *columns,         \
+          const int64_t *selected, REAL *out, int64_t num_paths, const int64_t *paths,                 \
+          const int64_t *groups, const int64_t *offsets, const double *values, int num_threads) {      \
+    _Pragma("omp parallel num_threads(num_threads)")                                                   \
+    {                                                                                                  \
+        REAL *buffer[4];                                                                               \
+        for (int k = 0; k < 4; ++k) buffer[k] = (REAL *)row_buffer(columns[k], selected[k], sizeof(REAL)); \
+        _Pragma("omp for schedule(dynamic, 16)")                                                       \
+        for (int64_t n = 0; n < out_rows; ++n) {                                                       \
+            REAL *out_row = out + n * widths[3];                                                       \
+            REAL *acc = columns[3] ? buffer[3] : out_row; /* rows are owned by one thread */           \
+            memset(acc, 0, (size_t)(columns[3] ? selected[3] : widths[3]) * sizeof(REAL));             \
+            for (int64_t t = ptr[n]; t < ptr[n + 1]; ++t) {                                            \
+                const int64_t z = order ? order[t] : t;                                                \
+                const REAL *row[3];                                                                    \
+                for (int k = 0; k < 3; ++k)                                                            \
+                    row[k] = select_##SUFFIX(inputs[k] + (rowmaps[k] ? rowmaps[k][z] : z) * widths[k], \
+                                             columns[k], selected[k], buffer[k]);                      \
+                TERM(row, acc, num_paths, paths, groups, offsets, values);                             \
+            }                                                                                          \
+            if (columns[3]) scatter_##SUFFIX(out_row, widths[3], columns[3], selected[3], acc);        \
+        }                                                                                              \
+        for (int k = 0; k < 4; ++k) free(buffer[k]);                                                   \
+    }                                                                                                  \
+}
 
 /* All three input gradients of a forward core in one pass, for plans where every path has input a
  * and the output per-channel and input b broadcast (the channelwise product: features x edge
  * harmonics with per-edge weights); s per-channel or broadcast. Rows are the terms (identity row
  * maps). With o = c a b s summed over entries: grad_a += c b s g, grad_b += c sum_u a s g,
- * grad_s += c b a g; a, b, s and g are read once instead of once per gradient. */
+ * grad_s += c b a g; a, b, s and g are read once instead of once per gradient. Slots a, b, s, g
+ * (grad_a, grad_b, grad_s in the same tensors' layouts) may be column selections, as in the driver. */
+#define DEFINE_GRADIENTS_DRIVER(NAME, SUFFIX, REAL, TERM)                                              \
+void NAME(int64_t terms, REAL *const *tensors, REAL *const *grads, const int64_t *widths,               \
+          const int64_t *const *columns, const int64_t *selected, int64_t num_paths, const int64_t *paths, \
+          const int64_t *indices, const double *values, int num_threads) {                              \
+    _Pragma("omp parallel num_threads(num_threads)")                                                    \
+    {                                                                                                   \
+        REAL *in_buffer[4], *out_buffer[3];                                                             \
+        for (int k = 0; k < 4; ++k) in_buffer[k] = (REAL *)row_buffer(columns[k], selected[k], sizeof(REAL)); \
+        for (int k = 0; k < 3; ++k) out_buffer[k] = (REAL *)row_buffer(columns[k], selected[k], sizeof(REAL)); \
+        _Pragma("omp for schedule(dynamic, 16)")                                                        \
+        for (int64_t z = 0; z < terms; ++z) {                                                           \
+            const REAL *in[4];                                                                          \
+            REAL *out[3];                                                                               \
+            for (int k = 0; k < 4; ++k)                                                                 \
+                in[k] = select_##SUFFIX(tensors[k] + z * widths[k], columns[k], selected[k], in_buffer[k]); \
+            for (int k = 0; k < 3; ++k) {                                                               \
+                out[k] = columns[k] ? out_buffer[k] : grads[k] + z * widths[k];                         \
+                memset(out[k], 0, (size_t)(columns[k] ? selected[k] : widths[k]) * sizeof(REAL));       \
+            }                                                                                           \
+            TERM(in, out, num_paths, paths, indices, values);                                           \
+            for (int k = 0; k < 3; ++k)                                                                 \
+                if (columns[k]) scatter_##SUFFIX(grads[k] + z * widths[k], widths[k], columns[k], selected[k], out[k]); \
+        }                                                                                               \
+        for (int k = 0; k < 4; ++k) free(in_buffer[k]);                                                 \
+        for (int k = 0; k < 3; ++k) free(out_buffer[k]);                                                \
+    }                                                                                                   \
+}
+
+#ifndef SCIML_DRIVER_ONLY
+/* paths: (P, 8) = channels, pattern of inputs 0..2 (see GROUP_LOOP), group begin, group end, output
+ * broadcast, column of the hoisted scale (input 2).
+ * groups: (G, 3) = output column (component offset; + channel for vector outputs), entry begin, end.
+ * offsets: (n, 3) column of each input for the entry (component offset, channel 0). */
+#define DEFINE_GENERIC_TERM(NAME, REAL, VEC)                                                           \
+static void NAME(const REAL *const *row, REAL *out_row, int64_t num_paths, const int64_t *paths,       \
+                 const int64_t *groups, const int64_t *offsets, const double *values) {               \
+    for (int64_t p = 0; p < num_paths; ++p) {                                                         \
+        const int64_t *path = paths + 8 * p;                                                          \
+        const int64_t channels = path[0];                                                             \
+        const int out_broadcast = (int)path[6];                                                       \
+        const int pattern = (int)(path[1] * 6 + path[2] * 3 + path[3]);                               \
+        switch (pattern) {                                                                            \
+            case 0: GROUP_LOOP(REAL, VEC, 0, 0, 0) break;                                             \
+            case 1: GROUP_LOOP(REAL, VEC, 0, 0, 1) break;                                             \
+            case 2: GROUP_LOOP(REAL, VEC, 0, 0, 2) break;                                             \
+            case 3: GROUP_LOOP(REAL, VEC, 0, 1, 0) break;                                             \
+            case 4: GROUP_LOOP(REAL, VEC, 0, 1, 1) break;                                             \
+            case 5: GROUP_LOOP(REAL, VEC, 0, 1, 2) break;                                             \
+            case 6: GROUP_LOOP(REAL, VEC, 1, 0, 0) break;                                             \
+            case 7: GROUP_LOOP(REAL, VEC, 1, 0, 1) break;                                             \
+            case 8: GROUP_LOOP(REAL, VEC, 1, 0, 2) break;                                             \
+            case 9: GROUP_LOOP(REAL, VEC, 1, 1, 0) break;                                             \
+            case 10: GROUP_LOOP(REAL, VEC, 1, 1, 1) break;                                            \
+            case 11: GROUP_LOOP(REAL, VEC, 1, 1, 2) break;                                            \
+        }                                                                                             \
+    }                                                                                                 \
+}
+
+DEFINE_GENERIC_TERM(generic_term_f32, float, vec_f32)
+DEFINE_GENERIC_TERM(generic_term_f64, double, vec_f64)
+DEFINE_DRIVER(sciml_tp_core_f32, f32, float, generic_term_f32)
+DEFINE_DRIVER(sciml_tp_core_f64, f64, double, generic_term_f64)
+
 #define PATH_COLUMNS 11  /* core.CorePlan.paths */
 #define MAX_COMPONENTS 64 /* 2l+1 of input b; harmonics go to l = 16 */
 
-#define DEFINE_FUSED_GRADIENTS(NAME, REAL, VEC)                                                          \
-void NAME(int64_t terms, const REAL *a, const REAL *b, const REAL *s, const REAL *g, REAL *ga,         \
-          REAL *gb, REAL *gs, const int64_t *widths, int64_t num_paths, const int64_t *paths,           \
-          const int64_t *indices, const double *values, int num_threads) {                              \
+#define DEFINE_GENERIC_GRADIENTS_TERM(NAME, REAL, VEC)                                                  \
+static void NAME(const REAL *const *in, REAL *const *out, int64_t num_paths, const int64_t *paths,      \
+                 const int64_t *indices, const double *values) {                                        \
     const int64_t lanes = (int64_t)(sizeof(VEC) / sizeof(REAL));                                        \
-    _Pragma("omp parallel for schedule(dynamic, 16) num_threads(num_threads)")                          \
-    for (int64_t z = 0; z < terms; ++z) {                                                               \
-        const REAL *ar = a + z * widths[0], *br = b + z * widths[1], *sr = s + z * widths[2];           \
-        const REAL *gr = g + z * widths[3];                                                             \
-        REAL *gar = ga + z * widths[0], *gbr = gb + z * widths[1], *gsr = gs + z * widths[2];           \
-        memset(gar, 0, (size_t)widths[0] * sizeof(REAL));                                               \
-        memset(gbr, 0, (size_t)widths[1] * sizeof(REAL));                                               \
-        memset(gsr, 0, (size_t)widths[2] * sizeof(REAL));                                               \
-        for (int64_t p = 0; p < num_paths; ++p) {                                                       \
-            const int64_t *P = paths + PATH_COLUMNS * p;                                                \
-            const int64_t U = P[8];                                                                     \
-            const int bc_s = (int)P[6];                                                                 \
-            const REAL *ap = ar + P[0], *bp = br + P[1], *sp = sr + P[2], *gp = gr + P[3];              \
-            REAL *gap = gar + P[0], *gbp = gbr + P[1], *gsp = gsr + P[2];                               \
-            int64_t u0 = 0;                                                                             \
-            for (; u0 + lanes <= U; u0 += lanes) {                                                      \
-                VEC sv = {0};                                                                           \
-                if (bc_s) sv += sp[0]; else sv = *(const VEC *)(sp + u0);                               \
-                VEC gs_acc = {0}, gb_acc[MAX_COMPONENTS];                                               \
-                int64_t components = 0;                                                                 \
-                for (int64_t e = P[9]; e < P[10]; ++e) {                                                \
-                    const int64_t *q = indices + 3 * e;                                                 \
-                    for (; components <= q[1]; ++components) gb_acc[components] = (VEC){0};            \
-                    const REAL c = (REAL)values[e], cb = c * bp[q[1]];                                  \
-                    const VEC av = *(const VEC *)(ap + q[0] * U + u0);                                  \
-                    const VEC gv = *(const VEC *)(gp + q[2] * U + u0);                                  \
-                    *(VEC *)(gap + q[0] * U + u0) += (cb * gv) * sv;                                    \
-                    const VEC ag = av * gv;                                                             \
-                    gs_acc += cb * ag;                                                                  \
-                    gb_acc[q[1]] += c * ag;  /* summed over channels once per block, below */           \
-                }                                                                                       \
-                for (int64_t j = 0; j < components; ++j) {                                              \
-                    const VEC t = gb_acc[j] * sv;                                                       \
-                    REAL sum = 0;                                                                       \
-                    for (int64_t l = 0; l < lanes; ++l) sum += t[l];                                    \
-                    gbp[j] += sum;                                                                      \
-                }                                                                                       \
-                if (bc_s) { REAL sum = 0; for (int64_t l = 0; l < lanes; ++l) sum += gs_acc[l]; gsp[0] += sum; } \
-                else *(VEC *)(gsp + u0) += gs_acc;                                                      \
+    const REAL *ar = in[0], *br = in[1], *sr = in[2], *gr = in[3];                                      \
+    REAL *gar = out[0], *gbr = out[1], *gsr = out[2];                                                   \
+    for (int64_t p = 0; p < num_paths; ++p) {                                                           \
+        const int64_t *P = paths + PATH_COLUMNS * p;                                                    \
+        const int64_t U = P[8];                                                                         \
+        const int bc_s = (int)P[6];                                                                     \
+        const REAL *ap = ar + P[0], *bp = br + P[1], *sp = sr + P[2], *gp = gr + P[3];                  \
+        REAL *gap = gar + P[0], *gbp = gbr + P[1], *gsp = gsr + P[2];                                   \
+        int64_t u0 = 0;                                                                                 \
+        for (; u0 + lanes <= U; u0 += lanes) {                                                          \
+            VEC sv = {0};                                                                               \
+            if (bc_s) sv += sp[0]; else sv = *(const VEC *)(sp + u0);                                   \
+            VEC gs_acc = {0}, gb_acc[MAX_COMPONENTS];                                                   \
+            int64_t components = 0;                                                                     \
+            for (int64_t e = P[9]; e < P[10]; ++e) {                                                    \
+                const int64_t *q = indices + 3 * e;                                                     \
+                for (; components <= q[1]; ++components) gb_acc[components] = (VEC){0};                 \
+                const REAL c = (REAL)values[e], cb = c * bp[q[1]];                                      \
+                const VEC av = *(const VEC *)(ap + q[0] * U + u0);                                      \
+                const VEC gv = *(const VEC *)(gp + q[2] * U + u0);                                      \
+                *(VEC *)(gap + q[0] * U + u0) += (cb * gv) * sv;                                        \
+                const VEC ag = av * gv;                                                                 \
+                gs_acc += cb * ag;                                                                      \
+                gb_acc[q[1]] += c * ag;  /* summed over channels once per block, below */               \
             }                                                                                           \
-            for (; u0 < U; ++u0) {                                                                      \
-                const REAL sv = bc_s ? sp[0] : sp[u0];                                                  \
-                REAL gs_acc = 0;                                                                        \
-                for (int64_t e = P[9]; e < P[10]; ++e) {                                                \
-                    const int64_t *q = indices + 3 * e;                                                 \
-                    const REAL c = (REAL)values[e], cb = c * bp[q[1]];                                  \
-                    const REAL av = ap[q[0] * U + u0], gv = gp[q[2] * U + u0];                          \
-                    gap[q[0] * U + u0] += cb * gv * sv;                                                 \
-                    gs_acc += cb * av * gv;                                                             \
-                    gbp[q[1]] += c * av * gv * sv;                                                      \
-                }                                                                                       \
-                gsp[bc_s ? 0 : u0] += gs_acc;                                                           \
+            for (int64_t j = 0; j < components; ++j) {                                                  \
+                const VEC t = gb_acc[j] * sv;                                                           \
+                REAL sum = 0;                                                                           \
+                for (int64_t l = 0; l < lanes; ++l) sum += t[l];                                        \
+                gbp[j] += sum;                                                                          \
             }                                                                                           \
+            if (bc_s) { REAL sum = 0; for (int64_t l = 0; l < lanes; ++l) sum += gs_acc[l]; gsp[0] += sum; }\
+            else *(VEC *)(gsp + u0) += gs_acc;                                                          \
+        }                                                                                               \
+        for (; u0 < U; ++u0) {                                                                          \
+            const REAL sv = bc_s ? sp[0] : sp[u0];                                                      \
+            REAL gs_acc = 0;                                                                            \
+            for (int64_t e = P[9]; e < P[10]; ++e) {                                                    \
+                const int64_t *q = indices + 3 * e;                                                     \
+                const REAL c = (REAL)values[e], cb = c * bp[q[1]];                                      \
+                const REAL av = ap[q[0] * U + u0], gv = gp[q[2] * U + u0];                              \
+                gap[q[0] * U + u0] += cb * gv * sv;                                                     \
+                gs_acc += cb * av * gv;                                                                 \
+                gbp[q[1]] += c * av * gv * sv;                                                          \
+            }                                                                                           \
+            gsp[bc_s ? 0 : u0] += gs_acc;                                                               \
         }                                                                                               \
     }                                                                                                   \
 }
 
-DEFINE_FUSED_GRADIENTS(sciml_tp_gradients_f32, float, vec_f32)
-DEFINE_FUSED_GRADIENTS(sciml_tp_gradients_f64, double, vec_f64)
+DEFINE_GENERIC_GRADIENTS_TERM(generic_gradients_f32, float, vec_f32)
+DEFINE_GENERIC_GRADIENTS_TERM(generic_gradients_f64, double, vec_f64)
+DEFINE_GRADIENTS_DRIVER(sciml_tp_gradients_f32, f32, float, generic_gradients_f32)
+DEFINE_GRADIENTS_DRIVER(sciml_tp_gradients_f64, f64, double, generic_gradients_f64)
+#endif /* SCIML_DRIVER_ONLY */

@@ -8,8 +8,9 @@ torch ops around it:
 - ``uvu``/``uvv`` with both multiplicities > 1: the weights are first contracted with the input
   whose channel is summed (one small batched matmul), then the core runs channelwise;
 - ``uvw`` with one multiplicity 1 (e.g. features x spherical harmonics): the weights first mix the
-  other input's channels into output channels (one GEMM per path, at matmul speed), then the core
-  runs channelwise straight into the output;
+  other input's channels into output channels (shared weights: one GEMM per path, at matmul speed;
+  per-sample weights of mul2 = 1 paths: one more core call, reading the weights once), then the
+  core runs channelwise straight into the output;
 - ``uuw`` and ``uvw`` with both multiplicities > 1: the core computes the unweighted channelwise
   product into temporary blocks, which one GEMM per output irrep mixes into the output channels;
 - outer products of channels (``uvuv``, ``uvw`` with both multiplicities > 1) expand the channel
@@ -17,8 +18,11 @@ torch ops around it:
   u < v only, then run as ``uvuv`` / ``uvw``.
 
 All paths of one product go into a single core call, and the output slot sums paths sharing an
-output irrep. Features are converted from e3nn's ``mul_ir`` layout to ``ir_mul`` for the core (so
-its inner loop runs over contiguous channels) and back.
+output irrep. The core works in the ``ir_mul`` layout (so its inner loop runs over contiguous
+channels); an operand that is a column selection of one input (e.g. x1 in e3nn's ``mul_ir``
+layout), and the output when no channel mixing follows, are read and written through their
+column selections by the core itself (``CorePlan.columns``), otherwise gathered and converted back
+by separate column permutations.
 """
 
 from __future__ import annotations
@@ -162,6 +166,13 @@ class _Operand:
             elif block[0] == "derived":
                 self.steps.append(block)
 
+    def selection(self) -> Optional[tuple]:
+        """(source, columns) where the operand is nothing but a column selection of one input, so
+        the core can read the input through it (``CorePlan.columns``); else None."""
+        if len(self.steps) == 1 and self.steps[0][0] == "select":
+            return self.steps[0][1], self.steps[0][2].columns
+        return None
+
     def build(self, env: dict) -> torch.Tensor:
         pieces = []
         for step in self.steps:
@@ -189,6 +200,7 @@ class LoweredTensorProduct:
         self.out_blocks = list(out_blocks)
         self.shared = shared_weights
         self.mixers: dict = {}  # i_out -> [(temp offset, channels, path)] for uvw/uuw paths
+        self._premix_plan: Optional[tuple] = None  # per-sample weight mixing (``_premix_core``), built on first use
         operand = [_Operand() for _ in range(3)]
         out_offsets = np.cumsum([0] + [mul * dim for _, mul, dim in self.out_blocks])
         self.out_columns = np.concatenate(
@@ -318,6 +330,10 @@ class LoweredTensorProduct:
             indices=np.concatenate(indices) if indices else np.zeros((0, 3), np.int64),
             values=np.concatenate(values) if values else np.zeros(0),
         )
+        self.selections = [block.selection() for block in operand]  # per input slot: (source, columns) or None
+        out_selection = self.out_columns if not self.mixers and self.out_columns.size else None
+        columns = [selected[1] if selected else None for selected in self.selections] + [out_selection]
+        self.selecting_plan = self.plan.selecting(columns) if any(c is not None for c in columns) else self.plan
 
     def __getstate__(self) -> dict:
         """Pickled (and deep-copied) as its construction arguments: the closures, caches and
@@ -344,22 +360,60 @@ class LoweredTensorProduct:
 
     def _premix(self, group: Sequence[Path]) -> Callable:
         """Block of ``group`` (uvw paths with mul2 = 1 sharing one x1 irrep): for each path the
-        (d1, mul_out) ir_mul block sum_u W[u, w] x1[z, u, i], all from one GEMM."""
+        (d1, mul_out) ir_mul block sum_u W[u, w] x1[z, u, i]. Shared weights: one GEMM per path;
+        per-sample weights: the group's columns of one sparse core over all such paths
+        (``_premix_core``), which reads the per-sample weights once, in place."""
         first = group[0]
         d1, u_mul = 2 * first.l1 + 1, first.mul1
 
         def make(env):
+            if not self.shared:
+                plan, starts = self._premix_core()
+                if "premixed" not in env:
+                    rows = env["x1"].shape[0]
+                    operands = [env["w"], env["x1"], env["ones"], None]
+                    env["premixed"] = sparse_core(plan, operands, [None] * 4, O, rows, rows, env["backend"])
+                return env["premixed"][:, starts[id(first)]:starts[id(first)] + sum(d1 * p.mul_out for p in group)]
             x = env["x1"][:, first.slice1].reshape(-1, u_mul, d1)
             rows = x.shape[0]
             x = x.transpose(1, 2).reshape(rows * d1, u_mul)  # (Z d1, U): one plain GEMM per path
-            w = env["w"]
-            if self.shared:
-                return [torch.mm(x, w[0, p.weight_slice].reshape(u_mul, p.mul_out)).reshape(rows, -1) for p in group]
-            x = x.reshape(rows, d1, u_mul)
-            return [torch.bmm(x, self._weight_block(env, p.weight_slice.start).reshape(-1, u_mul, p.mul_out)).reshape(rows, -1)
-                    for p in group]
+            return [torch.mm(x, env["w"][0, p.weight_slice].reshape(u_mul, p.mul_out)).reshape(rows, -1) for p in group]
 
         return make
+
+    def _premix_core(self) -> tuple:
+        """(plan, starts) of the per-sample weight mixing of every uvw path with mul2 = 1, built once:
+        out[z, block_p + i W + w] = sum_u w[z, off_p + u W + w] x1[z, u, i], one core path per uvw
+        path with channels w (slot a the weights as given, b the x1 irreps it reads, s one). ``starts``
+        maps the first path of each x1 irrep's group to its block's first column."""
+        if self._premix_plan is None:
+            paths = [p for p in self._arguments[0] if p.mode == "uvw" and p.mul2 == 1 and p.mul_out]
+            groups: dict = {}
+            for path in paths:
+                groups.setdefault(path.i_in1, []).append(path)
+            x1_columns, x1_offset, rows, indices, out_width, starts, begin = [], {}, [], [], 0, {}, 0
+            for i_in1, group in groups.items():
+                first = group[0]
+                d1 = 2 * first.l1 + 1
+                x1_offset[i_in1] = sum(len(c) for c in x1_columns)
+                x1_columns.append(np.arange(first.slice1.start, first.slice1.stop))
+                starts[id(first)] = out_width
+                u, i = np.meshgrid(np.arange(first.mul1), np.arange(d1), indexing="ij")
+                entries = np.stack([u.reshape(-1), (u * d1 + i).reshape(-1), i.reshape(-1)], axis=1)  # (u, (u, i), i)
+                for p in group:
+                    indices.append(entries)
+                    rows.append([p.weight_slice.start, x1_offset[i_in1], 0, out_width, 0, 1, 1, 0, p.mul_out, begin, begin + len(entries)])
+                    out_width, begin = out_width + d1 * p.mul_out, begin + len(entries)
+            weight_numel = max((p.weight_slice.stop for p in self._arguments[0] if p.has_weight), default=0)
+            selected = np.concatenate(x1_columns) if x1_columns else np.zeros(0, np.int64)
+            plan = CorePlan(
+                widths=(weight_numel, len(selected), 1, out_width),
+                paths=np.asarray(rows, dtype=np.int64).reshape(-1, 11),
+                indices=np.concatenate(indices) if indices else np.zeros((0, 3), np.int64),
+                values=np.ones(begin),
+            ).selecting([None, selected, None, None])
+            self._premix_plan = (plan, starts)
+        return self._premix_plan
 
     def _weight_block(self, env: dict, start: int) -> torch.Tensor:
         """The weight columns of the path whose block starts at column ``start``.
@@ -426,11 +480,14 @@ class LoweredTensorProduct:
         rows = out_rows if rowmap_out is not None else num_terms
         if self.plan.paths.shape[0] == 0:
             return x1.new_zeros(rows, self.dim_out)
-        env = {"x1": x1, "x2": x2, "w": weights, "ones": weights.new_ones(weights.shape[0], 1)}
-        tensors = [self.operands[slot].build(env) for slot in (A, B, S)]
+        env = {"x1": x1, "x2": x2, "w": weights, "ones": weights.new_ones(weights.shape[0], 1), "backend": backend}
+        tensors = [env[selected[0]] if selected else self.operands[slot].build(env) for slot, selected in enumerate(self.selections)]
         rowmap_s = torch.zeros(num_terms, dtype=torch.int64, device=x2.device) if self.shared else None
         rowmaps = [rowmap_x1, None, rowmap_s, rowmap_out]
-        out_buffer = sparse_core(self.plan, [*tensors, None], rowmaps, O, rows, num_terms, backend)
+        plan = self.selecting_plan
+        out_buffer = sparse_core(plan, [*tensors, None], rowmaps, O, rows, num_terms, backend, self.dim_out)
+        if plan.columns[O] is not None:
+            return out_buffer
         out = self.out_back(out_buffer) if self.out_back.size else out_buffer[:, :0]
         if self.mixers:
             pieces = []
