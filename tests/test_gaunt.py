@@ -7,7 +7,7 @@ import pytest
 import torch
 from e3nn import o3
 
-from e3nn_reference import default_dtype
+from sciml.ops.irreps import default_dtype
 from sciml.ops import GauntTensorProduct, gaunt_coefficients
 from sciml.ops import gaunt as gaunt_module
 from sciml.ops.gaunt import (

@@ -6,7 +6,7 @@ from ase.calculators.lj import LennardJones
 
 from sciml.graph import AtomicGraph, BesselBasis, CosineEnvelope, GaussianBasis, PolynomialEnvelope
 from sciml.testing import check_conservative
-from e3nn_reference import default_dtype
+from sciml.ops.irreps import default_dtype
 from pair_potential import LennardJonesModel
 
 

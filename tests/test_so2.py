@@ -2,7 +2,7 @@ import pytest
 import torch
 from e3nn import o3
 
-from e3nn_reference import default_dtype
+from sciml.ops.irreps import default_dtype
 from sciml.ops import SO2Convolution, SO2Linear, edge_rotation, from_m_major, to_m_major, wigner_D
 from sciml.ops.gaunt import channels_to_mul_ir
 from sciml.ops.so2 import (

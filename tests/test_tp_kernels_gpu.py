@@ -246,6 +246,8 @@ def test_interpreted_triton_random_e3nn_product(interpreter, mode):
     expected = _forward_and_grads(tp, inputs)
     tp.backend = "triton"
     _assert_same(_forward_and_grads(tp, inputs), expected, torch.float64)
+    empty = _inputs(tp, terms=0, dtype=torch.float64)  # a graph without edges: e3nn's empty output
+    assert tp(*empty).shape == (0, tp.irreps_out.dim)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

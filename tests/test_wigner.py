@@ -3,7 +3,7 @@ import pytest
 import torch
 from e3nn import o3
 
-from e3nn_reference import default_dtype
+from sciml.ops.irreps import default_dtype
 from sh_backends import backend, has_compiler  # noqa: F401  (backend is a fixture)
 from sciml.ops import edge_rotation, spherical_harmonics_upto, wigner_D
 from sciml.ops.cbuild import kernel_name

@@ -7,7 +7,7 @@ import random
 import torch
 from e3nn import o3
 
-from e3nn_reference import default_dtype
+from sciml.ops.irreps import default_dtype
 
 MODES = ("uvw", "uvu", "uvv", "uuw", "uuu", "uvuv", "uvu<v", "u<vw")
 

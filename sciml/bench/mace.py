@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import statistics
 import time
-from contextlib import contextmanager
 from typing import Callable, ContextManager, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+
+from sciml.ops.irreps import default_dtype
 
 HIDDEN_IRREPS = {"L1": "32x0e+32x1o", "L2": "32x0e+32x1o+32x2e"}
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -33,17 +34,6 @@ def require_mace() -> None:
     except ImportError as err:
         raise ValueError(f"the MACE benchmark needs mace-torch ({err}); install it with "
                          f"pip install --no-deps mace-torch==0.3.16 && pip install torch-ema torchmetrics") from err
-
-
-@contextmanager
-def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
-    """Run the block with ``dtype`` as torch's default float dtype (MACE builds its buffers in it)."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
 
 
 def build_mace(
@@ -68,7 +58,7 @@ def build_mace(
 
     residual = modules.interaction_classes["RealAgnosticResidualInteractionBlock"]
     torch.manual_seed(seed)
-    with _default_dtype(dtype):
+    with default_dtype(dtype):
         model = modules.ScaleShiftMACE(
             r_max=r_max,
             num_bessel=8,
@@ -153,7 +143,7 @@ def atoms_to_batch(atoms, model: torch.nn.Module) -> Dict[str, torch.Tensor]:
 
     dtype = next(model.parameters()).dtype
     z_table = utils.AtomicNumberTable([int(z) for z in model.atomic_numbers])
-    with _default_dtype(dtype):
+    with default_dtype(dtype):
         config = mace_data.config_from_atoms(atoms, key_specification=mace_data.KeySpecification())
         graph = mace_data.AtomicData.from_config(config, z_table=z_table, cutoff=float(model.r_max),
                                                  heads=list(getattr(model, "heads", ["Default"])))

@@ -8,8 +8,9 @@ Clebsch-Gordan (Wigner 3j) tensors of ``e3nn.o3.wigner_3j`` (unit Frobenius norm
 
 from __future__ import annotations
 
+import contextlib
 from functools import lru_cache
-from typing import Union
+from typing import Iterator, Union
 
 import numpy as np
 import torch
@@ -45,3 +46,16 @@ def clebsch_gordan(l1: int, l2: int, l3: int) -> np.ndarray:
 def clebsch_gordan_tensor(l1: int, l2: int, l3: int, dtype: torch.dtype, device: str) -> torch.Tensor:
     """``clebsch_gordan(l1, l2, l3)`` as a torch tensor of ``dtype`` on ``device`` (cached)."""
     return torch.tensor(clebsch_gordan(l1, l2, l3), dtype=dtype, device=device)
+
+
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """Run the block with ``dtype`` as torch's default dtype (e3nn, and code built on it, make
+    their constants in the default dtype at construction), restoring the previous one after."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+

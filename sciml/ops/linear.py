@@ -15,6 +15,7 @@ import random
 from math import prod
 from typing import Iterator, List, NamedTuple, Optional, Sequence, Union
 
+import e3nn
 import torch
 from torch import nn
 
@@ -73,7 +74,8 @@ class Linear(nn.Module):
         self.irreps_in = parse_irreps(irreps_in, "irreps_in")
         self.irreps_out = parse_irreps(irreps_out, "irreps_out")
         self.f_in, self.f_out = f_in, f_out
-        self._optimize_einsums = True if _optimize_einsums is None else bool(_optimize_einsums)
+        self.dim_in, self.dim_out = self.irreps_in.dim, self.irreps_out.dim  # plain ints for the forward (dynamo)
+        self._optimize_einsums = e3nn.get_optimization_defaults()["optimize_einsums"] if _optimize_einsums is None else bool(_optimize_einsums)
         self.instructions = self._weight_instructions(instructions, path_normalization) + self._bias_instructions(biases)
         if shared_weights is False and internal_weights is None:
             internal_weights = False
@@ -157,22 +159,21 @@ class Linear(nn.Module):
 
     def forward(self, features: torch.Tensor, weight: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Apply the map to ``features`` (see the class docstring for shapes)."""
-        if torch.jit.is_tracing():
-            weight = self._given(weight, self.weight, self.weight_numel, "weights")
-            return traced_call(self, "_forward", features, weight, self._given(bias, self.bias, self.bias_numel, "biases"))
+        if torch.jit.is_tracing():  # (the operator checks the weights eagerly)
+            return traced_call(self, "_forward", features, self.weight if weight is None else weight, self.bias if bias is None else bias)
         return self._forward(features, weight, bias)
 
     def _forward(self, features: torch.Tensor, weight: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-        if features.shape[-1] != self.irreps_in.dim:
-            raise InstructionError(f"features have {features.shape[-1]} components but irreps_in = {self.irreps_in} has dim {self.irreps_in.dim}")
+        if features.shape[-1] != self.dim_in:
+            raise InstructionError(f"features have {features.shape[-1]} components but irreps_in = {self.irreps_in} has dim {self.dim_in}")
         channel_axes = 1 if self.f_in is not None else 0
         if channel_axes and (features.ndim < 2 or features.shape[-2] != self.f_in):
-            raise InstructionError(f"features must be (..., f_in={self.f_in}, {self.irreps_in.dim}), got {tuple(features.shape)}")
+            raise InstructionError(f"features must be (..., f_in={self.f_in}, {self.dim_in}), got {tuple(features.shape)}")
         weight = self._given(weight, self.weight, self.weight_numel, "weights")
         bias = self._given(bias, self.bias, self.bias_numel, "biases")
         batch = features.shape[: features.ndim - 1 - channel_axes]
-        x = features.reshape(-1, *features.shape[features.ndim - 1 - channel_axes:])  # (Z, [f_in,] dim_in)
-        rows = x.shape[0]
+        rows = batch.numel()
+        x = features.reshape(rows, *features.shape[features.ndim - 1 - channel_axes:])  # (Z, [f_in,] dim_in)
         f_out = () if self.f_out is None else (self.f_out,)
         pieces = []
         for i_out, mul, dim, paths, bias_offset in self._plan:
@@ -188,8 +189,8 @@ class Linear(nn.Module):
                 block = x.new_zeros(rows, *f_out, mul * dim)
             pieces.append(block)
         # (empty output irreps take no columns: the plan holds only the others)
-        out = torch.cat(pieces, dim=-1) if pieces else x.new_zeros(rows, *f_out, self.irreps_out.dim)
-        return out.reshape(*batch, *f_out, self.irreps_out.dim)
+        out = torch.cat(pieces, dim=-1) if pieces else x.new_zeros(rows, *f_out, self.dim_out)
+        return out.reshape(*batch, *f_out, self.dim_out)
 
     def _given(self, value: Optional[torch.Tensor], internal: torch.Tensor, numel: int, what: str) -> torch.Tensor:
         if value is None:

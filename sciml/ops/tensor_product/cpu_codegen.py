@@ -17,6 +17,11 @@ from typing import List
 import numpy as np
 
 
+def _vector_type(real: str) -> tuple:
+    """(vector type, lanes, symbol suffix) of the C ``real`` type ("float" or "double")."""
+    return ("vec_f32", 16, "f32") if real == "float" else ("vec_f64", 8, "f64")
+
+
 def generate_source(program: tuple, real: str, name: str, driver: str) -> str:
     """C function ``name`` with the generic kernel's signature, specialised to ``program``.
 
@@ -24,9 +29,7 @@ def generate_source(program: tuple, real: str, name: str, driver: str) -> str:
     ``driver`` the source of ``cpu_kernel.c``, whose driver runs the generated term function.
     """
     paths, groups, offsets, values = (np.asarray(t) for t in program)
-    vec = "vec_f32" if real == "float" else "vec_f64"
-    lanes = 16 if real == "float" else 8
-    suffix = "f32" if real == "float" else "f64"
+    vec, lanes, suffix = _vector_type(real)
     lines: List[str] = [
         "#define SCIML_DRIVER_ONLY",
         driver,
@@ -83,9 +86,7 @@ def generate_gradients_source(plan_tables: tuple, real: str, name: str, driver: 
     ``plan_tables`` = (paths (P, 11), indices (n, 3), values (n,)) of ``core.CorePlan``.
     """
     paths, indices, values = (np.asarray(t) for t in plan_tables)
-    vec = "vec_f32" if real == "float" else "vec_f64"
-    lanes = 16 if real == "float" else 8
-    suffix = "f32" if real == "float" else "f64"
+    vec, lanes, suffix = _vector_type(real)
     lines: List[str] = [
         "#define SCIML_DRIVER_ONLY",
         driver,

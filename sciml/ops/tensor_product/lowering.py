@@ -346,10 +346,11 @@ class LoweredTensorProduct:
     # ---- run-time builders of derived blocks and mixers (closures over static shapes) ----
     def _mixed(self, source: str, columns: np.ndarray, weight_cols: np.ndarray, equation: str, mul: int, dim: int, shape: tuple) -> Callable:
         selection = Columns(columns)
+        start = int(weight_cols[0])  # a Python int now: numpy read at call time would be traced by dynamo
 
         def make(env):
             x = selection(env[source]).reshape(-1, dim, mul).transpose(1, 2)  # (Z, mul, dim)
-            w = self._weight_block(env, int(weight_cols[0]))
+            w = self._weight_block(env, start)
             if self.shared:
                 mixed = torch.einsum(equation, w.reshape(shape), x)
             else:

@@ -7,12 +7,13 @@ import warnings
 from math import prod
 from typing import Iterator, Optional, Sequence
 
+import e3nn
 import torch
 from e3nn import o3
 from e3nn.o3._tensor_product._tensor_product import TensorProduct as _E3nnTensorProduct  # the original, even once patched
 from torch import nn
 
-from sciml.ops.irreps import IrrepsLike, parse_irreps
+from sciml.ops.irreps import IrrepsLike, default_dtype, parse_irreps
 from sciml.ops.jit_trace import traced_call
 from sciml.ops import backends
 from sciml.ops.tensor_product.instructions import InstructionError, Path, build_paths
@@ -98,8 +99,9 @@ class TensorProduct(nn.Module):
         if backend is not None:
             backends.requested("tensor_product", backend)
         self.backend = backend
-        self._specialized_code = True if _specialized_code is None else bool(_specialized_code)
-        self._optimize_einsums = True if _optimize_einsums is None else bool(_optimize_einsums)
+        defaults = e3nn.get_optimization_defaults()  # (recorded for e3nn code that reads them; no effect)
+        self._specialized_code = defaults["specialized_code"] if _specialized_code is None else bool(_specialized_code)
+        self._optimize_einsums = defaults["optimize_einsums"] if _optimize_einsums is None else bool(_optimize_einsums)
         self.raw_instructions = [tuple(i) for i in instructions]
         self._e3nn_arguments = dict(
             irreps_in1=self.irreps_in1, irreps_in2=self.irreps_in2, irreps_out=self.irreps_out, instructions=self.raw_instructions,
@@ -147,12 +149,8 @@ class TensorProduct(nn.Module):
         per dtype by building that module."""
         cache = self.__dict__.setdefault("_e3nn_constants", {})
         if dtype not in cache:
-            previous = torch.get_default_dtype()
-            torch.set_default_dtype(dtype)
-            try:
+            with default_dtype(dtype):
                 twin = _E3nnTensorProduct(**self._e3nn_arguments)
-            finally:
-                torch.set_default_dtype(previous)
             cache[dtype] = {k: v for k, v in twin.state_dict().items() if k.startswith("_compiled_main")}
         return cache[dtype]
 
@@ -222,10 +220,20 @@ class TensorProduct(nn.Module):
             raise WeightError(f"per-sample weights must have shape (..., {self.weight_numel}), got {tuple(weight.shape)}")
         return weight
 
+    def _traced_weight(self, weight) -> Optional[torch.Tensor]:
+        """The weights handed to the traced operator, unchecked (the checks read shapes, which a
+        trace records as tensors; the operator runs them eagerly): blocks joined, the internal
+        weights made an input so that gradients reach them."""
+        if isinstance(weight, (list, tuple)):
+            return torch.cat([w.flatten(-len(p.weight_shape)) for w, p in zip(weight, [p for p in self.paths if p.has_weight])], dim=-1)
+        if weight is None and (self.internal_weights or self.weight_numel == 0):
+            return self.weight
+        return weight
+
     def forward(self, x: torch.Tensor, y: torch.Tensor, weight=None) -> torch.Tensor:
         """Product of ``x`` (..., irreps_in1.dim) and ``y`` (..., irreps_in2.dim) (e3nn's argument names)."""
         if torch.jit.is_tracing():
-            return traced_call(self, "_forward", x, y, self.flat_weight(weight))
+            return traced_call(self, "_forward", x, y, self._traced_weight(weight))
         return self._forward(x, y, weight)
 
     def _forward(self, x: torch.Tensor, y: torch.Tensor, weight=None) -> torch.Tensor:
@@ -261,7 +269,7 @@ class TensorProduct(nn.Module):
         """The product with ``y`` as an operator on ``x``: (..., irreps_in1.dim, irreps_out.dim), so
         that ``forward(x, y) = einsum("...i,...ik->...k", x, right(y))`` (e3nn's ``right``)."""
         if torch.jit.is_tracing():
-            return traced_call(self, "_right", y, self.flat_weight(weight))
+            return traced_call(self, "_right", y, self._traced_weight(weight))
         return self._right(y, weight)
 
     def _right(self, y: torch.Tensor, weight=None) -> torch.Tensor:
