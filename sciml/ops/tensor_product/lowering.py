@@ -164,28 +164,28 @@ class _IrrepMix(torch.autograd.Function):
 
     ``x`` (Z, sum_g d_g U_g) holds irrep g's components in ir_mul order ((i, u) at
     start_g + i U_g + u); ``weights[g]`` is (U_g, N_g). The output (Z, sum_g d_g N_g) holds
-    out[z, off_g + i N_g + n] = sum_u x[z, start_g + i U_g + u] W_g[u, n]: per irrep one matmul of
-    the (Z, d_g, U_g) view of x into the (Z, d_g, N_g) view of the output, so the irreps' blocks
-    are never joined; the weight gradient is one batched GEMM over the components of strided
-    views of x and the output gradient (3x faster here than a GEMM per component). The backward's
-    formulas are plain differentiable torch ops, so higher derivatives follow.
+    out[z, off_g + i N_g + n] = sum_u x[z, start_g + i U_g + u] W_g[u, n]: per irrep and component
+    one GEMM (Z, U_g) x (U_g, N_g) on strided views, written in place, so the blocks are never
+    joined or copied; the backward reads the output gradient in place the same way. Its formulas
+    are plain differentiable torch ops, so higher derivatives follow.
     """
 
     @staticmethod
     def _views(components: tuple, weights: tuple):
-        """Per irrep g: (its column slice of x, its column slice of the output, d_g)."""
+        """Per (irrep g, component i): (input column slice, output column slice, g)."""
         start = offset = 0
-        for dim, weight in zip(components, weights):
+        for g, (dim, weight) in enumerate(zip(components, weights)):
             mul, width = weight.shape
-            yield slice(start, start + dim * mul), slice(offset, offset + dim * width), dim
+            for i in range(dim):
+                yield slice(start + i * mul, start + (i + 1) * mul), slice(offset + i * width, offset + (i + 1) * width), g
             start, offset = start + dim * mul, offset + dim * width
 
     @staticmethod
     def forward(components: tuple, x: torch.Tensor, *weights: torch.Tensor) -> torch.Tensor:
         width = sum(dim * weight.shape[1] for dim, weight in zip(components, weights))
         out = x.new_empty(x.shape[0], width)
-        for (source, target, dim), weight in zip(_IrrepMix._views(components, weights), weights):
-            torch.matmul(x[:, source].unflatten(1, (dim, -1)), weight, out=out[:, target].unflatten(1, (dim, -1)))
+        for source, target, g in _IrrepMix._views(components, weights):
+            torch.mm(x[:, source], weights[g], out=out[:, target])
         return out
 
     @staticmethod
@@ -197,14 +197,14 @@ class _IrrepMix(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         x, *weights = ctx.saved_tensors
-        grad_x, grad_w = [], []
-        for (source, target, dim), weight in zip(_IrrepMix._views(ctx.components, weights), weights):
-            piece = grad[:, target].unflatten(1, (dim, -1))  # (Z, d, N)
+        grad_x, grad_w = [], [None] * len(weights)
+        for source, target, g in _IrrepMix._views(ctx.components, weights):
+            piece = grad[:, target]
             if ctx.needs_input_grad[1]:
-                grad_x.append(torch.matmul(piece, weight.t()).flatten(1))
-            needed = ctx.needs_input_grad[2 + len(grad_w)]
-            grad_w.append(torch.bmm(x[:, source].unflatten(1, (dim, -1)).permute(1, 2, 0), piece.transpose(0, 1)).sum(0)
-                          if needed else None)
+                grad_x.append(torch.mm(piece, weights[g].t()))
+            if ctx.needs_input_grad[2 + g]:
+                term = torch.mm(x[:, source].t(), piece)
+                grad_w[g] = term if grad_w[g] is None else grad_w[g] + term
         return None, torch.cat(grad_x, dim=1) if grad_x else None, *grad_w
 
 
