@@ -18,6 +18,9 @@
 #include <dlfcn.h>
 
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <new>
 #include <mutex>
 #include <sstream>
 #include <string>
@@ -60,6 +63,79 @@ void check_cpu_real(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.device().is_cpu(), "sciml: ", name, " must be a CPU tensor, got ", t.device());
   TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble,
               "sciml: ", name, " must be float32 or float64, got ", t.scalar_type());
+}
+
+// ------------------------------------------------------------------------- large outputs
+
+// Outputs of kLargeOutput bytes or more (a product's output, the gradient of a premixed operand:
+// tens of MB) would come fresh from mmap on every call, and first touching them page by page
+// took as long as the kernel writing them (36 of 47 ms for 96 MB here). They are kept instead:
+// a freed block waits in a cache for the next output of the same size (a training loop repeats
+// its shapes), up to kCachedBytes in all. (Transparent huge pages were no cure: with many such
+// blocks alive their faults took 5x longer than 4 kB ones on the machine measured.)
+constexpr size_t kLargeOutput = size_t(4) << 20;
+constexpr size_t kCachedBytes = size_t(512) << 20;
+
+struct Block {
+  void* data;
+  size_t nbytes;
+};
+
+struct OutputCache {
+  std::mutex mutex;
+  std::unordered_multimap<size_t, void*> free_blocks;  // nbytes -> block
+  size_t cached = 0;
+};
+
+OutputCache& output_cache() {
+  static OutputCache* cache = new OutputCache();  // never destroyed: deleters may run at exit
+  return *cache;
+}
+
+void release_block(void* context) {
+  auto* block = static_cast<Block*>(context);
+  OutputCache& cache = output_cache();
+  {
+    std::lock_guard<std::mutex> lock(cache.mutex);
+    if (cache.cached + block->nbytes <= kCachedBytes) {
+      cache.free_blocks.emplace(block->nbytes, block->data);
+      cache.cached += block->nbytes;
+      block->data = nullptr;
+    }
+  }
+  std::free(block->data);
+  delete block;
+}
+
+struct OutputAllocator final : at::Allocator {
+  at::DataPtr allocate(size_t nbytes) override {
+    void* data = take(nbytes);
+    if (data == nullptr && nbytes && posix_memalign(&data, 64, nbytes) != 0) throw std::bad_alloc();
+    return {data, new Block{data, nbytes}, &release_block, at::Device(at::kCPU)};
+  }
+  at::DeleterFnPtr raw_deleter() const override { return nullptr; }
+  void copy_data(void* dest, const void* src, std::size_t count) const override { std::memcpy(dest, src, count); }
+
+ private:
+  static void* take(size_t nbytes) {
+    OutputCache& cache = output_cache();
+    std::lock_guard<std::mutex> lock(cache.mutex);
+    auto found = cache.free_blocks.find(nbytes);
+    if (found == cache.free_blocks.end()) return nullptr;
+    void* data = found->second;
+    cache.free_blocks.erase(found);
+    cache.cached -= nbytes;
+    return data;
+  }
+};
+
+// An uninitialised contiguous CPU tensor of ``sizes``; large ones from the output cache.
+at::Tensor output_empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  const size_t nbytes = static_cast<size_t>(c10::multiply_integers(sizes)) * options.dtype().itemsize();
+  if (nbytes < kLargeOutput) return at::empty(sizes, options);
+  static OutputAllocator allocator;
+  at::Storage storage(at::Storage::use_byte_size_t(), nbytes, &allocator, /*resizable=*/true);
+  return at::empty({0}, options).set_(storage, 0, sizes);
 }
 
 // ------------------------------------------------------------------------- tensor-product core
@@ -112,7 +188,7 @@ at::Tensor run_core(const std::optional<at::Tensor> (&operands)[4], const std::o
     at::Tensor per_term = run_core(operands, per_term_maps, tables, widths, kernels, out_slot, num_terms, num_terms);
     return at::zeros({out_rows, widths[out_slot]}, options).index_add_(0, out_map, per_term);
   }
-  at::Tensor out = at::empty({out_rows, widths[out_slot]}, options);
+  at::Tensor out = output_empty({out_rows, widths[out_slot]}, options);
   if (out_rows == 0) return out;
   // CSR of the terms grouped by output row: a stable sort keeps each row's terms in order
   const auto index_options = at::TensorOptions().dtype(at::kLong);
@@ -184,7 +260,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tp_core_gradients_cpu(
   TORCH_CHECK(widths.size() == 4 && columns.size() == 4, "sciml::tp_core_gradients: widths and columns need 4 entries");
   const at::Tensor tensors[4] = {a.contiguous(), b.contiguous(), s.contiguous(), grad.contiguous()};
   const at::Tensor pc = paths.contiguous(), ic = indices.contiguous(), vc = values.contiguous();
-  at::Tensor grads[3] = {at::empty_like(tensors[0]), at::empty_like(tensors[1]), at::empty_like(tensors[2])};
+  at::Tensor grads[3];
+  for (int k = 0; k < 3; ++k) grads[k] = output_empty(tensors[k].sizes(), tensors[k].options());
   void* tensor_pointers[4];
   void* grad_pointers[3];
   const int64_t* column_pointers[4];
@@ -216,7 +293,7 @@ at::Tensor permute_columns_cpu(const at::Tensor& x, const at::Tensor& columns, c
   TORCH_CHECK(x.dim() == 2 && columns.dim() == 1 && columns.size(0) == x.size(1),
               "sciml::permute_columns: columns must permute the columns of a 2-d tensor");
   const at::Tensor xc = x.contiguous(), cc = columns.contiguous();
-  at::Tensor out = at::empty_like(xc);
+  at::Tensor out = output_empty(xc.sizes(), xc.options());
   auto function = reinterpret_cast<GatherKernel>(load_symbol(kernel));
   function(xc.size(0), xc.size(1), xc.data_ptr(), cc.data_ptr<int64_t>(), out.data_ptr(), threads());
   return out;

@@ -8,9 +8,10 @@ torch ops around it:
 - ``uvu``/``uvv`` with both multiplicities > 1: the weights are first contracted with the input
   whose channel is summed (one small batched matmul), then the core runs channelwise;
 - ``uvw`` with one multiplicity 1 (e.g. features x spherical harmonics): the weights first mix the
-  other input's channels into output channels (shared weights: one GEMM per path, at matmul speed;
-  per-sample weights of mul2 = 1 paths: one more core call, reading the weights once), then the
-  core runs channelwise straight into the output;
+  other input's channels into output channels (shared weights: one GEMM per x1 irrep for all the
+  paths reading it, at matmul speed; per-sample weights of mul2 = 1 paths: one more core call,
+  reading the weights once), then the core runs channelwise straight into the output, reading
+  the mixed blocks in place through a column selection;
 - ``uuw`` and ``uvw`` with both multiplicities > 1: the core computes the unweighted channelwise
   product into temporary blocks, which one GEMM per output irrep mixes into the output channels;
 - outer products of channels (``uvuv``, ``uvw`` with both multiplicities > 1) expand the channel
@@ -125,6 +126,88 @@ def _entries(path: Path, swap: bool) -> tuple:
     return index.astype(np.int64), values
 
 
+def _premixes(path: Path) -> bool:
+    """Whether the weights of ``path`` mix x1's channels before the core (uvw with mul2 = 1)."""
+    return path.mode == "uvw" and path.mul2 == 1 and 0 not in (path.mul1, path.mul_out)
+
+
+def _premix_layout(paths: Sequence[Path], shared: bool) -> tuple:
+    """(groups, columns) of the weight-mixed x1 blocks (``LoweredTensorProduct._premixed``).
+
+    ``groups``: the premixing paths (``_premixes``) grouped by the x1 irrep they read, in order.
+    ``columns``: id(path) -> int64 (d1 mul_out,) columns, in the path's ir_mul block order (i, w), of
+    the premixed tensor. Its layout: per group, with shared weights the output of one GEMM, rows
+    (i) of columns (path, w), so (i, p, w) at i sum_p W_p + (W of the paths before p) + w; with
+    per-sample weights one (i, w) block per path, the paths one after another.
+    """
+    groups: dict = {}
+    for path in paths:
+        if _premixes(path):
+            groups.setdefault(path.i_in1, []).append(path)
+    columns, start = {}, 0
+    for group in groups.values():
+        d1, width = 2 * group[0].l1 + 1, sum(p.mul_out for p in group)
+        before = 0
+        for p in group:
+            if shared:
+                block = start + np.arange(d1)[:, None] * width + before + np.arange(p.mul_out)[None, :]
+            else:
+                block = start + before * d1 + np.arange(d1 * p.mul_out)
+            columns[id(p)] = block.reshape(-1).astype(np.int64)
+            before += p.mul_out
+        start += d1 * width
+    return list(groups.values()), columns
+
+
+class _IrrepMix(torch.autograd.Function):
+    """Channel mixing of several irreps by shared weights, written straight into one tensor.
+
+    ``x`` (Z, sum_g d_g U_g) holds irrep g's components in ir_mul order ((i, u) at
+    start_g + i U_g + u); ``weights[g]`` is (U_g, N_g). The output (Z, sum_g d_g N_g) holds
+    out[z, off_g + i N_g + n] = sum_u x[z, start_g + i U_g + u] W_g[u, n]: per irrep and component
+    one GEMM (Z, U_g) x (U_g, N_g) on strided views, written in place, so the blocks are never
+    joined or copied; the backward reads the output gradient in place the same way. Its formulas
+    are plain differentiable torch ops, so higher derivatives follow.
+    """
+
+    @staticmethod
+    def _views(components: tuple, weights: tuple):
+        """Per (irrep g, component i): (input column slice, output column slice, g)."""
+        start = offset = 0
+        for g, (dim, weight) in enumerate(zip(components, weights)):
+            mul, width = weight.shape
+            for i in range(dim):
+                yield slice(start + i * mul, start + (i + 1) * mul), slice(offset + i * width, offset + (i + 1) * width), g
+            start, offset = start + dim * mul, offset + dim * width
+
+    @staticmethod
+    def forward(components: tuple, x: torch.Tensor, *weights: torch.Tensor) -> torch.Tensor:
+        width = sum(dim * weight.shape[1] for dim, weight in zip(components, weights))
+        out = x.new_empty(x.shape[0], width)
+        for source, target, g in _IrrepMix._views(components, weights):
+            torch.mm(x[:, source], weights[g], out=out[:, target])
+        return out
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        components, x, *weights = inputs
+        ctx.components = components
+        ctx.save_for_backward(x, *weights)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, *weights = ctx.saved_tensors
+        grad_x, grad_w = [], [None] * len(weights)
+        for source, target, g in _IrrepMix._views(ctx.components, weights):
+            piece = grad[:, target]
+            if ctx.needs_input_grad[1]:
+                grad_x.append(torch.mm(piece, weights[g].t()))
+            if ctx.needs_input_grad[2 + g]:
+                term = torch.mm(x[:, source].t(), piece)
+                grad_w[g] = term if grad_w[g] is None else grad_w[g] + term
+        return None, torch.cat(grad_x, dim=1) if grad_x else None, *grad_w
+
+
 class _Operand:
     """Blocks of one core operand: column gathers from an input (deduplicated) or derived tensors."""
 
@@ -200,7 +283,10 @@ class LoweredTensorProduct:
         self.out_blocks = list(out_blocks)
         self.shared = shared_weights
         self.mixers: dict = {}  # i_out -> [(temp offset, channels, path)] for uvw/uuw paths
-        self._premix_plan: Optional[tuple] = None  # per-sample weight mixing (``_premix_core``), built on first use
+        self._premix_plan: Optional[CorePlan] = None  # per-sample weight mixing (``_premix_core``), built on first use
+        self.premix_groups, premixed = _premix_layout(paths, shared_weights)
+        self._premix_x1 = Columns(np.concatenate(
+            [ir_mul_columns(g[0].slice1, g[0].mul1, 2 * g[0].l1 + 1) for g in self.premix_groups] or [np.zeros(0, np.int64)]))
         operand = [_Operand() for _ in range(3)]
         out_offsets = np.cumsum([0] + [mul * dim for _, mul, dim in self.out_blocks])
         self.out_columns = np.concatenate(
@@ -211,7 +297,6 @@ class LoweredTensorProduct:
         out_width = dim_out
         rows, indices, values = [], [], []
         one = np.zeros(1, np.int64)
-        premixed: dict = {}  # id(path) -> offset of its weight-mixed x1 block in operand a
 
         for path in paths:
             d1, d2, d3 = 2 * path.l1 + 1, 2 * path.l2 + 1, 2 * path.l3 + 1
@@ -255,15 +340,7 @@ class LoweredTensorProduct:
                     off_b, bc_b = operand[B].derived(d1, self._summed("x1", cols1, u_mul, d1), "x1"), 1
             elif mode == "uvw" and v_mul == 1:  # weights first: a'[z, i, w] = sum_u W[u, w] x1[z, u, i]
                 channels, off_o = path.mul_out, out_offset
-                if id(path) not in premixed:  # one block for every such path reading this x1 irrep
-                    group = [p for p in paths if p.mode == "uvw" and p.mul2 == 1 and p.i_in1 == path.i_in1 and p.mul_out]
-                    start = operand[A].derived(
-                        sum(d1 * p.mul_out for p in group), self._premix(group), "x1" if self.shared else "x1, weights"
-                    )
-                    for p in group:
-                        premixed[id(p)] = start
-                        start += d1 * p.mul_out
-                off_a = premixed[id(path)]
+                off_a = operand[A].gather("premixed", premixed[id(path)])
                 off_b, bc_b = operand[B].gather("x2", cols2), 1
             elif mode == "uvw" and u_mul == 1:  # a'[z, j, w] = sum_v W[v, w] x2[z, v, j]; x1 broadcast
                 channels, swap, off_o = path.mul_out, True, out_offset
@@ -323,7 +400,7 @@ class LoweredTensorProduct:
             for i_out, parts in self.mixers.items()
         }
         # the fused gather reads x1 through a rowmap only when operand a holds nothing but x1 columns
-        self.fused_gather = operand[A].origins == {"x1"} and not operand[B].origins & {"x1", "x1, weights"} and not self.mixers
+        self.fused_gather = operand[A].origins == {"x1"} and "x1" not in operand[B].origins and not self.mixers
         self.plan = CorePlan(
             widths=(operand[A].width, operand[B].width, operand[S].width, out_width),
             paths=np.asarray(rows, dtype=np.int64).reshape(-1, 11),
@@ -359,61 +436,50 @@ class LoweredTensorProduct:
 
         return make
 
-    def _premix(self, group: Sequence[Path]) -> Callable:
-        """Block of ``group`` (uvw paths with mul2 = 1 sharing one x1 irrep): for each path the
-        (d1, mul_out) ir_mul block sum_u W[u, w] x1[z, u, i]. Shared weights: one GEMM per path;
-        per-sample weights: the group's columns of one sparse core over all such paths
-        (``_premix_core``), which reads the per-sample weights once, in place."""
-        first = group[0]
-        d1, u_mul = 2 * first.l1 + 1, first.mul1
+    def _premixed(self, env: dict) -> torch.Tensor:
+        """The weight-mixed x1 blocks of every uvw path with mul2 = 1, (Z, width) in the layout of
+        ``_premix_layout``: a'[z, i, w] = sum_u W[u, w] x1[z, u, i] per path.
 
-        def make(env):
-            if not self.shared:
-                plan, starts = self._premix_core()
-                if "premixed" not in env:
-                    rows = env["x1"].shape[0]
-                    operands = [env["w"], env["x1"], env["ones"], None]
-                    env["premixed"] = sparse_core(plan, operands, [None] * 4, O, rows, rows, env["backend"])
-                return env["premixed"][:, starts[id(first)]:starts[id(first)] + sum(d1 * p.mul_out for p in group)]
-            x = env["x1"][:, first.slice1].reshape(-1, u_mul, d1)
-            rows = x.shape[0]
-            x = x.transpose(1, 2).reshape(rows * d1, u_mul)  # (Z d1, U): one plain GEMM per path
-            return [torch.mm(x, env["w"][0, p.weight_slice].reshape(u_mul, p.mul_out)).reshape(rows, -1) for p in group]
+        Shared weights: x1's irreps read by such paths go to ir_mul in one column permutation, and
+        each irrep meets the weights of all its paths at once (``_IrrepMix``). Per-sample weights:
+        one sparse core (``_premix_core``) reads the weights once, in place.
+        """
+        if not self.shared:
+            rows = env["x1"].shape[0]
+            operands = [env["w"], env["x1"], env["ones"], None]
+            return sparse_core(self._premix_core(), operands, [None] * 4, O, rows, rows, env["backend"])
+        w = env["w"][0]
+        weights = [torch.cat([w[p.weight_slice].view(group[0].mul1, p.mul_out) for p in group], dim=1)
+                   for group in self.premix_groups]
+        components = tuple(2 * group[0].l1 + 1 for group in self.premix_groups)
+        return _IrrepMix.apply(components, self._premix_x1(env["x1"]), *weights)
 
-        return make
-
-    def _premix_core(self) -> tuple:
-        """(plan, starts) of the per-sample weight mixing of every uvw path with mul2 = 1, built once:
+    def _premix_core(self) -> CorePlan:
+        """The plan of the per-sample weight mixing of every uvw path with mul2 = 1, built once:
         out[z, block_p + i W + w] = sum_u w[z, off_p + u W + w] x1[z, u, i], one core path per uvw
-        path with channels w (slot a the weights as given, b the x1 irreps it reads, s one). ``starts``
-        maps the first path of each x1 irrep's group to its block's first column."""
+        path with channels w (slot a the weights as given, b the x1 irreps it reads, s one), blocks
+        in the order of ``_premix_layout``."""
         if self._premix_plan is None:
-            paths = [p for p in self._arguments[0] if p.mode == "uvw" and p.mul2 == 1 and p.mul_out]
-            groups: dict = {}
-            for path in paths:
-                groups.setdefault(path.i_in1, []).append(path)
-            x1_columns, x1_offset, rows, indices, out_width, starts, begin = [], {}, [], [], 0, {}, 0
-            for i_in1, group in groups.items():
+            x1_columns, rows, indices, out_width, begin = [], [], [], 0, 0
+            for group in self.premix_groups:
                 first = group[0]
                 d1 = 2 * first.l1 + 1
-                x1_offset[i_in1] = sum(len(c) for c in x1_columns)
+                x1_offset = sum(len(c) for c in x1_columns)
                 x1_columns.append(np.arange(first.slice1.start, first.slice1.stop))
-                starts[id(first)] = out_width
                 u, i = np.meshgrid(np.arange(first.mul1), np.arange(d1), indexing="ij")
                 entries = np.stack([u.reshape(-1), (u * d1 + i).reshape(-1), i.reshape(-1)], axis=1)  # (u, (u, i), i)
                 for p in group:
                     indices.append(entries)
-                    rows.append([p.weight_slice.start, x1_offset[i_in1], 0, out_width, 0, 1, 1, 0, p.mul_out, begin, begin + len(entries)])
+                    rows.append([p.weight_slice.start, x1_offset, 0, out_width, 0, 1, 1, 0, p.mul_out, begin, begin + len(entries)])
                     out_width, begin = out_width + d1 * p.mul_out, begin + len(entries)
             weight_numel = max((p.weight_slice.stop for p in self._arguments[0] if p.has_weight), default=0)
             selected = np.concatenate(x1_columns) if x1_columns else np.zeros(0, np.int64)
-            plan = CorePlan(
+            self._premix_plan = CorePlan(
                 widths=(weight_numel, len(selected), 1, out_width),
                 paths=np.asarray(rows, dtype=np.int64).reshape(-1, 11),
                 indices=np.concatenate(indices) if indices else np.zeros((0, 3), np.int64),
                 values=np.ones(begin),
             ).selecting([None, selected, None, None])
-            self._premix_plan = (plan, starts)
         return self._premix_plan
 
     def _weight_block(self, env: dict, start: int) -> torch.Tensor:
@@ -482,6 +548,8 @@ class LoweredTensorProduct:
         if self.plan.paths.shape[0] == 0:
             return x1.new_zeros(rows, self.dim_out)
         env = {"x1": x1, "x2": x2, "w": weights, "ones": weights.new_ones(weights.shape[0], 1), "backend": backend}
+        if self.premix_groups:
+            env["premixed"] = self._premixed(env)
         tensors = [env[selected[0]] if selected else self.operands[slot].build(env) for slot, selected in enumerate(self.selections)]
         rowmap_s = torch.zeros(num_terms, dtype=torch.int64, device=x2.device) if self.shared else None
         rowmaps = [rowmap_x1, None, rowmap_s, rowmap_out]
