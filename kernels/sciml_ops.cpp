@@ -71,10 +71,18 @@ void check_cpu_real(const at::Tensor& t, const char* name) {
 // tens of MB) would come fresh from mmap on every call, and first touching them page by page
 // took as long as the kernel writing them (36 of 47 ms for 96 MB here). They are kept instead:
 // a freed block waits in a cache for the next output of the same size (a training loop repeats
-// its shapes), up to kCachedBytes in all. (Transparent huge pages were no cure: with many such
+// its shapes), up to 512 MB in all by default. (Transparent huge pages were no cure: with many such
 // blocks alive their faults took 5x longer than 4 kB ones on the machine measured.)
+// SCIML_OUTPUT_CACHE_MB sets the cache's size (read once; 0 turns it off).
 constexpr size_t kLargeOutput = size_t(4) << 20;
-constexpr size_t kCachedBytes = size_t(512) << 20;
+
+size_t cached_bytes_limit() {
+  static const size_t limit = [] {
+    const char* value = std::getenv("SCIML_OUTPUT_CACHE_MB");
+    return (value != nullptr && *value != '\0' ? size_t(std::strtoull(value, nullptr, 10)) : size_t(512)) << 20;
+  }();
+  return limit;
+}
 
 struct Block {
   void* data;
@@ -97,7 +105,7 @@ void release_block(void* context) {
   OutputCache& cache = output_cache();
   {
     std::lock_guard<std::mutex> lock(cache.mutex);
-    if (cache.cached + block->nbytes <= kCachedBytes) {
+    if (cache.cached + block->nbytes <= cached_bytes_limit()) {
       cache.free_blocks.emplace(block->nbytes, block->data);
       cache.cached += block->nbytes;
       block->data = nullptr;
