@@ -187,9 +187,9 @@ class TensorProduct(nn.Module):
             f"{self.irreps_out.simplify()} | {paths} paths | {self.weight_numel} weights)"
         )
 
-    def _weights(self, weight, batch_shape: torch.Size) -> torch.Tensor:
-        """The weights as (1, weight_numel) when shared, else (batch numel, weight_numel)."""
-        weight = self.flat_weight(weight)
+    def _weights(self, weight: torch.Tensor, batch_shape: torch.Size) -> torch.Tensor:
+        """Flat, checked weights (``flat_weight``) as (1, weight_numel) when shared, else
+        (batch numel, weight_numel)."""
         if self.weight_numel == 0:
             rows = 1 if self.shared_weights else batch_shape.numel()
             return weight.new_zeros(rows, 0) if weight.is_floating_point() else torch.zeros(rows, 0)
