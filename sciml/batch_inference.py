@@ -31,8 +31,10 @@ file that cannot be opened or indexed at all is indexed again (and listed) on ev
 ``OUTPUT.parts/job.json`` holds the caller's job description (``sciml predict``: the checkpoint's
 SHA-256); a resume under another description is refused.
 
-Files are indexed once, on rank 0: CIF and POSCAR/CONTCAR files hold one structure and are only
-read by the workers; extxyz/xyz frames are located by byte offset, ase databases (``.db``) by row
+Files are indexed once, on rank 0: POSCAR/CONTCAR files and CIFs of one data block hold one
+structure and are only read by the workers (a CIF of several blocks is read whole to count its
+structures); every file is read by :func:`sciml.data.read_structures`, the reader of every
+command, with the reader chosen from the name in any case and through ``.gz``; extxyz/xyz frames are located by byte offset, ase databases (``.db``) by row
 id and ase trajectories (``.traj``) by frame, so a worker reads one frame without parsing the ones
 before it; any other ase-readable file is read whole to count its frames (and again, once per
 worker, to predict them).
@@ -72,9 +74,10 @@ class StructureItem:
 
     Attributes:
         file: the path as given. index: 0-based frame within the file. frames: frames in the file.
-        kind: how the frame is read: ``cif``, ``single`` (POSCAR), ``xyz`` (``locator`` is the
+        kind: how the frame is read: ``single`` (a POSCAR, or a CIF of one data block), ``xyz`` (``locator`` is the
             frame's byte range), ``db`` (``locator`` is the row id), ``traj`` or ``any``.
         key: ``<absolute path>#<index>``, the item's name in the parts files.
+        species: elements of a POSCAR without a species line (``--species``), else None.
     """
 
     file: str
@@ -83,6 +86,7 @@ class StructureItem:
     kind: str
     key: str
     locator: Any = None
+    species: Optional[Tuple[str, ...]] = None
 
     @property
     def where(self) -> str:
@@ -90,36 +94,33 @@ class StructureItem:
         return self.file if self.frames == 1 else f"{self.file}: frame {self.index}"
 
 
-def index_structures(paths: Sequence[str]) -> Tuple[List[StructureItem], List[str]]:
-    """The structures of ``paths`` in order, and one message per file that cannot be indexed."""
+def index_structures(paths: Sequence[str], species: Optional[Sequence[str]] = None,
+                     ) -> Tuple[List[StructureItem], List[str]]:
+    """The structures of ``paths`` in order, and one message per file that cannot be indexed;
+    ``species`` names the elements of POSCARs without a species line."""
     items: List[StructureItem] = []
     errors: List[str] = []
+    species = tuple(species) if species is not None else None
     for path in map(str, paths):
         try:
-            kind, locators = _index_file(path)
+            kind, locators = _index_file(path, species)
         except ValueError as err:
             errors.append(_one_line(err, path))
             continue
         absolute = os.path.abspath(path)
-        items += [StructureItem(path, k, len(locators), kind, f"{absolute}#{k}", locator)
+        items += [StructureItem(path, k, len(locators), kind, f"{absolute}#{k}", locator, species)
                   for k, locator in enumerate(locators)]
     return items, errors
 
 
-def _index_file(path: str) -> Tuple[str, list]:
-    from ase.io.formats import filetype
-
+def _index_file(path: str, species: Optional[Tuple[str, ...]] = None) -> Tuple[str, list]:
     from sciml.data.readers import read_structures
+    from sciml.data.structure_files import cif_block_count, structure_kind
 
     suffix = Path(path).suffix.lower()
-    if suffix == ".cif":
-        return "cif", [None]
-    try:
-        single = filetype(path, read=False) == "vasp"  # POSCAR, CONTCAR, *.vasp: one structure
-    except Exception:  # ase raises its own types for names it cannot place
-        single = False
-    if single:
-        return "single", [None]
+    kind = structure_kind(path)  # by name, any case, through .gz: the reader every command uses
+    if kind == "vasp" or (kind == "cif" and cif_block_count(path) <= 1):
+        return "single", [None]  # one structure, read by the workers
     check_structure_file(path)
     if suffix in (".xyz", ".extxyz"):
         return "xyz", _xyz_frame_ranges(path)
@@ -147,7 +148,7 @@ def _index_file(path: str) -> Tuple[str, list]:
         raise
     except Exception as err:  # sqlite3/ulm errors for a file that is not a database or trajectory
         raise ValueError(f"{path}: cannot read file ({type(err).__name__}: {_first_line(err)})") from None
-    frames = read_structures(path, energy_key=None, forces_key=None, stress_key=None)
+    frames = read_structures(path, energy_key=None, forces_key=None, stress_key=None, species=species)
     return "any", [None] * len(frames)
 
 
@@ -184,19 +185,16 @@ def read_item(item: StructureItem, cache: Optional[dict] = None):
     """The checked ``ase.Atoms`` of ``item``; ValueError naming the file (and frame) if it is bad.
 
     ``cache`` (a dict kept by the caller) holds the last ``any``-kind file read whole."""
-    from sciml.data.crystals import read_cif
     from sciml.data.readers import read_structures
 
-    if item.kind == "cif":
-        return read_cif(item.file)
     if item.kind == "single":
-        return read_structures(item.file, energy_key=None, forces_key=None, stress_key=None)[0]
+        return read_structures(item.file, energy_key=None, forces_key=None, stress_key=None, species=item.species)[0]
     if item.kind == "any":
         cache = {} if cache is None else cache
         if cache.get("file") != item.file:
             cache.clear()  # drop the last file before reading the next
             cache.update(file=item.file, frames=read_structures(item.file, energy_key=None, forces_key=None,
-                                                                stress_key=None))
+                                                                stress_key=None, species=item.species))
         if item.index >= len(cache["frames"]):
             raise ValueError(f"{item.where}: the file has changed since it was indexed; run again")
         return cache["frames"][item.index]
@@ -237,11 +235,13 @@ def _read_frame(item: StructureItem):
 
 def _check_atoms(atoms, item: StructureItem) -> None:
     from sciml.data.readers import check_structures
+    from sciml.data.structure_files import COINCIDENT_DISTANCE, check_no_overlap
 
     try:
         check_structures([atoms], item.file, energy_key=None, forces_key=None, stress_key=None)
     except ValueError as err:  # it numbers the one frame it was given 0
         raise ValueError(str(err).replace(f"{item.file}: frame 0", item.where, 1)) from None
+    check_no_overlap(atoms, item.where, COINCIDENT_DISTANCE)  # as read_structures checks frames of these formats
 
 
 # ----------------------------------------------------------------------------------- dataset
@@ -355,15 +355,16 @@ def predict_structures(
     batch_size: int = 32,
     workers: int = 0,
     device: "str | torch.device | None" = None,
+    species: Optional[Sequence[str]] = None,
 ) -> Tuple[List[dict], List[str]]:
     """Predict every structure of ``paths`` in memory (no parts files): the result records in
     input order, and the messages of the files that could not be indexed and then of the
-    structures skipped, in input order.
+    structures skipped, in input order. ``species``: elements of POSCARs without a species line.
 
     Raises:
         ValueError: no structure could be predicted.
     """
-    items, errors = index_structures(paths)
+    items, errors = index_structures(paths, species)
     results = []
     for records in iter_predictions(model, items, batch_size, workers, device):
         for record in records:
@@ -557,6 +558,7 @@ def predict_to_file(
     on_batch: Optional[Callable[[int], None]] = None,
     log: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
     poll_s: float = 0.5,
+    species: Optional[Sequence[str]] = None,
 ) -> Optional[PredictionSummary]:
     """Predict every structure of ``paths`` into ``output``, resumably (see the module docstring).
 
@@ -569,6 +571,7 @@ def predict_to_file(
         on_batch: called with the number of batches this rank has written (progress, tests).
         log: where progress lines go (rank 0 only).
         poll_s: seconds between rank 0's looks for the other ranks' "done" markers.
+        species: elements of POSCARs without a species line, in the order of their counts.
 
     Returns:
         The summary on rank 0, None on the others.
@@ -583,7 +586,7 @@ def predict_to_file(
     plan: Any = None
     if ctx.is_main:
         try:
-            plan = _plan(paths, parts, force, retry_errors, job)
+            plan = _plan(paths, parts, force, retry_errors, job, species)
         except ValueError as err:
             plan = str(err)
     plan = ctx.broadcast(plan)
@@ -611,10 +614,10 @@ def predict_to_file(
     return _merge(plan, parts, output, kind)
 
 
-def _plan(paths, parts: PredictionParts, force: bool, retry_errors: bool, job) -> _Plan:
+def _plan(paths, parts: PredictionParts, force: bool, retry_errors: bool, job, species=None) -> _Plan:
     if force and parts.path.exists():
         shutil.rmtree(parts.path)
-    items, file_errors = index_structures(paths)
+    items, file_errors = index_structures(paths, species)
     parts.check_job(job)
     parts.path.mkdir(parents=True, exist_ok=True)
     for marker in parts.path.glob("rank-*.done"):  # of an earlier run

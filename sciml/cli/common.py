@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Sequence
 
 
 def add_command(sub, name: str, help_text: str, examples: str) -> argparse.ArgumentParser:
@@ -37,8 +38,17 @@ def load_calculator(checkpoint: str, device: str):
     return SciMLCalculator.from_checkpoint(checkpoint, device=device)
 
 
-def read_one_structure(path: str):
-    """The last structure of a file (CIF, POSCAR, xyz, extxyz, ...), as ase.Atoms."""
+def read_one_structure(path: str, species: "Sequence[str] | None" = None):
+    """The last structure of a file (CIF, POSCAR, xyz, extxyz, ...), as ase.Atoms; ``species``
+    names the elements of a POSCAR without a species line (``--species``)."""
     from sciml.data.readers import read_structures
 
-    return read_structures(path, index="-1:", energy_key=None, forces_key=None, stress_key=None)[-1]
+    return read_structures(path, index="-1:", energy_key=None, forces_key=None, stress_key=None,
+                           species=species)[-1]
+
+
+def add_species_argument(parser: argparse.ArgumentParser) -> None:
+    """``--species Fe O ...``: the elements of a POSCAR/CONTCAR without a species line."""
+    parser.add_argument("--species", nargs="+", metavar="ELEMENT",
+                        help="elements of a POSCAR/CONTCAR without a species line (VASP 4), in the order of its "
+                             "count line; such a file is refused without it")

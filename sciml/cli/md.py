@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sciml.cli.common import add_command, load_calculator, read_one_structure, refuse_overwrite
+from sciml.cli.common import add_command, add_species_argument, load_calculator, read_one_structure, refuse_overwrite
 
 MD_EXAMPLES = """  sciml md runs/ethanol/best.pt datasets/ethanol_xtb_500K/ethanol_xtb_500K.extxyz --steps 500
   sciml md model.pt POSCAR --ensemble langevin --temperature 300 --timestep 1.0 --output traj.extxyz
@@ -27,6 +27,7 @@ def register(sub) -> None:
     md.add_argument("--output", help="write the trajectory as extxyz")
     md.add_argument("--force", action="store_true", help="overwrite --output if it exists")
     md.add_argument("--device", default="cpu")
+    add_species_argument(md)
     md.set_defaults(run=run_md)
 
     relax = add_command(sub, "relax", "relax a structure with a trained model (ase BFGS)", RELAX_EXAMPLES)
@@ -38,6 +39,7 @@ def register(sub) -> None:
     relax.add_argument("--output", help="write the relaxed structure as extxyz")
     relax.add_argument("--force", action="store_true")
     relax.add_argument("--device", default="cpu")
+    add_species_argument(relax)
     relax.set_defaults(run=run_relax)
 
 
@@ -45,7 +47,7 @@ def run_md(args) -> int:
     from sciml.simulate import run_md as simulate
 
     output = refuse_overwrite(args.output, args.force) if args.output else None
-    atoms = read_one_structure(args.structure)
+    atoms = read_one_structure(args.structure, args.species)
     atoms.calc = load_calculator(args.checkpoint, args.device)
     report = simulate(
         atoms, steps=args.steps, timestep_fs=args.timestep, temperature_K=args.temperature,
@@ -59,7 +61,7 @@ def run_relax(args) -> int:
     from sciml.simulate import relax
 
     output = refuse_overwrite(args.output, args.force) if args.output else None
-    atoms = read_one_structure(args.structure)
+    atoms = read_one_structure(args.structure, args.species)
     atoms.calc = load_calculator(args.checkpoint, args.device)
     steps, converged = relax(atoms, fmax=args.fmax, steps=args.steps, cell=args.cell, output=output)
     fmax = float(np.linalg.norm(atoms.get_forces(), axis=1).max())

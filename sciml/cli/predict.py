@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from sciml.cli.common import add_command, refuse_overwrite
+from sciml.cli.common import add_command, add_species_argument, refuse_overwrite
 
 EXAMPLES = """  sciml predict --checkpoint runs/ethanol/best.pt frames.extxyz --output predictions.extxyz
   sciml predict --checkpoint runs/jarvis_formation/best.pt cifs/*.cif          # prints a property table
@@ -45,6 +45,7 @@ def register(sub) -> None:
                         help="overwrite --output if it exists and discard OUTPUT.parts of an interrupted run")
     parser.add_argument("--retry-errors", action="store_true",
                         help="on resume, try again the structures an earlier run recorded as bad")
+    add_species_argument(parser)
     parser.set_defaults(run=run)
 
 
@@ -67,13 +68,15 @@ def run(args) -> int:
             raise ValueError("--output is needed to predict across ranks (each rank writes its share there)")
         model = load_potential(args.checkpoint, device=ctx.device(args.device))
         if output is None:
-            records, skipped = batch_inference.predict_structures(model, paths, args.batch_size, args.workers)
+            records, skipped = batch_inference.predict_structures(model, paths, args.batch_size, args.workers,
+                                                                    species=args.species)
             _print_skipped(skipped)
             print(_table(records))
         else:
             summary = batch_inference.predict_to_file(
                 model, paths, output, ctx=ctx, batch_size=args.batch_size, workers=args.workers, force=args.force,
                 retry_errors=args.retry_errors, job=_job(args.checkpoint) if ctx.is_main else None,
+                species=args.species,
             )
             if summary is not None:  # rank 0
                 _print_skipped(summary.skipped)

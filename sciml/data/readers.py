@@ -11,10 +11,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 import ase
-import ase.io
 import numpy as np
 import torch
-from ase.data import atomic_numbers as _SYMBOL_TO_Z
 from tqdm.auto import tqdm
 
 from sciml.graph import AtomicGraph, GraphSpec
@@ -32,8 +30,14 @@ def read_structures(
     property_keys: Sequence[str] = (),
     required: Sequence[str] = (),
     format: Optional[str] = None,
+    species: Optional[Sequence[str]] = None,
 ) -> List[ase.Atoms]:
-    """Read structures with ``ase.io.read`` (extxyz/xyz, ase db, CIF, POSCAR, ...) and check them.
+    """Read structures (extxyz/xyz, CIF, POSCAR, ase db, anything ase reads) and check them.
+
+    The file is read by :func:`sciml.data.structure_files.read_structure_file`, the one reader
+    of every command: the reader is chosen from the name (case-insensitive, ``.gz`` looked
+    through); CIFs give every block, checked site by site (partial or mixed occupancy, implicit
+    hydrogens and overlapping sites are refused); POSCARs without a species line need ``species``.
 
     Labels are looked up, as :meth:`AtomicGraph.from_ase` does, in the attached calculator's
     results, then ``atoms.info`` (per structure), then ``atoms.arrays`` (per atom). Units are
@@ -47,29 +51,24 @@ def read_structures(
         required: which of ``"energy"``, ``"forces"``, ``"stress"`` every frame must carry. A label
             not required may be absent, but then from every frame (a batch cannot mix them).
         format: ase format name when it cannot be guessed from the file name.
+        species: elements, in order, of a POSCAR without a species line (VASP 4 format).
 
     Returns:
         One ``ase.Atoms`` per frame.
 
     Raises:
         ValueError: missing, empty, unreadable or malformed file; no structures; unknown
-            elements; non-finite coordinates or labels; a label missing from a frame.
+            elements; non-finite coordinates or labels; a label missing from a frame; a CIF
+            that is not an ordered crystal; overlapping atoms; a POSCAR without species.
     """
+    from sciml.data.structure_files import read_structure_file
+
     path = Path(path)
     check_structure_file(path)
-    try:
-        frames = ase.io.read(path, index=index, format=format)
-    except KeyError as err:
-        key = err.args[0] if err.args else None
-        if isinstance(key, str) and key not in _SYMBOL_TO_Z:
-            raise ValueError(f"{path}: unknown element symbol {key!r}") from None
-        raise ValueError(f"{path}: cannot read file (KeyError: {key!r})") from None
-    except Exception as err:  # ase raises many types for malformed input (XYZError, ValueError, IndexError...)
-        reason = (str(err).strip().splitlines() or [""])[0]
-        raise ValueError(f"{path}: cannot read file ({type(err).__name__}: {reason})") from None
-    frames = [frames] if isinstance(frames, ase.Atoms) else list(frames)
+    frames = read_structure_file(path, index=index, format=format, species=species)
     check_structures(frames, str(path), energy_key, forces_key, stress_key, property_keys, required)
     return frames
+
 
 
 def check_structures(

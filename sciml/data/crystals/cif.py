@@ -15,36 +15,21 @@ message naming the file and the problem:
 
 from __future__ import annotations
 
-import io
-import re
-import warnings
+import gzip
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import ase
-from ase.data import atomic_numbers
 
 from sciml.data.crystals._io import PathLike, logger
 from sciml.data.crystals.validation import CrystalInputError, check_crystal
 
-#: Occupancies below ``1 - OCCUPANCY_TOLERANCE`` mark a disordered (partially occupied) site.
-OCCUPANCY_TOLERANCE = 1e-3
-_CELL_TAGS = (
-    "_cell_length_a",
-    "_cell_length_b",
-    "_cell_length_c",
-    "_cell_angle_alpha",
-    "_cell_angle_beta",
-    "_cell_angle_gamma",
-)
-_COORDINATE_TAGS = ("_atom_site_fract_x", "_atom_site_cartn_x")
-
 
 def read_cif(path: PathLike) -> ase.Atoms:
-    """Read the first structure of a CIF file as a periodic ``ase.Atoms`` and validate it.
+    """Read the one structure of a CIF file as a periodic ``ase.Atoms`` and validate it.
 
     Args:
-        path: the ``.cif`` file.
+        path: the ``.cif`` (or ``.mcif``, ``.cif.gz``) file.
 
     Returns:
         The structure with all symmetry-equivalent sites expanded, positions Å, cell rows Å,
@@ -58,62 +43,37 @@ def read_cif(path: PathLike) -> ase.Atoms:
         raise CrystalInputError(f"{path}: no such file")
     try:
         data = path.read_bytes()
-    except OSError as err:
+        if path.name.lower().endswith(".gz"):
+            data = gzip.decompress(data)
+    except (OSError, EOFError) as err:
         raise CrystalInputError(f"{path}: cannot read ({err})") from None
     if b"\x00" in data:
         raise CrystalInputError(f"{path}: not a CIF file (binary content)")
-    return cif_text_to_atoms(data.decode("latin1"), str(path))
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = data.decode("latin-1")
+    return cif_text_to_atoms(text, str(path))
 
 
 def cif_text_to_atoms(text: str, source: str) -> ase.Atoms:
     """:func:`read_cif` for CIF text held in memory (e.g. a CIF string inside a JSON dataset);
-    ``source`` starts every error message."""
-    if not re.search(r"^\s*data_", text, flags=re.MULTILINE | re.IGNORECASE):
-        raise CrystalInputError(f"{source}: unparsable CIF (no data_ block: not a CIF file)")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            from ase.io.cif import parse_cif
+    ``source`` starts every error message.
 
-            blocks = list(parse_cif(io.StringIO(text)))
-    except Exception as err:  # ase raises ValueError, KeyError, IndexError, ... on malformed text
-        raise CrystalInputError(f"{source}: unparsable CIF ({_describe(err)})") from None
-    if not blocks:
-        raise CrystalInputError(f"{source}: unparsable CIF (no data_ block)")
-    with_sites = [b for b in blocks if any(tag in b for tag in _COORDINATE_TAGS)]
-    if not with_sites:
-        raise CrystalInputError(f"{source}: no atoms (no _atom_site_fract_* or _atom_site_Cartn_* entries)")
-    block = with_sites[0]
-    missing = [tag for tag in _CELL_TAGS if tag not in block]
-    if missing:
-        raise CrystalInputError(f"{source}: missing lattice (no {', '.join(missing)})")
-    labels = [str(x) for x in block.get("_atom_site_label", [])]
-    raw_symbols = block.get("_atom_site_type_symbol", labels)
-    if not raw_symbols:
-        raise CrystalInputError(f"{source}: no atoms (no _atom_site_type_symbol or _atom_site_label)")
-    for position, raw in enumerate(raw_symbols):
-        if _element_of(str(raw)) is None:
-            label = f" (site {labels[position]})" if position < len(labels) and labels[position] != raw else ""
-            raise CrystalInputError(f"{source}: unknown element {str(raw)!r}{label}")
-    partial = []
-    for position, occupancy in enumerate(block.get("_atom_site_occupancy", [])):
-        if isinstance(occupancy, (int, float)) and occupancy < 1 - OCCUPANCY_TOLERANCE:
-            site = labels[position] if position < len(labels) else f"#{position}"
-            partial.append(f"{site}={occupancy:g}")
-    if partial:
-        shown = ", ".join(partial[:5]) + (", ..." if len(partial) > 5 else "")
-        raise CrystalInputError(
-            f"{source}: partial occupancies (disordered sites: {shown}); only ordered structures are supported"
-        )
+    The text is read by :func:`sciml.data.cif_sites.cif_to_structures`, the CIF reader of every
+    sciml command, and must hold exactly one structure."""
+    from sciml.data.cif_sites import cif_to_structures
+
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            atoms = block.get_atoms()
-    except Exception as err:  # symmetry expansion and number parsing raise assorted errors
-        raise CrystalInputError(f"{source}: unparsable CIF structure ({_describe(err)})") from None
-    # a plain structure: ase's spacegroup/occupancy bookkeeping in info and arrays is dropped
-    atoms = ase.Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell.array, pbc=True)
-    return check_crystal(atoms, source)
+        structures = cif_to_structures(text, source)
+    except CrystalInputError:
+        raise
+    except ValueError as err:
+        raise CrystalInputError(str(err)) from None
+    if len(structures) != 1:
+        raise CrystalInputError(f"{source}: holds {len(structures)} structures (data blocks with atom sites); a "
+                                f"crystal dataset entry must hold one")
+    return check_crystal(structures[0], source)
 
 
 def read_crystal_files(
@@ -143,19 +103,3 @@ def read_crystal_files(
             logger.warning("skipping %s", err)
             bad.append((path, str(err)))
     return good, bad
-
-
-def _describe(err: Exception) -> str:
-    return f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
-
-
-def _element_of(raw: str) -> Optional[str]:
-    """The element of a CIF type symbol or label (``"Fe2+"``, ``"O1"``, ``"Cu"``), or None."""
-    match = re.match(r"[A-Za-z]+", raw.strip())
-    if match is None:
-        return None
-    letters = match.group(0)
-    for candidate in (letters[:2].capitalize(), letters[:1].upper()):
-        if candidate == "D" or atomic_numbers.get(candidate, 0) > 0:
-            return candidate
-    return None

@@ -1,0 +1,99 @@
+"""Bad structure files through the command line: exit code 2, one line on stderr, nothing written;
+``--species`` reads a POSCAR without a species line in predict, md and relax."""
+
+from pathlib import Path
+
+import pytest
+from ase.build import molecule
+from ase.io import read, write
+
+from sciml.cli.main import main
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "datasets" / "ethanol_xtb_500K" / "ethanol_xtb_500K.extxyz"
+MADE = ROOT / "datasets" / "structure_corpus" / "files" / "made"
+
+CONFIG = """
+model: {{name: egnn, options: {{hidden: 8, layers: 1, cutoff: 4.0}}}}
+data: {{path: {data}}}
+split: {{train: 20, valid: 5, test: 5, seed: 0}}
+optimizer: {{lr: 0.005}}
+epochs: 1
+batch_size: 10
+output_dir: {out}
+"""
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A one-epoch ethanol model made with `sciml train`."""
+    folder = tmp_path_factory.mktemp("cli_structures")
+    write(folder / "small.extxyz", read(DATA, ":30"))
+    config = folder / "config.yaml"
+    config.write_text(CONFIG.format(data=folder / "small.extxyz", out=folder / "run"))
+    assert main(["train", str(config)]) == 0
+    return str(folder / "run" / "best.pt")
+
+
+def one_error_line(capsys, code, *needles):
+    assert code == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+def vasp4_ethanol(path: Path) -> Path:
+    """Ethanol in a 12 Å box as a POSCAR without a species line (C2 H6 O1 by count only)."""
+    atoms = molecule("CH3CH2OH")
+    atoms = atoms[[i for s in ("C", "H", "O") for i, a in enumerate(atoms) if a.symbol == s]]
+    atoms.cell = [12.0, 12.0, 12.0]
+    atoms.center()
+    lines = ["ethanol C H O", "1.0", "12 0 0", "0 12 0", "0 0 12", "2 6 1", "Cartesian"]
+    lines += [" ".join(f"{x:.6f}" for x in position) for position in atoms.positions]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("name, needles", [
+    ("partial_occupancy.cif", ("partial occupancies", "site O1", "O 0.85")),
+    ("mixed_site_symbol.cif", ("partial occupancies", "site M1", "Mg 0.66 + Fe 0.317")),
+    ("overlap_0.0005A.cif", ("overlapping atoms", "Cu1", "Cu2", "0.0005 Å")),
+    ("attached_hydrogens.cif", ("implicit hydrogens", "C1")),
+    ("POSCAR_no_species", ("no species line", "--species")),
+])
+def test_predict_refuses_bad_structure_files(checkpoint, capsys, tmp_path, name, needles):
+    output = tmp_path / "out.csv"
+    code = main(["predict", "--checkpoint", checkpoint, str(MADE / name), "--output", str(output)])
+    one_error_line(capsys, code, str(MADE / name), *needles)
+    assert not output.exists() and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("command", ["md", "relax"])
+def test_md_and_relax_refuse_a_poscar_without_species(checkpoint, capsys, tmp_path, command):
+    poscar = vasp4_ethanol(tmp_path / "POSCAR")
+    output = tmp_path / "out.extxyz"
+    code = main([command, checkpoint, str(poscar), "--steps", "2", "--output", str(output)])
+    one_error_line(capsys, code, str(poscar), "no species line", "2 6 1")
+    assert not output.exists()
+    code = main([command, checkpoint, str(MADE / "partial_occupancy.cif"), "--steps", "2", "--output", str(output)])
+    one_error_line(capsys, code, "partial occupancies", "site O1")
+    assert not output.exists()
+
+
+def test_species_reads_a_poscar_without_species_line(checkpoint, capsys, tmp_path):
+    poscar = vasp4_ethanol(tmp_path / "POSCAR")
+    output = tmp_path / "pred.csv"
+    assert main(["predict", "--checkpoint", checkpoint, str(poscar), "--output", str(output), "--species", "C", "H", "O"]) == 0
+    assert ",C2H6O," in output.read_text()
+    relaxed = tmp_path / "relaxed.extxyz"
+    assert main(["relax", checkpoint, str(poscar), "--steps", "2", "--species", "C", "H", "O", "--output", str(relaxed)]) in (0, 1)
+    assert read(relaxed).get_chemical_formula() == "C2H6O"
+    trajectory = tmp_path / "md.extxyz"
+    assert main(["md", checkpoint, str(poscar), "--steps", "2", "--species", "C", "H", "O", "--output", str(trajectory)]) == 0
+    assert read(trajectory, "-1").get_chemical_formula() == "C2H6O"
+    capsys.readouterr()
+    code = main(["md", checkpoint, str(poscar), "--steps", "2", "--species", "C", "H"])
+    one_error_line(capsys, code, "2 species (C H) but 3 counts")
