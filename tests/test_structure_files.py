@@ -251,3 +251,17 @@ def test_coincident_atoms_in_xyz_are_refused_everywhere(tmp_path):
     items, errors = index_structures([str(path)])
     with pytest.raises(ValueError, match="overlapping atoms"):
         read_item(items[0])
+
+
+def test_crystal_dataset_folders_take_cifs_of_any_name(tmp_path):
+    from sciml.data.crystals import detect_crystal_format, read_crystal_records
+
+    shutil.copyfile(made("partial_occupancy.cif"), tmp_path / "bad.cif")
+    shutil.copyfile(FILES / "ase" / "cod_9004112.cif", tmp_path / "upper.CIF")
+    with open(FILES / "pyxtal" / "NbO2.cif", "rb") as source, gzip.open(tmp_path / "packed.cif.gz", "wb") as packed:
+        shutil.copyfileobj(source, packed)
+    assert detect_crystal_format(tmp_path) == "cif" and detect_crystal_format(tmp_path / "packed.cif.gz") == "cif"
+    skipped = []
+    records = read_crystal_records(tmp_path, "cif", skip_bad=True, skipped=skipped)
+    assert sorted(r.id for r in records) == ["packed", "upper"]
+    assert len(skipped) == 1 and "partial occupancies" in str(skipped[0])

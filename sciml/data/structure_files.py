@@ -55,6 +55,20 @@ def structure_kind(path: Union[str, os.PathLike]) -> str:
     return "ase"
 
 
+def cif_files(directory: Union[str, os.PathLike]) -> List[Path]:
+    """The CIF files of a folder (``*.cif``, ``*.mcif``, any case, ``.gz`` or not), sorted."""
+    return sorted(p for p in Path(directory).iterdir() if p.is_file() and structure_kind(p) == "cif")
+
+
+def structure_id(path: Union[str, os.PathLike]) -> str:
+    """A file's name without its structure suffixes: ``mp-1.cif.gz`` and ``mp-1.CIF`` give ``mp-1``."""
+    name = Path(path).name
+    for suffix in (".gz", ".cif", ".mcif", ".vasp", ".extxyz", ".xyz"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+    return name
+
+
 def cif_block_count(path: Union[str, os.PathLike]) -> int:
     """How many ``data_`` blocks a CIF holds (a cheap count of their header lines, to index files
     without parsing them); 1 when the file cannot be read (the reader then says why)."""

@@ -111,24 +111,27 @@ def _read_cif_directory(directory, targets_path, id_key, targets, skip_bad, skip
         found = [directory / n for n in ("id_prop.csv", "targets.csv", "targets.json") if (directory / n).is_file()]
         targets_path = found[0] if found else None
     table = {} if targets_path is None else read_target_table(targets_path, id_key)
-    files = sorted(directory.glob("*.cif"))
+    from sciml.data.structure_files import cif_files, structure_id
+
+    files = cif_files(directory)  # *.cif, *.mcif, any case, gzipped or not
     if not files:
         raise CrystalInputError(f"{directory}: no *.cif files")
-    stems = {f.stem for f in files}
+    stems = {structure_id(f) for f in files}
     orphans = [key for key in table if key not in stems]
     if orphans:
         logger.warning("%s: %d table rows have no CIF file (first: %s)", targets_path, len(orphans), orphans[0])
     records = []
     for file in files:
-        source = f"{file} (record {file.stem})"
+        stem = structure_id(file)
+        source = f"{file} (record {stem})"
         try:
             atoms = read_cif(file)
-            row = table.get(file.stem, {})
-            values = _targets_of(row, targets, exclude=(), source=f"{targets_path} (record {file.stem})")
+            row = table.get(stem, {})
+            values = _targets_of(row, targets, exclude=(), source=f"{targets_path} (record {stem})")
         except CrystalInputError as err:
             skip_or_raise(err, skip_bad, skipped, source)
             continue
-        records.append(CrystalRecord(file.stem, atoms, values))
+        records.append(CrystalRecord(stem, atoms, values))
     return records
 
 

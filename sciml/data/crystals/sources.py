@@ -31,7 +31,7 @@ FORMATS = ("jarvis", "matbench", "mp", "cif")
 def detect_crystal_format(path: PathLike) -> str:
     """The format of ``path`` (one of :data:`FORMATS`).
 
-    A directory with ``*.cif`` files or a ``.cif`` file is ``"cif"``; a JSON file (``.json``,
+    A directory with CIF files or a CIF file (``.cif``, ``.mcif``, any case, ``.gz``) is ``"cif"``; a JSON file (``.json``,
     ``.gz``, ``.zip``) is ``"matbench"`` when it is a split table (``"columns"`` and
     ``"data"``), ``"jarvis"`` when its entries have ``jid`` and ``lattice_mat``, else ``"mp"``.
 
@@ -41,11 +41,13 @@ def detect_crystal_format(path: PathLike) -> str:
     path = Path(path)
     if not path.exists():
         raise ValueError(f"{path}: no such file or directory")
+    from sciml.data.structure_files import cif_files, structure_kind
+
     if path.is_dir():
-        if any(path.glob("*.cif")):
+        if cif_files(path):
             return "cif"
         raise ValueError(f"{path}: a directory without *.cif files is not a crystal dataset")
-    if path.suffix.lower() == ".cif":
+    if structure_kind(path) == "cif":  # .cif, .mcif, any case, .gz
         return "cif"
     if path.name.endswith((".json", ".gz", ".zip")):
         head = peek_text(path).lstrip()
@@ -71,8 +73,10 @@ def read_crystal_records(path: PathLike, format: Optional[str] = None, **kw: Any
     if format == "cif":
         if Path(path).is_dir():
             return read_materials_project(path, **kw)
+        from sciml.data.structure_files import structure_id
+
         atoms = read_cif(path)
-        stem = Path(path).stem
+        stem = structure_id(path)
         row = {}
         if kw.get("targets_path") is not None:
             row = read_target_table(kw["targets_path"], kw.get("id_key", "material_id")).get(stem, {})
