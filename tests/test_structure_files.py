@@ -35,6 +35,9 @@ CATEGORY_WORDS = {
     "implicit_hydrogens": "implicit hydrogen",
     "overlap": "overlapping atoms",
     "not_an_element": "unknown element",
+    "degenerate": "degenerate",
+    "missing_lattice": "missing lattice",
+    "bad_symmetry": "symmetry operation",
 }
 SECONDS_PER_FILE = 30
 

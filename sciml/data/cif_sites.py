@@ -218,9 +218,12 @@ def _cell(tags: Dict[str, Any], where: str) -> np.ndarray:
         raise ValueError(f"{where}: missing lattice (no {', '.join(missing)})")
     from ase.geometry import cellpar_to_cell
 
-    cell = cellpar_to_cell(values)
-    if not np.isfinite(cell).all() or abs(np.linalg.det(cell)) < 1e-6:
-        raise ValueError(f"{where}: singular lattice (cell parameters {values})")
+    with np.errstate(all="ignore"):
+        cell = cellpar_to_cell(values)
+    volume = abs(np.linalg.det(cell)) if np.isfinite(cell).all() else 0.0
+    if volume < 1e-6 * max(float(np.prod(values[:3])), 1e-6):  # flat or impossible angles
+        raise ValueError(f"{where}: degenerate lattice (cell parameters {' '.join(f'{v:g}' for v in values)} give "
+                         f"a volume of {volume:.3g} Å^3)")
     return cell
 
 

@@ -185,9 +185,11 @@ def _is_int(token: str) -> bool:
 
 
 def _species_token(token: str) -> Optional[str]:
-    """The element of a POSCAR species token (``Fe``, ``Fe_pv``, ``Fe/1a2b3c``), or None."""
-    symbol = re.split(r"[_/.]", token, maxsplit=1)[0]
-    symbol = symbol[:1].upper() + symbol[1:].lower()
+    """The element of a POSCAR species token (``Fe``, ``Fe_pv``, ``Fe/1a2b3c``, ``Ti1``), or None."""
+    match = re.match(r"[A-Za-z]+", token)
+    if match is None:
+        return None
+    symbol = match.group(0)[:1].upper() + match.group(0)[1:].lower()
     return symbol if atomic_numbers.get(symbol, 0) > 0 else None
 
 
@@ -256,13 +258,17 @@ def check_no_overlap(atoms: ase.Atoms, where: str, limit: float = MIN_DISTANCE) 
     if len(atoms) < 2 and not atoms.pbc.any():
         return
     cell = atoms.cell.array
-    if atoms.pbc.any() and abs(np.linalg.det(cell)) < 1e-6:
-        return  # a singular cell is refused by the structure checks with its own message
-    if not np.isfinite(atoms.positions).all():
+    if not np.isfinite(atoms.positions).all() or not np.isfinite(cell).all():
         return  # refused by the structure checks (NaN or inf)
+    if atoms.pbc.all() and abs(np.linalg.det(cell)) < 1e-6 * max(float(np.prod(atoms.cell.lengths())), 1e-6):
+        raise ValueError(f"{where}: degenerate cell (volume {abs(np.linalg.det(cell)):.3g} Å^3 for lengths "
+                         f"{' '.join(f'{v:.4g}' for v in atoms.cell.lengths())} Å)")
     from sciml.graph.neighbors import neighbor_list
 
-    i, j, shifts = neighbor_list(atoms.positions, cell if atoms.pbc.any() else None, atoms.pbc, limit)
+    try:
+        i, j, shifts = neighbor_list(atoms.positions, cell if atoms.pbc.any() else None, atoms.pbc, limit)
+    except ValueError as err:  # a cell singular along its periodic directions
+        raise ValueError(f"{where}: {(str(err).splitlines() or [''])[0]}") from None
     if len(i) == 0:
         return
     i, j, shifts = i.numpy(), j.numpy(), shifts.numpy()

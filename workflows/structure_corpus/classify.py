@@ -54,6 +54,9 @@ CATEGORIES = (
     ("implicit_hydrogens", "implicit hydrogen"),
     ("overlap", "overlapping atoms"),
     ("not_an_element", "unknown element"),
+    ("degenerate", "degenerate"),
+    ("missing_lattice", "missing lattice"),
+    ("bad_symmetry", "symmetry operation"),
     ("empty", "file is empty"),
     ("unparsable", "cannot read file"),
     ("unparsable", "unparsable CIF"),
@@ -266,6 +269,20 @@ def _poscar_expectation(text: str) -> Dict[str, Any]:
     volume = abs(np.linalg.det(lattice)) * (scale ** 3 if scale > 0 else 1.0)
     if scale < 0:
         volume = -scale
+    if volume < 1e-6 * float(np.prod(np.linalg.norm(lattice, axis=1))) * abs(scale) ** 3:
+        return {"outcome": "refuse", "reason": "degenerate cell"}
+    if row < len(lines) and lines[row].strip()[:1].lower() == "s":
+        row += 1  # Selective dynamics
+    row += 1  # Direct / Cartesian
+    coordinates = 0
+    for line in lines[row: row + sum(counts)]:
+        try:
+            [float(v) for v in line.split()[:3]]
+        except ValueError:
+            break
+        coordinates += len(line.split()) >= 3
+    if coordinates < sum(counts):
+        return {"outcome": "refuse", "reason": f"{coordinates} coordinate lines for {sum(counts)} atoms"}
     return {"outcome": "read", "frames": [{"natoms": sum(counts), "composition": dict(sorted(composition.items())),
                                            "volume": float(volume)}]}
 
