@@ -268,3 +268,43 @@ def test_crystal_dataset_folders_take_cifs_of_any_name(tmp_path):
     records = read_crystal_records(tmp_path, "cif", skip_bad=True, skipped=skipped)
     assert sorted(r.id for r in records) == ["packed", "upper"]
     assert len(skipped) == 1 and "partial occupancies" in str(skipped[0])
+
+
+SITE_CIF = """data_x
+_cell_length_a 4.0
+_cell_length_b 4.0
+_cell_length_c 4.0
+_cell_angle_alpha 90
+_cell_angle_beta 90
+_cell_angle_gamma 90
+loop_
+_symmetry_equiv_pos_as_xyz
+'x, y, z'
+'{operation}'
+loop_
+_atom_site_label
+_atom_site_type_symbol
+_atom_site_fract_x
+_atom_site_fract_y
+_atom_site_fract_z
+A1 {symbol} 0.1 0.2 0.3
+"""
+
+
+@pytest.mark.parametrize("symbol, element", [("Fe", "Fe"), ("Fe3+", "Fe"), ("O2-", "O"), ("CA", "Ca"), ("Fe2", "Fe"),
+                                             ("D", "H"), ("OH2", None), ("NH4", None), ("Xx", None)])
+def test_type_symbols_name_an_element_or_are_refused(tmp_path, symbol, element):
+    path = tmp_path / "site.cif"
+    path.write_text(SITE_CIF.format(operation="-x, -y, z+1/2", symbol=symbol))
+    if element is None:
+        refusal(path, "unknown element", repr(symbol), "site A1")
+    else:
+        assert read(path)[0].get_chemical_symbols() == [element, element]
+
+
+@pytest.mark.parametrize("operation", ["-x, -y", "x, y, q", "x, y, z+", "1" * 60 + "!, y, z"])
+def test_unreadable_symmetry_operations_are_refused_at_once(tmp_path, operation):
+    path = tmp_path / "site.cif"
+    path.write_text(SITE_CIF.format(operation=operation, symbol="Cu"))
+    with time_limit(5):
+        refusal(path, "symmetry operation")

@@ -56,7 +56,9 @@ _SYMBOL_TAGS = ("_space_group_name_h-m_alt", "_symmetry_space_group_name_h-m", "
 _NUMBER_TAGS = ("_space_group_it_number", "_space_group.it_number", "_symmetry_int_tables_number")
 _MISSING = ("?", ".", "")
 # an element (1-2 letters) with an optional charge: Fe, Fe3+, O2-, Cu+1, CA (COD writes capitals)
-_TYPE_SYMBOL = re.compile(r"^([A-Za-z]{1,2}?)(\d*[+-]|[+-]\d*)?$")
+_TYPE_SYMBOL = re.compile(r"^([A-Za-z]{1,2}?)(\d*[+-]?|[+-]\d*)$")
+# elements past 103 are not found in crystals: 'NH4' or 'DS' would otherwise read as Nh or Ds
+_HEAVIEST = 103
 
 
 @dataclass
@@ -146,8 +148,8 @@ def _first(tags: Dict[str, Any], names: Sequence[str]) -> Any:
 
 # ------------------------------------------------------------------------------- sites
 def _element(raw: str, is_label: bool) -> Optional[str]:
-    """The element a type symbol (``Fe3+``, ``CA``) or, failing that, a label (``O1``, ``Fe2a``)
-    names; None when it names none (``OH2``, ``0.66Mg + 0.32Fe``, ``Xx``)."""
+    """The element a type symbol (``Fe3+``, ``CA``, ``Fe2``) or, failing that, a label (``O1``,
+    ``Fe2a``) names; None when it names none (``OH2``, ``NH4``, ``0.66Mg + 0.32Fe``, ``Xx``)."""
     raw = raw.strip()
     if is_label:
         match = re.match(r"[A-Za-z]+", raw)
@@ -163,7 +165,7 @@ def _element(raw: str, is_label: bool) -> Optional[str]:
     for candidate in candidates:
         if candidate == "D":
             return "H"
-        if atomic_numbers.get(candidate, 0) > 0:
+        if 0 < atomic_numbers.get(candidate, 0) <= _HEAVIEST:
             return candidate
     return None
 
@@ -180,8 +182,8 @@ def _site_table(tags: Dict[str, Any], where: str) -> Optional[List[_Site]]:
     count = len(columns[0])
     rows = [[_number(c[k]) for c in columns] for k in range(count)]
     names = [str(labels[k]) if labels is not None and k < len(labels) else f"#{k + 1}" for k in range(count)]
-    if all(None in row for row in rows) and all((types or labels or ["?"])[k % len(types or labels or ["?"])]
-                                                in _MISSING for k in range(count)):
+    species = types if types is not None else labels
+    if all(None in row for row in rows) and (species is None or all(str(v).strip() in _MISSING for v in species)):
         return None  # a loop of '?' only: the block has no structure
     if labels is None and types is None:
         raise ValueError(f"{where}: no _atom_site_type_symbol or _atom_site_label: the elements are unknown")
@@ -228,6 +230,9 @@ def _cell(tags: Dict[str, Any], where: str) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------- symmetry
+_TERM = re.compile(r"([+-]?)(?:(\d+(?:\.\d*)?(?:/\d+)?|\.\d+)\*?)?([xyz])?")
+
+
 def _operation(text: str, where: str) -> Tuple[np.ndarray, np.ndarray]:
     """``x' = R x + t`` of an operation such as ``-y+3/4,-x+3/4,-z,+1`` (a magnetic operation's
     time-reversal part, the fourth item, is ignored)."""
@@ -238,19 +243,20 @@ def _operation(text: str, where: str) -> Tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"{where}: symmetry operation {text!r} does not have three parts")
     rotation, translation = np.zeros((3, 3)), np.zeros(3)
     for row, part in enumerate(parts):
-        for sign, number, axis in re.findall(r"([+-]?)([\d./]*)\*?([xyz]?)", part):
-            if not number and not axis:
-                continue
-            try:
-                value = float(Fraction(number)) if number else 1.0
-            except (ValueError, ZeroDivisionError):
-                raise ValueError(f"{where}: cannot read symmetry operation {text!r}") from None
+        position = 0
+        while position < len(part):  # one term at a time: linear, whatever the text
+            match = _TERM.match(part, position)
+            sign, number, axis = match.groups()
+            if match.end() == position or not (number or axis):
+                raise ValueError(f"{where}: cannot read symmetry operation {text!r}")
+            value = float(Fraction(number)) if number else 1.0
             value = -value if sign == "-" else value
             if axis:
                 rotation[row, "xyz".index(axis)] += value
             else:
                 translation[row] += value
-        if not re.fullmatch(r"([+-]?[\d./]*\*?[xyz]?)+", part):
+            position = match.end()
+        if not part:
             raise ValueError(f"{where}: cannot read symmetry operation {text!r}")
     return rotation, translation
 
