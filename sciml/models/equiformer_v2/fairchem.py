@@ -23,6 +23,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import torch
 
 from sciml.io.checkpoint import CheckpointError, read_torch_file
+from sciml.models.domain import LABEL_UNITS, ModelDomain
 from sciml.models.equiformer_v2.model import AVG_DEGREE, AVG_NUM_NODES, EquiformerV2
 
 _RENAMES = (
@@ -210,9 +211,24 @@ def fairchem_checkpoint_model(checkpoint: Any, path: "str | Path",
             model.head.element_energies[: lin_ref.numel()] = lin_ref.to(model.head.element_energies) * energy_scale
     if not math.isfinite(energy_scale) or energy_scale <= 0:
         raise CheckpointError(f"{path} has an invalid energy normaliser rmsd {energy_scale}")
+    model.domain = fairchem_domain(config, options, str(path))
     info = dict(options=options, fairchem_config=dict(model_config), normalizers={"energy": energy, "forces": forces},
                 used_ema=used_ema, ignored_buffers=ignored, epoch=checkpoint.get("epoch"), step=checkpoint.get("step"))
     return model.eval(), info
+
+
+def fairchem_domain(config: Mapping[str, Any], options: Mapping[str, Any], source: str = "") -> ModelDomain:
+    """The domain of a fairchem checkpoint from its config: the elements its embedding has rows
+    for (atomic numbers 1 to ``max_num_elements`` - 1), periodic cells (fairchem's EquiformerV2
+    models are trained on slabs and bulk crystals), energy and forces, and the training data's
+    path where the config names it. Structure counts and label ranges are not recorded there."""
+    dataset = config.get("dataset") if isinstance(config, Mapping) else None
+    if isinstance(dataset, Mapping) and isinstance(dataset.get("train"), Mapping):
+        dataset = dataset["train"]
+    src = dataset.get("src", "") if isinstance(dataset, Mapping) else ""
+    labels = {"energy": LABEL_UNITS["energy"], "forces": LABEL_UNITS["forces"]}
+    return ModelDomain(tuple(range(1, int(options["max_num_elements"]))), periodic=1, molecules=0, labels=labels,
+                       dataset=f"fairchem config: {src}" if src else "fairchem config", counted=False, source=source)
 
 
 def _fairchem_name(key: str) -> str:

@@ -192,6 +192,8 @@ class EquiformerV2(MessagePassing):
         out = self.head(node_energy / self.avg_num_nodes, graph, geometry if derivatives else None,
                         training=self.training)
         out["energy"] = out["energy"] + self.energy_shift
+        # the shift is per structure: shared evenly by its atoms, so the per-atom energies sum to it
+        out["energies"] = out["energies"] + self.energy_shift / graph.num_atoms_per_graph[graph.batch].to(x.dtype)
         if self.direct_forces and compute_forces:
             forces = self.force_block(x, edge_scalars, numbers, edge_index, frames, degrees=2)[:, 1:4, 0]
             out["forces"] = forces * (self.head.scale * self.force_scale)
