@@ -47,7 +47,7 @@ def describe(path: str) -> list:
             kind = f"sciml checkpoint (sciml {payload.get('sciml_version', '?')})"
             options = payload.get("config", {})
             trained = payload.get("epoch")
-            training = (f"trained {trained + 1} epochs, best epoch {payload.get('best_epoch')} "
+            training = (f"trained {trained} epochs, best epoch {payload.get('best_epoch')} "
                         f"(validation loss {payload.get('best_metric', float('nan')):.4g})") if isinstance(trained, int) else None
         else:
             kind = "fairchem checkpoint (converted on loading)"

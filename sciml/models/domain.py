@@ -149,6 +149,9 @@ class ModelDomain:
         if self.labels:
             lines.append("labels: " + ", ".join(f"{name} ({unit})" if unit else name for name, unit in self.labels.items()))
         for name, (low, high) in self.ranges.items():
+            if name == "forces":
+                lines.append(f"largest force component: {high:.6g} eV/Å")
+                continue
             unit = {"energy_per_atom": "eV/atom"}.get(name, self.labels.get(name, ""))
             lines.append(f"range of {name}: {low:.6g} to {high:.6g}{' ' + unit if unit else ''}")
         if self.dataset:
