@@ -49,6 +49,7 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
@@ -312,7 +313,9 @@ def iter_predictions(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if workers < 0:
         raise ValueError(f"workers must be >= 0, got {workers}")
-    dataset = StructureDataset(items, GraphSpec.of(model), model_dtype(model), domain_of(model), allow_unknown_elements)
+    domain = domain_of(model)
+    stress_doubt = domain.stress_warning() if domain is not None else None
+    dataset = StructureDataset(items, GraphSpec.of(model), model_dtype(model), domain, allow_unknown_elements)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                                          collate_fn=collate_structures)
     for samples, batch in loader:
@@ -331,6 +334,9 @@ def iter_predictions(
                     outputs += _predict_batch(model, graph, device)
                 except (ValueError, IndexError) as err:
                     outputs.append(f"{items[sample['n']].where}: the model failed: {_first_line(err)}")
+        if stress_doubt is not None and any("stress" in row for row in outputs if isinstance(row, dict)):
+            warnings.warn(stress_doubt, stacklevel=2)
+            stress_doubt = None  # once
         rows = iter(outputs)
         records = []
         for sample in samples:

@@ -120,6 +120,9 @@ def test_stress_of_a_model_never_trained_on_cells_or_stress_warns(molecules, met
     with warnings.catch_warnings():  # once per calculator
         warnings.simplefilter("error")
         box.get_stress()
+    write(box_file := molecules.parent / "box.extxyz", box)
+    with pytest.warns(UserWarning, match="never trained on periodic structures"):
+        main(["predict", "--checkpoint", str(molecules), str(box_file)])
     crystal = bulk("Cu", "fcc", a=3.65, cubic=True)
     crystal.calc = SciMLCalculator.from_checkpoint(str(metals))
     with warnings.catch_warnings():
