@@ -113,6 +113,12 @@ def test_devices_that_do_not_exist_give_one_line(checkpoint, capsys, tmp_path):
                                ("tpu", "unknown device 'tpu'")):
             one_error_line(capsys, main(argv + ["--device", device]), needle)
         assert sorted(p.name for p in tmp_path.iterdir()) == ["m.xyz"]
+    config = tmp_path / "train.yaml"
+    config.write_text(CONFIG.format(data=DATA, out=tmp_path / "run"))
+    one_error_line(capsys, main(["train", str(config), "--device", "cuda:1"]), "use --device cpu")
+    one_error_line(capsys, main(["data", "generate", "navier-stokes", "--num", "1", "--output",
+                                 str(tmp_path / "ns.mat"), "--device", "cuda"]), "use --device cpu")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.xyz", "train.yaml"]
     if not torch.cuda.is_available():
         assert "CPU-only" in one_error_line(capsys, main(["relax", str(checkpoint), str(xyz), "--device", "cuda"]))
 
