@@ -102,9 +102,10 @@ class SciMLCalculator(Calculator):
         self.results = {
             "energy": energy,
             "free_energy": energy,
-            "energies": out["energies"].detach().cpu().double().numpy(),
             "forces": out["forces"].detach().cpu().double().numpy(),
         }
+        if "energies" in out:
+            self.results["energies"] = out["energies"].detach().cpu().double().numpy()
         if "stress" in properties and "stress" not in out:
             raise PropertyNotImplementedError(
                 f"{type(self.model).__name__} does not predict stress (direct-force models have no energy "

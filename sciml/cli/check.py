@@ -45,12 +45,12 @@ def run(args) -> int:
         crystal = bulk("Cu", "fcc", a=3.6) * (2, 2, 1)
         crystal.rattle(0.05, seed=0)
         structures = [molecule("CH3CH2OH"), crystal]
-        if domain is not None:
-            structures = [_within(atoms, domain.elements) for atoms in structures]
     if crystals_only:
         for atoms in [a for a in structures if not a.pbc.all()]:
             print(f"skipping {atoms.get_chemical_formula()}: the model reads 3D crystals only")
         structures = [a for a in structures if a.pbc.all()]
+    if domain is not None and not args.structures:
+        structures = [_within(atoms, domain.elements) for atoms in structures]
     # property models (e.g. ComFormer's formation energy) are checked for one invariant output
     outputs = None if energy_model else {getattr(model, "target", "energy"): "scalar"}
     if domain is not None:
