@@ -89,6 +89,8 @@ def fairchem_model_options(model_config: Mapping[str, Any]) -> Dict[str, Any]:
         alpha_drop=config["alpha_drop"], drop_path_rate=config["drop_path_rate"],
         avg_num_nodes=config.get("avg_num_nodes") or AVG_NUM_NODES, avg_degree=config.get("avg_degree") or AVG_DEGREE,
         direct_forces=bool(config.get("regress_forces", True)),
+        # fairchem's EquiformerV2 caps neighbours strictly unless its config says otherwise
+        max_neighbors_rule="strict" if config.get("enforce_max_neighbors_strictly", True) else "fairchem",
     )  # fmt: skip
 
 
@@ -240,14 +242,20 @@ def _fairchem_name(key: str) -> str:
 def export_fairchem_checkpoint(model: EquiformerV2, path: "str | Path") -> Path:
     """Write ``model``'s weights as a fairchem v1 checkpoint of the legacy ``equiformer_v2`` class
     (``state_dict`` prefixed ``module.``, ``config["model"]``), e.g. to run fairchem on the same
-    weights. Output normalisation is not exported: the model must have the identity one."""
+    weights. Output normalisation is not exported: the model must have the identity one. A model
+    with ``max_neighbors`` must use one of fairchem's rules ("strict" or "fairchem"): fairchem
+    cannot build the graph of sciml's "ties" rule."""
+    c = model.config
+    if c["max_neighbors"] is not None and c.get("max_neighbors_rule", "ties") == "ties":
+        raise ValueError("fairchem has no max_neighbors rule equal to sciml's 'ties'; build the model with "
+                         "max_neighbors_rule='strict' or 'fairchem' (or max_neighbors=None) to export it")
     if float(model.head.scale) != 1.0 or float(model.energy_shift) != 0.0 or float(model.head.element_energies.abs().max()) != 0.0:
         raise ValueError("export_fairchem_checkpoint needs a model without output normalisation or element energies")
-    c = model.config
     model_config = dict(
         name="equiformer_v2", use_pbc=True, regress_forces=c["direct_forces"], otf_graph=True,
-        max_neighbors=c["max_neighbors"], max_radius=c["cutoff"], max_num_elements=c["max_num_elements"],
-        num_layers=c["num_layers"], sphere_channels=c["sphere_channels"], attn_hidden_channels=c["attn_hidden_channels"],
+        max_neighbors=c["max_neighbors"], enforce_max_neighbors_strictly=c.get("max_neighbors_rule") != "fairchem",
+        max_radius=c["cutoff"], max_num_elements=c["max_num_elements"], num_layers=c["num_layers"],
+        sphere_channels=c["sphere_channels"], attn_hidden_channels=c["attn_hidden_channels"],
         num_heads=c["num_heads"], attn_alpha_channels=c["attn_alpha_channels"], attn_value_channels=c["attn_value_channels"],
         ffn_hidden_channels=c["ffn_hidden_channels"], lmax_list=[c["lmax"]], mmax_list=[c["mmax"]],
         grid_resolution=c["grid_resolution"], edge_channels=c["edge_channels"], avg_num_nodes=c["avg_num_nodes"],
