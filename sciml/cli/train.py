@@ -132,11 +132,12 @@ def _run_field_eval(args, model, train_config: dict) -> int:
 
 def _run_oc20_eval(args, model) -> int:
     from sciml.data.oc20 import load_graphs
+    from sciml.graph import GraphSpec
     from sciml.inference import model_dtype
     from sciml.tasks.oc20 import evaluate_is2re, evaluate_s2ef
     from sciml.train import format_metrics
 
-    graphs = load_graphs(args.data, cutoff=model.cutoff, max_neighbors=model.max_neighbors, dtype=model_dtype(model))
+    graphs = load_graphs(args.data, cutoff=GraphSpec.of(model), dtype=model_dtype(model))  # fairchem's cap rule too
     check_domain(model, graphs, args)
     if args.task == "s2ef":
         metrics = evaluate_s2ef(model, graphs, batch_size=args.batch_size, device=args.device)

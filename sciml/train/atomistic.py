@@ -259,7 +259,7 @@ def load_training_graphs(data: DataConfig, spec: GraphSpec, dtype: torch.dtype =
 
 def _oc20_graphs(data, required: Sequence[str], spec: GraphSpec, dtype: torch.dtype) -> List[AtomicGraph]:
     """Graphs of an OC20 source, with the labels the config asks for (see ``DataConfig.format``)."""
-    graphs = load_graphs(data.path, spec.cutoff, spec.max_neighbors, dtype)
+    graphs = load_graphs(data.path, spec, dtype=dtype)
     first = graphs[0]
     for label in required:
         if getattr(first, label) is None:
