@@ -21,7 +21,8 @@ when ranks finish far apart.
 Part lines::
 
     {"key": str, "file": str, "index": int, "formula": str, "atoms": int,
-     "energy": eV, "forces": (n, 3) eV/Å, "stress": (3, 3) eV/Å^3,   # each when the model gives it
+     "energy": eV, "energies": (n,) eV, "forces": (n, 3) eV/Å,
+     "stress": (3, 3) eV/Å^3,                                          # each when the model gives it
      "properties": {name: float or nested list}}                      # other per-structure outputs
     {"key": str, "file": str, "index": int, "error": str}             # a structure that failed
 
@@ -33,11 +34,12 @@ SHA-256); a resume under another description is refused.
 
 Files are indexed once, on rank 0: POSCAR/CONTCAR files and CIFs of one data block hold one
 structure and are only read by the workers (a CIF of several blocks is read whole to count its
-structures); every file is read by :func:`sciml.data.read_structures`, the reader of every
-command, with the reader chosen from the name in any case and through ``.gz``; extxyz/xyz frames are located by byte offset, ase databases (``.db``) by row
-id and ase trajectories (``.traj``) by frame, so a worker reads one frame without parsing the ones
-before it; any other ase-readable file is read whole to count its frames (and again, once per
-worker, to predict them).
+structures); extxyz/xyz frames are located by byte offset, ase databases (``.db``) by row id and
+ase trajectories (``.traj``) by frame, so a worker reads one frame without parsing the ones before
+it; any other ase-readable file (and any gzipped one) is read whole to count its frames (and
+again, once per worker, to predict them). Files are read by :func:`sciml.data.read_structures`,
+the reader of every command, chosen from the name in any case and through ``.gz``; single frames
+of xyz files get the same checks.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
@@ -60,7 +63,8 @@ import torch
 from sciml.data.readers import check_structure_file
 from sciml.distributed import DistributedContext
 from sciml.graph import AtomicGraph, GraphSpec
-from sciml.inference import model_dtype, per_structure_outputs, predict_batches
+from sciml.inference import PER_ATOM, model_dtype, per_structure_outputs, predict_batches
+from sciml.models.domain import ModelDomain, domain_of
 
 OUTPUT_FORMATS = ("csv", "json", "extxyz", "xyz")
 PREFIX = "sciml_"  # extxyz keys of predictions, like MACE's "MACE_energy"
@@ -74,8 +78,9 @@ class StructureItem:
 
     Attributes:
         file: the path as given. index: 0-based frame within the file. frames: frames in the file.
-        kind: how the frame is read: ``single`` (a POSCAR, or a CIF of one data block), ``xyz`` (``locator`` is the
-            frame's byte range), ``db`` (``locator`` is the row id), ``traj`` or ``any``.
+        kind: how the frame is read: ``single`` (a POSCAR, or a CIF of one data block), ``xyz``
+            (``locator`` is the frame's byte range), ``db`` (``locator`` is the row id), ``traj``
+            or ``any``.
         key: ``<absolute path>#<index>``, the item's name in the parts files.
         species: elements of a POSCAR without a species line (``--species``), else None.
     """
@@ -248,10 +253,13 @@ def _check_atoms(atoms, item: StructureItem) -> None:
 class StructureDataset(torch.utils.data.Dataset):
     """Items to graphs: ``dataset[n]`` is a dict with ``n``, ``formula``, ``atoms`` and ``graph``
     (a one-structure :class:`AtomicGraph` built as ``spec`` says, in ``dtype``, without labels),
-    or with ``n`` and ``error`` (a one-line message) for a structure that cannot be used."""
+    or with ``n`` and ``error`` (a one-line message) for a structure that cannot be used, such as
+    one with elements outside the model's ``domain`` (unless ``allow_unknown_elements``)."""
 
-    def __init__(self, items: Sequence[StructureItem], spec: GraphSpec, dtype: torch.dtype = torch.float32):
+    def __init__(self, items: Sequence[StructureItem], spec: GraphSpec, dtype: torch.dtype = torch.float32,
+                 domain: Optional[ModelDomain] = None, allow_unknown_elements: bool = False):
         self.items, self.spec, self.dtype = list(items), spec, dtype
+        self.domain, self.allow_unknown_elements = domain, allow_unknown_elements
         self._cache: dict = {}  # per process: each DataLoader worker has its own copy
 
     def __len__(self) -> int:
@@ -262,6 +270,8 @@ class StructureDataset(torch.utils.data.Dataset):
         try:
             atoms = read_item(item, self._cache)
             where = f"{item.where} ({atoms.get_chemical_formula()})"
+            if self.domain is not None:
+                self.domain.check_elements(atoms.numbers, where, allow=self.allow_unknown_elements)
             try:  # labels in the file are not needed and could differ between structures of a batch
                 graph = AtomicGraph.from_ase(atoms, self.spec, dtype=self.dtype, energy_key=None, forces_key=None,
                                              stress_key=None)
@@ -292,16 +302,22 @@ def iter_predictions(
     batch_size: int = 32,
     workers: int = 0,
     device: "str | torch.device | None" = None,
+    allow_unknown_elements: bool = False,
 ) -> Iterator[List[dict]]:
     """Predict ``items`` in order, ``batch_size`` at a time, reading and building graphs in
     ``workers`` DataLoader processes (0: in this one). Yields each batch's records (see the
     module docstring: a result or an error per item). A batch the model rejects (ValueError,
-    IndexError) is predicted again one structure at a time, so only the bad ones fail."""
+    IndexError) is predicted again one structure at a time, so only the bad ones fail.
+    Structures with elements outside the model's domain are errors unless
+    ``allow_unknown_elements``. A float32 model's numbers are written to float32 precision (its
+    shortest decimals), a float64 model's in full."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if workers < 0:
         raise ValueError(f"workers must be >= 0, got {workers}")
-    dataset = StructureDataset(items, GraphSpec.of(model), model_dtype(model))
+    domain = domain_of(model)
+    stress_doubt = domain.stress_warning() if domain is not None else None
+    dataset = StructureDataset(items, GraphSpec.of(model), model_dtype(model), domain, allow_unknown_elements)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                                          collate_fn=collate_structures)
     for samples, batch in loader:
@@ -320,6 +336,9 @@ def iter_predictions(
                     outputs += _predict_batch(model, graph, device)
                 except (ValueError, IndexError) as err:
                     outputs.append(f"{items[sample['n']].where}: the model failed: {_first_line(err)}")
+        if stress_doubt is not None and any("stress" in row for row in outputs if isinstance(row, dict)):
+            warnings.warn(stress_doubt, stacklevel=2)
+            stress_doubt = None  # once
         rows = iter(outputs)
         records = []
         for sample in samples:
@@ -334,15 +353,20 @@ def iter_predictions(
 
 
 def _predict_batch(model: torch.nn.Module, batch: AtomicGraph, device) -> List[dict]:
-    """Per-structure outputs as :func:`sciml.inference.predict` gives them, as floats and lists."""
+    """Per-structure outputs as :func:`sciml.inference.predict` gives them, as floats and lists
+    (rounded to float32's shortest decimals for a float32 model)."""
     rows: List[dict] = []
+    plain_number = _float32_decimal if model_dtype(model) == torch.float32 else float
     for on_device, out in predict_batches(model, [batch], batch_size=1, device=device):
         for outputs in per_structure_outputs(on_device, out):
             row: Dict[str, Any] = {}
             properties: Dict[str, Any] = {}
             for key, value in outputs.items():
-                plain = float(value) if key not in ("forces", "stress") and value.numel() == 1 else value.tolist()
-                (row if key in ("energy", "forces", "stress") else properties)[key] = plain
+                if key not in PER_ATOM and key != "stress" and value.numel() == 1:
+                    plain = plain_number(float(value))
+                else:
+                    plain = np.vectorize(plain_number, otypes=[float])(value.numpy()).tolist()
+                (row if key in ("energy", "stress") or key in PER_ATOM else properties)[key] = plain
             if properties:
                 row["properties"] = properties
             rows.append(row)
@@ -355,6 +379,7 @@ def predict_structures(
     batch_size: int = 32,
     workers: int = 0,
     device: "str | torch.device | None" = None,
+    allow_unknown_elements: bool = False,
     species: Optional[Sequence[str]] = None,
 ) -> Tuple[List[dict], List[str]]:
     """Predict every structure of ``paths`` in memory (no parts files): the result records in
@@ -366,7 +391,7 @@ def predict_structures(
     """
     items, errors = index_structures(paths, species)
     results = []
-    for records in iter_predictions(model, items, batch_size, workers, device):
+    for records in iter_predictions(model, items, batch_size, workers, device, allow_unknown_elements):
         for record in records:
             if "error" in record:
                 errors.append(record["error"])
@@ -558,6 +583,7 @@ def predict_to_file(
     on_batch: Optional[Callable[[int], None]] = None,
     log: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
     poll_s: float = 0.5,
+    allow_unknown_elements: bool = False,
     species: Optional[Sequence[str]] = None,
 ) -> Optional[PredictionSummary]:
     """Predict every structure of ``paths`` into ``output``, resumably (see the module docstring).
@@ -571,6 +597,7 @@ def predict_to_file(
         on_batch: called with the number of batches this rank has written (progress, tests).
         log: where progress lines go (rank 0 only).
         poll_s: seconds between rank 0's looks for the other ranks' "done" markers.
+        allow_unknown_elements: predict structures with elements outside the model's domain.
         species: elements of POSCARs without a species line, in the order of their counts.
 
     Returns:
@@ -601,7 +628,8 @@ def predict_to_file(
         items = [plan.items[p] for p in mine]
         progress = tqdm(total=len(items), desc="predicting", unit="structure", disable=None if ctx.is_main else True)
         with PartWriter(parts.part(ctx.rank)) as writer, progress:
-            for number, records in enumerate(iter_predictions(model, items, batch_size, workers, device), 1):
+            for number, records in enumerate(iter_predictions(model, items, batch_size, workers, device,
+                                                                  allow_unknown_elements), 1):
                 writer.write(records)
                 progress.update(len(records))
                 if on_batch is not None:
@@ -689,8 +717,9 @@ def summary_columns(fields: Sequence[str]) -> List[str]:
 def write_predictions(output: Path, kind: str, items: Sequence[StructureItem], records: Iterable[dict],
                       fields: Sequence[str]) -> None:
     """Write ``records`` (results of ``items``, same order) to ``output`` atomically, streaming:
-    csv (summary rows), json (summary rows with forces_eV_per_A and stress_eV_per_A3) or extxyz
-    (each structure read again from its file, with ``sciml_<output>`` arrays and info)."""
+    csv (summary rows), json (summary rows with energies_eV per atom, forces_eV_per_A and
+    stress_eV_per_A3) or extxyz (each structure read again from its file, with ``sciml_<output>``
+    arrays: energies, forces; and info: energy, stress, properties)."""
     from sciml.io.files import atomic_path
 
     with atomic_path(output) as tmp, open(tmp, "w", newline="") as handle:
@@ -702,6 +731,8 @@ def write_predictions(output: Path, kind: str, items: Sequence[StructureItem], r
             handle.write("[")
             for number, record in enumerate(records):
                 row = summary_row(record)
+                if "energies" in record:
+                    row["energies_eV"] = record["energies"]
                 if "forces" in record:
                     row["forces_eV_per_A"] = record["forces"]
                 if "stress" in record:
@@ -720,16 +751,22 @@ def _with_predictions(atoms, item: StructureItem, record: dict):
     if len(atoms) != record["atoms"]:
         raise ValueError(f"{item.where} has changed since it was predicted; pass --force to start over")
     atoms.calc = None
-    for key in ("energy", "forces", "stress"):
+    for key in ("energy", "energies", "forces", "stress"):
         if key in record:
             value = np.asarray(record[key], dtype=float)
-            if key == "forces":
+            if key in PER_ATOM:
                 atoms.arrays[PREFIX + key] = value
             else:
                 atoms.info[PREFIX + key] = value.reshape(-1) if key == "stress" else float(value)
     for key, value in record.get("properties", {}).items():
         atoms.info[PREFIX + key] = value if np.ndim(value) == 0 else np.asarray(value)
     return atoms
+
+
+def _float32_decimal(value: float) -> float:
+    """The float whose repr is the shortest decimal that reads back as the float32 ``value``
+    (so a float32 model's -12.345677375793457 is written -12.345677)."""
+    return float(np.format_float_positional(np.float32(value), unique=True, trim="0"))
 
 
 def _first_line(err: BaseException) -> str:

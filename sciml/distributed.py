@@ -17,6 +17,8 @@ from typing import Any, List, Sequence
 import torch
 import torch.distributed as dist
 
+from sciml.devices import resolve_device
+
 #: seconds to wait for the rendezvous and for any collective (``SCIML_DIST_TIMEOUT`` overrides)
 DEFAULT_TIMEOUT_S = 600.0
 
@@ -45,10 +47,12 @@ class DistributedContext:
         return self.rank == 0
 
     def device(self, requested: str) -> torch.device:
-        """The device of this rank: ``cuda:LOCAL_RANK`` for ``auto``/``cuda`` when GPUs exist, else the request."""
-        if requested in ("auto", "cuda") and torch.cuda.is_available():
+        """The device of this rank: ``cuda:LOCAL_RANK`` for ``auto``/``cuda`` when GPUs exist, else
+        the request (checked by :func:`~sciml.devices.resolve_device`: ValueError if it does not exist)."""
+        device = resolve_device(requested)
+        if device.type == "cuda" and requested in ("auto", "cuda"):
             return torch.device("cuda", self.local_rank % torch.cuda.device_count())
-        return torch.device("cpu" if requested == "auto" else requested)
+        return device
 
     # -- collectives (no-ops in a one-process job) --------------------------------------
     def all_reduce_sum(self, values: Sequence[float]) -> List[float]:

@@ -10,9 +10,15 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
+from sciml.devices import resolve_device, resolve_dtype
 from sciml.graph import AtomicGraph, GraphSpec, apply_strain
 from sciml.io.checkpoint import check_sciml_payload, is_sciml_payload, read_torch_file
 from sciml.models import build_model
+from sciml.models.domain import ModelDomain
+
+
+# Per-atom outputs of energy models: energies (N,) eV, forces (N, 3) eV/Å.
+PER_ATOM = ("energies", "forces")
 
 
 def model_dtype(model: torch.nn.Module) -> torch.dtype:
@@ -104,24 +110,33 @@ def predict_batches(
         model.train(was_training)
 
 
-def load_model(checkpoint_path: "str | Path", device: "str | torch.device" = "cpu") -> torch.nn.Module:
-    """The model saved in a checkpoint, on ``device`` in the dtype it was saved in, in eval mode.
+def load_model(checkpoint_path: "str | Path", device: "str | torch.device" = "cpu",
+               dtype: "str | torch.dtype | None" = None) -> torch.nn.Module:
+    """The model saved in a checkpoint, on ``device``, in eval mode.
 
     A sciml checkpoint (``sciml train``) or a fairchem v1 EquiformerV2 checkpoint (converted by
-    :func:`sciml.models.equiformer_v2.load_fairchem_checkpoint`)."""
+    :func:`sciml.models.equiformer_v2.load_fairchem_checkpoint`). ``dtype`` ("float32",
+    "float64" or a torch dtype) converts the parameters; None keeps the dtype it was saved in.
+    The model's ``domain`` (:class:`~sciml.models.domain.ModelDomain`, or None for a checkpoint
+    without one) names the checkpoint in its refusals.
+    """
+    dtype = resolve_dtype(dtype)
+    device = resolve_device(device)
     payload = read_torch_file(checkpoint_path, map_location=device)
     if not is_sciml_payload(payload) and isinstance(payload, dict) and "state_dict" in payload:
         from sciml.models.equiformer_v2.fairchem import fairchem_checkpoint_model
 
         model, _ = fairchem_checkpoint_model(payload, checkpoint_path)
-        return model.to(device)
+        return model.to(device=device, dtype=dtype or model_dtype(model))
     payload = check_sciml_payload(payload, checkpoint_path)
     model = build_model(payload["model_name"], **payload["config"])
     state = payload["state_dict"]
-    dtype = next((v.dtype for v in state.values() if v.is_floating_point()), torch.get_default_dtype())
-    model.to(device=device, dtype=dtype)
+    saved = next((v.dtype for v in state.values() if v.is_floating_point()), torch.get_default_dtype())
+    model.to(device=device, dtype=saved)
     model.load_state_dict(state)
-    return model.eval()
+    domain = payload.get("domain")
+    model.domain = ModelDomain.from_dict(domain, str(checkpoint_path)) if isinstance(domain, dict) else None
+    return model.to(dtype=dtype or saved).eval()
 
 
 def predict(
@@ -134,7 +149,8 @@ def predict(
     """Evaluate many ``ase.Atoms`` in batches (the ASE calculator API is one structure at a time).
 
     Graphs are built as the model declares (:class:`~sciml.graph.GraphSpec`). Returns one dict per
-    structure: for energy models ``energy`` (eV, float), ``forces`` ((n, 3) eV/Å) and, for periodic
+    structure: for energy models ``energy`` (eV, float), ``energies`` ((n,) eV per atom),
+    ``forces`` ((n, 3) eV/Å) and, for periodic
     structures unless ``compute_stress`` is False, ``stress`` ((3, 3) eV/Å^3); every other
     per-structure output of the model (e.g. a ComFormer property) under its name, a float for a
     scalar, else an array.
@@ -148,24 +164,25 @@ def predict(
     results: List[dict] = []
     for batch, out in predict_batches(model, graphs, batch_size, device, compute_stress=compute_stress):
         for row in per_structure_outputs(batch, out):
-            results.append({key: float(value) if key not in ("forces", "stress") and value.numel() == 1 else value.numpy()
+            results.append({key: float(value) if key not in PER_ATOM and key != "stress" and value.numel() == 1 else value.numpy()
                             for key, value in row.items()})
     return results
 
 
 def per_structure_outputs(batch: AtomicGraph, out: Dict[str, torch.Tensor]) -> Iterator[Dict[str, torch.Tensor]]:
-    """One batch's outputs split per structure, as CPU float64 tensors: ``forces`` (n, 3),
-    ``stress`` (3, 3) of periodic structures only, and every per-structure output (``energy``,
-    properties) under its name; per-atom outputs other than forces are left out."""
+    """One batch's outputs split per structure, as CPU float64 tensors: ``energies`` (n,) eV per
+    atom, ``forces`` (n, 3), ``stress`` (3, 3) of periodic structures only, and every
+    per-structure output (``energy``, properties) under its name; other per-atom outputs are
+    left out."""
     for k in range(batch.num_graphs):
         lo, hi = int(batch.ptr[k]), int(batch.ptr[k + 1])
         row = {}
         for key, value in out.items():
-            if key == "forces":
+            if key in PER_ATOM:
                 row[key] = value[lo:hi]
             elif key == "stress":
                 if bool(batch.pbc[k].any()):
                     row[key] = value[k]
-            elif value.ndim >= 1 and value.shape[0] == batch.num_graphs and key != "energies":
+            elif value.ndim >= 1 and value.shape[0] == batch.num_graphs:
                 row[key] = value[k]
         yield {key: value.detach().cpu().double() for key, value in row.items()}

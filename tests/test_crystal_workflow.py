@@ -56,8 +56,8 @@ def test_predict_prints_a_property_table_and_skips_bad_cifs(run, tmp_path, capsy
     capsys.readouterr()
     assert main(["predict", "--checkpoint", str(run / "jarvis" / "best.pt"), *map(str, paths), str(bad)]) == 0
     out, err = capsys.readouterr()
-    lines = out.strip().splitlines()
-    assert "formation_energy_peratom" in lines[0] and len(lines) == 4
+    runtime, *lines = out.strip().splitlines()
+    assert runtime.startswith("device cpu") and "formation_energy_peratom" in lines[0] and len(lines) == 4
     assert records[0].id in out and "overlapping.cif" not in out
     assert "overlapping.cif" in err and "closer than" in err
 

@@ -10,7 +10,7 @@ import ase.io
 import numpy as np
 import pytest
 import torch
-from ase.build import add_adsorbate, fcc111, molecule
+from ase.build import add_adsorbate, bulk, fcc111, molecule
 
 from sciml.graph import AtomicGraph
 from sciml.io import CheckpointError
@@ -18,7 +18,9 @@ from sciml.models import build_model
 from sciml.models.equiformer_v2 import EquiformerV2, export_fairchem_checkpoint, load_fairchem_checkpoint
 from sciml.models.equiformer_v2.grid import grid_matrices
 from sciml.testing.consistency import check_conservative
-from sciml.testing.equivariance import check_equivariance
+from sciml.inference import load_model
+from sciml.io import save_checkpoint
+from sciml.testing.equivariance import check_equivariance, random_rotation
 
 FIXTURES = Path(__file__).parent / "fixtures" / "equiformer_v2_fairchem"
 SMALL = dict(num_layers=2, sphere_channels=16, attn_hidden_channels=16, num_heads=2, attn_alpha_channels=8,
@@ -72,7 +74,8 @@ def test_sciml_graphs_equal_fairchem_graphs(fairchem_graphs):
     model, _ = load_fairchem_checkpoint(FIXTURES / "small_random.pt")
     for atoms in ase.io.read(FIXTURES / "structures.extxyz", ":"):
         record = fairchem_graphs[atoms.info["name"]]
-        graph = AtomicGraph.from_ase(atoms, cutoff=model.cutoff, max_neighbors=model.max_neighbors)
+        assert model.graph_spec.max_neighbors_rule == "strict"  # fairchem's default cap
+        graph = AtomicGraph.from_ase(atoms, model.graph_spec)
         # fairchem wraps positions into the cell first: express its shifts for our positions.
         wrap = torch.zeros(len(atoms), 3, dtype=torch.int64)
         if atoms.pbc.any():
@@ -319,3 +322,86 @@ def test_interpreted_equiformer_v2_triton_backend():
     out = model(graph)
     assert torch.allclose(out["energy"], expected["energy"], atol=1e-10)
     assert torch.allclose(out["forces"], expected["forces"], atol=1e-10)
+
+
+# ----------------------------------------------------------------------- max_neighbors and ties
+CAPPED = dict(SMALL, cutoff=6.0, grid_resolution=24)
+
+
+def _capped_crystals():
+    """Rattled 2-atom cells whose cap cuts through a shell of exactly tied lattice translations:
+    Si (diamond, 12 neighbours: 4 bonds + 8 of the 12 translations at 3.84 Å) and bcc Fe (20, as
+    the OC20 configs: 14 + 6 of the 12 translations at 4.06 Å)."""
+    si = bulk("Si", "diamond", a=5.43)
+    si.rattle(0.05, seed=1)
+    fe = bulk("Fe", "bcc", a=2.87, cubic=True)
+    fe.rattle(0.05, seed=1)
+    return [(si, 12), (fe, 20)]
+
+
+def _outputs(model, atoms):
+    graph = AtomicGraph.from_ase(atoms, model.graph_spec, dtype=torch.float64)
+    with torch.no_grad():
+        out = model(graph)
+    return float(out["energy"]), out["forces"]
+
+
+def _symmetry_errors(rule: str, atoms, max_neighbors: int) -> dict:
+    """Largest relative change of the forces and the energy over 4 random rotations of cell and
+    positions, a permutation of the atoms and a 2 x 2 x 1 supercell (energy / 4)."""
+    torch.manual_seed(0)
+    model = EquiformerV2(**{**CAPPED, "max_neighbors": max_neighbors}, max_neighbors_rule=rule).double().eval()
+    energy, forces = _outputs(model, atoms)
+    rng = np.random.default_rng(3)
+    force_error = energy_error = 0.0
+    for _ in range(4):
+        rotation = random_rotation(rng)
+        rotated = atoms.copy()
+        rotated.set_cell(atoms.cell.array @ rotation.T, scale_atoms=False)
+        rotated.positions = atoms.positions @ rotation.T
+        e, f = _outputs(model, rotated)
+        expected = forces @ torch.tensor(rotation.T)
+        force_error = max(force_error, float((f - expected).norm() / expected.norm()))
+        energy_error = max(energy_error, abs(e - energy) / abs(energy))
+    order = [1, 0]
+    e, f = _outputs(model, atoms[order])
+    permutation = max(float((f - forces[order]).norm() / forces.norm()), abs(e - energy) / abs(energy))
+    e, f = _outputs(model, atoms.repeat((2, 2, 1)))
+    supercell = max(float((f - forces.repeat(4, 1)).norm() / (2 * forces.norm())), abs(e / 4 - energy) / abs(energy))
+    return dict(rotation_forces=force_error, rotation_energy=energy_error, permutation=permutation,
+                supercell=supercell)
+
+
+@pytest.mark.parametrize("crystal", [0, 1], ids=["Si", "Fe"])
+def test_capped_graph_follows_rotations_permutations_and_supercells(crystal):
+    """sciml's default "ties" cap keeps a whole shell of tied neighbours, so the capped graph is a
+    function of the geometry: forces rotate with the crystal up to the S2 grid's error, and
+    permutations and supercells are exact. fairchem's strict cap (exactly max_neighbors, ties by
+    index) picks part of the shell by rounding and cell layout: the same checks fail by O(1)."""
+    atoms, max_neighbors = _capped_crystals()[crystal]
+    ties = _symmetry_errors("ties", atoms, max_neighbors)
+    assert ties["rotation_forces"] < 1e-5 and ties["rotation_energy"] < 1e-7, ties
+    assert ties["permutation"] < 1e-12 and ties["supercell"] < 1e-12, ties
+    strict = _symmetry_errors("strict", atoms, max_neighbors)
+    assert strict["rotation_forces"] > 0.1 and strict["supercell"] > 1e-3, strict
+
+
+def test_max_neighbors_rule_round_trips_through_checkpoints(tmp_path):
+    torch.manual_seed(0)
+    built = build_model("equiformer_v2", **{**SMALL, "max_neighbors": 12})
+    assert built.graph_spec.max_neighbors_rule == "ties"  # the default of sciml-built models
+    fairchem_model, _ = load_fairchem_checkpoint(FIXTURES / "small_random.pt")
+    for model, rule in ((built, "ties"), (fairchem_model, "strict")):
+        path = save_checkpoint(tmp_path / f"{rule}.pt", model.state_dict(), "equiformer_v2", model.config)
+        again = load_model(path)
+        assert again.graph_spec == model.graph_spec and again.graph_spec.max_neighbors_rule == rule
+    # a fairchem config asking for the non-strict cap gets fairchem's non-strict rule, and exports back
+    original = torch.load(FIXTURES / "small_random.pt", weights_only=True)
+    relaxed = {**original, "config": {**original["config"], "model": {**original["config"]["model"],
+                                                                       "enforce_max_neighbors_strictly": False}}}
+    model, info = load_fairchem_checkpoint(_save(tmp_path, relaxed, "relaxed.pt"))
+    assert info["options"]["max_neighbors_rule"] == model.graph_spec.max_neighbors_rule == "fairchem"
+    exported = torch.load(export_fairchem_checkpoint(model, tmp_path / "out.pt"), weights_only=True)
+    assert exported["config"]["model"]["enforce_max_neighbors_strictly"] is False
+    with pytest.raises(ValueError, match="'ties'"):
+        export_fairchem_checkpoint(built, tmp_path / "ties.pt")

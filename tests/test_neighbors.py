@@ -146,11 +146,74 @@ def test_max_neighbors_keeps_nearest_deterministically():
         assert np.allclose(kept, np.sort(full[i.numpy() == centre])[:12])
     # exact ties (perfect lattice): the result does not depend on anything but the input
     perfect = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
-    first = neighbor_list(perfect.positions, perfect.cell.array, True, 3.0, max_neighbors=5)
-    again = neighbor_list(perfect.positions, perfect.cell.array, True, 3.0, max_neighbors=5)
+    first = neighbor_list(perfect.positions, perfect.cell.array, True, 3.0, max_neighbors=5, max_neighbors_rule="strict")
+    again = neighbor_list(perfect.positions, perfect.cell.array, True, 3.0, max_neighbors=5, max_neighbors_rule="strict")
     assert all(torch.equal(a, b) for a, b in zip(first, again))
     assert torch.all(torch.bincount(first[0]) == 5)
     del rng
+
+
+def _capped_distances(pos, cell, k, rule):
+    """Each centre's sorted kept distances (rounded to 1e-9 Å) and the number of edges."""
+    i, j, s = neighbor_list(pos, cell, True, 8.0, max_neighbors=k, max_neighbors_rule=rule)
+    d = np.linalg.norm(pos[j] - pos[i] + s.numpy() @ cell, axis=1)
+    return [tuple(np.round(np.sort(d[i.numpy() == c]), 9)) for c in range(len(pos))], len(i)
+
+
+@pytest.mark.parametrize("k", [5, 12, 16, 20])
+def test_ties_rule_keeps_whole_shells_so_rotations_do_not_change_the_graph(k):
+    """Cu fcc (one atom, shells of 12, 6, 24 tied images): the "ties" rule keeps every neighbour
+    tied with the k-th, the same set in any orientation; the strict rule keeps exactly k, picked by
+    rounding, so a rotation changes which images are kept (same distances, other directions)."""
+    from sciml.testing.equivariance import random_rotation
+
+    atoms = bulk("Cu", "fcc", a=3.6)
+    pos, cell = atoms.positions, atoms.cell.array
+    shells = {5: 12, 12: 12, 16: 18, 20: 42}
+    rng = np.random.default_rng(0)
+    reference = {rule: neighbor_list(pos, cell, True, 8.0, max_neighbors=k, max_neighbors_rule=rule)
+                 for rule in ("ties", "strict")}
+    assert len(reference["ties"][0]) == shells[k] and len(reference["strict"][0]) == k
+    strict_changed = 0
+    for _ in range(10):
+        rotation = random_rotation(rng)
+        for rule in ("ties", "strict"):
+            got = neighbor_list(pos @ rotation.T, cell @ rotation.T, True, 8.0, max_neighbors=k, max_neighbors_rule=rule)
+            same = as_set(*got) == as_set(*reference[rule])
+            if rule == "ties":
+                assert same
+            else:
+                strict_changed += not same
+    if shells[k] != k:  # the cap cuts a shell
+        assert strict_changed > 0
+
+
+def test_ties_rule_is_independent_of_atom_order_and_supercell():
+    atoms = bulk("Si", "diamond", a=5.43)
+    atoms.rattle(0.05, seed=1)
+    per_atom, _ = _capped_distances(atoms.positions, atoms.cell.array, 12, "ties")
+    swapped, _ = _capped_distances(atoms.positions[::-1], atoms.cell.array, 12, "ties")
+    assert swapped == per_atom[::-1]
+    big = atoms.repeat((2, 1, 1))
+    tiled, _ = _capped_distances(big.positions, big.cell.array, 12, "ties")
+    assert tiled == per_atom * 2
+    assert len(per_atom[0]) == 16  # 4 bonds and all 12 translations tied at 3.84 Å (12 would cut them)
+
+
+def test_fairchem_rule_keeps_up_to_the_next_squared_distance_plus_its_tolerance():
+    """fairchem's ``enforce_max_neighbors_strictly=False``: d^2 <= d^2 of the (k+1)-th + 0.01 Å^2."""
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True)
+    atoms.rattle(0.05, seed=2)
+    pos, cell = atoms.positions, atoms.cell.array
+    i, j, s = neighbor_list(pos, cell, True, 6.0)
+    d2 = ((pos[j] - pos[i] + s.numpy() @ cell) ** 2).sum(1)
+    fi, fj, fs = neighbor_list(pos, cell, True, 6.0, max_neighbors=10, max_neighbors_rule="fairchem")
+    for centre in range(len(atoms)):
+        sorted_d2 = np.sort(d2[i.numpy() == centre])
+        expected = int((sorted_d2 <= sorted_d2[10] + 0.01).sum())
+        assert int((fi == centre).sum()) == expected >= 11
+    with pytest.raises(ValueError, match="max_neighbors_rule"):
+        neighbor_list(pos, cell, True, 6.0, max_neighbors=10, max_neighbors_rule="loose")
 
 
 @pytest.mark.parametrize(

@@ -24,7 +24,7 @@ With ``reference_python`` and ``reference_source`` the reference implementation 
 ``OpenMat/ComFormer``) runs in the same run through :mod:`sciml.bench.comformer_runner` in that
 interpreter, on the same weights (:func:`reference_state_dict`) and the same graph
 (:func:`reference_inputs`; sciml's model then uses ``lattice_self_loops="both"``, the reference's
-self-loops): its forward and forward+backward times (train mode, as above) give the ratios
+self-loops, and ``chirality=False``): its forward and forward+backward times (train mode, as above) give the ratios
 sciml/reference, and the eval-mode outputs (BatchNorm running statistics) are compared.
 """
 
@@ -229,8 +229,9 @@ def _bench(crystals, train_crystals, batch_size, epochs, repeats, threads, refer
                    edges=graph.num_edges, **_measure(model, graph, repeats),
                    epoch=_epoch_seconds(model, frames[:train_crystals], batch_size, epochs))
         if reference_python:
-            both = build_model(name, **(model_options or {}), lattice_self_loops="both")
-            both.load_state_dict(model.state_dict())
+            # the reference's architecture: both self-loops, no chirality feature (its weights are left out)
+            both = build_model(name, **(model_options or {}), lattice_self_loops="both", chirality=False)
+            both.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("chirality_embedding.")})
             row["both"] = _measure(both, graph, repeats, memory=False)
             row["reference_edges"] = graph.num_edges + 6 * graph.num_nodes
             reference = run_reference(reference_python, reference_source, {name: both}, graph, repeats, threads)[name]

@@ -72,9 +72,10 @@ def bench_equiformer_v2(config: str = "oc20_31M", structures: int = 1, repeats: 
     """Times (s), peak memory (MB) and, with fairchem, its times and output differences."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = build_model("equiformer_v2", config=config).eval()
+    # fairchem's neighbour cap (exactly max_neighbors), so that fairchem runs the same model and graphs
+    model = build_model("equiformer_v2", config=config, max_neighbors_rule="strict").eval()
     frames = oc20_like_structures(structures)
-    graphs = [AtomicGraph.from_ase(a, cutoff=model.cutoff, max_neighbors=model.max_neighbors) for a in frames]
+    graphs = [AtomicGraph.from_ase(a, model.graph_spec) for a in frames]
     graph = AtomicGraph.collate(graphs)
 
     def forward():
@@ -133,8 +134,7 @@ def bench_equiformer_v2_training_step(config: str = "small", structures: int = 1
         torch.manual_seed(0)
         options = SMALL if config == "small" else dict(config=config, direct_forces=False)
         model = build_model("equiformer_v2", **options)
-        graphs = [AtomicGraph.from_ase(a, cutoff=model.cutoff, max_neighbors=model.max_neighbors)
-                  for a in oc20_like_structures(structures)]
+        graphs = [AtomicGraph.from_ase(a, model.graph_spec) for a in oc20_like_structures(structures)]
         batch = AtomicGraph.collate(graphs)
         case = f"equiformer_v2 {config}, {batch.num_nodes} atoms, {batch.num_edges} edges"
         return {"case": case, **compare_training_steps(model, batch, compute_stress=True, repeats=repeats)}

@@ -58,7 +58,7 @@ def bench_lammps(checkpoint: Optional[str] = None, system: str = "ethanol", step
     from sciml.calculator import SciMLCalculator
     from sciml.deploy.export import export_model
     from sciml.deploy.lammps import run_lammps_md
-    from sciml.inference import load_model
+    from sciml.inference import load_model, model_dtype
     from sciml.models import build_model
 
     torch.set_num_threads(threads)
@@ -80,7 +80,7 @@ def bench_lammps(checkpoint: Optional[str] = None, system: str = "ethanol", step
             lammps_times.append(run.loop_seconds)
 
             moving = atoms.copy()
-            moving.calc = SciMLCalculator(model)
+            moving.calc = SciMLCalculator(model, device="cpu", dtype=model_dtype(model))
             dynamics = VelocityVerlet(moving, timestep=0.5 * units.fs)
             dynamics.run(1)
             start = time.perf_counter()

@@ -30,10 +30,10 @@ def bench_md(
         cells = max(1, round((size / 4) ** (1 / 3)))
         atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(cells)
         if checkpoint:
-            calc = SciMLCalculator.from_checkpoint(checkpoint)
+            calc = SciMLCalculator.from_checkpoint(checkpoint, device="cpu", dtype="float32")
         else:
             torch.manual_seed(0)
-            calc = SciMLCalculator(build_model(model_name))
+            calc = SciMLCalculator(build_model(model_name), device="cpu", dtype="float32")
         atoms.calc = calc
         atoms.get_forces()  # warm-up (graph build, first forward/backward)
         report = run_md(atoms, steps=steps, timestep_fs=1.0, temperature_K=300.0)

@@ -15,6 +15,23 @@ import torch
 
 
 @contextmanager
+def competing_processes(count: int) -> Iterator[None]:
+    """Run the block while ``count`` CPU-bound processes (a busy loop each) compete for the CPUs,
+    as other jobs do on a shared node; they are killed when the block ends."""
+    import subprocess
+    import sys
+
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    try:
+        time.sleep(0.2 if busy else 0.0)  # let them start spinning
+        yield
+    finally:
+        for process in busy:
+            process.kill()
+            process.wait()
+
+
+@contextmanager
 def torch_threads(threads: int) -> Iterator[None]:
     """Run the block with ``threads`` intra-op torch threads; the previous count is restored."""
     previous = torch.get_num_threads()

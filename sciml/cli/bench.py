@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from sciml.cli.common import add_command
 
 EXAMPLES = """  sciml bench neighbors                      # 1k, 10k, 100k atoms against ase and matscipy
@@ -52,6 +54,8 @@ def register(sub) -> None:
     egnn.add_argument("--train-step", action="store_true",
                       help="instead: eager vs compiled training step with forces and stress (compiles for minutes)")
     egnn.add_argument("--repeats", type=int, default=10, help="timed training steps of each kind (--train-step)")
+    egnn.add_argument("--competing", type=int, default=0, metavar="N",
+                      help="time with N CPU-bound processes competing for the CPUs (a shared node)")
     egnn.set_defaults(run=_run_egnn)
 
     eqv2 = add_command(targets, "equiformer_v2", "EquiformerV2 forward/backward time and memory vs fairchem", EXAMPLES)
@@ -156,13 +160,18 @@ def _run_md(args) -> int:
 
 def _run_egnn(args) -> int:
     from sciml.bench.egnn import bench_egnn, bench_egnn_training_step, format_egnn_table
+    from sciml.bench.timing import competing_processes
     from sciml.bench.train_step import format_training_step_rows
 
-    if args.train_step:
-        print(format_training_step_rows("EGNN training step, float32 CPU, 2 threads",
-                                        [bench_egnn_training_step(repeats=args.repeats)]))
-    else:
-        print(format_egnn_table(bench_egnn()))
+    if args.competing:
+        print(f"timed with {args.competing} CPU-bound process{'es' * (args.competing > 1)} competing "
+              f"(OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')})")
+    with competing_processes(args.competing):
+        if args.train_step:
+            print(format_training_step_rows("EGNN training step, float32 CPU, 2 threads",
+                                            [bench_egnn_training_step(repeats=args.repeats)]))
+        else:
+            print(format_egnn_table(bench_egnn()))
     return 0
 
 

@@ -32,10 +32,36 @@ def refuse_nonempty_dir(path: "str | Path", force: bool) -> Path:
     return path
 
 
-def load_calculator(checkpoint: str, device: str):
+def add_runtime_options(parser: argparse.ArgumentParser, dtype_default: str) -> None:
+    """``--device`` (default auto) and ``--dtype``; ``dtype_default`` says what no ``--dtype`` means."""
+    parser.add_argument("--device", default="auto",
+                        help="auto (a GPU when CUDA works, else the CPU; the default), cpu, cuda or cuda:N")
+    parser.add_argument("--dtype", choices=("float32", "float64"), help=f"precision of the model (default: {dtype_default})")
+
+
+def add_domain_option(parser: argparse.ArgumentParser) -> None:
+    """``--allow-unknown-elements``: predict structures with elements the model was not trained on."""
+    parser.add_argument("--allow-unknown-elements", action="store_true",
+                        help="predict structures with elements outside the checkpoint's training domain "
+                             "(with a warning) instead of refusing them")
+
+
+def print_runtime(device, dtype) -> None:
+    """The first line of a command's output: the device and dtype in use (errors stay one line on stderr)."""
+    from sciml.devices import runtime_line
+
+    print(runtime_line(device, dtype), flush=True)
+
+
+def load_calculator(args):
+    """The calculator of ``args.checkpoint`` with ``--device``/``--dtype`` (default float64) and
+    ``--allow-unknown-elements``; prints the runtime line."""
     from sciml.calculator import SciMLCalculator
 
-    return SciMLCalculator.from_checkpoint(checkpoint, device=device)
+    calc = SciMLCalculator.from_checkpoint(args.checkpoint, device=args.device, dtype=args.dtype,
+                                           allow_unknown_elements=args.allow_unknown_elements)
+    print_runtime(calc.device, calc.dtype)
+    return calc
 
 
 def read_one_structure(path: str, species: "Sequence[str] | None" = None):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from sciml.cli.common import add_command, refuse_nonempty_dir, refuse_overwrite
+from sciml.cli.common import add_command, print_runtime, refuse_nonempty_dir, refuse_overwrite
 
 EXAMPLES = """  sciml data generate xtb-md --molecule ethanol --frames 1500 --temperature 500 --stride 10 --output ethanol.extxyz
   sciml data generate nbody --simulations 5000 --seed 43 --output nbody.npz
@@ -111,7 +111,7 @@ def register(sub) -> None:
     ns.add_argument("--scheme", choices=("euler", "heun"), default="euler", help="explicit step for advection")
     ns.add_argument("--batch-size", type=int, default=16, help="trajectories solved together")
     ns.add_argument("--precision", choices=("float64", "float32"), default="float64")
-    ns.add_argument("--device", default="cpu")
+    ns.add_argument("--device", default="auto", help="auto (a GPU when CUDA works; the default), cpu, cuda or cuda:N")
     ns.add_argument("--seed", type=int, default=0)
     ns.add_argument("--output", required=True, help=".mat file")
     ns.add_argument("--force", action="store_true")
@@ -194,12 +194,15 @@ def _run_navier_stokes(args) -> int:
     import torch
 
     from sciml.data.pde import generate_navier_stokes, write_fno_mat
+    from sciml.devices import resolve_device
 
     output = refuse_overwrite(args.output, args.force)
+    device, dtype = resolve_device(args.device), getattr(torch, args.precision)
+    print_runtime(device, dtype)
     data = generate_navier_stokes(
         args.num, resolution=args.resolution, solver_resolution=args.solver_resolution, viscosity=args.viscosity,
         forcing=args.forcing, t_final=args.t_final, record_every=args.record_every, dt=args.dt, scheme=args.scheme,
-        batch_size=args.batch_size, seed=args.seed, dtype=getattr(torch, args.precision), device=args.device,
+        batch_size=args.batch_size, seed=args.seed, dtype=dtype, device=device,
     )
     u = data["vorticity"].numpy().astype("float32")
     write_fno_mat(output, u=u, a=data["initial"].numpy().astype("float32"), t=data["t"].numpy())

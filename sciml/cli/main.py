@@ -7,11 +7,11 @@ import sys
 from typing import List, Optional
 
 from sciml import __version__
-from sciml.cli import bench, check, data, export, lammps, md, plot, predict, slurm, train
+from sciml.cli import bench, check, data, export, info, lammps, md, plot, predict, slurm, train
 
 
 # Each module registers its subcommand(s); md registers both "md" and "relax".
-MODULES = (train, predict, md, data, check, plot, bench, slurm, lammps, export)
+MODULES = (train, predict, md, data, check, info, plot, bench, slurm, lammps, export)
 
 
 def build_parser() -> argparse.ArgumentParser:

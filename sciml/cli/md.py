@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from sciml.cli.common import add_command, add_species_argument, load_calculator, read_one_structure, refuse_overwrite
+from sciml.cli.common import (add_command, add_domain_option, add_runtime_options, add_species_argument,
+                              load_calculator, read_one_structure, refuse_overwrite)
 
 MD_EXAMPLES = """  sciml md runs/ethanol/best.pt datasets/ethanol_xtb_500K/ethanol_xtb_500K.extxyz --steps 500
   sciml md model.pt POSCAR --ensemble langevin --temperature 300 --timestep 1.0 --output traj.extxyz
@@ -26,7 +27,8 @@ def register(sub) -> None:
     md.add_argument("--seed", type=int, default=0)
     md.add_argument("--output", help="write the trajectory as extxyz")
     md.add_argument("--force", action="store_true", help="overwrite --output if it exists")
-    md.add_argument("--device", default="cpu")
+    add_runtime_options(md, "float64")
+    add_domain_option(md)
     add_species_argument(md)
     md.set_defaults(run=run_md)
 
@@ -38,7 +40,8 @@ def register(sub) -> None:
     relax.add_argument("--cell", action="store_true", help="also relax the cell (FrechetCellFilter)")
     relax.add_argument("--output", help="write the relaxed structure as extxyz")
     relax.add_argument("--force", action="store_true")
-    relax.add_argument("--device", default="cpu")
+    add_runtime_options(relax, "float64")
+    add_domain_option(relax)
     add_species_argument(relax)
     relax.set_defaults(run=run_relax)
 
@@ -48,7 +51,8 @@ def run_md(args) -> int:
 
     output = refuse_overwrite(args.output, args.force) if args.output else None
     atoms = read_one_structure(args.structure, args.species)
-    atoms.calc = load_calculator(args.checkpoint, args.device)
+    atoms.calc = load_calculator(args)
+    atoms.calc.check_structure(atoms)
     report = simulate(
         atoms, steps=args.steps, timestep_fs=args.timestep, temperature_K=args.temperature,
         ensemble=args.ensemble, friction_per_fs=args.friction, seed=args.seed, trajectory=output,
@@ -62,7 +66,8 @@ def run_relax(args) -> int:
 
     output = refuse_overwrite(args.output, args.force) if args.output else None
     atoms = read_one_structure(args.structure, args.species)
-    atoms.calc = load_calculator(args.checkpoint, args.device)
+    atoms.calc = load_calculator(args)
+    atoms.calc.check_structure(atoms)
     steps, converged = relax(atoms, fmax=args.fmax, steps=args.steps, cell=args.cell, output=output)
     fmax = float(np.linalg.norm(atoms.get_forces(), axis=1).max())
     print(f"{'converged' if converged else 'NOT converged'} after {steps} steps: "

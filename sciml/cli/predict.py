@@ -9,7 +9,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from sciml.cli.common import add_command, add_species_argument, refuse_overwrite
+from sciml.cli.common import (add_command, add_domain_option, add_runtime_options, add_species_argument, print_runtime,
+                              refuse_overwrite)
 
 EXAMPLES = """  sciml predict --checkpoint runs/ethanol/best.pt frames.extxyz --output predictions.extxyz
   sciml predict --checkpoint runs/jarvis_formation/best.pt cifs/*.cif          # prints a property table
@@ -40,7 +41,8 @@ def register(sub) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=0,
                         help="processes reading files and building graphs while the model runs (default 0: none)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda (under torchrun: each rank's own GPU) or cuda:N")
+    add_runtime_options(parser, "the checkpoint's")
+    add_domain_option(parser)
     parser.add_argument("--force", action="store_true",
                         help="overwrite --output if it exists and discard OUTPUT.parts of an interrupted run")
     parser.add_argument("--retry-errors", action="store_true",
@@ -53,6 +55,7 @@ def run(args) -> int:
     from sciml import batch_inference
     from sciml.distributed import setup, teardown
     from sciml.deploy.export import load_potential
+    from sciml.inference import model_dtype
 
     paths = list(args.files) + (_read_file_list(args.files_from) if args.files_from else [])
     if not paths:
@@ -66,16 +69,21 @@ def run(args) -> int:
     try:
         if output is None and ctx.world_size > 1:
             raise ValueError("--output is needed to predict across ranks (each rank writes its share there)")
-        model = load_potential(args.checkpoint, device=ctx.device(args.device))
+        device = ctx.device(args.device)  # under torchrun, auto and cuda are each rank's own GPU
+        model = load_potential(args.checkpoint, device=device, dtype=args.dtype)
+        if ctx.is_main:
+            print_runtime(device, model_dtype(model))
         if output is None:
-            records, skipped = batch_inference.predict_structures(model, paths, args.batch_size, args.workers,
-                                                                    species=args.species)
+            records, skipped = batch_inference.predict_structures(
+                model, paths, args.batch_size, args.workers, allow_unknown_elements=args.allow_unknown_elements,
+                species=args.species)
             _print_skipped(skipped)
             print(_table(records))
         else:
             summary = batch_inference.predict_to_file(
                 model, paths, output, ctx=ctx, batch_size=args.batch_size, workers=args.workers, force=args.force,
-                retry_errors=args.retry_errors, job=_job(args.checkpoint) if ctx.is_main else None,
+                retry_errors=args.retry_errors, job=_job(args.checkpoint, model) if ctx.is_main else None,
+                allow_unknown_elements=args.allow_unknown_elements,
                 species=args.species,
             )
             if summary is not None:  # rank 0
@@ -86,11 +94,13 @@ def run(args) -> int:
     return 0
 
 
-def _job(checkpoint: str) -> dict:
-    """What OUTPUT.parts must have been made with to be resumed: the same model."""
+def _job(checkpoint: str, model) -> dict:
+    """What OUTPUT.parts must have been made with to be resumed: the same model in the same dtype."""
     from sciml.batch_inference import file_sha256
+    from sciml.devices import dtype_name
+    from sciml.inference import model_dtype
 
-    return {"checkpoint_sha256": file_sha256(checkpoint)}
+    return {"checkpoint_sha256": file_sha256(checkpoint), "dtype": dtype_name(model_dtype(model))}
 
 
 def _read_file_list(path: str) -> list:

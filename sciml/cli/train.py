@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from sciml.cli.common import add_command
+from sciml.cli.common import add_command, add_domain_option, add_runtime_options, print_runtime
 
 TRAIN_EXAMPLES = """  sciml train workflows/ethanol/egnn.yaml
   sciml train config.yaml --output-dir runs/try2 --epochs 50 --set optimizer.lr=5e-4 loss.forces=10
@@ -48,7 +48,8 @@ def register(sub) -> None:
     evaluate.add_argument("--forces-key", help="label key of forces ('none' to ignore)")
     evaluate.add_argument("--stress-key", help="label key of stress ('none' to ignore)")
     evaluate.add_argument("--batch-size", type=int, default=32)
-    evaluate.add_argument("--device", default="cpu")
+    add_runtime_options(evaluate, "the checkpoint's")
+    add_domain_option(evaluate)
     evaluate.add_argument("--task", choices=("labels", "s2ef", "is2re"), default="labels",
                           help="labels: errors on the file's labels (default); s2ef: OC20 S2EF metrics; "
                                "is2re: relax initial structures, OC20 IS2RE/IS2RS metrics (OC20 data formats)")
@@ -82,6 +83,7 @@ def run_train(args) -> int:
 
 
 def run_eval(args) -> int:
+    from sciml.devices import resolve_device
     from sciml.train.fields import FIELD_FORMATS
     from sciml.graph import GraphSpec
     from sciml.inference import load_model, model_dtype
@@ -90,7 +92,9 @@ def run_eval(args) -> int:
     from sciml.train.config import DataConfig
     from sciml.train.atomistic import load_training_graphs
 
-    model = load_model(args.checkpoint, device=args.device)
+    args.device = resolve_device(args.device)
+    model = load_model(args.checkpoint, device=args.device, dtype=args.dtype)
+    print_runtime(args.device, model_dtype(model))
     if args.task != "labels":
         return _run_oc20_eval(args, model)
     train_config = load_checkpoint(args.checkpoint).get("train_config", {})
@@ -104,6 +108,7 @@ def run_eval(args) -> int:
         keys[name] = None if value in (None, "none") else value
     saved = {k: v for k, v in data.items() if k in DataConfig.__dataclass_fields__ and k not in ("cutoff", "max_neighbors")}
     graphs = load_training_graphs(DataConfig(**{**saved, **keys, "path": args.data}), GraphSpec.of(model), model_dtype(model))
+    check_domain(model, graphs, args)
     metrics = evaluate(model, graphs, batch_size=args.batch_size, device=args.device,
                        prediction_keys=data.get("prediction_keys") or None)
     print(format_metrics(metrics, title=f"{args.checkpoint} on {args.data} ({len(graphs)} structures)"))
@@ -127,14 +132,31 @@ def _run_field_eval(args, model, train_config: dict) -> int:
 
 def _run_oc20_eval(args, model) -> int:
     from sciml.data.oc20 import load_graphs
+    from sciml.graph import GraphSpec
     from sciml.inference import model_dtype
     from sciml.tasks.oc20 import evaluate_is2re, evaluate_s2ef
     from sciml.train import format_metrics
 
-    graphs = load_graphs(args.data, cutoff=model.cutoff, max_neighbors=model.max_neighbors, dtype=model_dtype(model))
+    graphs = load_graphs(args.data, cutoff=GraphSpec.of(model), dtype=model_dtype(model))  # fairchem's cap rule too
+    check_domain(model, graphs, args)
     if args.task == "s2ef":
         metrics = evaluate_s2ef(model, graphs, batch_size=args.batch_size, device=args.device)
     else:
         metrics = evaluate_is2re(model, graphs, args.fmax, args.steps, args.optimizer, args.device)
     print(format_metrics(metrics, title=f"OC20 {args.task.upper()}: {args.checkpoint} on {args.data} ({len(graphs)} structures)"))
     return 0
+
+
+def check_domain(model, graphs, args) -> None:
+    """Refuse ``args.data`` if a structure has elements outside the model's domain (one line
+    naming the first such structure), unless ``--allow-unknown-elements``."""
+    from sciml.models.domain import domain_of
+
+    domain = domain_of(model)
+    if domain is None:
+        return
+    for number, graph in enumerate(graphs):
+        if domain.unknown_elements(graph.atomic_numbers.tolist()):
+            domain.check_elements(graph.atomic_numbers.tolist(), f"{args.data}: structure {number}",
+                                  allow=args.allow_unknown_elements)
+            return

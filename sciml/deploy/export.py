@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import os
 import zipfile
 from dataclasses import dataclass
@@ -38,9 +39,11 @@ from sciml.graph import AtomicGraph, GraphSpec, neighbor_list, stress_from_viria
 from sciml.graph.atomic_graph import GRAPH_DYNAMIC_AXES
 from sciml.graph.validation import MAX_ATOMIC_NUMBER
 from sciml.inference import energy_gradients
+from sciml.models.domain import ModelDomain, domain_of
 
 FORMAT = "1"
-METADATA_KEYS = ("sciml_format", "model", "cutoff", "elements", "dtype", "device", "torch_version", "forces")
+# "domain": the training domain (JSON of ModelDomain.to_dict(), "" when the model has none).
+METADATA_KEYS = ("sciml_format", "model", "cutoff", "elements", "dtype", "device", "torch_version", "forces", "domain")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 # The one place that picks the kernels a package is built from: sciml.ops' pure-torch paths, which
@@ -227,6 +230,7 @@ def export_model(model_or_checkpoint: Union[nn.Module, str, os.PathLike], path: 
         "device": device,
         "torch_version": torch.__version__,
         "forces": "direct" if getattr(model, "direct_forces", False) else "conservative",
+        "domain": json.dumps(domain.to_dict()) if (domain := domain_of(model)) is not None else "",
     }
     try:
         program = trace(EnergyForcesVirial(model), example_inputs(model.cutoff, dtype, device), INTERFACE_DYNAMIC_AXES)
@@ -284,8 +288,6 @@ def read_metadata(path: Union[str, os.PathLike]) -> Dict[str, str]:
     Raises:
         ExportError: the file is not a zip archive or holds no sciml package.
     """
-    import json
-
     try:
         with zipfile.ZipFile(path) as archive:
             names = [n for n in archive.namelist() if n.endswith(".wrapper_metadata.json")]
@@ -330,12 +332,14 @@ class ExportedPotential(nn.Module):
     package's cutoff (:attr:`graph_spec`).
     """
 
-    def __init__(self, exported: ExportedModel):
+    def __init__(self, exported: ExportedModel, source: str = ""):
         super().__init__()
         self.exported = exported
         self.model_name = exported.metadata["model"]
         self.cutoff, self.max_neighbors = exported.cutoff, None
         self.direct_forces = exported.metadata["forces"] == "direct"
+        domain = exported.metadata.get("domain")
+        self.domain = ModelDomain.from_dict(json.loads(domain), source) if domain else None
         # sciml.inference reads a model's dtype and device from its parameters: an empty one tells them.
         self.dtype_marker = nn.Parameter(torch.empty(0, dtype=exported.dtype, device=exported.device),
                                          requires_grad=False)
@@ -366,12 +370,22 @@ def is_exported(path: Union[str, os.PathLike]) -> bool:
     return Path(path).suffix == ".pt2"
 
 
-def load_potential(path: Union[str, os.PathLike], device: str = "cpu") -> nn.Module:
+def load_potential(path: Union[str, os.PathLike], device: "str | torch.device" = "cpu",
+                   dtype: "str | torch.dtype | None" = None) -> nn.Module:
     """The energy model of a checkpoint, or of an exported package (``.pt2``) as an
-    :class:`ExportedPotential`, on ``device``."""
+    :class:`ExportedPotential`, on ``device``; ``dtype`` None keeps the saved one.
+
+    Raises:
+        ValueError: a package asked to run in another dtype than it was compiled for.
+    """
+    from sciml.devices import resolve_dtype
     from sciml.inference import load_model
 
     if is_exported(path):
-        return ExportedPotential(load_exported(path, device=device))
-    return load_model(path, device=device)
-
+        potential = ExportedPotential(load_exported(path, device=device), str(path))
+        wanted = resolve_dtype(dtype)
+        if wanted is not None and wanted != potential.exported.dtype:
+            raise ValueError(f"{path} was compiled for {potential.exported.metadata['dtype']} and runs only in it; "
+                             f"export it again with --dtype {str(wanted).removeprefix('torch.')}")
+        return potential
+    return load_model(path, device=device, dtype=dtype)

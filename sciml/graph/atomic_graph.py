@@ -230,9 +230,11 @@ class AtomicGraph:
         """From chemical symbols and positions; unknown symbols raise ValueError."""
         return cls.from_tensors(positions, atomic_numbers_from_symbols(symbols), **kwargs)
 
-    def with_edges(self, cutoff: float, max_neighbors: Optional[int] = None) -> "AtomicGraph":
-        """A copy whose edges are all pairs within ``cutoff`` Å (see :func:`batched_neighbor_list`)."""
-        edge_index, shifts = batched_neighbor_list(self, cutoff, max_neighbors)
+    def with_edges(self, cutoff: float, max_neighbors: Optional[int] = None,
+                   max_neighbors_rule: str = "ties") -> "AtomicGraph":
+        """A copy whose edges are all pairs within ``cutoff`` Å, capped at each atom's nearest
+        ``max_neighbors`` by ``max_neighbors_rule`` (see :func:`sciml.graph.neighbor_list`)."""
+        edge_index, shifts = batched_neighbor_list(self, cutoff, max_neighbors, max_neighbors_rule)
         return replace(self, edge_index=edge_index, cell_shifts=shifts, cutoff=check_cutoff(cutoff), knn=None,
                        lattice_frame=None)
 
@@ -240,7 +242,7 @@ class AtomicGraph:
         """A copy with the graph ``spec`` describes: radius edges, or k-NN edges with ties and,
         if asked, lattice frames (see :mod:`sciml.graph.crystal`)."""
         if spec.knn is None:
-            return self.with_edges(spec.cutoff, spec.max_neighbors)
+            return self.with_edges(spec.cutoff, spec.max_neighbors, spec.max_neighbors_rule)
         rows, shifts, frames = [], [], []
         for b in range(self.num_graphs):
             lo, hi = int(self.ptr[b]), int(self.ptr[b + 1])
@@ -433,9 +435,10 @@ pytree.register_pytree_node(
 
 
 def batched_neighbor_list(
-    graph: AtomicGraph, cutoff: float, max_neighbors: Optional[int] = None
+    graph: AtomicGraph, cutoff: float, max_neighbors: Optional[int] = None, max_neighbors_rule: str = "ties"
 ) -> "tuple[torch.Tensor, torch.Tensor]":
-    """Neighbour lists of every structure of a batch.
+    """Neighbour lists of every structure of a batch (``cutoff`` Å; ``max_neighbors`` and
+    ``max_neighbors_rule`` as in :func:`sciml.graph.neighbor_list`).
 
     Returns ``edge_index`` (2, E) with batch-global atom indices (row 0 the centre i, row 1 the
     neighbour j) and ``cell_shifts`` (E, 3) int64, on the graph's device.
@@ -444,7 +447,8 @@ def batched_neighbor_list(
     for b in range(graph.num_graphs):
         lo, hi = int(graph.ptr[b]), int(graph.ptr[b + 1])
         i, j, s = neighbor_list(
-            graph.positions[lo:hi].detach(), graph.cell[b].detach(), graph.pbc[b], cutoff, max_neighbors
+            graph.positions[lo:hi].detach(), graph.cell[b].detach(), graph.pbc[b], cutoff, max_neighbors,
+            max_neighbors_rule,
         )
         rows.append(torch.stack([i, j]) + lo)
         shifts.append(s)

@@ -9,6 +9,7 @@ from torch import nn
 
 from sciml.graph.atomic_graph import AtomicGraph
 from sciml.graph.geometry import EdgeGeometry, edge_geometry
+from sciml.graph.neighbors import check_max_neighbors_rule
 from sciml.graph.spec import GraphSpec
 from sciml.ops.scatter import scatter
 from sciml.ops.tracing import is_tracing
@@ -17,8 +18,8 @@ from sciml.ops.tracing import is_tracing
 class MessagePassing(nn.Module):
     """Base of graph models and their layers.
 
-    A model records the graph it was built for (``cutoff`` in Å and ``max_neighbors`` for a
-    radius graph; ``knn`` and ``lattice_frame`` for ComFormer's crystal graph, where ``cutoff`` is
+    A model records the graph it was built for (``cutoff`` in Å, ``max_neighbors`` and
+    ``max_neighbors_rule`` for a radius graph; ``knn`` and ``lattice_frame`` for ComFormer's crystal graph, where ``cutoff`` is
     the first search radius), exposed as :attr:`graph_spec`, so that calculators,
     ``sciml.predict`` and the CLI build matching graphs; models themselves never build graphs.
     Subclasses call :meth:`geometry` for differentiable edge vectors and :meth:`aggregate` to
@@ -26,10 +27,11 @@ class MessagePassing(nn.Module):
     """
 
     def __init__(self, cutoff: Optional[float] = None, max_neighbors: Optional[int] = None,
-                 knn: Optional[int] = None, lattice_frame: bool = False):
+                 knn: Optional[int] = None, lattice_frame: bool = False, max_neighbors_rule: str = "ties"):
         super().__init__()
         self.cutoff = None if cutoff is None else float(cutoff)
         self.max_neighbors = max_neighbors
+        self.max_neighbors_rule = check_max_neighbors_rule(max_neighbors_rule)
         self.knn = knn
         self.uses_lattice_frame = bool(lattice_frame)
 
@@ -38,7 +40,8 @@ class MessagePassing(nn.Module):
         """The graph this model reads, or None when it has no fixed one (no cutoff, no k)."""
         if self.cutoff is None and self.knn is None:
             return None
-        return GraphSpec(cutoff=self.cutoff, max_neighbors=self.max_neighbors, knn=self.knn,
+        return GraphSpec(cutoff=self.cutoff, max_neighbors=self.max_neighbors,
+                         max_neighbors_rule=self.max_neighbors_rule, knn=self.knn,
                          lattice_frame=self.uses_lattice_frame)
 
     def check_graph(self, graph: AtomicGraph) -> None:

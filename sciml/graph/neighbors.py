@@ -27,6 +27,13 @@ from sciml.graph.validation import as_tensor, check_cutoff, check_finite
 # Candidate pair distances evaluated per chunk (bounds peak memory to about 0.5 GB).
 _CHUNK_CANDIDATES = 8_000_000
 
+#: How ``max_neighbors`` is applied (see :func:`neighbor_list`).
+MAX_NEIGHBORS_RULES = ("ties", "strict", "fairchem")
+#: Å: with the "ties" rule, neighbours up to the ``max_neighbors``-th distance plus this are kept.
+MAX_NEIGHBORS_TIE_TOLERANCE = 0.01
+#: Å^2: fairchem's ``degeneracy_tolerance``, on squared distances (the "fairchem" rule).
+FAIRCHEM_DEGENERACY_TOLERANCE = 0.01
+
 
 def _working_cell(cell: torch.Tensor, pbc: torch.Tensor) -> torch.Tensor:
     """Replace the vectors of non-periodic directions by an orthonormal complement.
@@ -121,6 +128,7 @@ def neighbor_list(
     pbc: "torch.Tensor | np.ndarray | bool | tuple",
     cutoff: float,
     max_neighbors: Optional[int] = None,
+    max_neighbors_rule: str = "ties",
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Neighbour pairs within ``cutoff`` in ase's ``primitive_neighbor_list('ijS')`` convention.
 
@@ -130,8 +138,23 @@ def neighbor_list(
             ``None`` means no cell (and requires no periodic direction).
         pbc: (3,) periodic flags (a single bool applies to all three directions).
         cutoff: pair distance cutoff, Å (strict: pairs with ``|D| < cutoff``).
-        max_neighbors: if given, keep for each centre only its ``max_neighbors`` nearest
-            neighbours; ties in distance are broken by neighbour index, then by shift.
+        max_neighbors: if given, keep for each centre only its nearest neighbours, by
+            ``max_neighbors_rule``:
+
+            * ``"ties"``: the ``max_neighbors`` nearest and every neighbour within
+              :data:`MAX_NEIGHBORS_TIE_TOLERANCE` (0.01 Å) of the ``max_neighbors``-th distance.
+              Neighbours tied with the last one kept (periodic images of symmetric cells) are all
+              kept, so the graph is a function of the geometry: rotations, permutations and
+              supercells give the same graph, where a cut through a shell of equal distances would
+              be decided by rounding.
+            * ``"strict"``: exactly ``max_neighbors``, ties broken by neighbour index, then shift
+              (fairchem's ``enforce_max_neighbors_strictly=True``). A tie at the cut makes the
+              graph depend on the orientation, the atom order and the cell.
+            * ``"fairchem"``: fairchem's ``enforce_max_neighbors_strictly=False`` rule: every
+              neighbour whose squared distance is at most that of the ``(max_neighbors + 1)``-th
+              nearest plus :data:`FAIRCHEM_DEGENERACY_TOLERANCE` (0.01 Å^2), so at least
+              ``max_neighbors + 1`` when there are more.
+        max_neighbors_rule: one of :data:`MAX_NEIGHBORS_RULES`; ignored without ``max_neighbors``.
 
     Returns:
         ``(i, j, S)``: centre indices (E,), neighbour indices (E,) and integer shifts (E, 3), all
@@ -156,11 +179,19 @@ def neighbor_list(
     check_finite(cell_t, "cell")
     if max_neighbors is not None and max_neighbors < 1:
         raise ValueError(f"max_neighbors must be a positive integer or None, got {max_neighbors}")
+    check_max_neighbors_rule(max_neighbors_rule)
 
     i, j, shifts = _search(pos, cell_t, pbc_t, cutoff)
     if max_neighbors is not None:
-        i, j, shifts = _cap_neighbors(pos, cell_t, i, j, shifts, max_neighbors)
+        i, j, shifts = _cap_neighbors(pos, cell_t, i, j, shifts, max_neighbors, max_neighbors_rule)
     return i.to(device), j.to(device), shifts.to(device)
+
+
+def check_max_neighbors_rule(rule: str) -> str:
+    """Return ``rule`` if it is one of :data:`MAX_NEIGHBORS_RULES`, else raise ValueError."""
+    if rule not in MAX_NEIGHBORS_RULES:
+        raise ValueError(f"max_neighbors_rule must be one of {MAX_NEIGHBORS_RULES}, got {rule!r}")
+    return rule
 
 
 def _as_pbc(pbc) -> torch.Tensor:
@@ -267,8 +298,9 @@ def _search(pos: torch.Tensor, cell: torch.Tensor, pbc: torch.Tensor, cutoff: fl
     return i[by_centre], j[by_centre], s[by_centre]
 
 
-def _cap_neighbors(pos, cell, i, j, shifts, max_neighbors: int):
-    """Keep the ``max_neighbors`` nearest neighbours of each centre (ties: lower j, then shift)."""
+def _cap_neighbors(pos, cell, i, j, shifts, max_neighbors: int, rule: str):
+    """Keep each centre's nearest neighbours by ``rule`` (see :func:`neighbor_list`); the result is
+    sorted by (i, distance, j, S)."""
     if i.numel() == 0:
         return i, j, shifts
     d = pos[j] - pos[i] + shifts.to(torch.float64) @ cell
@@ -277,10 +309,21 @@ def _cap_neighbors(pos, cell, i, j, shifts, max_neighbors: int):
     perm = torch.arange(i.numel())
     for key in (shifts[:, 2], shifts[:, 1], shifts[:, 0], j, dist, i):
         perm = perm[torch.argsort(key[perm], stable=True)]
-    i, j, shifts = i[perm], j[perm], shifts[perm]
+    i, j, shifts, dist = i[perm], j[perm], shifts[perm], dist[perm]
     counts = torch.bincount(i)
     first = torch.cumsum(counts, 0) - counts
     rank = torch.arange(i.numel()) - first[i]
-    keep = rank < max_neighbors
+    if rule == "strict":
+        keep = rank < max_neighbors
+    elif rule == "ties":
+        # the max_neighbors-th distance of each centre (its farthest when it has fewer)
+        last = first + torch.clamp(counts, max=max_neighbors) - 1
+        keep = dist <= dist[last.clamp(min=0)][i] + MAX_NEIGHBORS_TIE_TOLERANCE
+    else:
+        squared = (d * d).sum(dim=1)[perm]
+        beyond = first + max_neighbors  # the (max_neighbors + 1)-th, where a centre has one
+        has_more = counts > max_neighbors
+        limit = torch.full(counts.shape, float("inf"), dtype=torch.float64)
+        limit[has_more] = squared[beyond[has_more]] + FAIRCHEM_DEGENERACY_TOLERANCE
+        keep = squared <= limit[i]
     return i[keep], j[keep], shifts[keep]
-

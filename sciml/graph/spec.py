@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from sciml.graph.neighbors import check_max_neighbors_rule
+
 
 @dataclass(frozen=True)
 class GraphSpec:
@@ -18,6 +20,10 @@ class GraphSpec:
     Attributes:
         cutoff: Å. Radius graphs: the pair cutoff. k-NN graphs: the first search radius.
         max_neighbors: radius graphs only: keep each atom's nearest ``max_neighbors``.
+        max_neighbors_rule: how the cap treats ties (:func:`sciml.graph.neighbors.neighbor_list`):
+            "ties" (default: every neighbour within 0.01 Å of the last one kept, so the graph
+            depends on the geometry only), "strict" (exactly ``max_neighbors``, fairchem's
+            default) or "fairchem" (fairchem's ``enforce_max_neighbors_strictly=False``).
         knn: if set, the graph is each atom's ``knn`` nearest neighbours with ties, made
             undirected (:func:`sciml.graph.crystal.knn_neighbor_list`).
         lattice_frame: also give every structure its lattice frame
@@ -27,6 +33,7 @@ class GraphSpec:
 
     cutoff: Optional[float] = None
     max_neighbors: Optional[int] = None
+    max_neighbors_rule: str = "ties"
     knn: Optional[int] = None
     lattice_frame: bool = False
     tolerance: float = 1e-3
@@ -40,17 +47,20 @@ class GraphSpec:
             raise ValueError("a graph needs a cutoff (radius graph) or knn (k-NN graph)")
         if self.knn is not None and self.knn < 1:
             raise ValueError(f"knn must be a positive integer, got {self.knn}")
+        check_max_neighbors_rule(self.max_neighbors_rule)
 
     @classmethod
     def of(cls, model) -> "GraphSpec":
-        """The spec a model declares (``model.graph_spec``), else its ``cutoff``/``max_neighbors``."""
+        """The spec a model declares (``model.graph_spec``), else its ``cutoff``/``max_neighbors``
+        (and ``max_neighbors_rule``)."""
         spec = getattr(model, "graph_spec", None)
         if spec is not None:
             return spec
-        return cls(cutoff=getattr(model, "cutoff", None), max_neighbors=getattr(model, "max_neighbors", None))
+        return cls(cutoff=getattr(model, "cutoff", None), max_neighbors=getattr(model, "max_neighbors", None),
+                   max_neighbors_rule=getattr(model, "max_neighbors_rule", "ties"))
 
     def describe(self) -> str:
         if self.knn is not None:
             return f"{self.knn} nearest neighbours with ties" + (" and lattice frames" if self.lattice_frame else "")
-        capped = f", at most {self.max_neighbors} neighbours" if self.max_neighbors else ""
+        capped = f", {self.max_neighbors} nearest neighbours ({self.max_neighbors_rule} rule)" if self.max_neighbors else ""
         return f"radius {self.cutoff} Å{capped}"

@@ -16,7 +16,7 @@ def as_tensor(value, name: str) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         return value
     try:
-        return torch.tensor(np.asarray(value))
+        return torch.tensor(np.require(np.asarray(value), requirements="C"))  # also views such as a[::-1]
     except (TypeError, ValueError) as err:
         raise ValueError(f"{name} is not a numeric array: {err}") from None
 

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 import torch
 
 from sciml.io.files import atomic_path
+from sciml.io.sniff import describe_wrong_file, is_torch_file
 
 FORMAT = "sciml-checkpoint"
 FORMAT_VERSION = 1
@@ -85,12 +87,16 @@ def read_torch_file(path: "str | os.PathLike", map_location: "str | torch.device
         raise CheckpointError(f"checkpoint {path} does not exist")
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {path} is empty")
+    if not is_torch_file(path):
+        raise CheckpointError(describe_wrong_file(path, "a sciml or fairchem checkpoint"))
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        what = f"a reference to the Python global {found.group(1)}" if found else "objects other than tensors and plain values"
         raise CheckpointError(
-            f"checkpoint {path} holds objects other than tensors and plain values and was not loaded "
-            f"(untrusted code is never run): {str(err).splitlines()[0]}"
+            f"checkpoint {path} holds {what} and was not loaded: sciml reads checkpoints without running code "
+            f"from them (tensors, numbers, strings, lists and dicts only)"
         ) from None
     except Exception as err:  # torch raises many types for damaged files (RuntimeError, KeyError, EOFError...)
         reason = (str(err).splitlines() or [type(err).__name__])[0].split(". ")[0]

@@ -25,7 +25,7 @@ from ase.geometry import find_mic
 from sciml.calculator import SciMLCalculator
 from sciml.data.oc20.metrics import OC20Metrics
 from sciml.graph import AtomicGraph
-from sciml.inference import predict_batches
+from sciml.inference import model_dtype, predict_batches
 
 # ase optimizer class and options per name; L-BFGS with OC20's settings.
 _OPTIMIZERS = {"lbfgs": ("LBFGS", dict(maxstep=0.04, memory=50, damping=1.0, alpha=70.0)),
@@ -63,7 +63,7 @@ def relax_structures(model: torch.nn.Module, graphs: Sequence[AtomicGraph], fmax
     """Relax each structure (its ``fixed`` atoms held in place) with ``model`` as calculator."""
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
-    calculator = SciMLCalculator(model, device=device)
+    calculator = SciMLCalculator(model, device=device, dtype=model_dtype(model))
     results = []
     for graph in graphs:
         atoms = graph.to_ase()[0]

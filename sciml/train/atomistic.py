@@ -13,6 +13,7 @@ from sciml.data.oc20.sources import detect_format, load_graphs
 from sciml.data.readers import load_graph_dataset, read_structures
 from sciml.graph import AtomicGraph, GraphSpec
 from sciml.inference import model_outputs
+from sciml.models.domain import LABEL_UNITS, PROPERTY_UNITS, ModelDomain
 from sciml.models.heads import EnergyHead, PropertyHead, fit_element_energies
 from sciml.distributed import DistributedContext
 from sciml.train.compile import CompiledOutputs, compile_model
@@ -112,7 +113,29 @@ class AtomisticProblem:
         first = train[0]
         self.use_forces = first.forces is not None and config.loss.forces > 0
         self.use_stress = first.stress is not None and config.loss.stress > 0 and bool(first.pbc.any())
+        self.model.domain = ModelDomain.from_graphs(train, self._trained_labels(head is not None),
+                                                    str(config.data.path or ""))
         return self.statistics
+
+    def domain(self) -> Dict[str, Any]:
+        """The model's domain (:class:`~sciml.models.domain.ModelDomain`, as saved in
+        checkpoints), known after :meth:`fit`."""
+        return self.model.domain.to_dict()
+
+    def _trained_labels(self, energy_model: bool) -> Dict[str, str]:
+        """Label name -> unit of what the loss trains on."""
+        config = self.config
+        labels = {}
+        if energy_model and config.loss.energy > 0:
+            labels["energy"] = LABEL_UNITS["energy"]
+        if self.use_forces:
+            labels["forces"] = LABEL_UNITS["forces"]
+        if self.use_stress:
+            labels["stress"] = LABEL_UNITS["stress"]
+        for key, weight in config.loss.properties.items():
+            if weight > 0:
+                labels[key] = config.data.property_units.get(key, PROPERTY_UNITS.get(key, ""))
+        return labels
 
     @staticmethod
     def sizes(train: Sequence[AtomicGraph]) -> List[int]:
@@ -236,7 +259,7 @@ def load_training_graphs(data: DataConfig, spec: GraphSpec, dtype: torch.dtype =
 
 def _oc20_graphs(data, required: Sequence[str], spec: GraphSpec, dtype: torch.dtype) -> List[AtomicGraph]:
     """Graphs of an OC20 source, with the labels the config asks for (see ``DataConfig.format``)."""
-    graphs = load_graphs(data.path, spec.cutoff, spec.max_neighbors, dtype)
+    graphs = load_graphs(data.path, spec, dtype=dtype)
     first = graphs[0]
     for label in required:
         if getattr(first, label) is None:

@@ -49,7 +49,9 @@ class DataConfig:
     into the graphs: model inputs (e.g. velocities) as well as labels. A label is compared with
     the model output of the same name unless ``prediction_keys`` maps it to another one, e.g.
     ``{positions_target: positions}`` when the model predicts ``positions`` and the file stores
-    the target positions under ``positions_target``.
+    the target positions under ``positions_target``. ``property_units`` names the unit of each
+    property label (``{formation_energy_peratom: eV/atom}``), recorded in the checkpoint's domain;
+    the targets of the crystal benchmarks have theirs already.
 
     Crystal datasets: ``format`` ``jarvis`` (JARVIS-DFT ``dft_3d`` JSON), ``matbench`` (a MatBench
     task file), ``mp`` (pymatgen Structure JSON, or a folder of CIFs with a CSV/JSON of targets at
@@ -77,6 +79,7 @@ class DataConfig:
     stress_key: Optional[str] = "stress"
     property_keys: List[str] = field(default_factory=list)
     prediction_keys: Dict[str, str] = field(default_factory=dict)
+    property_units: Dict[str, str] = field(default_factory=dict)
     cutoff: Optional[float] = None
     max_neighbors: Optional[int] = None
 
@@ -213,7 +216,7 @@ class TrainConfig:
     grad_clip: Optional[float] = None
     early_stopping_patience: Optional[int] = None
     seed: int = 0
-    device: str = "cpu"
+    device: str = "auto"
     output_dir: str = "runs/train"
     dtype: str = field(default="float32", metadata={"choices": ("float32", "float64")})
     amp: str = field(default="none", metadata={"choices": ("none", "bf16", "fp16")})

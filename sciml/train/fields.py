@@ -86,6 +86,11 @@ class FieldProblem:
         return {"t_in": self.options.t_in, "steps": self.options.steps}
 
     @staticmethod
+    def domain() -> None:
+        """None: a neural operator's inputs are fields on its grid, with no element domain."""
+        return None
+
+    @staticmethod
     def sizes(train: Sequence[torch.Tensor]) -> None:
         """None: every sample costs the same (batches are balanced by count)."""
         return None

@@ -6,6 +6,8 @@ checkpoints, splits, logs and resuming; a problem owns everything that depends o
 - ``load() -> list``: the samples of ``data.path``, in file order (split by the trainer);
 - ``fit(train) -> dict``: training statistics, given to the model (e.g. energy-head references,
   label standardisation), saved in checkpoints;
+- ``domain() -> dict | None``: after ``fit``, what the model has seen (elements, periodic cells,
+  labels and their ranges; :class:`~sciml.models.domain.ModelDomain`), saved in checkpoints;
 - ``sizes(train)``: the cost of each sample (atoms) to balance batches and ranks by, or None;
 - ``collate(samples)``: one batch (an object with ``.to(device)``);
 - ``outputs(batch) -> dict`` and ``loss(batch, outputs) -> scalar tensor``;

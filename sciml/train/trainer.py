@@ -51,6 +51,7 @@ from tqdm.auto import tqdm
 from sciml import distributed
 from sciml.data.crystals import alignn_split, matbench_folds
 from sciml.data.sampling import AtomBalancedBatchSampler
+from sciml.devices import runtime_line
 from sciml.io.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from sciml.io.files import atomic_path
 from sciml.models import build_model
@@ -124,9 +125,11 @@ class Trainer:
         self.output_dir = Path(config.output_dir)
         self.context = distributed.setup(config.device)
         self.verbose = verbose and self.context.is_main
-        checkpoint = self._check_output_dir(resume)
         self.device = self.context.device(config.device)
         self.dtype = _DTYPES[config.dtype]
+        checkpoint = self._check_output_dir(resume)
+        if self.verbose:
+            print(runtime_line(self.device, self.dtype) + (f", {self.context.world_size} ranks" if self.context.enabled else ""))
         torch.manual_seed(config.seed)
         self.model = build_model(config.model.name, **config.model.options)
         self.problem = make_problem(config, self.model, self.dtype)
@@ -453,6 +456,7 @@ class Trainer:
             model_name=model.model_name,
             config=model.config,
             statistics=self.statistics,
+            domain=self.problem.domain(),
             train_state_dict=model.state_dict() if self.ema is not None else None,
             ema_num_updates=self.ema.num_updates if self.ema is not None else None,
             optimizer=self.optimizer.state_dict(),

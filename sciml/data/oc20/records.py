@@ -40,6 +40,7 @@ import torch
 from ase.constraints import FixAtoms
 
 from sciml.graph.atomic_graph import AtomicGraph
+from sciml.graph.spec import GraphSpec
 from sciml.graph.validation import MAX_ATOMIC_NUMBER, check_atomic_numbers, check_finite
 
 Record = Dict[str, np.ndarray]
@@ -122,14 +123,15 @@ def check_record(record: Record, where: str) -> Record:
 
 def graph_from_record(
     record: Record,
-    cutoff: Optional[float] = None,
+    cutoff: "float | GraphSpec | None" = None,
     max_neighbors: Optional[int] = None,
     dtype: Optional[torch.dtype] = None,
 ) -> AtomicGraph:
     """One :class:`AtomicGraph` from a record (see the module docstring for where fields go).
 
-    Edges are built within ``cutoff`` Å (at most ``max_neighbors`` per atom, nearest first) when
-    ``cutoff`` is given; otherwise the graph has no edges and the caller builds them with
+    Edges are built within ``cutoff`` Å (at most ``max_neighbors`` per atom, nearest first), or
+    as a :class:`~sciml.graph.GraphSpec` says (a model's ``graph_spec``, with its rule for ties at
+    the cap), when ``cutoff`` is given; otherwise the graph has no edges and the caller builds them with
     :meth:`AtomicGraph.with_edges`. Floating fields are cast to ``dtype`` (default: torch's).
     """
     atom_properties = {name: torch.from_numpy(np.array(record[name])) for name in _ATOM_PROPERTIES if name in record}

@@ -24,6 +24,7 @@ from sciml.data.oc20.legacy_lmdb import LegacyLmdb
 from sciml.data.oc20.records import Record, graph_from_record
 from sciml.data.oc20.s2ef_extxyz import read_s2ef_extxyz
 from sciml.graph.atomic_graph import AtomicGraph
+from sciml.graph.spec import GraphSpec
 
 PathLike = Union[str, os.PathLike]
 FORMATS = ("s2ef-extxyz", "ase-db", "legacy-lmdb", "sciml-cache")
@@ -110,13 +111,14 @@ def preprocess(
 
 def load_graphs(
     source: Union[PathLike, Sequence[PathLike]],
-    cutoff: Optional[float] = None,
+    cutoff: "float | GraphSpec | None" = None,
     max_neighbors: Optional[int] = None,
     dtype: Optional[torch.dtype] = None,
     subtract_reference: bool = True,
     format: Optional[str] = None,
 ) -> List[AtomicGraph]:
-    """Every structure of an OC20 source as an :class:`AtomicGraph` (edges within ``cutoff``).
+    """Every structure of an OC20 source as an :class:`AtomicGraph` (edges within ``cutoff``, or
+    as a :class:`~sciml.graph.GraphSpec` says: see :func:`~sciml.data.oc20.records.graph_from_record`).
 
     Errors while building a graph name the record. A progress bar shows for large sources on a
     terminal.

@@ -5,14 +5,42 @@ The graph (:class:`~sciml.graph.GraphSpec` with ``knn`` and ``lattice_frame``) g
 its k nearest neighbours with ties and every crystal its right-handed lattice frame
 (v1, v2, v3). As in the reference (``use_lattice=True``), every atom also gets self-loop edges
 along its lattice vectors. By default (``lattice_self_loops="frame"``) these are the frame's own
-three vectors, which keeps the frame's handedness visible to eComFormer's tensor products;
-``"both"`` adds their reverses too, exactly the reference's graph (eComFormer is then blind to
-chirality: its tensor products respect parity), ``"none"`` adds none.
+three vectors; ``"both"`` adds their reverses too, exactly the reference's graph; ``"none"``
+adds none.
 
 * iComFormer: node attention -> lattice edge update (each edge attends to the three lattice
   vectors through |v_k| and cos(r_ij, v_k)) -> three more node attention layers.
 * eComFormer: node attention -> equivariant tensor-product update (spherical harmonics l <= 2 of
   the edge vectors) -> two more node attention layers.
+
+Chirality. The reference's features cannot tell a chiral crystal from its mirror image, except
+through rounding-level effects:
+
+* The lattice frame is right-handed for both hands, so the mirror image M X of a crystal X with
+  frame F is read in the frame -M F (right-handed, with F's lengths and angles; the one chosen
+  for Se, Te, quartz and triclinic crystals). Since -M is a rotation, iComFormer sees M X exactly
+  as it sees the inverted crystal -X in the frame F: every edge vector reversed. The graph is
+  undirected, so the set of all edge features is the same for both hands; only which atom holds
+  which edge differs. With mean pooling the part of the output linear in that difference cancels
+  (for elemental crystals exactly), and what is left is second order: untrained mirror-image
+  differences of 1e-11 relative for trigonal Se, 1e-7 for alpha-quartz, 1e-6 for random P1
+  crystals.
+* eComFormer's tensor products respect parity and end in true scalars (0e): the model is
+  E(3)-invariant given its edges, and the frame self-loops (+v1, +v2, +v3) are the only thing
+  that can carry the hand. A crystal with a 2-fold axis along v1 - v2 and perpendicular to v3
+  (Se, Te, quartz: P3_121/P3_221) maps the loop set {v1, v2, v3} onto {-v1, -v2, -v3}, so the
+  mirror image gives exactly the same output (differences of 1e-16). With ``"both"`` loops it
+  is blind to every mirror image.
+
+``chirality=True`` (the default) therefore adds, for every edge, the pseudoscalar of
+:func:`~sciml.models.comformer.layers.chirality_pseudoscalars` (a triple product of the bond and
+the two atoms' mean neighbour directions, which changes sign under a mirror and not under a
+rotation or an edge reversal), encoded like the angles and added to the distance encoding of
+the edge features (zero on the lattice self-loops); both variants then read it everywhere edge
+features are read (eComFormer: in the tensor-product weights). Untrained mirror-image
+differences become ~1e-2 relative for Se, Te and quartz (a 1% strain moves the output by
+~1e-4), and rotations still leave outputs unchanged to rounding. ``chirality=False`` with
+``lattice_self_loops="both"`` is exactly the reference (the paper's architecture).
 
 Both read CGCNN-style 92-dimensional atom features (:mod:`sciml.models.atom_features`) and end
 with mean pooling -> Linear + SiLU -> Linear. With ``target="energy"`` the readout is per atom
@@ -26,6 +54,7 @@ from __future__ import annotations
 from typing import Dict
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from sciml.graph import AtomicGraph
@@ -37,6 +66,7 @@ from sciml.models.comformer.layers import (
     EquivariantUpdate,
     NodeAttention,
     ReciprocalDistanceEmbedding,
+    chirality_pseudoscalars,
 )
 from sciml.models.heads import EnergyHead, PropertyHead
 
@@ -56,6 +86,8 @@ class ComFormer(MessagePassing):
         fc_features: width of the readout's hidden layer (256).
         k: neighbours per atom of the crystal graph (25). search_radius: its first search radius, Å.
         lattice_self_loops: "frame" (+v_k), "both" (+v_k and -v_k, as the reference) or "none".
+        chirality: add the handedness feature of every edge (see the module docstring); False
+            (with ``lattice_self_loops="both"``) is the reference's architecture.
         norm: "batch" (the reference's BatchNorm), "layer" (LayerNorm), or "auto": batch norm
             for properties, layer norm for ``target="energy"``, whose forces and stress must not
             depend on the other structures of a training batch.
@@ -76,6 +108,7 @@ class ComFormer(MessagePassing):
         search_radius: float = 4.0,
         lattice_self_loops: str = "frame",
         norm: str = "auto",
+        chirality: bool = True,
     ):
         if lattice_self_loops not in ("frame", "both", "none"):
             raise ValueError(f"lattice_self_loops must be 'frame', 'both' or 'none', got {lattice_self_loops!r}")
@@ -84,19 +117,37 @@ class ComFormer(MessagePassing):
         super().__init__(cutoff=search_radius, knn=k, lattice_frame=True)
         self.config = dict(target=str(target), node_layers=int(node_layers), features=int(features),
                            rbf_bins=int(rbf_bins), fc_features=int(fc_features), k=int(k),
-                           search_radius=float(search_radius), lattice_self_loops=str(lattice_self_loops), norm=str(norm))
+                           search_radius=float(search_radius), lattice_self_loops=str(lattice_self_loops), norm=str(norm),
+                           chirality=bool(chirality))
         self.norm = norm if norm != "auto" else ("layer" if target == "energy" else "batch")
         self.target = target
         self.lattice_self_loops = lattice_self_loops
         self.register_buffer("atom_features", cgcnn_feature_table().to(torch.get_default_dtype()))
         self.atom_embedding = nn.Linear(CGCNN_FEATURE_SIZE, features)
         self.rbf = ReciprocalDistanceEmbedding(rbf_bins, features)
+        self.chirality_embedding = None  # made by _add_chirality_embedding, after the variant's layers
         self.att_layers = nn.ModuleList(NodeAttention(features, features, self.norm) for _ in range(node_layers))
         if target == "energy":
             self.readout = nn.Sequential(nn.Linear(features, fc_features), nn.SiLU(), nn.Linear(fc_features, 1))
             self.head = EnergyHead()
         else:
             self.head = PropertyHead(features, 1, pooling="mean", pool_before_mlp=True, hidden=fc_features, name=target)
+
+    def _add_chirality_embedding(self) -> None:
+        """Create the chirality encoding (if ``chirality``) after every other layer, so that a model
+        seeded alike has the weights of the reference architecture plus this encoding."""
+        if self.config["chirality"]:
+            self.chirality_embedding = CosineEmbedding(self.config["rbf_bins"], self.config["features"])
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """A state dict saved before the chirality feature existed has no ``chirality_embedding``
+        weights: it loads as the model it was saved from, without the feature (``chirality``
+        becomes False in :attr:`config`)."""
+        saved = any(k.startswith(prefix + "chirality_embedding.") for k in state_dict)
+        if self.chirality_embedding is not None and not saved:
+            self.chirality_embedding = None
+            self.config["chirality"] = False
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ----------------------------------------------------------------------- the variant's update
     def update(self, x, edge_features, edge_index, vectors, frame, edge_graph):
@@ -123,6 +174,8 @@ class ComFormer(MessagePassing):
         geometry = self.geometry(graph, forces=derivatives, stress=stress)
         frame = graph.lattice_frame.to(geometry.cell.dtype) @ geometry.cell  # (B, 3, 3) Å, rows v1, v2, v3
         edge_index, vectors = graph.edge_index, geometry.vectors
+        if self.chirality_embedding is not None:
+            chirality = chirality_pseudoscalars(vectors, edge_index, graph.num_nodes)
         if self.lattice_self_loops != "none":
             loops = frame[graph.batch].reshape(-1, 3)  # (3N, 3): v1, v2, v3 of every atom
             if self.lattice_self_loops == "both":
@@ -133,6 +186,9 @@ class ComFormer(MessagePassing):
         edge_graph = graph.batch[edge_index[0]]
         x = self.atom_embedding(self.atom_features[z])
         edge_features = self.rbf(vectors.norm(dim=1))
+        if self.chirality_embedding is not None:
+            loops = vectors.shape[0] - chirality.shape[0]  # the self-loops have no twist: 0
+            edge_features = edge_features + self.chirality_embedding(F.pad(chirality, (0, loops)))
         x = self.att_layers[0](x, edge_index, edge_features)
         x, edge_features = self.update(x, edge_features, edge_index, vectors, frame, edge_graph)
         for layer in self.att_layers[1:]:
@@ -150,12 +206,13 @@ class IComFormer(ComFormer):
 
     def __init__(self, target: str = "formation_energy_peratom", node_layers: int = 4, features: int = 256,
                  rbf_bins: int = 256, fc_features: int = 256, k: int = 25, search_radius: float = 4.0,
-                 lattice_self_loops: str = "frame", norm: str = "auto"):
+                 lattice_self_loops: str = "frame", norm: str = "auto", chirality: bool = True):
         super().__init__(target, node_layers, features, rbf_bins, fc_features, k, search_radius, lattice_self_loops,
-                         norm)
+                         norm, chirality)
         features, bins = self.config["features"], self.config["rbf_bins"]
         self.rbf_angle = CosineEmbedding(bins, features)
         self.edge_update_layer = EdgeLatticeUpdate(features, self.norm)
+        self._add_chirality_embedding()
 
     def update(self, x, edge_features, edge_index, vectors, frame, edge_graph):
         lengths = self.rbf(frame.norm(dim=2))  # (B, 3, C)
@@ -176,12 +233,14 @@ class EComFormer(ComFormer):
 
     def __init__(self, target: str = "formation_energy_peratom", node_layers: int = 3, features: int = 256,
                  rbf_bins: int = 256, fc_features: int = 256, k: int = 25, search_radius: float = 4.0,
-                 lattice_self_loops: str = "frame", norm: str = "auto", scalars: int = 64, vectors: int = 8):
+                 lattice_self_loops: str = "frame", norm: str = "auto", scalars: int = 64, vectors: int = 8,
+                 chirality: bool = True):
         super().__init__(target, node_layers, features, rbf_bins, fc_features, k, search_radius, lattice_self_loops,
-                         norm)
+                         norm, chirality)
         self.config.update(scalars=int(scalars), vectors=int(vectors))
         features = self.config["features"]
         self.equi_update = EquivariantUpdate(features, features, scalars, vectors, self.norm)
+        self._add_chirality_embedding()
 
     def update(self, x, edge_features, edge_index, vectors, frame, edge_graph):
         return self.equi_update(x, edge_index, edge_features, vectors), edge_features

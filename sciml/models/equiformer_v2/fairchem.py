@@ -23,6 +23,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import torch
 
 from sciml.io.checkpoint import CheckpointError, read_torch_file
+from sciml.models.domain import LABEL_UNITS, ModelDomain
 from sciml.models.equiformer_v2.model import AVG_DEGREE, AVG_NUM_NODES, EquiformerV2
 
 _RENAMES = (
@@ -88,6 +89,8 @@ def fairchem_model_options(model_config: Mapping[str, Any]) -> Dict[str, Any]:
         alpha_drop=config["alpha_drop"], drop_path_rate=config["drop_path_rate"],
         avg_num_nodes=config.get("avg_num_nodes") or AVG_NUM_NODES, avg_degree=config.get("avg_degree") or AVG_DEGREE,
         direct_forces=bool(config.get("regress_forces", True)),
+        # fairchem's EquiformerV2 caps neighbours strictly unless its config says otherwise
+        max_neighbors_rule="strict" if config.get("enforce_max_neighbors_strictly", True) else "fairchem",
     )  # fmt: skip
 
 
@@ -210,9 +213,24 @@ def fairchem_checkpoint_model(checkpoint: Any, path: "str | Path",
             model.head.element_energies[: lin_ref.numel()] = lin_ref.to(model.head.element_energies) * energy_scale
     if not math.isfinite(energy_scale) or energy_scale <= 0:
         raise CheckpointError(f"{path} has an invalid energy normaliser rmsd {energy_scale}")
+    model.domain = fairchem_domain(config, options, str(path))
     info = dict(options=options, fairchem_config=dict(model_config), normalizers={"energy": energy, "forces": forces},
                 used_ema=used_ema, ignored_buffers=ignored, epoch=checkpoint.get("epoch"), step=checkpoint.get("step"))
     return model.eval(), info
+
+
+def fairchem_domain(config: Mapping[str, Any], options: Mapping[str, Any], source: str = "") -> ModelDomain:
+    """The domain of a fairchem checkpoint from its config: the elements its embedding has rows
+    for (atomic numbers 1 to ``max_num_elements`` - 1), periodic cells (fairchem's EquiformerV2
+    models are trained on slabs and bulk crystals), energy and forces, and the training data's
+    path where the config names it. Structure counts and label ranges are not recorded there."""
+    dataset = config.get("dataset") if isinstance(config, Mapping) else None
+    if isinstance(dataset, Mapping) and isinstance(dataset.get("train"), Mapping):
+        dataset = dataset["train"]
+    src = dataset.get("src", "") if isinstance(dataset, Mapping) else ""
+    labels = {"energy": LABEL_UNITS["energy"], "forces": LABEL_UNITS["forces"]}
+    return ModelDomain(tuple(range(1, int(options["max_num_elements"]))), periodic=1, molecules=0, labels=labels,
+                       dataset=f"fairchem config: {src}" if src else "fairchem config", counted=False, source=source)
 
 
 def _fairchem_name(key: str) -> str:
@@ -224,14 +242,20 @@ def _fairchem_name(key: str) -> str:
 def export_fairchem_checkpoint(model: EquiformerV2, path: "str | Path") -> Path:
     """Write ``model``'s weights as a fairchem v1 checkpoint of the legacy ``equiformer_v2`` class
     (``state_dict`` prefixed ``module.``, ``config["model"]``), e.g. to run fairchem on the same
-    weights. Output normalisation is not exported: the model must have the identity one."""
+    weights. Output normalisation is not exported: the model must have the identity one. A model
+    with ``max_neighbors`` must use one of fairchem's rules ("strict" or "fairchem"): fairchem
+    cannot build the graph of sciml's "ties" rule."""
+    c = model.config
+    if c["max_neighbors"] is not None and c.get("max_neighbors_rule", "ties") == "ties":
+        raise ValueError("fairchem has no max_neighbors rule equal to sciml's 'ties'; build the model with "
+                         "max_neighbors_rule='strict' or 'fairchem' (or max_neighbors=None) to export it")
     if float(model.head.scale) != 1.0 or float(model.energy_shift) != 0.0 or float(model.head.element_energies.abs().max()) != 0.0:
         raise ValueError("export_fairchem_checkpoint needs a model without output normalisation or element energies")
-    c = model.config
     model_config = dict(
         name="equiformer_v2", use_pbc=True, regress_forces=c["direct_forces"], otf_graph=True,
-        max_neighbors=c["max_neighbors"], max_radius=c["cutoff"], max_num_elements=c["max_num_elements"],
-        num_layers=c["num_layers"], sphere_channels=c["sphere_channels"], attn_hidden_channels=c["attn_hidden_channels"],
+        max_neighbors=c["max_neighbors"], enforce_max_neighbors_strictly=c.get("max_neighbors_rule") != "fairchem",
+        max_radius=c["cutoff"], max_num_elements=c["max_num_elements"], num_layers=c["num_layers"],
+        sphere_channels=c["sphere_channels"], attn_hidden_channels=c["attn_hidden_channels"],
         num_heads=c["num_heads"], attn_alpha_channels=c["attn_alpha_channels"], attn_value_channels=c["attn_value_channels"],
         ffn_hidden_channels=c["ffn_hidden_channels"], lmax_list=[c["lmax"]], mmax_list=[c["mmax"]],
         grid_resolution=c["grid_resolution"], edge_channels=c["edge_channels"], avg_num_nodes=c["avg_num_nodes"],

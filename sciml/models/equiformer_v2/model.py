@@ -78,6 +78,11 @@ class EquiformerV2(MessagePassing):
         edge_channels: hidden width of the radial MLPs and of the element embeddings of edges.
         num_distance_basis: Gaussians on [0, cutoff] (fairchem always uses 600).
         cutoff: neighbour cutoff, Å. max_neighbors: nearest neighbours kept per atom.
+        max_neighbors_rule: how ``max_neighbors`` treats ties (:class:`~sciml.graph.GraphSpec`):
+            "ties" (default: neighbours tied with the last kept one stay, so the graph, and the
+            outputs, follow rotations, permutations and supercells exactly), "strict" (exactly
+            ``max_neighbors``: fairchem's default, set for its checkpoints) or "fairchem"
+            (fairchem's ``enforce_max_neighbors_strictly=False``).
         max_num_elements: size of the element embeddings (atomic numbers 0..max-1).
         alpha_drop: dropout of the attention weights. drop_path_rate: per-structure stochastic depth.
         avg_num_nodes: the energy sum is divided by it. avg_degree: the edge-degree embedding sum is.
@@ -100,8 +105,9 @@ class EquiformerV2(MessagePassing):
                  edge_channels: int = 128, num_distance_basis: int = 600, cutoff: float = 12.0,
                  max_neighbors: Optional[int] = 20, max_num_elements: int = 90, alpha_drop: float = 0.1,
                  drop_path_rate: float = 0.05, avg_num_nodes: float = AVG_NUM_NODES, avg_degree: float = AVG_DEGREE,
-                 direct_forces: bool = True, activation_checkpoint: bool = False, so2_backend: str = "auto"):
-        super().__init__(cutoff, max_neighbors)
+                 direct_forces: bool = True, activation_checkpoint: bool = False, so2_backend: str = "auto",
+                 max_neighbors_rule: str = "ties"):
+        super().__init__(cutoff, max_neighbors, max_neighbors_rule=max_neighbors_rule)
         if not 0 <= mmax <= lmax:
             raise ValueError(f"need 0 <= mmax <= lmax, got lmax={lmax}, mmax={mmax}")
         if lmax < 1 and direct_forces:
@@ -114,6 +120,7 @@ class EquiformerV2(MessagePassing):
             max_neighbors=max_neighbors, max_num_elements=max_num_elements, alpha_drop=alpha_drop,
             drop_path_rate=drop_path_rate, avg_num_nodes=avg_num_nodes, avg_degree=avg_degree,
             direct_forces=direct_forces, activation_checkpoint=activation_checkpoint, so2_backend=so2_backend,
+            max_neighbors_rule=max_neighbors_rule,
         )  # fmt: skip
         self.lmax, self.mmax, self.channels = lmax, mmax, sphere_channels
         self.max_num_elements = max_num_elements
@@ -192,6 +199,8 @@ class EquiformerV2(MessagePassing):
         out = self.head(node_energy / self.avg_num_nodes, graph, geometry if derivatives else None,
                         training=self.training)
         out["energy"] = out["energy"] + self.energy_shift
+        # the shift is per structure: shared evenly by its atoms, so the per-atom energies sum to it
+        out["energies"] = out["energies"] + self.energy_shift / graph.num_atoms_per_graph[graph.batch].to(x.dtype)
         if self.direct_forces and compute_forces:
             forces = self.force_block(x, edge_scalars, numbers, edge_index, frames, degrees=2)[:, 1:4, 0]
             out["forces"] = forces * (self.head.scale * self.force_scale)
