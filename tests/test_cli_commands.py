@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from ase.io import read, write
 
+from cli_testing import one_error_line
 from sciml.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,15 +33,6 @@ def run(tmp_path_factory):
     config.write_text(CONFIG.format(data=folder / "small.extxyz", out=folder / "run"))
     assert main(["train", str(config)]) == 0
     return folder
-
-
-def one_error_line(capsys, code, *needles):
-    assert code == 2
-    err = capsys.readouterr().err.strip()
-    assert "Traceback" not in err and len(err.splitlines()) == 1, err
-    for needle in needles:
-        assert needle in err, err
-    return err
 
 
 def test_train_writes_run_files_and_resume_continues(run, capsys):

@@ -12,6 +12,7 @@ from ase.build import bulk, molecule
 from ase.io import read, write
 
 from sciml.calculator import SciMLCalculator
+from cli_testing import one_error_line
 from sciml.cli.main import main
 from sciml.devices import resolve_device, resolve_dtype
 from sciml.inference import load_model
@@ -45,15 +46,6 @@ def checkpoint(tmp_path_factory) -> Path:
 
 def shortest_float32(value: float) -> float:
     return float(np.format_float_positional(np.float32(value), unique=True))
-
-
-def one_error_line(capsys, code, *needles):
-    assert code == 2
-    err = capsys.readouterr().err.strip()
-    assert "Traceback" not in err and len(err.splitlines()) == 1, err
-    for needle in needles:
-        assert needle in err, err
-    return err
 
 
 def test_calculator_runs_in_float64_by_default_without_touching_the_callers_model(checkpoint):

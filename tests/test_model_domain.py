@@ -15,6 +15,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import read, write
 
 from sciml.calculator import SciMLCalculator
+from cli_testing import one_error_line
 from sciml.cli.main import main
 from sciml.inference import load_model
 from sciml.io import load_checkpoint
@@ -67,15 +68,6 @@ def metals(tmp_path_factory) -> Path:
 
 def iron():
     return bulk("Fe", "bcc", a=2.87, cubic=True)
-
-
-def one_error_line(capsys, code, *needles):
-    assert code == 2
-    err = capsys.readouterr().err.strip()
-    assert "Traceback" not in err and len(err.splitlines()) == 1, err
-    for needle in needles:
-        assert needle in err, err
-    return err
 
 
 def test_checkpoint_records_the_training_domain(molecules, metals):
