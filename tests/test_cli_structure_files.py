@@ -7,6 +7,7 @@ import pytest
 from ase.build import molecule
 from ase.io import read, write
 
+from cli_testing import one_error_line
 from sciml.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,16 +34,6 @@ def checkpoint(tmp_path_factory):
     config.write_text(CONFIG.format(data=folder / "small.extxyz", out=folder / "run"))
     assert main(["train", str(config)]) == 0
     return str(folder / "run" / "best.pt")
-
-
-def one_error_line(capsys, code, *needles):
-    assert code == 2
-    captured = capsys.readouterr()
-    err = captured.err.strip()
-    assert "Traceback" not in err and len(err.splitlines()) == 1, err
-    for needle in needles:
-        assert needle in err, err
-    return err
 
 
 def vasp4_ethanol(path: Path) -> Path:
