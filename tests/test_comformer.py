@@ -288,6 +288,16 @@ def _rotated(atoms, rng):
 
 
 @pytest.mark.parametrize("name", VARIANTS)
+def test_energy_models_leave_the_hand_out_and_property_models_read_it(name):
+    """chirality="auto": the energy of a mirror image is the same, so energy models have no
+    chirality feature; property models do; an explicit choice wins; the choice round-trips."""
+    energy, prop = build_model(name, target="energy"), build_model(name)
+    assert energy.chirality_embedding is None and prop.chirality_embedding is not None
+    assert build_model(name, target="energy", chirality=True).chirality_embedding is not None
+    assert build_model(name, **energy.config).chirality_embedding is None and energy.config["chirality"] == "auto"
+
+
+@pytest.mark.parametrize("name", VARIANTS)
 def test_enantiomers_of_real_chiral_crystals_get_different_outputs(name):
     """Se, Te, alpha-quartz (P3_121 / P3_221) and a chiral molecular crystal: the untrained model
     gives the two hands outputs far apart (> 1e-4 relative, where a 1% strain moves them by

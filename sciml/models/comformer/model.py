@@ -32,7 +32,7 @@ through rounding-level effects:
   mirror image gives exactly the same output (differences of 1e-16). With ``"both"`` loops it
   is blind to every mirror image.
 
-``chirality=True`` (the default) therefore adds, for every edge, the pseudoscalar of
+``chirality=True`` (the default for properties, ``"auto"``) therefore adds, for every edge, the pseudoscalar of
 :func:`~sciml.models.comformer.layers.chirality_pseudoscalars` (a triple product of the bond and
 the two atoms' mean neighbour directions, which changes sign under a mirror and not under a
 rotation or an edge reversal), encoded like the angles and added to the distance encoding of
@@ -87,7 +87,10 @@ class ComFormer(MessagePassing):
         k: neighbours per atom of the crystal graph (25). search_radius: its first search radius, Å.
         lattice_self_loops: "frame" (+v_k), "both" (+v_k and -v_k, as the reference) or "none".
         chirality: add the handedness feature of every edge (see the module docstring); False
-            (with ``lattice_self_loops="both"``) is the reference's architecture.
+            (with ``lattice_self_loops="both"``) is the reference's architecture; "auto": for
+            properties, not for ``target="energy"`` (the energy of a mirror image is the same, and
+            the feature's steep slope at achiral geometries roughened the forces of energy models:
+            force MAE 172 against 119 meV/Å without it on the EMT relaxation test).
         norm: "batch" (the reference's BatchNorm), "layer" (LayerNorm), or "auto": batch norm
             for properties, layer norm for ``target="energy"``, whose forces and stress must not
             depend on the other structures of a training batch.
@@ -108,7 +111,7 @@ class ComFormer(MessagePassing):
         search_radius: float = 4.0,
         lattice_self_loops: str = "frame",
         norm: str = "auto",
-        chirality: bool = True,
+        chirality: "bool | str" = "auto",
     ):
         if lattice_self_loops not in ("frame", "both", "none"):
             raise ValueError(f"lattice_self_loops must be 'frame', 'both' or 'none', got {lattice_self_loops!r}")
@@ -118,8 +121,10 @@ class ComFormer(MessagePassing):
         self.config = dict(target=str(target), node_layers=int(node_layers), features=int(features),
                            rbf_bins=int(rbf_bins), fc_features=int(fc_features), k=int(k),
                            search_radius=float(search_radius), lattice_self_loops=str(lattice_self_loops), norm=str(norm),
-                           chirality=bool(chirality))
+                           chirality=chirality if chirality == "auto" else bool(chirality))
         self.norm = norm if norm != "auto" else ("layer" if target == "energy" else "batch")
+        # mirror images have equal energies (and forces mirrored): an energy model stays blind to the hand
+        self.chirality = target != "energy" if chirality == "auto" else bool(chirality)
         self.target = target
         self.lattice_self_loops = lattice_self_loops
         self.register_buffer("atom_features", cgcnn_feature_table().to(torch.get_default_dtype()))
@@ -136,7 +141,7 @@ class ComFormer(MessagePassing):
     def _add_chirality_embedding(self) -> None:
         """Create the chirality encoding (if ``chirality``) after every other layer, so that a model
         seeded alike has the weights of the reference architecture plus this encoding."""
-        if self.config["chirality"]:
+        if self.chirality:
             self.chirality_embedding = CosineEmbedding(self.config["rbf_bins"], self.config["features"])
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
@@ -146,7 +151,7 @@ class ComFormer(MessagePassing):
         saved = any(k.startswith(prefix + "chirality_embedding.") for k in state_dict)
         if self.chirality_embedding is not None and not saved:
             self.chirality_embedding = None
-            self.config["chirality"] = False
+            self.chirality = self.config["chirality"] = False
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ----------------------------------------------------------------------- the variant's update
@@ -206,7 +211,7 @@ class IComFormer(ComFormer):
 
     def __init__(self, target: str = "formation_energy_peratom", node_layers: int = 4, features: int = 256,
                  rbf_bins: int = 256, fc_features: int = 256, k: int = 25, search_radius: float = 4.0,
-                 lattice_self_loops: str = "frame", norm: str = "auto", chirality: bool = True):
+                 lattice_self_loops: str = "frame", norm: str = "auto", chirality: "bool | str" = "auto"):
         super().__init__(target, node_layers, features, rbf_bins, fc_features, k, search_radius, lattice_self_loops,
                          norm, chirality)
         features, bins = self.config["features"], self.config["rbf_bins"]
@@ -234,7 +239,7 @@ class EComFormer(ComFormer):
     def __init__(self, target: str = "formation_energy_peratom", node_layers: int = 3, features: int = 256,
                  rbf_bins: int = 256, fc_features: int = 256, k: int = 25, search_radius: float = 4.0,
                  lattice_self_loops: str = "frame", norm: str = "auto", scalars: int = 64, vectors: int = 8,
-                 chirality: bool = True):
+                 chirality: "bool | str" = "auto"):
         super().__init__(target, node_layers, features, rbf_bins, fc_features, k, search_radius, lattice_self_loops,
                          norm, chirality)
         self.config.update(scalars=int(scalars), vectors=int(vectors))
