@@ -65,6 +65,7 @@ from sciml.distributed import DistributedContext
 from sciml.graph import AtomicGraph, GraphSpec
 from sciml.inference import PER_ATOM, model_dtype, per_structure_outputs, predict_batches
 from sciml.models.domain import ModelDomain, domain_of
+from sciml.threads import adapt_threads
 
 OUTPUT_FORMATS = ("csv", "json", "extxyz", "xyz")
 PREFIX = "sciml_"  # extxyz keys of predictions, like MACE's "MACE_energy"
@@ -321,6 +322,7 @@ def iter_predictions(
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                                          collate_fn=collate_structures)
     for samples, batch in loader:
+        adapt_threads()
         good = [s for s in samples if "error" not in s]
         graphs = [s.pop("graph") for s in good] if batch is None else None
         outputs: List[Any] = []

@@ -18,6 +18,7 @@ from sciml.devices import resolve_device, resolve_dtype
 from sciml.graph import AtomicGraph, GraphSpec
 from sciml.inference import model_dtype
 from sciml.models.domain import domain_of
+from sciml.threads import adapt_threads
 
 
 class SciMLCalculator(Calculator):
@@ -92,6 +93,7 @@ class SciMLCalculator(Calculator):
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:
         super().calculate(atoms, properties, system_changes)
+        adapt_threads()
         self.check_structure(self.atoms)
         periodic = bool(np.any(self.atoms.pbc))
         if "stress" in properties and not periodic:

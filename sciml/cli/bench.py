@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import time
 
 from sciml.cli.common import add_command
 
@@ -55,7 +55,10 @@ def register(sub) -> None:
                       help="instead: eager vs compiled training step with forces and stress (compiles for minutes)")
     egnn.add_argument("--repeats", type=int, default=10, help="timed training steps of each kind (--train-step)")
     egnn.add_argument("--competing", type=int, default=0, metavar="N",
-                      help="time with N CPU-bound processes competing for the CPUs (a shared node)")
+                      help="time with N CPU-bound processes competing for the CPUs (a shared node); sciml's "
+                           "threads follow the free CPUs as in the other commands")
+    egnn.add_argument("--fixed-threads", action="store_true",
+                      help="with --competing: keep 2 threads whatever the load (as sciml did before)")
     egnn.set_defaults(run=_run_egnn)
 
     eqv2 = add_command(targets, "equiformer_v2", "EquiformerV2 forward/backward time and memory vs fairchem", EXAMPLES)
@@ -163,15 +166,22 @@ def _run_egnn(args) -> int:
     from sciml.bench.timing import competing_processes
     from sciml.bench.train_step import format_training_step_rows
 
-    if args.competing:
-        print(f"timed with {args.competing} CPU-bound process{'es' * (args.competing > 1)} competing "
-              f"(OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')})")
+    from sciml.threads import ThreadGovernor
+
     with competing_processes(args.competing):
+        threads = 2
+        if args.competing and not args.fixed_threads:
+            governor = ThreadGovernor(max_threads=2)
+            time.sleep(0.5)
+            threads = governor.update(force=True)
+        if args.competing:
+            print(f"timed with {args.competing} CPU-bound process{'es' * (args.competing > 1)} competing: "
+                  f"{threads} thread{'s' * (threads > 1)} ({'fixed' if args.fixed_threads else 'fitted to the free CPUs'})")
         if args.train_step:
-            print(format_training_step_rows("EGNN training step, float32 CPU, 2 threads",
-                                            [bench_egnn_training_step(repeats=args.repeats)]))
+            print(format_training_step_rows(f"EGNN training step, float32 CPU, {threads} threads",
+                                            [bench_egnn_training_step(repeats=args.repeats, threads=threads)]))
         else:
-            print(format_egnn_table(bench_egnn()))
+            print(format_egnn_table(bench_egnn(threads=threads)))
     return 0
 
 

@@ -12,6 +12,9 @@ from sciml.cli import bench, check, data, export, info, lammps, md, plot, predic
 
 # Each module registers its subcommand(s); md registers both "md" and "relax".
 MODULES = (train, predict, md, data, check, info, plot, bench, slurm, lammps, export)
+# Commands whose torch threads follow the CPUs other processes leave free (sciml.threads);
+# benchmarks choose their thread counts themselves.
+ADAPTIVE_THREADS = ("train", "predict", "md", "relax", "eval", "check", "data")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,6 +37,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    if args.command in ADAPTIVE_THREADS:
+        from sciml.threads import enable_adaptive_threads
+
+        enable_adaptive_threads()
     try:
         return int(args.run(args) or 0)
     # User-facing failures (bad input, files, diverged training) print one line; --debug re-raises.

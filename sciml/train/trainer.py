@@ -55,6 +55,7 @@ from sciml.devices import runtime_line
 from sciml.io.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from sciml.io.files import atomic_path
 from sciml.models import build_model
+from sciml.threads import adapt_threads
 from sciml.train.acceleration import enable_activation_checkpointing
 from sciml.train.checkpoints import newest_checkpoint, prune_step_checkpoints, step_checkpoint_path
 from sciml.train.config import TrainConfig
@@ -347,6 +348,7 @@ class Trainer:
         lr = self.schedule.base_lrs[0] * self.schedule.current_factor()
         self.optimizer.zero_grad(set_to_none=True)
         for position in progress:
+            adapt_threads()
             indices = batches[position]
             batch = self.problem.collate([self.train_set[i] for i in indices]).to(self.device)
             group_start = position - position % config.accumulate_batches
