@@ -35,8 +35,9 @@ from ase.data import atomic_numbers
 
 from sciml.data.cif_sites import MIN_DISTANCE, cif_to_structures
 
-#: Atoms of non-crystal formats (xyz, extxyz, ...) closer than this, Å, are one atom written twice.
-COINCIDENT_DISTANCE = 0.1
+#: Atoms of non-crystal formats (xyz, extxyz, ...) closer than this, Å, are one atom written twice
+#: (the files also hold particle models, such as the n-body systems, whose "atoms" come within 0.1 Å).
+COINCIDENT_DISTANCE = 1e-3
 KINDS = ("cif", "vasp", "extxyz", "ase")
 
 
