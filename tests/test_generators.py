@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import ase.io
@@ -132,3 +133,18 @@ def test_nbody_matches_reference_generator() -> None:
         np.testing.assert_allclose(sim["loc"][s, t, i], loc, rtol=0, atol=1e-9)
         if vel is not None:
             np.testing.assert_allclose(sim["vel"][s, t, i], vel, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("module, argv, needle", [
+    ("pyxtal", ["data", "generate", "crystals", "--num", "1"], "pip install --no-deps pyxtal"),
+    ("tblite", ["data", "generate", "xtb-md", "--frames", "2"], "pip install tblite"),
+])
+def test_generators_without_their_optional_package_say_what_to_install(module, argv, needle, monkeypatch, capsys,
+                                                                         tmp_path):
+    from cli_testing import one_error_line
+    from sciml.cli.main import main
+
+    monkeypatch.setitem(sys.modules, module, None)  # import fails as if it were not installed
+    output = tmp_path / "out"
+    one_error_line(capsys, main(argv + ["--output", str(output)]), f"needs the {module} package", needle)
+    assert not output.exists()

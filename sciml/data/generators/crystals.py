@@ -59,6 +59,8 @@ from ase.filters import FrechetCellFilter
 from ase.neighborlist import neighbor_list
 from ase.optimize import FIRE
 
+from sciml.data.generators.optional import require
+
 #: The fcc metals EMT is fitted to (its H, C, N and O have no sensible fcc reference).
 DEFAULT_ELEMENTS = ("Cu", "Ag", "Au", "Ni", "Pd", "Pt", "Al")
 #: Space-group numbers of the 11 enantiomorphic pairs, each mapped to its partner.
@@ -104,9 +106,10 @@ def generate_crystals(
             the loose default keeps nearly achiral structures out of the chiral ones.
 
     Raises:
-        ValueError: unknown element, bad sizes.
+        ValueError: unknown element, bad sizes, pyxtal not installed.
         RuntimeError: no valid crystal after 50 draws per requested crystal.
     """
+    require("pyxtal", "random crystal generation (sciml data generate crystals)", "pip install --no-deps pyxtal==1.1.5")
     unknown = [e for e in elements if e not in DEFAULT_ELEMENTS]
     if unknown or not elements:
         raise ValueError(f"no EMT fcc metal {unknown or '(empty element list)'}; "

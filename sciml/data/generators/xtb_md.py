@@ -18,6 +18,7 @@ from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import Stationary
 from tqdm.auto import tqdm
 
+from sciml.data.generators.optional import require
 from sciml.io.files import write_extxyz
 
 #: Common names accepted besides the names known to :func:`ase.build.molecule`.
@@ -89,10 +90,11 @@ def generate_xtb_md(
 
     Raises:
         ValueError: for an unknown molecule name or a non-positive ``n_frames``/``stride``.
-        ImportError: if tblite is not installed.
+        ValueError: tblite is not installed.
     """
     if n_frames < 1 or stride < 1 or equilibration_steps < 0:
         raise ValueError("n_frames and stride must be >= 1 and equilibration_steps >= 0")
+    require("tblite", "GFN2-xTB data generation", "pip install tblite (or pip install 'sciml[data]')")
     from tblite.ase import TBLite
 
     atoms = resolve_molecule(molecule) if isinstance(molecule, str) else molecule.copy()
