@@ -40,7 +40,7 @@ _COLUMNS: Dict[str, Tuple[str, str]] = {
     "valid_forces_mae_meV_per_A": ("F MAE", "meV/Å"),
     "valid_forces_rmse_meV_per_A": ("F RMSE", "meV/Å"),
     "valid_stress_mae_meV_per_A3": ("S MAE", "meV/Å^3"),
-    "valid_rel_l2": ("rel L2", "valid"),
+    "valid_rel_l2": ("rel L2", ""),
     "lr": ("lr", ""),
     "epoch_time_s": ("time", "s"),
     "samples_per_s": ("train", "samples/s"),
@@ -64,7 +64,7 @@ class RunLog:
     """Lines to the terminal and to ``train.log``.
 
     ``echo``: print them (stdout, or stderr for warnings and progress); ``write``: keep them for
-    ``train.log`` (only rank 0 writes files). Lines logged before :meth:`attach` names the file
+    ``train.log`` (only rank 0 writes files, and prints warnings even when not echoing). Lines logged before :meth:`attach` names the file
     are kept and written first, so messages from before the run folder was checked are not lost.
     The file is opened, appended to and closed for every line: nothing is lost when the process
     dies and ``tail -f`` shows each line at once.
@@ -92,7 +92,9 @@ class RunLog:
         self.log_only(text)
 
     def warn(self, message: str) -> None:
-        """``warning: message`` on stderr, and in the log."""
+        """``warning: message`` on stderr (by rank 0, also when not echoing), and in the log."""
+        if self.write and not self.echo:
+            tqdm.write(f"warning: {message}", file=sys.stderr)
         self.info(f"warning: {message}", stderr=True)
 
     def log_only(self, text: str) -> None:
@@ -296,7 +298,8 @@ class ProgressReporter:
         epoch_left = (self._total - batches_done) * per_batch
         next_epochs = self.last_epoch_s if self.last_epoch_s is not None else self._total * per_batch
         run_left = epoch_left + (self.epochs - self._epoch) * next_epochs
-        rate = f"{self.ranks * self._structures / elapsed_s:.1f} structures/s" if elapsed_s > 0 else "? structures/s"
+        kind = "structures" if self.atoms_counted else "samples"
+        rate = f"{self.ranks * self._structures / elapsed_s:.1f} {kind}/s" if elapsed_s > 0 else f"? {kind}/s"
         if self.atoms_counted and elapsed_s > 0:
             rate += f", {self.ranks * self._atoms / elapsed_s:.0f} atoms/s"
         percent = 100.0 * batches_done / max(self._total, 1)

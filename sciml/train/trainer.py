@@ -226,7 +226,8 @@ class Trainer:
             self.log.attach(self.output_dir)
         state = (f"resumed after epoch {self.start_epoch - 1}" + (f", batch {self.resume_position}" if self.resume_position else "")
                  if checkpoint is not None else "new run")
-        batch = f"{config.batch_size} structures" + (f" or {config.batch_max_atoms} atoms" if config.batch_max_atoms else "")
+        batch = (f"{config.batch_size} {'structures' if self.atoms_counted else 'samples'}"
+                 + (f" or {config.batch_max_atoms} atoms" if config.batch_max_atoms else ""))
         training = (f"training {config.epochs} epochs x {len(self.sampler)} batches of <= {batch}"
                     + (f" per rank" if self.context.enabled else "")
                     + f"; {config.optimizer.name} lr {config.optimizer.lr:g}, {config.scheduler.name} schedule"
