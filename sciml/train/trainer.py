@@ -229,7 +229,7 @@ class Trainer:
         batch = (f"{config.batch_size} {'structures' if self.atoms_counted else 'samples'}"
                  + (f" or {config.batch_max_atoms} atoms" if config.batch_max_atoms else ""))
         training = (f"training {config.epochs} epochs x {len(self.sampler)} batches of <= {batch}"
-                    + (f" per rank" if self.context.enabled else "")
+                    + (" per rank" if self.context.enabled else "")
                     + f"; {config.optimizer.name} lr {config.optimizer.lr:g}, {config.scheduler.name} schedule"
                     + (f", EMA {config.ema_decay}" if config.ema_decay is not None else "")
                     + (f", amp {config.amp}" if config.amp != "none" else ""))
@@ -345,7 +345,7 @@ class Trainer:
                         stopped_early = True
                         break
         except BaseException as err:
-            self.log.log_only(f"stopped in epoch {epoch + 1}: {type(err).__name__}: {err}")
+            self.log.log_only(f"stopped in epoch {epoch}: {type(err).__name__}: {err}")
             raise
         finally:
             if writer is not None:
