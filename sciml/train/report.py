@@ -88,13 +88,13 @@ class RunLog:
     def info(self, text: str, stderr: bool = False, echo: bool = True) -> None:
         """Print ``text`` (one or more lines) on stdout (stderr) when ``echo``, and log it."""
         if self.echo and echo:
-            tqdm.write(text, file=sys.stderr if stderr else sys.stdout)
+            _print(text, sys.stderr if stderr else sys.stdout)
         self.log_only(text)
 
     def warn(self, message: str) -> None:
         """``warning: message`` on stderr (by rank 0, also when not echoing), and in the log."""
         if self.write and not self.echo:
-            tqdm.write(f"warning: {message}", file=sys.stderr)
+            _print(f"warning: {message}", sys.stderr)
         self.info(f"warning: {message}", stderr=True)
 
     def log_only(self, text: str) -> None:
@@ -110,6 +110,12 @@ class RunLog:
     def _append(self, lines: Sequence[str]) -> None:
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write("".join(line + "\n" for line in lines))
+
+
+def _print(text: str, stream: Any) -> None:
+    """Print above any tqdm bar and flush: stdout redirected to a file (batch jobs) is block-buffered."""
+    tqdm.write(text, file=stream)
+    stream.flush()
 
 
 # ----------------------------------------------------------------------------- header

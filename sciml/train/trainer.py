@@ -136,6 +136,7 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.model = build_model(config.model.name, **config.model.options)
         self.problem = make_problem(config, self.model, self.dtype)
+        self.log.info(f"sciml train: reading {config.data.path} for {config.model.name} ...", stderr=True)
         self.samples = self.problem.load()
         self.splits = self._load_splits() if checkpoint is not None else self._make_splits(len(self.samples))
         self.train_set, self.valid_set, self.test_set = (
