@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import List, Optional, Tuple
 
 from sciml.cli.common import add_command, add_domain_option, add_runtime_options, print_runtime
 
@@ -28,9 +29,12 @@ _SHORTCUTS = {
 
 def register(sub) -> None:
     train = add_command(sub, "train", "train a model from a YAML config", TRAIN_EXAMPLES)
-    train.add_argument("config", help="YAML config (see workflows/ for examples)")
+    # config is optional to argparse: `--set a=1 config.yaml` hands the path to --set, and
+    # _config_and_overrides takes it back (see there)
+    train.add_argument("config", nargs="?", help="YAML config (see workflows/ for examples)")
     train.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                       help="override any config key, dotted (e.g. optimizer.lr=1e-3); repeatable")
+                       help="override any config key, dotted (e.g. optimizer.lr=1e-3); repeatable, "
+                            "several after one --set; before or after the config file")
     train.add_argument("--resume", nargs="?", const=True, default=False, metavar="auto|CHECKPOINT",
                        help="continue the run in OUTPUT_DIR from its newest valid checkpoint; 'auto': the same, "
                             "or a new run when OUTPUT_DIR has none (for job scripts and requeued jobs); "
@@ -64,12 +68,12 @@ def run_train(args) -> int:
     from sciml.train import load_config, train
     from sciml.train.signals import TrainingInterrupted
 
-    overrides = list(args.set)
+    path, overrides = _config_and_overrides(args.config, args.set)
     for flag, key in _SHORTCUTS.items():
         value = getattr(args, flag)
         if value is not None:
             overrides.append(f"{key}={value}")
-    config = load_config(args.config, overrides)
+    config = load_config(path, overrides)
     try:
         result = train(config, resume=args.resume)
         if is_main_process():
@@ -80,6 +84,28 @@ def run_train(args) -> int:
     finally:
         teardown()
     return 0
+
+
+def _config_and_overrides(config: Optional[str], values: List[str]) -> Tuple[str, List[str]]:
+    """The config path and the KEY=VALUE overrides of ``sciml train``.
+
+    ``--set`` takes one or more values, so in ``sciml train --set a=1 config.yaml`` argparse
+    gives it the config path too: a value without ``=`` is the config file when none was given
+    in its place.
+
+    Raises:
+        ValueError: no config file, two of them, or a --set value without ``=`` besides the config.
+    """
+    plain = [value for value in values if "=" not in value]
+    overrides = [value for value in values if "=" in value]
+    if config is None and len(plain) == 1:
+        return plain[0], overrides
+    if plain:
+        raise ValueError(f"--set takes KEY=VALUE, got {' '.join(plain)!r}"
+                         + (f" besides the config file {config}" if config else ""))
+    if config is None:
+        raise ValueError("missing the YAML config: sciml train CONFIG [--set KEY=VALUE ...]")
+    return config, overrides
 
 
 def run_eval(args) -> int:

@@ -198,7 +198,9 @@ class TrainConfig:
     memory, about a third more time); ``compile`` runs the training forward pass through
     ``torch.compile`` (with forces and stress too: see :mod:`sciml.train.compile`), with the
     ``compile_backend`` ``inductor`` (generated kernels) or ``aot_eager`` (the same graphs run op by
-    op: compiles in seconds, to check that a model compiles).
+    op: compiles in seconds, to check that a model compiles). ``dtype`` float32 (also ``single``)
+    or float64 (``double``); ``progress_every_s``: seconds between progress lines (batches,
+    throughput, ETA) in ``train.log`` and, when stderr is not a terminal, on stderr.
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -218,7 +220,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     output_dir: str = "runs/train"
-    dtype: str = field(default="float32", metadata={"choices": ("float32", "float64")})
+    dtype: str = field(default="float32", metadata={"choices": ("float32", "float64", "single", "double")})
     amp: str = field(default="none", metadata={"choices": ("none", "bf16", "fp16")})
     accumulate_batches: int = 1
     checkpoint_every: Optional[int] = None
@@ -226,6 +228,7 @@ class TrainConfig:
     activation_checkpointing: bool = False
     compile: bool = False
     compile_backend: str = field(default="inductor", metadata={"choices": COMPILE_BACKENDS})
+    progress_every_s: float = 30.0
 
     def to_dict(self) -> Dict[str, Any]:
         """Plain nested dict (YAML/JSON/checkpoint friendly) that :meth:`from_dict` reads back."""
@@ -239,7 +242,9 @@ class TrainConfig:
         return config
 
     def validate(self) -> None:
-        """Check values that types alone cannot (ranges, required keys, consistency)."""
+        """Check values that types alone cannot (ranges, required keys, consistency); ``dtype``
+        single/double becomes float32/float64."""
+        self.dtype = {"single": "float32", "double": "float64"}.get(self.dtype, self.dtype)
         if not self.data.path:
             raise ValueError("missing required config key data.path (the labelled structures file)")
         positive = {
@@ -249,7 +254,7 @@ class TrainConfig:
             "scheduler.patience": self.scheduler.patience, "optimizer.lr": self.optimizer.lr,
             "grad_clip": self.grad_clip, "data.cutoff": self.data.cutoff, "scheduler.factor": self.scheduler.factor,
             "accumulate_batches": self.accumulate_batches, "checkpoint_every": self.checkpoint_every,
-            "keep_checkpoints": self.keep_checkpoints,
+            "keep_checkpoints": self.keep_checkpoints, "progress_every_s": self.progress_every_s,
         }
         non_negative = {
             "optimizer.weight_decay": self.optimizer.weight_decay, "scheduler.warmup_epochs": self.scheduler.warmup_epochs,

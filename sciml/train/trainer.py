@@ -55,6 +55,7 @@ from sciml.devices import runtime_line
 from sciml.io.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from sciml.io.files import atomic_path
 from sciml.models import build_model
+from sciml.models.domain import PROPERTY_UNITS
 from sciml.threads import adapt_threads
 from sciml.train.acceleration import enable_activation_checkpointing
 from sciml.train.checkpoints import newest_checkpoint, prune_step_checkpoints, step_checkpoint_path
@@ -63,12 +64,14 @@ from sciml.train.evaluation import format_metrics
 from sciml.train.optim import ExponentialMovingAverage, LearningRateSchedule, build_optimizer
 from sciml.train.parallel import average_gradients, broadcast_parameters, broadcast_running_statistics
 from sciml.train.problem import make_problem
+from sciml.train.report import EpochTable, ProgressReporter, RunLog, data_lines, header_lines, model_line
 from sciml.train.signals import StopSignals, TrainingInterrupted
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # Keys that may change when a run is resumed; any other difference is refused.
 _RESUMABLE_CHANGES = ("epochs", "early_stopping_patience", "device", "valid_batch_size", "checkpoint_every",
-                      "keep_checkpoints", "activation_checkpointing", "compile", "compile_backend", "output_dir")
+                      "keep_checkpoints", "activation_checkpointing", "compile", "compile_backend", "output_dir",
+                      "progress_every_s")
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 _RUN_FILES = ("last.pt", "best.pt", "metrics.csv")
 
@@ -128,12 +131,12 @@ class Trainer:
         self.verbose = verbose and self.context.is_main
         self.device = self.context.device(config.device)
         self.dtype = _DTYPES[config.dtype]
+        self.log = RunLog(echo=self.verbose, write=self.context.is_main)  # train.log, attached in _report_header
         checkpoint = self._check_output_dir(resume)
-        if self.verbose:
-            print(runtime_line(self.device, self.dtype) + (f", {self.context.world_size} ranks" if self.context.enabled else ""))
         torch.manual_seed(config.seed)
         self.model = build_model(config.model.name, **config.model.options)
         self.problem = make_problem(config, self.model, self.dtype)
+        self.log.info(f"sciml train: reading {config.data.path} for {config.model.name} ...", stderr=True)
         self.samples = self.problem.load()
         self.splits = self._load_splits() if checkpoint is not None else self._make_splits(len(self.samples))
         self.train_set, self.valid_set, self.test_set = (
@@ -162,6 +165,10 @@ class Trainer:
             self.problem.compile(config.compile_backend)
         if self.context.is_main:
             self._write_yaml(self.output_dir / "config.yaml", config.to_dict())
+        self.table = EpochTable(config.epochs, self._units())
+        self.progress = ProgressReporter(self.log, config.epochs, config.progress_every_s, self.context.world_size,
+                                         self.atoms_counted)
+        self._report_header(checkpoint)
 
     # ------------------------------------------------------------------------- setup
     def _check_output_dir(self, resume: "bool | str") -> Optional[Dict[str, Any]]:
@@ -200,15 +207,39 @@ class Trainer:
             raise ValueError(f"cannot resume from {path}: it was written by a run of {saved_ranks} rank(s), this one "
                              f"has {self.context.world_size}; the batches per step would differ (launch "
                              f"{saved_ranks} rank(s), or start a new run)")
-        if self.verbose:
-            print(f"resuming from {path} (epoch {checkpoint['epoch']}, step {checkpoint.get('global_step', '?')})",
-                  file=sys.stderr)
+        self.log.info(f"resuming from {path} (epoch {checkpoint['epoch']}, step {checkpoint.get('global_step', '?')})",
+                      stderr=True)
         return checkpoint
 
     def _warn(self, message: str) -> None:
-        """A warning on stderr, from rank 0 only."""
+        """A warning on stderr and in train.log, from rank 0 only."""
+        self.log.warn(message)
+
+    def _units(self) -> Dict[str, str]:
+        """Units of the properties, for the epoch table: the data's, the model domain's, the known ones."""
+        domain = self.problem.domain() or {}
+        return {**PROPERTY_UNITS, **self.config.data.property_units, **domain.get("labels", {})}
+
+    def _report_header(self, checkpoint: Optional[Dict[str, Any]]) -> None:
+        """Print (and start train.log with) the run's data, model, training and runtime."""
+        config = self.config
         if self.context.is_main:
-            print(f"warning: {message}", file=sys.stderr)
+            self.log.attach(self.output_dir)
+        state = (f"resumed after epoch {self.start_epoch - 1}" + (f", batch {self.resume_position}" if self.resume_position else "")
+                 if checkpoint is not None else "new run")
+        batch = (f"{config.batch_size} {'structures' if self.atoms_counted else 'samples'}"
+                 + (f" or {config.batch_max_atoms} atoms" if config.batch_max_atoms else ""))
+        training = (f"training {config.epochs} epochs x {len(self.sampler)} batches of <= {batch}"
+                    + (" per rank" if self.context.enabled else "")
+                    + f"; {config.optimizer.name} lr {config.optimizer.lr:g}, {config.scheduler.name} schedule"
+                    + (f", EMA {config.ema_decay}" if config.ema_decay is not None else "")
+                    + (f", amp {config.amp}" if config.amp != "none" else ""))
+        runtime = runtime_line(self.device, self.dtype) + (f", {self.context.world_size} ranks" if self.context.enabled else "")
+        splits = {"train": self.train_set, "valid": self.valid_set, "test": self.test_set}
+        lines = header_lines(f"sciml train: {self.output_dir} ({state}), {time.strftime('%Y-%m-%d %H:%M:%S %Z')}",
+                             data_lines(config.data.path, splits, self._units()),
+                             model_line(config.model.name, self.model, config.model.options), training, runtime)
+        self.log.info("\n".join(lines))
 
     def _make_splits(self, total: int) -> Dict[str, List[int]]:
         """Seeded random split, the fixed ``split.ranges`` or a benchmark's split (``split.method``);
@@ -314,6 +345,9 @@ class Trainer:
                     if config.early_stopping_patience is not None and self.stale_epochs >= config.early_stopping_patience:
                         stopped_early = True
                         break
+        except BaseException as err:
+            self.log.log_only(f"stopped in epoch {epoch}: {type(err).__name__}: {err}")
+            raise
         finally:
             if writer is not None:
                 writer.close()
@@ -329,6 +363,7 @@ class Trainer:
             if self.context.is_main:
                 with atomic_path(self.output_dir / "test_metrics.json") as tmp:
                     tmp.write_text(json.dumps({"model": result.test_metrics, "baselines": result.baseline_metrics}, indent=1))
+        self.log.log_only(result.summary())  # the command prints it
         return result
 
     def _run_epoch(self, epoch: int, signals: Optional[StopSignals] = None) -> Dict[str, float]:
@@ -345,6 +380,7 @@ class Trainer:
         restored = list(sums)  # not trained in this process: left out of the throughput
         progress = tqdm(range(first, len(batches)), desc=f"epoch {epoch}/{config.epochs}", leave=False, unit="batch",
                         disable=not (self.verbose and sys.stderr.isatty()))
+        self.progress.start_epoch(epoch, len(batches), first)
         lr = self.schedule.base_lrs[0] * self.schedule.current_factor()
         self.optimizer.zero_grad(set_to_none=True)
         for position in progress:
@@ -360,6 +396,7 @@ class Trainer:
             sums[1] += len(indices)
             sums[2] += self._atoms(batch)
             progress.set_postfix(loss=f"{float(loss.detach()):.4g}")
+            self.progress.batch_done(position + 1, len(indices), self._atoms(batch), float(loss.detach()))
             if position + 1 - group_start < group:
                 continue
             received = signals.received if signals is not None else None
@@ -398,11 +435,10 @@ class Trainer:
             if improved:
                 save_checkpoint(self.output_dir / "best.pt", **payload)
             save_checkpoint(self.output_dir / "last.pt", **payload)
-        if self.verbose:
-            tqdm.write(f"epoch {epoch}/{config.epochs}  train {row['train_loss']:.4g}  valid {valid_loss:.4g}  "
-                       + "  ".join(f"{k[6:]} {v:.4g}" for k, v in row.items() if k.startswith("valid_") and k != "valid_loss")
-                       + f"  lr {lr:.3g}  {row['epoch_time_s']:.1f}s  {row['samples_per_s']:.1f} samples/s"
-                       + ("  *" if improved else ""))
+        self.progress.end_epoch(row["epoch_time_s"])
+        if not self.table.keys:
+            self.log.info("\n".join(self.table.header(row)))
+        self.log.info(self.table.row(row, improved))
         return row
 
     def _optimizer_step(self, stop_requested: bool) -> Tuple[float, bool]:
