@@ -241,8 +241,8 @@ def parity_panels(model, graphs: Sequence[Any], batch_size: int = 32, device: "s
     for batch, out in predict_batches(model, graphs, batch_size, device, compute_forces=first.forces is not None,
                                       compute_stress=first.stress is not None):
         if batch.energy is not None and "energy" in out:
-            atoms = batch.num_atoms_per_graph.to(out["energy"].dtype)
-            add("energy", batch.energy.to(atoms.dtype) / atoms, out["energy"] / atoms)
+            atoms = batch.num_atoms_per_graph.double()
+            add("energy", batch.energy.double() / atoms, out["energy"].double() / atoms)
         if batch.forces is not None and "forces" in out:
             add("forces", batch.forces, out["forces"])
         if batch.stress is not None and "stress" in out:
