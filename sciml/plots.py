@@ -86,11 +86,11 @@ def _save(fig, output: "str | Path") -> Path:
 
 
 def format_number(value: float) -> str:
-    """Three significant digits, without exponent between 1e-3 and 1e4."""
+    """Three significant digits (no trailing zeros), without exponent between 1e-3 and 1e4."""
     if not math.isfinite(value):
         return str(value)
     if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e4):
-        return f"{value:.2e}"
+        return f"{value:.3g}"
     if abs(value) >= 100:
         return f"{value:.0f}"
     return f"{value:.3g}"
@@ -137,7 +137,7 @@ def _as_panel(name: str, value: Union[ParityPanel, Tuple[np.ndarray, np.ndarray]
     if isinstance(value, ParityPanel):
         return value
     reference, predicted = value
-    return ParityPanel(name, np.ravel(reference), np.ravel(predicted), units.get(name, ""), name)
+    return ParityPanel(name[:1].upper() + name[1:], np.ravel(reference), np.ravel(predicted), units.get(name, ""), name)
 
 
 def parity_figure(panels: Mapping[str, Union[ParityPanel, Tuple[np.ndarray, np.ndarray]]],
@@ -165,7 +165,8 @@ def parity_figure(panels: Mapping[str, Union[ParityPanel, Tuple[np.ndarray, np.n
         summary[name] = stats
         count = reference.size
         if count > 20000:
-            ax.hexbin(reference, predicted, gridsize=60, bins="log", mincnt=1, cmap="viridis", linewidths=0)
+            density = ax.hexbin(reference, predicted, gridsize=60, bins="log", mincnt=1, cmap="viridis", linewidths=0)
+            fig.colorbar(density, ax=ax, label="points per bin", shrink=0.8)
         else:
             size = float(np.clip(3000.0 / count, 3.0, 25.0))
             ax.scatter(reference, predicted, s=size, alpha=0.6 if count < 2000 else 0.3, edgecolors="none",
@@ -174,7 +175,7 @@ def parity_figure(panels: Mapping[str, Union[ParityPanel, Tuple[np.ndarray, np.n
         high = float(max(reference.max(), predicted.max()))
         pad = 0.05 * (high - low) if high > low else max(abs(high), 1.0) * 0.05
         limits = (low - pad, high + pad)
-        ax.plot(limits, limits, color="0.3", ls="--", lw=1.0, label="y = x")
+        ax.plot(limits, limits, color="0.3", ls="--", lw=1.0, label="y = x", zorder=3)
         ax.set_xlim(limits)
         ax.set_ylim(limits)
         ax.set_aspect("equal", adjustable="box")
@@ -283,7 +284,7 @@ _UNIT_SUFFIXES = (
     ("_meV_per_A", "meV/Å", 1.0), ("_meV", "meV", 1.0),
 )
 _STATISTICS = {"mae": "MAE", "rmse": "RMSE", "mse": "RMSE"}
-_QUANTITY_TITLES = {"energy": "Energy", "forces": "Force", "stress": "Stress"}
+_QUANTITY_TITLES = {"energy": "Energy", "forces": "Forces", "stress": "Stress"}
 _NOT_METRICS = {"lr", "epoch", "epoch_time_s", "samples_per_s", "atoms_per_s", "peak_memory_mb"}
 
 
