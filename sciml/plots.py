@@ -185,8 +185,10 @@ def parity_figure(panels: Mapping[str, Union[ParityPanel, Tuple[np.ndarray, np.n
         ax.set_xlabel(_with_unit(f"reference {quantity}".strip(), panel.unit))
         ax.set_ylabel(_with_unit(f"predicted {quantity}".strip(), panel.unit))
         ax.set_title(panel.title)
-        ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
-        ax.yaxis.set_major_locator(MaxNLocator(nbins=5))
+        # values far from zero for their spread (energies per atom) have long tick labels: fewer ticks
+        ticks = 3 if max(abs(limits[0]), abs(limits[1])) > 20 * (limits[1] - limits[0]) else 5
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=ticks))
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=ticks))
         # the numbers go in the off-diagonal corner with fewer points (a biased model fills one)
         x = (reference - limits[0]) / (limits[1] - limits[0])
         y = (predicted - limits[0]) / (limits[1] - limits[0])
