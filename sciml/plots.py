@@ -101,9 +101,10 @@ def format_number(value: float) -> str:
 class ParityPanel:
     """One parity panel: flat ``reference`` and ``predicted`` values in ``unit``.
 
-    The MAE and RMSE are printed in ``error_unit`` (``unit`` when None), the errors multiplied
-    by ``error_scale`` (e.g. 1000 for eV -> meV); ``items`` names what one point is
-    (structures, components).
+    ``title`` heads the panel, ``quantity`` names the axes ("reference force (eV/Å)"; left out
+    when longer than 16 characters). The MAE and RMSE are printed in ``error_unit`` (``unit``
+    when None), the errors multiplied by ``error_scale`` (e.g. 1000 for eV -> meV); ``items``
+    names what one point is (structures, components).
     """
 
     title: str
