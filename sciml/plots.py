@@ -367,7 +367,7 @@ def _metric_names(metrics: Mapping[str, np.ndarray], columns: Sequence[str]) -> 
         for prefix in ("valid_", "train_"):
             if column.startswith(prefix):
                 name = column[len(prefix):]
-                if name != "loss" and name not in names and name not in _NOT_METRICS:
+                if name != "loss" and name not in names and name not in _NOT_METRICS and not name.startswith("num_"):
                     names.append(name)
     order = {"energy": 0, "forces": 1, "stress": 2}
     return sorted(names, key=lambda n: order.get(n.split("_")[0], 3))
