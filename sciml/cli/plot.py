@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
+from typing import Any, Dict, List, Tuple
 
 from sciml.cli.common import add_command, refuse_overwrite
 
 EXAMPLES = """  sciml plot curves runs/ethanol                      # runs/ethanol/learning_curves.png
+  sciml plot curves runs/ethanol --no-lr --output curves.png
   sciml plot parity runs/ethanol                      # best.pt on the run's test split -> runs/ethanol/parity.png
+  sciml plot parity runs/crystals_emt_small --split valid   # a property model: one panel per predicted property
   sciml plot parity data.extxyz --checkpoint model.pt --output parity.png
 """
 
@@ -19,15 +23,20 @@ def register(sub) -> None:
     curves = kinds.add_parser("curves", help="learning curves from a run directory's metrics.csv")
     curves.add_argument("run_dir")
     curves.add_argument("--output", help="PNG path (default RUN_DIR/learning_curves.png)")
+    curves.add_argument("--lr", action=argparse.BooleanOptionalAction, default=True,
+                        help="a learning-rate panel (default on)")
     curves.add_argument("--force", action="store_true")
     curves.set_defaults(run=_run_curves)
-    parity = kinds.add_parser("parity", help="energy and force parity plot of a checkpoint on labelled data")
+    parity = kinds.add_parser("parity", help="parity plots (energy, forces, stress, properties) of a checkpoint "
+                                             "on labelled data")
     parity.add_argument("source", help="a run directory (its best.pt on its test split) or a labelled data file")
     parity.add_argument("--checkpoint", help="model checkpoint (required when SOURCE is a data file)")
     parity.add_argument("--split", default="test", choices=["train", "valid", "test"], help="split of a run directory")
     parity.add_argument("--output", help="PNG path (default RUN_DIR/parity.png or parity.png)")
-    parity.add_argument("--energy-key", default="energy")
-    parity.add_argument("--forces-key", default="forces")
+    parity.add_argument("--energy-key", help="label key of energies (default: as in training; 'none' to ignore)")
+    parity.add_argument("--forces-key", help="label key of forces (default: as in training; 'none' to ignore)")
+    parity.add_argument("--stress-key", help="label key of stress (default: as in training; 'none' to ignore)")
+    parity.add_argument("--batch-size", type=int, default=32)
     parity.add_argument("--force", action="store_true")
     parity.set_defaults(run=_run_parity)
 
@@ -35,40 +44,82 @@ def register(sub) -> None:
 def _run_curves(args) -> int:
     from sciml.plots import learning_curves
 
-    output = refuse_overwrite(args.output or Path(args.run_dir) / "learning_curves.png", args.force)
-    print(f"wrote {learning_curves(Path(args.run_dir) / 'metrics.csv', output)}")
+    run_dir = Path(args.run_dir)
+    output = refuse_overwrite(args.output or run_dir / "learning_curves.png", args.force)
+    units = _property_units(_run_config(run_dir).get("data", {}))
+    title = f"Learning curves: {run_dir.resolve().name}"
+    print(f"wrote {learning_curves(run_dir / 'metrics.csv', output, units=units, learning_rate=args.lr, title=title)}")
     return 0
 
 
-def _run_parity(args) -> int:
-    import numpy as np
+def _run_config(run_dir: Path) -> Dict[str, Any]:
+    """The run's resolved configuration (config.yaml), {} when there is none."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return {}
+    import yaml
 
-    from sciml.inference import predict
-    from sciml.data.readers import read_structures
-    from sciml.plots import parity_plot
-    from sciml.inference import load_model
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def _property_units(data: Dict[str, Any]) -> Dict[str, str]:
+    """Unit of each property label: data.property_units, else the known benchmark unit."""
+    from sciml.models.domain import PROPERTY_UNITS
+
+    units = {key: PROPERTY_UNITS[key] for key in data.get("property_keys") or [] if key in PROPERTY_UNITS}
+    units.update(data.get("property_units") or {})
+    return units
+
+
+def parity_inputs(args) -> Tuple[Any, List[Any], Dict[str, Any], Path, str]:
+    """The model, the labelled graphs (the run's split, or the data file), the training data
+    config, the output path and a description of the data, for ``sciml plot parity``."""
+    from sciml.graph import GraphSpec
+    from sciml.inference import load_model, model_dtype
+    from sciml.io import load_checkpoint
+    from sciml.train.atomistic import load_training_graphs
+    from sciml.train.config import DataConfig
+    from sciml.train.fields import FIELD_FORMATS
 
     source = Path(args.source)
     if source.is_dir():
         splits = json.loads((source / "splits.json").read_text())
-        data, checkpoint, indices = splits["data_path"], args.checkpoint or source / "best.pt", splits[args.split]
+        path, checkpoint, indices = splits["data_path"], args.checkpoint or source / "best.pt", splits[args.split]
         output = refuse_overwrite(args.output or source / "parity.png", args.force)
+        described = f"{args.split} split of {path}"
     else:
         if not args.checkpoint:
             raise ValueError("--checkpoint is required when SOURCE is a data file")
-        data, checkpoint, indices = source, args.checkpoint, None
+        path, checkpoint, indices = source, args.checkpoint, None
         output = refuse_overwrite(args.output or "parity.png", args.force)
-    structures = read_structures(data, energy_key=args.energy_key, forces_key=args.forces_key, stress_key=None)
-    if indices is not None:
-        structures = [structures[k] for k in indices]
+        described = str(path)
     model = load_model(checkpoint)
-    results = predict(structures, model)
-    counts = np.array([len(a) for a in structures])
-    energy_ref = np.array([a.get_potential_energy() for a in structures]) / counts
-    energy_pred = np.array([r["energy"] for r in results]) / counts
-    forces_ref = np.concatenate([a.get_forces() for a in structures])
-    forces_pred = np.concatenate([r["forces"] for r in results])
-    parity_plot({"energy per atom": (energy_ref, energy_pred), "forces": (forces_ref, forces_pred)}, output,
-                {"energy per atom": "eV/atom", "forces": "eV/Å"})
+    data = dict(load_checkpoint(checkpoint).get("train_config", {}).get("data", {}))
+    if data.get("format") in FIELD_FORMATS:
+        raise ValueError(f"{checkpoint} is a field model (data.format {data['format']}): parity plots are for "
+                         f"atomic structures; see `sciml eval`")
+    keys = {}
+    for name, default in (("energy_key", "energy"), ("forces_key", "forces"), ("stress_key", "stress")):
+        value = getattr(args, name)
+        value = data.get(name, default) if value is None else value
+        keys[name] = None if value in (None, "none") else value
+    saved = {k: v for k, v in data.items() if k in DataConfig.__dataclass_fields__ and k not in ("cutoff", "max_neighbors")}
+    graphs = load_training_graphs(DataConfig(**{**saved, **keys, "path": path}), GraphSpec.of(model), model_dtype(model))
+    if indices is not None:
+        graphs = [graphs[k] for k in indices]
+    return model, graphs, data, output, described
+
+
+def _run_parity(args) -> int:
+    from sciml.plots import parity_panels, parity_plot
+
+    model, structures, data, output, described = parity_inputs(args)
+    panels = parity_panels(model, structures, args.batch_size, prediction_keys=data.get("prediction_keys") or None,
+                           property_units=_property_units(data))
+    if not panels:
+        raise ValueError(f"nothing to plot: the model predicts none of the labels of {described}")
+    for name, stats in parity_plot(panels, output).items():
+        unit = f" {stats['unit']}" if stats["unit"] else ""
+        print(f"  {name}: MAE {stats['mae']:.4g}{unit}, RMSE {stats['rmse']:.4g}{unit} ({int(stats['count'])} values)")
     print(f"wrote {output} ({len(structures)} structures)")
     return 0
