@@ -1,6 +1,7 @@
 """The training configuration: typed sections, strict YAML loading and dotted overrides.
 
-A config file is YAML whose keys mirror :class:`TrainConfig`; only ``data.path`` is required::
+A config file is YAML whose keys mirror :class:`TrainConfig`; only the data is required (``data.path``,
+a file split into train/valid/test, or ``data.train`` with optional ``data.valid``/``data.test`` files)::
 
     model: {name: egnn, options: {hidden: 64, layers: 4}}
     data: {path: datasets/ethanol_xtb_500K/ethanol_xtb_500K.extxyz}
@@ -27,6 +28,8 @@ import yaml
 
 # torch.compile backends of ``compile_backend`` (see sciml.train.compile)
 COMPILE_BACKENDS = ("inductor", "aot_eager")
+# functions of one loss term (loss.functions; see LossConfig)
+LOSS_FUNCTIONS = ("mse", "mae", "huber")
 
 
 @dataclass
@@ -61,6 +64,17 @@ class DataConfig:
     Fields for neural operators: ``format`` ``fno_mat`` (an FNO ``.mat`` file) or ``pdebench`` (a
     PDEBench HDF5 file), with the ``fields`` section saying what to read and predict.
 
+    Separate files: ``train``, ``valid`` and ``test`` (each read like ``path``, with the same keys
+    and ``format``) replace ``path``; ``valid`` and ``test`` are optional, and a set not given as a
+    file is drawn at random from the ``train`` file with the size ``split.valid`` / ``split.test``
+    says (``split.test: 0`` for no test set). ``path`` and ``train`` exclude each other.
+
+    ``element_energies`` sets the energy head's per-element reference energies (eV), which the
+    model's per-atom energies are added to: ``fit`` (least squares on the training set), ``zero``
+    (none: the model learns the total energy, e.g. for energies already referenced) or a mapping
+    of element symbols to energies in eV, ``{H: -13.6, O: -432.1}``, that must name every element
+    of the data.
+
     ``format`` None recognises OC20 sources by their path (a directory of S2EF ``*.extxyz.xz`` +
     ``*.txt`` files or one such file, a fairchem ``*.lmdb`` file or directory, a sciml cache) and
     reads anything else with ase; ``oc20`` also reads an ASE database the OC20 way (tags, fixed
@@ -71,6 +85,9 @@ class DataConfig:
     """
 
     path: Optional[str] = None
+    train: Optional[str] = None
+    valid: Optional[str] = None
+    test: Optional[str] = None
     format: Optional[str] = field(default=None, metadata={"choices": ("ase", "oc20", "jarvis", "matbench", "mp", "cif",
                                                                        "fno_mat", "pdebench")})
     targets_path: Optional[str] = None
@@ -82,13 +99,16 @@ class DataConfig:
     property_units: Dict[str, str] = field(default_factory=dict)
     cutoff: Optional[float] = None
     max_neighbors: Optional[int] = None
+    element_energies: Union[str, Dict[str, float]] = "fit"
 
 
 @dataclass
 class SplitConfig:
     """Random train/valid/test split: a float in [0, 1] is a fraction, an int a count.
 
-    ``train`` None takes every structure not in valid or test.
+    ``train`` None takes every structure not in valid or test. With separate files
+    (``data.train``) the split draws from the ``data.train`` file the sets not given as files
+    (``valid``, ``test``) and ``ranges`` and ``method`` do not apply.
 
     ``ranges`` replaces the random split by fixed, half-open index ranges of the data file,
     ``{train: [start, stop], valid: [start, stop], test: [start, stop]}`` (test may be omitted),
@@ -135,24 +155,43 @@ class SchedulerConfig:
 
 @dataclass
 class LossConfig:
-    """Weights of the loss terms; a term is used only when its labels are present.
+    """Weights and functions of the loss terms; a term is used only when its labels are present.
 
-    Each term is a mean squared error made dimensionless by a training-set scale: energy per
-    atom by the energy head's scale (the force RMS x 1 Å when forces are labelled), forces and
-    stress by the RMS of their labels, a property by its standard deviation. ``properties`` are
-    keyed by label (see ``data.prediction_keys`` for labels whose model output has another name).
+    The loss is the weighted sum of one term per target::
 
-    ``function: oc20`` uses fairchem's OC20 losses instead: the mean absolute error of total
-    energies and the mean over atoms of the force error's norm (L2-MAE), with the same scales.
-    ``free_atoms_only`` leaves atoms marked ``fixed`` (an atom property, e.g. OC20's fixed
-    subsurface) out of the force terms, as OC20 training does.
+        loss:
+          energy: 1.0            # weights (>= 0; 0 drops the term)
+          forces: 10.0
+          stress: 1.0
+          properties: {gap: 1.0}
+          function: mse          # every term's function: mse | mae | huber | oc20
+          functions: {energy: huber, forces: mae, gap: mae}   # per-target: mse | mae | huber
+          huber_delta: 0.01      # or per target: {energy: 0.01, forces: 0.05}
+
+    Each term compares errors made dimensionless by a training-set scale: energy per atom by the
+    energy head's scale (the force RMS x 1 Å when forces are labelled), forces and stress by the
+    RMS of their labels, a property by its standard deviation. ``mse`` is the mean of the squared
+    scaled errors, ``mae`` the mean of their absolute values (over atoms and components for
+    forces, over structures for energy per atom), ``huber`` the mean Huber loss (quadratic below
+    ``huber_delta``, linear above). ``huber_delta`` is in the label's own unit (eV/atom for
+    energy, eV/Å for forces, eV/Å^3 for stress, the property's unit) and is scaled with the error,
+    so huber term = Huber(error, delta) / scale^2. ``properties`` (and ``functions``) are keyed by
+    label (see ``data.prediction_keys`` for labels whose model output has another name).
+
+    ``function: oc20`` uses fairchem's OC20 losses for the terms not named in ``functions``: the
+    mean absolute error of total energies and the mean over atoms of the force error's norm
+    (L2-MAE), with the same scales (stress and properties: mse). ``free_atoms_only`` leaves atoms
+    marked ``fixed`` (an atom property, e.g. OC20's fixed subsurface) out of the force terms, as
+    OC20 training does.
     """
 
     energy: float = 1.0
     forces: float = 10.0
     stress: float = 1.0
     properties: Dict[str, float] = field(default_factory=dict)
-    function: str = field(default="mse", metadata={"choices": ("mse", "oc20")})
+    function: str = field(default="mse", metadata={"choices": ("mse", "mae", "huber", "oc20")})
+    functions: Dict[str, str] = field(default_factory=dict)
+    huber_delta: Union[float, Dict[str, float]] = 0.01
     free_atoms_only: bool = False
 
 
@@ -241,12 +280,70 @@ class TrainConfig:
         config.validate()
         return config
 
+    def _validate_data(self) -> None:
+        """The data files (``data.path`` or ``data.train``/``valid``/``test``) and
+        ``data.element_energies``."""
+        data = self.data
+        if data.path and data.train:
+            raise ValueError("config keys data.path and data.train exclude each other: give one file to split "
+                             "(data.path) or separate files (data.train, data.valid, data.test)")
+        if not data.path and not data.train:
+            raise ValueError("missing required config key data.path (the labelled structures file), "
+                             "or data.train (with optional data.valid, data.test)")
+        for name in ("valid", "test"):
+            if getattr(data, name) and not data.train:
+                raise ValueError(f"config key data.{name} needs data.train (with data.path the {name} set is split "
+                                 f"off as split.{name} says)")
+        if data.train:
+            if data.format in ("fno_mat", "pdebench"):
+                raise ValueError(f"config key data.train: data.format {data.format} reads one file, data.path")
+            if self.split.ranges or self.split.method != "random":
+                raise ValueError("config keys split.ranges and split.method index one data.path file; with data.train "
+                                 "give the sets as files (data.valid, data.test) or as random fractions")
+        choice = data.element_energies
+        if isinstance(choice, str):
+            if choice not in ("fit", "zero"):
+                raise ValueError(f"config key data.element_energies must be fit, zero or a mapping {{symbol: eV}}, "
+                                 f"got {choice!r}")
+        else:
+            from ase.data import atomic_numbers
+
+            for symbol in choice:
+                if symbol not in atomic_numbers or atomic_numbers[symbol] == 0:
+                    raise ValueError(f"config key data.element_energies has {symbol!r}, which is not an element symbol")
+
+    def _validate_loss(self) -> None:
+        """``loss.functions`` (known targets and functions) and ``loss.huber_delta`` (positive)."""
+        loss = self.loss
+        targets = ("energy", "forces", "stress", *loss.properties)
+        for target, function in loss.functions.items():
+            if target not in targets:
+                raise ValueError(f"config key loss.functions.{target}: {target!r} is not a loss term (energy, forces, "
+                                 f"stress or a label of loss.properties)")
+            if function not in LOSS_FUNCTIONS:
+                close = difflib.get_close_matches(str(function), LOSS_FUNCTIONS, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ValueError(f"config key loss.functions.{target} must be one of {', '.join(LOSS_FUNCTIONS)}, "
+                                 f"got {function!r}{hint}")
+        deltas = loss.huber_delta if isinstance(loss.huber_delta, dict) else {"": loss.huber_delta}
+        for target, delta in deltas.items():
+            name = f"loss.huber_delta.{target}" if target else "loss.huber_delta"
+            if target and target not in targets:
+                raise ValueError(f"config key {name}: {target!r} is not a loss term (energy, forces, stress or a "
+                                 f"label of loss.properties)")
+            if not delta > 0:
+                raise ValueError(f"config key {name} must be positive, got {delta}")
+        if isinstance(loss.huber_delta, dict):
+            for target in targets:
+                if loss.functions.get(target, loss.function) == "huber" and target not in loss.huber_delta:
+                    raise ValueError(f"config key loss.huber_delta has no delta for {target!r}, whose loss is huber")
+
     def validate(self) -> None:
         """Check values that types alone cannot (ranges, required keys, consistency); ``dtype``
         single/double becomes float32/float64."""
         self.dtype = {"single": "float32", "double": "float64"}.get(self.dtype, self.dtype)
-        if not self.data.path:
-            raise ValueError("missing required config key data.path (the labelled structures file)")
+        self._validate_data()
+        self._validate_loss()
         positive = {
             "epochs": self.epochs, "batch_size": self.batch_size, "valid_batch_size": self.valid_batch_size,
             "batch_max_atoms": self.batch_max_atoms,
@@ -412,6 +509,15 @@ def _coerce(value: Any, kind: Any, name: str, choices: Optional[Sequence[str]] =
         if value is None and type(None) in args:
             return None
         options = [a for a in args if a is not type(None)]
+        if len(options) > 1 and set(options) != {int, float}:
+            # e.g. Union[str, Dict[str, float]]: the first type the value is of
+            accepts = {float: (int, float, str), dict: Mapping}
+            matching = [a for a in options if not isinstance(value, bool)
+                        and isinstance(value, accepts.get(typing.get_origin(a) or a, typing.get_origin(a) or a))]
+            if not matching:
+                names = " or ".join(getattr(typing.get_origin(a) or a, "__name__", str(a)) for a in options)
+                raise ValueError(f"config key {name} must be a {names}, got {value!r}")
+            return _coerce(value, matching[0], name, choices)
         if set(options) == {int, float}:
             if isinstance(value, str):
                 value = _parse_number(value, name)
