@@ -4,9 +4,12 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, Dict, List, Optional, Sequence
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.nn.functional as F
+from ase.data import atomic_numbers, chemical_symbols
 
 from sciml.data.crystals import read_crystal_dataset
 from sciml.data.oc20.sources import detect_format, load_graphs
@@ -14,7 +17,7 @@ from sciml.data.readers import load_graph_dataset, read_structures
 from sciml.graph import AtomicGraph, GraphSpec
 from sciml.inference import model_outputs
 from sciml.models.domain import LABEL_UNITS, PROPERTY_UNITS, ModelDomain
-from sciml.models.heads import EnergyHead, PropertyHead, fit_element_energies
+from sciml.models.heads import NUM_ELEMENTS, EnergyHead, PropertyHead, element_counts, fit_element_energies
 from sciml.distributed import DistributedContext
 from sciml.train.compile import CompiledOutputs, compile_model
 from sciml.train.config import DataConfig, TrainConfig
@@ -25,12 +28,41 @@ _OC20_AUTO_FORMATS = ("s2ef-extxyz", "legacy-lmdb", "sciml-cache")
 _CRYSTAL_FORMATS = ("jarvis", "matbench", "mp", "cif")
 
 
-def fit_statistics(graphs: Sequence[AtomicGraph], property_keys: Sequence[str] = ()) -> Dict[str, Any]:
+def reference_energies(choice: Union[str, Mapping[str, float]], graphs: Sequence[AtomicGraph]) -> torch.Tensor:
+    """Per-element reference energies (NUM_ELEMENTS,) float64 eV of ``data.element_energies``
+    ``zero`` (all 0) or a mapping {symbol: eV} (exactly those values, 0 for unnamed elements).
+
+    Raises:
+        ValueError: a symbol that is no element, or an element of ``graphs`` the mapping lacks.
+    """
+    energies = torch.zeros(NUM_ELEMENTS, dtype=torch.float64)
+    if isinstance(choice, str):
+        if choice != "zero":
+            raise ValueError(f"data.element_energies {choice!r} has no fixed values (use zero or a mapping {{symbol: eV}})")
+        return energies
+    for symbol, value in choice.items():
+        if atomic_numbers.get(symbol, 0) == 0 or atomic_numbers[symbol] >= NUM_ELEMENTS:
+            raise ValueError(f"config key data.element_energies has {symbol!r}, which is not an element symbol")
+        energies[atomic_numbers[symbol]] = float(value)
+    present = sorted({int(z) for g in graphs for z in g.atomic_numbers.unique().tolist()})
+    missing = [chemical_symbols[z] for z in present if chemical_symbols[z] not in choice]
+    if missing:
+        raise ValueError(f"config key data.element_energies has no energy for {', '.join(missing)}, which the data "
+                         f"holds (give every element, or use fit or zero)")
+    return energies
+
+
+def fit_statistics(graphs: Sequence[AtomicGraph], property_keys: Sequence[str] = (),
+                   element_energies: Union[str, Mapping[str, float]] = "fit") -> Dict[str, Any]:
     """Training-set statistics for the energy head and the loss normalisation.
 
-    Returns ``element_energies`` (119,) eV (least-squares per-element reference energies; None,
+    ``element_energies`` (``data.element_energies``): ``fit`` fits the per-element reference
+    energies by least squares, ``zero`` sets them to 0, a mapping {symbol: eV} to its values
+    (see :func:`reference_energies`).
+
+    Returns ``element_energies`` (119,) eV (the per-element reference energies; None,
     like ``energy_rms_per_atom`` and ``energy_scale``, when the graphs carry no energies),
-    ``energy_rms_per_atom`` eV (RMS per-atom residual of that fit), ``forces_rms`` eV/Å and
+    ``energy_rms_per_atom`` eV (RMS per-atom residual of those references), ``forces_rms`` eV/Å and
     ``stress_rms`` eV/Å^3 (RMS of the label components, None without labels), ``property_mean``
     and ``property_std`` (each property's mean and standard deviation) and ``energy_scale`` eV, the energy head's per-atom
     scale: ``forces_rms`` x 1 Å when forces are labelled (as MACE's default), since a model
@@ -41,13 +73,19 @@ def fit_statistics(graphs: Sequence[AtomicGraph], property_keys: Sequence[str] =
         value = float(values.double().square().mean().sqrt())
         return value if value > 1e-12 else 1.0
 
-    element_energies, residual_rms = None, None
+    references, residual_rms = None, None
     if graphs[0].energy is not None:
         energies = torch.cat([g.energy for g in graphs]).double().cpu()
-        element_energies, residual_rms = fit_element_energies(list(graphs), energies)
-        element_energies, residual_rms = element_energies.double().cpu(), residual_rms if residual_rms > 1e-12 else 1.0
+        if element_energies == "fit":
+            references, residual_rms = fit_element_energies(list(graphs), energies)
+        else:
+            references = reference_energies(element_energies, graphs)
+            counts = element_counts(list(graphs))
+            residual = (energies - counts @ references) / counts.sum(1).clamp(min=1)
+            residual_rms = float(residual.square().mean().sqrt())
+        references, residual_rms = references.double().cpu(), residual_rms if residual_rms > 1e-12 else 1.0
     stats: Dict[str, Any] = {
-        "element_energies": element_energies,
+        "element_energies": references,
         "energy_rms_per_atom": residual_rms,
         "forces_rms": rms(torch.cat([g.forces for g in graphs])) if graphs[0].forces is not None else None,
         "stress_rms": rms(torch.cat([g.stress for g in graphs])) if graphs[0].stress is not None else None,
@@ -77,10 +115,20 @@ class AtomisticProblem:
         self.statistics: Dict[str, Any] = {}
         self.use_forces = self.use_stress = False
         self.compiled_outputs: Optional[CompiledOutputs] = None
+        # role (path, or train/valid/test) -> (file, start, stop): where each file's structures
+        # lie in the list load() returns
+        self.files: Dict[str, Tuple[str, int, int]] = {}
 
     def load(self) -> List[AtomicGraph]:
-        """One graph per structure of ``data.path``, in file order, built as the model's graph spec
-        says (``data.cutoff``/``data.max_neighbors`` override it)."""
+        """One graph per structure, built as the model's graph spec says (``data.cutoff``/
+        ``data.max_neighbors`` override it): those of ``data.path`` in file order, or of the
+        separate files ``data.train``, ``data.valid`` and ``data.test`` one after the other (each
+        in file order; :attr:`files` says where each file's structures lie).
+
+        Raises:
+            ValueError: a ``data.train``/``valid``/``test`` file that does not exist or holds no
+                structures; a ``data.element_energies`` mapping without an element of the data.
+        """
         data = self.config.data
         spec = GraphSpec.of(self.model)
         if data.cutoff is not None:
@@ -94,16 +142,29 @@ class AtomisticProblem:
         required = ["energy"] if data.energy_key is not None else []
         if self.config.loss.forces > 0 and data.forces_key is not None:
             required.append("forces")
-        return load_training_graphs(data, spec, self.dtype, required)
+        roles = [(name, getattr(data, name)) for name in ("train", "valid", "test") if getattr(data, name)]
+        samples: List[AtomicGraph] = []
+        self.files = {}
+        for role, path in roles or [("path", data.path)]:
+            if role != "path" and not Path(path).exists():
+                raise ValueError(f"config key data.{role}: {path} does not exist")
+            graphs = load_training_graphs(replace(data, path=path), spec, self.dtype, required)
+            if not graphs:
+                raise ValueError(f"config key data.{role}: {path} holds no structures")
+            self.files[role] = (str(path), len(samples), len(samples) + len(graphs))
+            samples += graphs
+        if not isinstance(data.element_energies, str) and samples[0].energy is not None:
+            reference_energies(data.element_energies, samples)  # every element of every file is named
+        return samples
 
     def fit(self, train: Sequence[AtomicGraph]) -> Dict[str, Any]:
         """Fit the training statistics and give them to the model's heads; returns them."""
         config = self.config
-        self.statistics = fit_statistics(train, config.data.property_keys)
+        self.statistics = fit_statistics(train, config.data.property_keys, config.data.element_energies)
         head = _energy_head(self.model)
         if head is not None:
             if self.statistics["element_energies"] is None:
-                raise ValueError(f"model {config.model.name!r} predicts energies but {config.data.path} has no "
+                raise ValueError(f"model {config.model.name!r} predicts energies but {self._source()} has no "
                                  f"energy labels under data.energy_key={config.data.energy_key!r}")
             head.set_statistics(self.statistics["element_energies"], self.statistics["energy_scale"])
         self._standardise_property_heads()
@@ -113,9 +174,12 @@ class AtomisticProblem:
         first = train[0]
         self.use_forces = first.forces is not None and config.loss.forces > 0
         self.use_stress = first.stress is not None and config.loss.stress > 0 and bool(first.pbc.any())
-        self.model.domain = ModelDomain.from_graphs(train, self._trained_labels(head is not None),
-                                                    str(config.data.path or ""))
+        self.model.domain = ModelDomain.from_graphs(train, self._trained_labels(head is not None), self._source())
         return self.statistics
+
+    def _source(self) -> str:
+        """The file the training structures come from (``data.path`` or ``data.train``)."""
+        return str(self.config.data.path or self.config.data.train or "")
 
     def domain(self) -> Dict[str, Any]:
         """The model's domain (:class:`~sciml.models.domain.ModelDomain`, as saved in
@@ -175,32 +239,38 @@ class AtomisticProblem:
                 module.set_statistics(self.statistics["property_mean"][label], self.statistics["property_std"][label])
 
     def loss(self, batch: AtomicGraph, out: Dict[str, torch.Tensor]) -> torch.Tensor:
-        """Weighted sum of mean squared errors (or OC20's MAE / L2-MAE, ``loss.function``), each
-        made dimensionless by a training-set scale.
+        """Weighted sum of one term per target, each comparing errors made dimensionless by a
+        training-set scale with the target's function (``loss.function``/``loss.functions``: mse,
+        mae, huber, or OC20's MAE / L2-MAE; see :class:`~sciml.train.config.LossConfig`).
 
         Energy per atom (total energy for OC20) is divided by the energy head's scale, forces and stress by the RMS of
-        their labels, each property by its standard deviation (see :func:`fit_statistics`). A term
+        their labels, each property by its standard deviation (see :func:`fit_statistics`); the
+        Huber delta, in the label's unit, by the same scale. A term
         is used when its weight is positive, the batch carries its label and the model predicts it
         (properties: the model must predict them, under ``data.prediction_keys`` names).
         """
         weights, stats = self.config.loss, self.statistics
-        oc20 = weights.function == "oc20"
         total = torch.zeros((), device=batch.positions.device, dtype=batch.positions.dtype)
         if weights.energy > 0 and batch.energy is not None and "energy" in out:
-            error = (out["energy"] - batch.energy) / stats["energy_scale"]
-            if oc20:
-                total = total + weights.energy * error.abs().mean()
+            scale = stats["energy_scale"]
+            error = out["energy"] - batch.energy
+            if self._function("energy") == "oc20":
+                term = (error / scale).abs().mean()
             else:
-                total = total + weights.energy * ((error / batch.num_atoms_per_graph.to(error.dtype)) ** 2).mean()
+                term = self._term("energy", error / batch.num_atoms_per_graph.to(error.dtype), scale)
+            total = total + weights.energy * term
         if weights.forces > 0 and batch.forces is not None and "forces" in out:
-            error = (out["forces"] - batch.forces) / stats["forces_rms"]
+            error = out["forces"] - batch.forces
             if weights.free_atoms_only and "fixed" in batch.atom_properties:
                 error = error[~batch.atom_properties["fixed"].bool()]
             if error.shape[0]:  # a batch of fixed atoms only has no force term
-                term = error.norm(dim=1).mean() if oc20 else (error**2).mean()
+                if self._function("forces") == "oc20":
+                    term = (error / stats["forces_rms"]).norm(dim=1).mean()
+                else:
+                    term = self._term("forces", error, stats["forces_rms"])
                 total = total + weights.forces * term
         if weights.stress > 0 and batch.stress is not None and "stress" in out:
-            total = total + weights.stress * (((out["stress"] - batch.stress) / stats["stress_rms"]) ** 2).mean()
+            total = total + weights.stress * self._term("stress", out["stress"] - batch.stress, stats["stress_rms"])
         for key, weight in weights.properties.items():
             predicted = self.config.data.prediction_keys.get(key, key)
             if predicted not in out:
@@ -208,8 +278,21 @@ class AtomisticProblem:
                                  f"{predicted!r} (it predicts {sorted(out)}; map labels with data.prediction_keys)")
             target = batch.properties.get(key, batch.atom_properties.get(key))
             error = out[predicted].reshape(target.shape) - target
-            total = total + weight * ((error / stats["property_std"][key]) ** 2).mean()
+            total = total + weight * self._term(key, error, stats["property_std"][key])
         return total
+
+    def _function(self, target: str) -> str:
+        """The loss function of ``target``: ``loss.functions`` or else ``loss.function``."""
+        loss = self.config.loss
+        return loss.functions.get(target, loss.function)
+
+    def _term(self, target: str, error: torch.Tensor, scale: float) -> torch.Tensor:
+        """The loss term of ``target`` from its errors (label units) and training-set ``scale``
+        (same unit): :func:`penalty` of ``error / scale`` (OC20: mse for stress and properties)."""
+        function = self._function(target)
+        delta = self.config.loss.huber_delta
+        delta = delta.get(target, 1.0) if isinstance(delta, dict) else delta
+        return penalty(error / scale, "mse" if function == "oc20" else function, delta / scale)
 
     def evaluate(self, items: Sequence[AtomicGraph], batch_size: int, device, with_loss: bool,
                  context: Optional[DistributedContext] = None) -> Dict[str, float]:
@@ -232,6 +315,19 @@ class AtomisticProblem:
     @staticmethod
     def baselines(train: Sequence[AtomicGraph], test: Sequence[AtomicGraph]) -> Dict[str, float]:
         return mean_baseline_metrics(train, test)
+
+
+def penalty(error: torch.Tensor, function: str, delta: float = 1.0) -> torch.Tensor:
+    """The mean over all elements of ``error`` (dimensionless) of the loss ``function``:
+    ``mse`` error^2, ``mae`` |error|, ``huber`` 0.5 error^2 where |error| < ``delta``, else
+    delta (|error| - 0.5 delta) (``torch.nn.functional.huber_loss``)."""
+    if function == "mse":
+        return error.square().mean()
+    if function == "mae":
+        return error.abs().mean()
+    if function == "huber":
+        return F.huber_loss(error, torch.zeros_like(error), delta=delta)
+    raise ValueError(f"unknown loss function {function!r}; use mse, mae or huber")
 
 
 def load_training_graphs(data: DataConfig, spec: GraphSpec, dtype: torch.dtype = torch.float32,

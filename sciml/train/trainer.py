@@ -242,9 +242,12 @@ class Trainer:
         self.log.info("\n".join(lines))
 
     def _make_splits(self, total: int) -> Dict[str, List[int]]:
-        """Seeded random split, the fixed ``split.ranges`` or a benchmark's split (``split.method``);
-        saved to ``splits.json``."""
+        """Seeded random split, the fixed ``split.ranges``, a benchmark's split (``split.method``)
+        or the separate files ``data.train``/``valid``/``test`` (see :meth:`_file_splits`); saved
+        to ``splits.json``. Indices are into ``self.samples``."""
         split = self.config.split
+        if self.config.data.train:
+            return self._save_splits(total, self._file_splits())
         if split.method == "alignn":
             train = split.train
             if train is None:
@@ -264,38 +267,83 @@ class Trainer:
                 raise ValueError(f"split.ranges {split.ranges} reach index {stop - 1}, but {self.config.data.path} "
                                  f"holds {total} structures")
             return self._save_splits(total, splits)
+        return self._save_splits(total, _random_split(total, split.train, split.valid, split.test, split.seed,
+                                                      f"{total} structures"))
 
-        def size(value: "int | float") -> int:
-            return int(value) if isinstance(value, int) else int(round(value * total))
+    def _file_splits(self) -> Dict[str, List[int]]:
+        """The split of separate files: every structure of ``data.valid`` / ``data.test`` is in
+        that set; a set without its file is drawn at random from the ``data.train`` file (sizes
+        ``split.valid``/``split.test``, seed ``split.seed``), whose other structures are train
+        (all of them, or ``split.train``)."""
+        split, files = self.config.split, self._sample_files()
+        path, start, stop = files["train"]
+        drawn = _random_split(stop - start, split.train, 0 if "valid" in files else split.valid,
+                              0 if "test" in files else split.test, split.seed,
+                              f"the {stop - start} structures of data.train {path}", need_valid="valid" not in files)
+        splits = {name: [start + i for i in indices] for name, indices in drawn.items()}
+        for name in ("valid", "test"):
+            if name in files:
+                splits[name] = list(range(files[name][1], files[name][2]))
+        return splits
 
-        valid, test = size(split.valid), size(split.test)
-        train = total - valid - test if split.train is None else size(split.train)
-        if valid < 1 or train < 1 or train + valid + test > total:
-            raise ValueError(f"split train={train}, valid={valid}, test={test} does not fit {total} structures "
-                             f"(train and valid need at least one each)")
-        order = torch.randperm(total, generator=torch.Generator().manual_seed(split.seed)).tolist()
-        splits = {"valid": order[:valid], "test": order[valid:valid + test], "train": order[valid + test:valid + test + train]}
-        return self._save_splits(total, splits)
+    def _sample_files(self) -> Dict[str, Tuple[str, int, int]]:
+        """Role (``path``, or ``train``/``valid``/``test``) -> (file, start, stop): where each
+        data file's structures lie in ``self.samples`` (the problem's ``files``, else all of
+        ``data.path``)."""
+        files = getattr(self.problem, "files", None)
+        return dict(files) if files else {"path": (str(self.config.data.path), 0, len(self.samples))}
 
     def _save_splits(self, total: int, splits: Dict[str, List[int]]) -> Dict[str, List[int]]:
+        """Write ``splits.json``: per set the file it came from (``files``) and the indices of its
+        structures in that file, each file's structure count (``file_structures``), the seed and,
+        as before separate files, ``data_path`` (the split file, or ``data.train``) and
+        ``num_structures`` (all structures read)."""
         split = self.config.split
         if not self.context.is_main:
             return splits
+        files = self._sample_files()
+        main = files.get("path", files.get("train"))
+        sources, local = {}, {}
+        for name, indices in splits.items():
+            path, start, stop = next((f for f in files.values() if indices and f[1] <= indices[0] < f[2]), main)
+            if any(not start <= i < stop for i in indices):
+                raise ValueError(f"the {name} set mixes structures of several data files")  # not made by _make_splits
+            sources[name], local[name] = path, [int(i) - start for i in indices]
         with atomic_path(self.output_dir / "splits.json") as tmp:
-            tmp.write_text(json.dumps({"data_path": str(self.config.data.path), "num_structures": total,
-                                       "seed": split.seed, **splits}))
+            tmp.write_text(json.dumps({"data_path": main[0], "num_structures": total, "seed": split.seed, **local,
+                                       "files": sources,
+                                       "file_structures": {path: stop - start for path, start, stop in files.values()}}))
         return splits
 
     def _load_splits(self) -> Dict[str, List[int]]:
+        """The split of the run being resumed, from its ``splits.json`` (as indices into
+        ``self.samples``); refused when a file it names is no longer in the config or has changed
+        size."""
         path = self.output_dir / "splits.json"
         try:
             saved = json.loads(path.read_text())
         except (OSError, ValueError) as err:
             raise ValueError(f"cannot resume: {path} is missing or unreadable ({err})") from None
-        if saved["num_structures"] != len(self.samples):
-            raise ValueError(f"cannot resume: {self.config.data.path} now holds {len(self.samples)} structures, "
-                             f"the run was split over {saved['num_structures']}")
-        return {name: saved[name] for name in ("train", "valid", "test")}
+        if "files" not in saved:  # written before separate files: indices into data.path
+            if saved["num_structures"] != len(self.samples):
+                raise ValueError(f"cannot resume: {self.config.data.path} now holds {len(self.samples)} structures, "
+                                 f"the run was split over {saved['num_structures']}")
+            return {name: saved[name] for name in ("train", "valid", "test")}
+        roles = self._sample_files()
+        files = {f[0]: f for f in roles.values()}
+        splits = {}
+        for name in ("train", "valid", "test"):
+            source = saved["files"][name]
+            if source not in files:
+                raise ValueError(f"cannot resume: the run's {name} set came from {source}, which the config no longer "
+                                 f"names (it reads {', '.join(files)})")
+            # the set's own file when it has one (a file named twice is read twice)
+            _, start, stop = roles[name] if name in roles and roles[name][0] == source else files[source]
+            if saved["file_structures"][source] != stop - start:
+                raise ValueError(f"cannot resume: {source} now holds {stop - start} structures, the run was split over "
+                                 f"{saved['file_structures'][source]}")
+            splits[name] = [start + int(i) for i in saved[name]]
+        return splits
 
     def _restore(self, checkpoint: Dict[str, Any]) -> None:
         """Continue exactly where the checkpoint stopped: weights, optimizer, schedule, gradient
@@ -540,6 +588,22 @@ class Trainer:
     def _write_yaml(path: Path, values: Dict[str, Any]) -> None:
         with atomic_path(path) as tmp:
             tmp.write_text(yaml.safe_dump(values, sort_keys=False))
+
+
+def _random_split(total: int, train: "int | float | None", valid: "int | float", test: "int | float", seed: int,
+                  what: str, need_valid: bool = True) -> Dict[str, List[int]]:
+    """Seeded random split of ``total`` structures: a float size is a fraction of ``total``, an
+    int a count; ``train`` None takes the rest. ``what`` names the structures in errors."""
+    def size(value: "int | float") -> int:
+        return int(value) if isinstance(value, int) else int(round(value * total))
+
+    valid, test = size(valid), size(test)
+    train = total - valid - test if train is None else size(train)
+    if (need_valid and valid < 1) or train < 1 or train + valid + test > total:
+        raise ValueError(f"split train={train}, valid={valid}, test={test} does not fit {what} "
+                         f"(train and valid need at least one each)")
+    order = torch.randperm(total, generator=torch.Generator().manual_seed(seed)).tolist()
+    return {"valid": order[:valid], "test": order[valid:valid + test], "train": order[valid + test:valid + test + train]}
 
 
 def _differences(old: Dict[str, Any], new: Dict[str, Any], prefix: str = "") -> List[str]:
