@@ -166,6 +166,7 @@ class AtomisticProblem:
             if self.statistics["element_energies"] is None:
                 raise ValueError(f"model {config.model.name!r} predicts energies but {self._source()} has no "
                                  f"energy labels under data.energy_key={config.data.energy_key!r}")
+            head.to(dtype=self.dtype)  # the references in the run's precision (float64: exactly as fitted or given)
             head.set_statistics(self.statistics["element_energies"], self.statistics["energy_scale"])
         self._standardise_property_heads()
         if head is None and not any(weight > 0 for weight in config.loss.properties.values()):

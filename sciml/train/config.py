@@ -287,13 +287,13 @@ class TrainConfig:
         if data.path and data.train:
             raise ValueError("config keys data.path and data.train exclude each other: give one file to split "
                              "(data.path) or separate files (data.train, data.valid, data.test)")
-        if not data.path and not data.train:
-            raise ValueError("missing required config key data.path (the labelled structures file), "
-                             "or data.train (with optional data.valid, data.test)")
         for name in ("valid", "test"):
             if getattr(data, name) and not data.train:
                 raise ValueError(f"config key data.{name} needs data.train (with data.path the {name} set is split "
                                  f"off as split.{name} says)")
+        if not data.path and not data.train:
+            raise ValueError("missing required config key data.path (the labelled structures file), "
+                             "or data.train (with optional data.valid, data.test)")
         if data.train:
             if data.format in ("fno_mat", "pdebench"):
                 raise ValueError(f"config key data.train: data.format {data.format} reads one file, data.path")
