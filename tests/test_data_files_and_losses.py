@@ -62,7 +62,8 @@ def test_separate_files_are_exactly_the_train_valid_and_test_sets(files, tmp_pat
         assert energies(getattr(trainer, f"{name}_set")) == sorted(files["energies"][name])
     saved = json.loads((run / "splits.json").read_text())
     assert saved["files"] == {name: str(files[name]) for name in ("train", "valid", "test")}
-    assert sorted(saved["train"]) == list(range(60)) and saved["valid"] == list(range(20)) and saved["test"] == list(range(20))
+    assert sorted(saved["train"]) == list(range(60))
+    assert saved["valid"] == list(range(20)) and saved["test"] == list(range(20))
     assert saved["file_structures"] == {str(files["train"]): 60, str(files["valid"]): 20, str(files["test"]): 20}
 
 
@@ -118,6 +119,16 @@ def test_training_on_separate_files_lowers_the_loss_tests_on_data_test_and_resum
         Trainer(config_for(run, "epochs=52", *shorter), resume=True, verbose=False)
 
 
+def test_resume_refuses_a_data_file_that_changed(files, tmp_path):
+    valid = tmp_path / "valid.extxyz"
+    valid.write_bytes(files["valid"].read_bytes())
+    settings = (f"data.train={files['train']}", f"data.valid={valid}")
+    train(config_for(tmp_path / "run", "epochs=1", *settings), verbose=False)
+    ase.io.write(valid, ase.io.read(files["valid"], index=":10"))
+    with pytest.raises(ValueError, match=f"cannot resume: {valid} now holds 10 structures, the run was split over 20"):
+        Trainer(config_for(tmp_path / "run", "epochs=2", *settings), resume=True, verbose=False)
+
+
 # ----------------------------------------------------------------------------- losses
 
 
@@ -144,7 +155,8 @@ def test_huber_loss_equals_torch_huber_loss(hand_batch):
     atoms = batch.num_atoms_per_graph.double()
     energy = make("loss.forces=0", "loss.function=huber", "loss.huber_delta=0.01").loss(batch, out)
     assert torch.allclose(energy, F.huber_loss(out["energy"] / atoms, batch.energy / atoms, delta=0.01))
-    forces = make("loss.energy=0", "loss.forces=1", "loss.functions={forces: huber}", "loss.huber_delta={forces: 0.03}").loss(batch, out)
+    forces = make("loss.energy=0", "loss.forces=1", "loss.functions={forces: huber}",
+                  "loss.huber_delta={forces: 0.03}").loss(batch, out)
     assert torch.allclose(forces, F.huber_loss(out["forces"], batch.forces, delta=0.03))
     # errors are compared in units of the training-set scale, the delta with them: Huber / scale^2
     scaled = make("loss.forces=0", "loss.function=huber", "loss.huber_delta=0.01", scales=2.0).loss(batch, out)
@@ -197,6 +209,7 @@ def test_element_energies_fit_zero_and_given(files, tmp_path):
     expected[[1, 6, 8, 7]] = torch.tensor(list(given.values()), dtype=buffer.dtype)
     assert torch.equal(buffer, expected)  # exactly the given values, N too; nothing else
     assert trainer.statistics["element_energies"][1] == -13.6
+    assert load_config(tmp_path / "given" / "config.yaml").data.element_energies == given  # the saved config reloads
 
     with pytest.raises(ValueError, match="data.element_energies has no energy for O, which the data holds") as error:
         Trainer(config_for(tmp_path / "missing", data, "data.element_energies={H: -13.6, C: -1029.5}"), verbose=False)
@@ -213,7 +226,8 @@ def test_element_energies_fit_zero_and_given(files, tmp_path):
     (["loss.functions={dipole: mae}"], "config key loss.functions.dipole: 'dipole' is not a loss term"),
     (["loss.huber_delta=0"], "config key loss.huber_delta must be positive, got 0"),
     (["loss.huber_delta={energy: -0.1}"], "config key loss.huber_delta.energy must be positive"),
-    (["loss.function=huber", "loss.huber_delta={forces: 0.1}"], "config key loss.huber_delta has no delta for 'energy'"),
+    (["loss.function=huber", "loss.huber_delta={forces: 0.1}"],
+     "config key loss.huber_delta has no delta for 'energy'"),
     (["data.train=b.xyz"], "config keys data.path and data.train exclude each other"),
     (["data.path=null", "data.valid=v.xyz"], "config key data.valid needs data.train"),
     (["data.element_energies=fitted"], "config key data.element_energies must be fit, zero or a mapping"),

@@ -38,7 +38,8 @@ def reference_energies(choice: Union[str, Mapping[str, float]], graphs: Sequence
     energies = torch.zeros(NUM_ELEMENTS, dtype=torch.float64)
     if isinstance(choice, str):
         if choice != "zero":
-            raise ValueError(f"data.element_energies {choice!r} has no fixed values (use zero or a mapping {{symbol: eV}})")
+            raise ValueError(f"data.element_energies {choice!r} has no fixed values "
+                             f"(use zero or a mapping {{symbol: eV}})")
         return energies
     for symbol, value in choice.items():
         if atomic_numbers.get(symbol, 0) == 0 or atomic_numbers[symbol] >= NUM_ELEMENTS:

@@ -309,10 +309,10 @@ class Trainer:
             if any(not start <= i < stop for i in indices):
                 raise ValueError(f"the {name} set mixes structures of several data files")  # not made by _make_splits
             sources[name], local[name] = path, [int(i) - start for i in indices]
+        sizes = {path: stop - start for path, start, stop in files.values()}
         with atomic_path(self.output_dir / "splits.json") as tmp:
             tmp.write_text(json.dumps({"data_path": main[0], "num_structures": total, "seed": split.seed, **local,
-                                       "files": sources,
-                                       "file_structures": {path: stop - start for path, start, stop in files.values()}}))
+                                       "files": sources, "file_structures": sizes}))
         return splits
 
     def _load_splits(self) -> Dict[str, List[int]]:
