@@ -15,7 +15,6 @@ from sciml.models import build_model
 from sciml.models.heads import EnergyHead
 from sciml.train import Trainer, load_config, train
 from sciml.train.atomistic import AtomisticProblem
-from cli_testing import one_error_line
 
 ETHANOL = Path(__file__).resolve().parents[1] / "datasets" / "ethanol_xtb_500K" / "ethanol_xtb_500K.extxyz"
 MODEL = "model.options={hidden: 16, layers: 1}"
@@ -94,7 +93,7 @@ def test_data_path_splits_json_keeps_its_indices(files, tmp_path):
     assert [float(trainer.samples[i].energy) for i in saved["valid"]] == [float(g.energy) for g in trainer.valid_set]
 
 
-def test_training_on_separate_files_lowers_the_loss_tests_on_data_test_and_resumes(files, tmp_path):
+def test_training_on_separate_files_lowers_the_loss_tests_on_data_test_and_resumes(files, tmp_path, capsys):
     """EGNN sits on a plateau for a few hundred steps here before it learns the forces (as with
     mse): 50 epochs of 12 batches."""
     run = tmp_path / "run"
@@ -108,6 +107,8 @@ def test_training_on_separate_files_lowers_the_loss_tests_on_data_test_and_resum
     assert float(rows[-1]["valid_forces_mae_meV_per_A"]) < 0.7 * float(rows[0]["valid_forces_mae_meV_per_A"])
     assert result.test_metrics["num_structures"] == 20  # all of data.test
     assert json.loads((run / "test_metrics.json").read_text())["model"]["num_structures"] == 20
+    assert main(["plot", "parity", str(run), "--output", str(tmp_path / "parity.png")]) == 0  # of data.test
+    assert "(20 structures)" in capsys.readouterr().out
 
     resumed = Trainer(config_for(run, "epochs=51", *settings), resume=True, verbose=False)
     assert energies(resumed.valid_set) == pytest.approx(sorted(files["energies"]["valid"]), rel=1e-7)  # float32
@@ -244,4 +245,7 @@ def test_missing_train_file_exits_2_with_one_line(files, tmp_path, capsys):
     config = tmp_path / "config.yaml"
     config.write_text(f"data: {{train: {tmp_path / 'nope.extxyz'}, valid: {files['valid']}}}\n"
                       f"model: {{name: egnn, options: {{hidden: 16, layers: 1}}}}\noutput_dir: {tmp_path / 'run'}\n")
-    one_error_line(capsys, main(["train", str(config)]), "config key data.train:", "nope.extxyz does not exist")
+    assert main(["train", str(config)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()  # after the 'reading ...' line
+    assert "Traceback" not in "\n".join(err)
+    assert err[-1].startswith("sciml train: error: config key data.train:") and "nope.extxyz does not exist" in err[-1]

@@ -84,7 +84,8 @@ def parity_inputs(args) -> Tuple[Any, List[Any], Dict[str, Any], Path, str]:
     source = Path(args.source)
     if source.is_dir():
         splits = json.loads((source / "splits.json").read_text())
-        path, checkpoint, indices = splits["data_path"], args.checkpoint or source / "best.pt", splits[args.split]
+        path = splits.get("files", {}).get(args.split, splits["data_path"])  # the set's own file (data.test, ...)
+        checkpoint, indices = args.checkpoint or source / "best.pt", splits[args.split]
         output = refuse_overwrite(args.output or source / "parity.png", args.force)
         described = f"{args.split} split of {path}"
     else:

@@ -136,7 +136,8 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.model = build_model(config.model.name, **config.model.options)
         self.problem = make_problem(config, self.model, self.dtype)
-        self.log.info(f"sciml train: reading {config.data.path} for {config.model.name} ...", stderr=True)
+        files = ", ".join(f for f in (config.data.path, config.data.train, config.data.valid, config.data.test) if f)
+        self.log.info(f"sciml train: reading {files} for {config.model.name} ...", stderr=True)
         self.samples = self.problem.load()
         self.splits = self._load_splits() if checkpoint is not None else self._make_splits(len(self.samples))
         self.train_set, self.valid_set, self.test_set = (
@@ -237,7 +238,7 @@ class Trainer:
         runtime = runtime_line(self.device, self.dtype) + (f", {self.context.world_size} ranks" if self.context.enabled else "")
         splits = {"train": self.train_set, "valid": self.valid_set, "test": self.test_set}
         lines = header_lines(f"sciml train: {self.output_dir} ({state}), {time.strftime('%Y-%m-%d %H:%M:%S %Z')}",
-                             data_lines(config.data.path, splits, self._units()),
+                             data_lines(config.data.path or config.data.train, splits, self._units()),
                              model_line(config.model.name, self.model, config.model.options), training, runtime)
         self.log.info("\n".join(lines))
 
