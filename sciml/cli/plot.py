@@ -30,6 +30,11 @@ def register(sub) -> None:
     parity.add_argument("--forces-key", default="forces")
     parity.add_argument("--force", action="store_true")
     parity.set_defaults(run=_run_parity)
+    md = kinds.add_parser("md", help="energy, temperature, pressure and volume against time from a sciml md log")
+    md.add_argument("log", help="the log of sciml md (e.g. md.log beside md.extxyz)")
+    md.add_argument("--output", help="PNG path (default: the log's path with suffix .png)")
+    md.add_argument("--force", action="store_true")
+    md.set_defaults(run=_run_md_plot)
 
 
 def _run_curves(args) -> int:
@@ -71,4 +76,15 @@ def _run_parity(args) -> int:
     parity_plot({"energy per atom": (energy_ref, energy_pred), "forces": (forces_ref, forces_pred)}, output,
                 {"energy per atom": "eV/atom", "forces": "eV/Å"})
     print(f"wrote {output} ({len(structures)} structures)")
+    return 0
+
+
+def _run_md_plot(args) -> int:
+    from sciml.plots import md_plot
+
+    log = Path(args.log)
+    if not log.is_file():
+        raise FileNotFoundError(f"{log} does not exist")
+    output = refuse_overwrite(args.output or log.with_suffix(".png"), args.force)
+    print(f"wrote {md_plot(log, output)}")
     return 0
