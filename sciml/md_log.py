@@ -35,23 +35,35 @@ def check_trajectory_path(path: Path) -> None:
 def frame_snapshot(atoms, step: int, time_fs: float, temperature_K: float, stress: Optional[np.ndarray]):
     """A calculator-free copy of ``atoms`` carrying only the state of this step.
 
-    Positions, cell, pbc, tags, momenta, constraints (written by extxyz as ``move_mask``), and a
-    single-point calculator with energy (eV), forces (eV/Å) and, when given, stress (eV/Å³, Voigt).
-    ``info`` holds fresh ``step``, ``time_fs`` (fs) and ``temperature_K`` (K); nothing of the input's
-    info (e.g. a stale ``time_fs``) is carried over.
+    Positions, cell, pbc, tags, momenta and constraints (written by extxyz as ``move_mask``);
+    ``info`` holds fresh ``step``, ``time_fs`` (fs), ``temperature_K`` (K), ``energy`` (eV) and, when
+    given, ``stress`` (eV/Å³, Voigt), and ``arrays['forces']`` the forces (eV/Å): ase's extxyz reader
+    turns these back into calculator results. Nothing of the input's info (e.g. a stale ``time_fs``)
+    is carried over. No calculator is attached (a single-point calculator copies the atoms again).
     """
     from ase import Atoms
-    from ase.calculators.singlepoint import SinglePointCalculator
 
     frame = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc,
                   tags=atoms.get_tags() if atoms.has("tags") else None, momenta=atoms.get_momenta(),
                   constraint=[c.copy() for c in atoms.constraints])
     if atoms.has("masses"):
         frame.set_masses(atoms.get_masses())
-    frame.info = {"step": int(step), "time_fs": float(time_fs), "temperature_K": float(temperature_K)}
-    results: Dict[str, np.ndarray] = {"energy": atoms.get_potential_energy(), "forces": atoms.get_forces()}
+    frame.info = {"step": int(step), "time_fs": float(time_fs), "temperature_K": float(temperature_K),
+                  "energy": float(atoms.get_potential_energy())}
     if stress is not None:
-        results["stress"] = stress
+        frame.info["stress"] = np.asarray(stress, dtype=float)
+    frame.arrays["forces"] = np.array(atoms.get_forces(), dtype=float)
+    return frame
+
+
+def _with_results(frame):
+    """``frame`` with its energy/forces/stress moved into a single-point calculator (for ase .traj)."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    frame = frame.copy()
+    results = {"energy": frame.info.pop("energy"), "forces": frame.arrays.pop("forces")}
+    if "stress" in frame.info:
+        results["stress"] = frame.info.pop("stress")
     frame.calc = SinglePointCalculator(frame, **results)
     return frame
 
@@ -81,7 +93,7 @@ class TrajectoryWriter:
     def write(self, frame) -> None:
         """Append one frame and flush it to the operating system."""
         if self._traj is not None:
-            self._traj.write(frame)
+            self._traj.write(_with_results(frame))
             self._traj.backend.fd.flush()
         else:
             from ase.io.extxyz import write_extxyz

@@ -12,7 +12,31 @@ from sciml.cli.common import (add_command, add_domain_option, add_runtime_option
 MD_EXAMPLES = """  sciml md runs/ethanol/best.pt datasets/ethanol_xtb_500K/ethanol_xtb_500K.extxyz --steps 500
   sciml md model.pt POSCAR --ensemble langevin --temperature 300 --timestep 1.0 --output traj.extxyz
   sciml md model.pt POSCAR --ensemble nvt-bussi --taut 100 --steps 100000 --interval 100 --output md.extxyz
-  sciml md model.pt POSCAR --ensemble npt -def register(sub) -> None:
+  sciml md model.pt POSCAR --ensemble npt --pressure 1.0 --taup 1000 --output npt.traj --log npt.log
+  sciml md model.pt slab.extxyz --ensemble langevin --fix-tags 0 --output slab_md.extxyz
+  sciml md model.pt --restart md.extxyz --steps 50000 --ensemble nvt-bussi   # continue md.extxyz
+  sciml plot md md.log --output md.png
+
+Frames are appended to --output (extxyz, or ase .traj by suffix) and flushed every --interval steps,
+each with energy, forces, stress (periodic), temperature_K, step and time_fs. The log (--log, by
+default beside the trajectory: md.extxyz -> md.log; none without --output unless --log is given)
+has one header line and the columns time_fs step epot_eV ekin_eV etot_eV temperature_K, plus
+pressure_GPa volume_A3 for fully periodic structures. Memory stays flat in --steps.
+Ensembles: nve (velocity Verlet); langevin (--friction); nvt-bussi (stochastic velocity rescaling,
+--taut); nose-hoover (Nose-Hoover chain, --taut); npt (MTK, Nose-Hoover chains on particles and
+cell, --pressure --taup --taut --cell; no constraints); npt-berendsen (--pressure --taup --taut
+--compressibility; works with fixed atoms, which keep their fractional coordinates as the cell
+scales). Constraints read with the structure (extxyz move_mask,
+POSCAR selective dynamics) and --fix-tags are honoured by every ensemble. --restart continues the
+last complete frame of a trajectory (positions, momenta, cell, constraints, step and time; the
+thermostat/barostat variables start afresh) and appends to it and its log.
+"""
+RELAX_EXAMPLES = """  sciml relax runs/ethanol/best.pt molecule.xyz --fmax 0.05
+  sciml relax model.pt POSCAR --cell --output relaxed.extxyz
+"""
+
+
+def register(sub) -> None:
     md = add_command(sub, "md", "run molecular dynamics with a trained model (ase), streaming frames and a log",
                      MD_EXAMPLES)
     md.add_argument("checkpoint", help="model checkpoint (.pt), or a package of sciml export (.pt2)")
@@ -41,33 +65,6 @@ MD_EXAMPLES = """  sciml md runs/ethanol/best.pt datasets/ethanol_xtb_500K/ethan
     md.add_argument("--restart", metavar="TRAJECTORY",
                     help="continue from the last frame of this trajectory, appending to it (and to its log)")
     md.add_argument("--force", action="store_true", help="overwrite --output and --log if they exist")
-    add_runtime_options(md, "float64")
-    add_domain_option(md)
-    add_species_argument(md)
-    md.set_defaults(run=run_md)
-
-). Constraints read with the structure (extxyz move_mask,
-POSCAR selective dynamics) and --fix-tags are honoured by every ensemble. --restart continues the
-last complete frame of a trajectory (positions, momenta, cell, constraints, step and time; the
-thermostat/barostat variables start afresh) and appends to it and its log.
-"""
-RELAX_EXAMPLES = """  sciml relax runs/ethanol/best.pt molecule.xyz --fmax 0.05
-  sciml relax model.pt POSCAR --cell --output relaxed.extxyz
-"""
-
-
-def register(sub) -> None:
-    md = add_command(sub, "md", "run molecular dynamics with a trained model (ase)", MD_EXAMPLES)
-    md.add_argument("checkpoint", help="model checkpoint (.pt), or a package of sciml export (.pt2)")
-    md.add_argument("structure", help="initial structure (any ase-readable file; the last frame is used)")
-    md.add_argument("--ensemble", choices=["nve", "langevin"], default="nve")
-    md.add_argument("--steps", type=int, default=200)
-    md.add_argument("--timestep", type=float, default=0.5, help="fs (default 0.5)")
-    md.add_argument("--temperature", type=float, default=300.0, help="initial/thermostat temperature, K")
-    md.add_argument("--friction", type=float, default=0.01, help="Langevin friction, 1/fs")
-    md.add_argument("--seed", type=int, default=0)
-    md.add_argument("--output", help="write the trajectory as extxyz")
-    md.add_argument("--force", action="store_true", help="overwrite --output if it exists")
     add_runtime_options(md, "float64")
     add_domain_option(md)
     add_species_argument(md)
