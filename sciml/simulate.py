@@ -149,11 +149,22 @@ def fix_tags(atoms, tags: Sequence[int]) -> int:
 
 
 def _nose_hoover(atoms, dt: float, temperature_K: float, tdamp: float):
-    """ase's NoseHooverChainNVT with the chain's target kinetic energy counted over the degrees of
-    freedom left by constraints (ase counts 3N, which would heat the free atoms of a fixed slab)."""
+    """ase's NoseHooverChainNVT made to honour constraints.
+
+    The chain integrates its own copies of positions and momenta and asks ase for forces with
+    ``md=True``, which leaves FixAtoms out (ordinary ase MD relies on ``set_momenta`` instead), so
+    fixed atoms would gather momentum inside the integrator and feed it to the thermostat. Here the
+    forces are constrained, and the chain's target kinetic energy is counted over the degrees of
+    freedom the constraints leave (ase counts 3N). Without constraints this is ase's integrator as is.
+    """
     from ase.md.nose_hoover_chain import NoseHooverChainNVT, NoseHooverChainThermostat
 
-    dyn = NoseHooverChainNVT(atoms, dt, temperature_K=temperature_K, tdamp=tdamp)
+    class ConstrainedNoseHooverChainNVT(NoseHooverChainNVT):
+        def _get_forces(self) -> np.ndarray:
+            self._update_atoms()
+            return self.atoms.get_forces()  # constraints applied (FixAtoms: zero force)
+
+    dyn = ConstrainedNoseHooverChainNVT(atoms, dt, temperature_K=temperature_K, tdamp=tdamp)
     dof = atoms.get_number_of_degrees_of_freedom()
     if dof != 3 * len(atoms):
         dyn._thermostat = NoseHooverChainThermostat(num_atoms_global=dof / 3, masses=dyn.masses,

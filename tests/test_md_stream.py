@@ -156,6 +156,19 @@ def test_fixed_atoms_do_not_move(tmp_path, ensemble):
     assert np.abs(frame.positions[~fixed] - start[~fixed]).max() > 0.01
 
 
+@pytest.mark.parametrize("ensemble", ["nvt-bussi", "nose-hoover"])
+def test_thermostat_on_a_half_fixed_slab_heats_only_the_free_atoms_to_the_target(tmp_path, ensemble):
+    """36-atom slab, bottom two layers fixed: the free atoms reach 500 K (ase's Nose-Hoover chain on
+    its own would count fixed atoms' momenta and all 3N degrees of freedom: 130 K here)."""
+    slab = fcc111("Cu", (3, 3, 4), vacuum=6.0)
+    slab.calc = EMT()
+    assert fix_tags(slab, [3, 4]) == 18
+    run_md(slab, 800, settings=MDSettings(timestep_fs=2.0, temperature_K=500, ensemble=ensemble, taut_fs=40,
+                                          interval=5, seed=3), log=tmp_path / "s.log")
+    temperature = read_log(tmp_path / "s.log")["temperature_K"][20:]
+    assert abs(temperature.mean() - 500) < 75, temperature.mean()
+
+
 def test_fixed_atoms_under_berendsen_npt_and_mtk_refusal(tmp_path):
     from ase.constraints import FixAtoms
 
