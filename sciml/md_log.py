@@ -14,9 +14,8 @@ structures periodic in all three directions.
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
-from typing import IO, Dict, List, Optional, Tuple
+from typing import IO, Dict, Optional, Tuple
 
 import numpy as np
 
@@ -172,10 +171,10 @@ def truncate_log_after(path: Path, time_fs: float) -> None:
                 dst.write(line)
 
 
-def _extxyz_frames(path: Path) -> Tuple[List[int], int]:
-    """Byte offsets of the complete extxyz frames of ``path`` (streamed, line by line) and the offset
-    where the complete frames end. Only offsets are kept, not frames."""
-    starts: List[int] = []
+def _extxyz_frames(path: Path) -> Tuple[Optional[int], int]:
+    """The byte offset of the last complete extxyz frame of ``path`` (None if it has none) and the
+    offset where the complete frames end, streamed line by line (two numbers kept, not frames)."""
+    last: Optional[int] = None
     end = 0
     with open(path, "rb") as handle:
         while True:
@@ -198,9 +197,9 @@ def _extxyz_frames(path: Path) -> Tuple[List[int], int]:
                     break
             if not complete:
                 break
-            starts.append(start)
+            last = start
             end = handle.tell()
-    return starts, end
+    return last, end
 
 
 def read_last_frame(path: "str | Path"):
@@ -222,12 +221,12 @@ def read_last_frame(path: "str | Path"):
         else:
             from ase.io.extxyz import read_xyz
 
-            starts, end = _extxyz_frames(path)
-            if not starts:
+            last, end = _extxyz_frames(path)
+            if last is None:
                 raise ValueError("no complete frame")
             with open(path, "rb") as handle:
-                handle.seek(starts[-1])
-                text = handle.read(end - starts[-1]).decode()
+                handle.seek(last)
+                text = handle.read(end - last).decode()
             atoms = next(read_xyz(io.StringIO(text), 0))
             info = dict(atoms.info)
     except Exception as err:  # noqa: BLE001 - any parse failure is a corrupt file for the user
@@ -256,9 +255,3 @@ def truncate_partial_tail(path: Path) -> None:
 def default_log_path(trajectory: Optional[Path]) -> Optional[Path]:
     """The log beside a trajectory: ``run/md.extxyz`` -> ``run/md.log``; None without a trajectory."""
     return None if trajectory is None else trajectory.with_suffix(".log")
-
-
-def fsync(path: Path) -> None:
-    """Flush a finished file to disk (the end of a run)."""
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())

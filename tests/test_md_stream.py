@@ -312,3 +312,16 @@ def test_cli_bad_input_gives_one_line_and_writes_nothing(emt_cli, tmp_path, caps
     Path(out).write_text("precious")
     one_error_line(capsys, main(["md", "model.pt", str(cu), "--output", out]), "already exists")
     assert Path(out).read_text() == "precious" and not (tmp_path / "o.log").exists()
+
+
+def test_restart_of_an_ase_traj(tmp_path):
+    traj = tmp_path / "md.traj"
+    settings = MDSettings(timestep_fs=1.0, temperature_K=300, ensemble="langevin", interval=5)
+    run_md(copper(), 10, settings=settings, trajectory=traj)
+    atoms = read_last_frame(traj)
+    assert atoms.info == {"time_fs": 10.0, "step": 10} and atoms.get_temperature() > 0
+    atoms.calc = EMT()
+    run_md(atoms, 10, settings=settings, trajectory=traj, restart=True)
+    frames = read(traj, ":")
+    assert [f.info["step"] for f in frames] == [0, 5, 10, 15, 20]
+    assert frames[-1].get_forces().shape == (32, 3) and frames[-1].get_stress().shape == (6,)
