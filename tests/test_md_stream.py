@@ -135,6 +135,7 @@ def test_restart_continues_time_frames_and_trajectory_exactly(tmp_path):
 def _fixed_slab():
     slab = fcc111("Cu", (2, 2, 3), vacuum=6.0)  # ase tags layers 1 (top) .. 3 (bottom)
     slab.set_tags(np.where(slab.get_tags() == 3, 0, 1))  # OC20 style: 0 = subsurface, fixed
+    slab.info.clear()  # ase's adsorbate_info cannot go to extxyz
     slab.calc = EMT()
     return slab
 
