@@ -477,3 +477,51 @@ def learning_curves(metrics_csv: "str | Path", output: "str | Path", columns: Se
         fig.savefig(tmp, format="png", dpi=DPI)
     plt.close(fig)
     return Path(output)
+
+
+def md_plot(log: "str | Path", output: "str | Path") -> Path:
+    """Energies (eV), temperature (K) and, for periodic runs, pressure (GPa) and volume (Å³) against
+    time (ps) from the log of ``sciml md`` (see :mod:`sciml.md_log`), as one PNG of stacked panels."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sciml.md_log import read_log
+
+    columns = read_log(log)
+    if len(columns["time_fs"]) == 0:
+        raise ValueError(f"{log} has no rows yet")
+    time_ps = columns["time_fs"] / 1000.0
+    periodic = "pressure_GPa" in columns
+    panels = 4 if periodic else 2
+    fig, axes = plt.subplots(panels, 1, figsize=(7.0, 2.1 * panels + 0.6), sharex=True, squeeze=False)
+    axes = axes[:, 0]
+    energy = axes[0]
+    etot = columns["etot_eV"]
+    energy.plot(time_ps, columns["epot_eV"] - etot[0], lw=0.8, label="potential")
+    energy.plot(time_ps, etot - etot[0], lw=1.2, color="k", label="total")
+    energy.set_ylabel("E - Etot(0) (eV)")
+    energy.legend(fontsize=7, loc="best")
+    drift = (etot[-1] - etot[0]) * 1e3
+    energy.set_title(f"{Path(log).name}: total energy change {drift:+.3f} meV over {time_ps[-1] - time_ps[0]:.3g} ps",
+                     fontsize=9)
+    temperature = columns["temperature_K"]
+    axes[1].plot(time_ps, temperature, lw=0.8, color="tab:red")
+    axes[1].axhline(float(np.mean(temperature)), color="k", lw=0.6, ls="--")
+    axes[1].set_ylabel("T (K)")
+    axes[1].set_title(f"mean {np.mean(temperature):.1f} K", fontsize=8, loc="right")
+    if periodic:
+        pressure = columns["pressure_GPa"]
+        axes[2].plot(time_ps, pressure, lw=0.8, color="tab:green")
+        axes[2].axhline(float(np.nanmean(pressure)), color="k", lw=0.6, ls="--")
+        axes[2].set_ylabel("P (GPa)")
+        axes[2].set_title(f"mean {np.nanmean(pressure):.3f} GPa", fontsize=8, loc="right")
+        axes[3].plot(time_ps, columns["volume_A3"], lw=0.8, color="tab:purple")
+        axes[3].set_ylabel("V (Å³)")
+    axes[-1].set_xlabel("time (ps)")
+    fig.tight_layout()
+    with atomic_path(output) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+    return Path(output)

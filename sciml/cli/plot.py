@@ -39,6 +39,11 @@ def register(sub) -> None:
     parity.add_argument("--batch-size", type=int, default=32)
     parity.add_argument("--force", action="store_true")
     parity.set_defaults(run=_run_parity)
+    md = kinds.add_parser("md", help="energy, temperature, pressure and volume against time from a sciml md log")
+    md.add_argument("log", help="the log of sciml md (e.g. md.log beside md.extxyz)")
+    md.add_argument("--output", help="PNG path (default: the log's path with suffix .png)")
+    md.add_argument("--force", action="store_true")
+    md.set_defaults(run=_run_md_plot)
 
 
 def _run_curves(args) -> int:
@@ -123,4 +128,15 @@ def _run_parity(args) -> int:
         unit = f" {stats['unit']}" if stats["unit"] else ""
         print(f"  {name}: MAE {stats['mae']:.4g}{unit}, RMSE {stats['rmse']:.4g}{unit} ({int(stats['count'])} values)")
     print(f"wrote {output} ({len(structures)} structures)")
+    return 0
+
+
+def _run_md_plot(args) -> int:
+    from sciml.plots import md_plot
+
+    log = Path(args.log)
+    if not log.is_file():
+        raise FileNotFoundError(f"{log} does not exist")
+    output = refuse_overwrite(args.output or log.with_suffix(".png"), args.force)
+    print(f"wrote {md_plot(log, output)}")
     return 0
