@@ -74,7 +74,7 @@ def cif_block_count(path: Union[str, os.PathLike]) -> int:
     """How many ``data_`` blocks a CIF holds (a cheap count of their header lines, to index files
     without parsing them); 1 when the file cannot be read (the reader then says why)."""
     try:
-        text = _text(Path(path))
+        text = structure_text(Path(path))
     except ValueError:
         return 1
     return len(re.findall(r"^[ \t]*data_", text, flags=re.MULTILINE | re.IGNORECASE))
@@ -102,9 +102,9 @@ def read_structure_file(
     path = Path(path)
     kind = _kind(path, format)
     if kind == "cif":
-        frames = _select(cif_to_structures(_text(path), str(path)), index, path)
+        frames = _select(cif_to_structures(structure_text(path), str(path)), index, path)
     elif kind == "vasp":
-        frames = _select([read_poscar_text(_text(path), str(path), species)], index, path)
+        frames = _select([read_poscar_text(structure_text(path), str(path), species)], index, path)
     else:
         frames = _read_with_ase(path, "extxyz" if kind == "extxyz" else format, index)
     limit = MIN_DISTANCE if kind in ("cif", "vasp") else COINCIDENT_DISTANCE
@@ -129,8 +129,12 @@ def _kind(path: Path, format: Optional[str]) -> str:
     return {"cif": "cif", "vasp": "vasp"}.get(guessed, "ase")
 
 
-def _text(path: Path) -> str:
-    """The file's text (gunzipped when it ends in .gz); UTF-8, else Latin-1."""
+def structure_text(path: Path, kind: str = "a text structure file") -> str:
+    """The file's text (gunzipped when it ends in .gz); UTF-8, else Latin-1.
+
+    Raises:
+        ValueError: unreadable, or binary content (named as not ``kind``).
+    """
     try:
         data = path.read_bytes()
         if path.name.lower().endswith(".gz"):
@@ -138,7 +142,7 @@ def _text(path: Path) -> str:
     except (OSError, EOFError) as err:
         raise ValueError(f"{path}: cannot read file ({type(err).__name__}: {err})") from None
     if b"\x00" in data:
-        raise ValueError(f"{path}: cannot read file (binary content, not a text structure file)")
+        raise ValueError(f"{path}: cannot read file (binary content, not {kind})")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
@@ -164,7 +168,7 @@ def _select(frames: List[ase.Atoms], index: Union[str, int], path: Path) -> List
 def _read_with_ase(path: Path, format: Optional[str], index: Union[str, int]) -> List[ase.Atoms]:
     source: Union[Path, io.StringIO] = path
     if path.name.lower().endswith(".gz") and format == "extxyz":
-        source = io.StringIO(_text(path))
+        source = io.StringIO(structure_text(path))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

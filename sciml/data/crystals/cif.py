@@ -15,7 +15,6 @@ message naming the file and the problem:
 
 from __future__ import annotations
 
-import gzip
 from pathlib import Path
 from typing import List, Sequence, Tuple
 
@@ -23,6 +22,7 @@ import ase
 
 from sciml.data.crystals._io import PathLike, logger
 from sciml.data.crystals.validation import CrystalInputError, check_crystal
+from sciml.data.structure_files import structure_text
 
 
 def read_cif(path: PathLike) -> ase.Atoms:
@@ -42,17 +42,9 @@ def read_cif(path: PathLike) -> ase.Atoms:
     if not path.is_file():
         raise CrystalInputError(f"{path}: no such file")
     try:
-        data = path.read_bytes()
-        if path.name.lower().endswith(".gz"):
-            data = gzip.decompress(data)
-    except (OSError, EOFError) as err:
-        raise CrystalInputError(f"{path}: cannot read ({err})") from None
-    if b"\x00" in data:
-        raise CrystalInputError(f"{path}: not a CIF file (binary content)")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        text = data.decode("latin-1")
+        text = structure_text(path, "a CIF file")
+    except ValueError as err:
+        raise CrystalInputError(str(err)) from None
     return cif_text_to_atoms(text, str(path))
 
 
