@@ -64,6 +64,24 @@ def load_calculator(args):
     return calc
 
 
+def graphs_as_trained(args, model, data: dict, path) -> list:
+    """The labelled structures of ``path`` as graphs, read the way the checkpoint's training read its
+    data (``data``: the saved ``train_config["data"]``: format, keys, properties), with
+    ``--energy-key``/``--forces-key``/``--stress-key`` replacing the saved keys ('none' drops a label)."""
+    from sciml.graph import GraphSpec
+    from sciml.inference import model_dtype
+    from sciml.train.atomistic import load_training_graphs
+    from sciml.train.config import DataConfig
+
+    keys = {}
+    for name, default in (("energy_key", "energy"), ("forces_key", "forces"), ("stress_key", "stress")):
+        value = getattr(args, name)
+        value = data.get(name, default) if value is None else value
+        keys[name] = None if value in (None, "none") else value
+    saved = {k: v for k, v in data.items() if k in DataConfig.__dataclass_fields__ and k not in ("cutoff", "max_neighbors")}
+    return load_training_graphs(DataConfig(**{**saved, **keys, "path": path}), GraphSpec.of(model), model_dtype(model))
+
+
 def read_one_structure(path: str, species: "Sequence[str] | None" = None):
     """The last structure of a file (CIF, POSCAR, xyz, extxyz, ...), as ase.Atoms; ``species``
     names the elements of a POSCAR without a species line (``--species``)."""

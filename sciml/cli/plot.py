@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
-from sciml.cli.common import add_command, refuse_overwrite
+from sciml.cli.common import add_command, graphs_as_trained, refuse_overwrite
 
 EXAMPLES = """  sciml plot curves runs/ethanol                      # runs/ethanol/learning_curves.png
   sciml plot curves runs/ethanol --no-lr --output curves.png
@@ -79,11 +79,8 @@ def _property_units(data: Dict[str, Any]) -> Dict[str, str]:
 def parity_inputs(args) -> Tuple[Any, List[Any], Dict[str, Any], Path, str]:
     """The model, the labelled graphs (the run's split, or the data file), the training data
     config, the output path and a description of the data, for ``sciml plot parity``."""
-    from sciml.graph import GraphSpec
-    from sciml.inference import load_model, model_dtype
+    from sciml.inference import load_model
     from sciml.io import load_checkpoint
-    from sciml.train.atomistic import load_training_graphs
-    from sciml.train.config import DataConfig
     from sciml.train.fields import FIELD_FORMATS
 
     source = Path(args.source)
@@ -104,13 +101,7 @@ def parity_inputs(args) -> Tuple[Any, List[Any], Dict[str, Any], Path, str]:
     if data.get("format") in FIELD_FORMATS:
         raise ValueError(f"{checkpoint} is a field model (data.format {data['format']}): parity plots are for "
                          f"atomic structures; see `sciml eval`")
-    keys = {}
-    for name, default in (("energy_key", "energy"), ("forces_key", "forces"), ("stress_key", "stress")):
-        value = getattr(args, name)
-        value = data.get(name, default) if value is None else value
-        keys[name] = None if value in (None, "none") else value
-    saved = {k: v for k, v in data.items() if k in DataConfig.__dataclass_fields__ and k not in ("cutoff", "max_neighbors")}
-    graphs = load_training_graphs(DataConfig(**{**saved, **keys, "path": path}), GraphSpec.of(model), model_dtype(model))
+    graphs = graphs_as_trained(args, model, data, path)
     if indices is not None:
         graphs = [graphs[k] for k in indices]
     return model, graphs, data, output, described

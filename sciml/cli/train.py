@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from typing import List, Optional, Tuple
 
-from sciml.cli.common import add_command, add_domain_option, add_runtime_options, print_runtime
+from sciml.cli.common import add_command, add_domain_option, add_runtime_options, graphs_as_trained, print_runtime
 
 TRAIN_EXAMPLES = """  sciml train workflows/ethanol/egnn.yaml
   sciml train config.yaml --output-dir runs/try2 --epochs 50 --set optimizer.lr=5e-4 loss.forces=10
@@ -111,12 +111,9 @@ def _config_and_overrides(config: Optional[str], values: List[str]) -> Tuple[str
 def run_eval(args) -> int:
     from sciml.devices import resolve_device
     from sciml.train.fields import FIELD_FORMATS
-    from sciml.graph import GraphSpec
     from sciml.inference import load_model, model_dtype
     from sciml.io import load_checkpoint
     from sciml.train import evaluate, format_metrics
-    from sciml.train.config import DataConfig
-    from sciml.train.atomistic import load_training_graphs
 
     args.device = resolve_device(args.device)
     model = load_model(args.checkpoint, device=args.device, dtype=args.dtype)
@@ -127,13 +124,7 @@ def run_eval(args) -> int:
     data = train_config.get("data", {})
     if data.get("format") in FIELD_FORMATS:
         return _run_field_eval(args, model, train_config)
-    keys = {}
-    for name, default in (("energy_key", "energy"), ("forces_key", "forces"), ("stress_key", "stress")):
-        value = getattr(args, name)
-        value = data.get(name, default) if value is None else value
-        keys[name] = None if value in (None, "none") else value
-    saved = {k: v for k, v in data.items() if k in DataConfig.__dataclass_fields__ and k not in ("cutoff", "max_neighbors")}
-    graphs = load_training_graphs(DataConfig(**{**saved, **keys, "path": args.data}), GraphSpec.of(model), model_dtype(model))
+    graphs = graphs_as_trained(args, model, data, args.data)
     check_domain(model, graphs, args)
     metrics = evaluate(model, graphs, batch_size=args.batch_size, device=args.device,
                        prediction_keys=data.get("prediction_keys") or None)
