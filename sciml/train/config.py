@@ -26,6 +26,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import yaml
 
+from sciml.devices import dtype_name, resolve_dtype
+
 # torch.compile backends of ``compile_backend`` (see sciml.train.compile)
 COMPILE_BACKENDS = ("inductor", "aot_eager")
 # functions of one loss term (loss.functions; see LossConfig)
@@ -341,7 +343,7 @@ class TrainConfig:
     def validate(self) -> None:
         """Check values that types alone cannot (ranges, required keys, consistency); ``dtype``
         single/double becomes float32/float64."""
-        self.dtype = {"single": "float32", "double": "float64"}.get(self.dtype, self.dtype)
+        self.dtype = dtype_name(resolve_dtype(self.dtype))
         self._validate_data()
         self._validate_loss()
         positive = {

@@ -51,7 +51,7 @@ from tqdm.auto import tqdm
 from sciml import distributed
 from sciml.data.crystals import alignn_split, matbench_folds
 from sciml.data.sampling import AtomBalancedBatchSampler
-from sciml.devices import runtime_line
+from sciml.devices import resolve_dtype, runtime_line
 from sciml.io.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from sciml.io.files import atomic_path
 from sciml.models import build_model
@@ -67,7 +67,6 @@ from sciml.train.problem import make_problem
 from sciml.train.report import EpochTable, ProgressReporter, RunLog, data_lines, header_lines, model_line
 from sciml.train.signals import StopSignals, TrainingInterrupted
 
-_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # Keys that may change when a run is resumed; any other difference is refused.
 _RESUMABLE_CHANGES = ("epochs", "early_stopping_patience", "device", "valid_batch_size", "checkpoint_every",
                       "keep_checkpoints", "activation_checkpointing", "compile", "compile_backend", "output_dir",
@@ -130,7 +129,7 @@ class Trainer:
         self.context = distributed.setup(config.device)
         self.verbose = verbose and self.context.is_main
         self.device = self.context.device(config.device)
-        self.dtype = _DTYPES[config.dtype]
+        self.dtype = resolve_dtype(config.dtype)
         self.log = RunLog(echo=self.verbose, write=self.context.is_main)  # train.log, attached in _report_header
         checkpoint = self._check_output_dir(resume)
         torch.manual_seed(config.seed)
