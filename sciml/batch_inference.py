@@ -358,16 +358,13 @@ def _predict_batch(model: torch.nn.Module, batch: AtomicGraph, device) -> List[d
     """Per-structure outputs as :func:`sciml.inference.predict` gives them, as floats and lists
     (rounded to float32's shortest decimals for a float32 model)."""
     rows: List[dict] = []
-    plain_number = _float32_decimal if model_dtype(model) == torch.float32 else float
+    float32 = model_dtype(model) == torch.float32
     for on_device, out in predict_batches(model, [batch], batch_size=1, device=device):
         for outputs in per_structure_outputs(on_device, out):
             row: Dict[str, Any] = {}
             properties: Dict[str, Any] = {}
             for key, value in outputs.items():
-                if key not in PER_ATOM and key != "stress" and value.numel() == 1:
-                    plain = plain_number(float(value))
-                else:
-                    plain = np.vectorize(plain_number, otypes=[float])(value.numpy()).tolist()
+                plain = _plain(value, float32, scalar=key not in PER_ATOM and key != "stress" and value.numel() == 1)
                 (row if key in ("energy", "stress") or key in PER_ATOM else properties)[key] = plain
             if properties:
                 row["properties"] = properties
@@ -765,10 +762,14 @@ def _with_predictions(atoms, item: StructureItem, record: dict):
     return atoms
 
 
-def _float32_decimal(value: float) -> float:
-    """The float whose repr is the shortest decimal that reads back as the float32 ``value``
-    (so a float32 model's -12.345677375793457 is written -12.345677)."""
-    return float(np.format_float_positional(np.float32(value), unique=True, trim="0"))
+def _plain(value: torch.Tensor, float32: bool, scalar: bool) -> "float | list":
+    """``value`` (CPU) as a float or nested list; with ``float32``, each number is the float whose
+    repr is the shortest decimal reading back as its float32 value (a float32 model's
+    -12.345677375793457 is written -12.345677; numpy prints float32 that way)."""
+    array = value.numpy()
+    if float32:
+        array = array.astype(np.float32).astype(str).astype(np.float64)
+    return float(array.reshape(-1)[0]) if scalar else array.tolist()
 
 
 def _first_line(err: BaseException) -> str:
