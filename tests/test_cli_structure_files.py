@@ -5,35 +5,19 @@ from pathlib import Path
 
 import pytest
 from ase.build import molecule
-from ase.io import read, write
+from ase.io import read
 
-from cli_testing import one_error_line
+from cli_testing import one_error_line, train_small_ethanol_model
 from sciml.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "datasets" / "ethanol_xtb_500K" / "ethanol_xtb_500K.extxyz"
 MADE = ROOT / "datasets" / "structure_corpus" / "files" / "made"
-
-CONFIG = """
-model: {{name: egnn, options: {{hidden: 8, layers: 1, cutoff: 4.0}}}}
-data: {{path: {data}}}
-split: {{train: 20, valid: 5, test: 5, seed: 0}}
-optimizer: {{lr: 0.005}}
-epochs: 1
-batch_size: 10
-output_dir: {out}
-"""
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """A one-epoch ethanol model made with `sciml train`."""
-    folder = tmp_path_factory.mktemp("cli_structures")
-    write(folder / "small.extxyz", read(DATA, ":30"))
-    config = folder / "config.yaml"
-    config.write_text(CONFIG.format(data=folder / "small.extxyz", out=folder / "run"))
-    assert main(["train", str(config)]) == 0
-    return str(folder / "run" / "best.pt")
+    return str(train_small_ethanol_model(tmp_path_factory.mktemp("cli_structures")))
 
 
 def vasp4_ethanol(path: Path) -> Path:

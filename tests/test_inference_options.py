@@ -12,7 +12,7 @@ from ase.build import bulk, molecule
 from ase.io import read, write
 
 from sciml.calculator import SciMLCalculator
-from cli_testing import one_error_line
+from cli_testing import SMALL_RUN_CONFIG, one_error_line, train_small_ethanol_model
 from sciml.cli.main import main
 from sciml.devices import resolve_device, resolve_dtype
 from sciml.inference import load_model
@@ -24,24 +24,12 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "datasets" / "ethanol_xtb_500K" / "ethanol_xtb_500K.extxyz"
 FAIRCHEM = ROOT / "tests" / "fixtures" / "equiformer_v2_fairchem" / "small_random.pt"
 
-CONFIG = """
-model: {{name: egnn, options: {{hidden: 16, layers: 2, cutoff: 4.0}}}}
-data: {{path: {data}}}
-split: {{train: 20, valid: 5, test: 5, seed: 0}}
-epochs: 1
-batch_size: 10
-output_dir: {out}
-"""
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """A float32 EGNN checkpoint trained one epoch on 20 ethanol frames."""
-    folder = tmp_path_factory.mktemp("options")
-    write(folder / "data.extxyz", read(DATA, ":30"))
-    (folder / "config.yaml").write_text(CONFIG.format(data=folder / "data.extxyz", out=folder / "run"))
-    assert main(["train", str(folder / "config.yaml")]) == 0
-    return folder / "run" / "best.pt"
+    return train_small_ethanol_model(tmp_path_factory.mktemp("options"))
 
 
 def shortest_float32(value: float) -> float:
@@ -106,7 +94,7 @@ def test_devices_that_do_not_exist_give_one_line(checkpoint, capsys, tmp_path):
             one_error_line(capsys, main(argv + ["--device", device]), needle)
         assert sorted(p.name for p in tmp_path.iterdir()) == ["m.xyz"]
     config = tmp_path / "train.yaml"
-    config.write_text(CONFIG.format(data=DATA, out=tmp_path / "run"))
+    config.write_text(SMALL_RUN_CONFIG.format(data=DATA, out=tmp_path / "run"))
     one_error_line(capsys, main(["train", str(config), "--device", "cuda:1"]), "use --device cpu")
     one_error_line(capsys, main(["data", "generate", "navier-stokes", "--num", "1", "--output",
                                  str(tmp_path / "ns.mat"), "--device", "cuda"]), "use --device cpu")
