@@ -25,7 +25,7 @@ from sciml.ops.tensor_product import TensorProduct, _kernel_schedule, cuda, tens
 from sciml.ops.tensor_product.core import core_backend, register_core_backend, torch_core
 from tp_cases import MODES, random_e3nn_tensor_product
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CU_SOURCE = REPO / "kernels" / "tp_core.cu"
 EMULATOR_SOURCE = Path(__file__).with_name("tp_core_cuda_emulator.cpp")
 NO_DEVICE = "no CUDA device here: the kernels are covered by the interpreter, compile and emulation tests"

@@ -30,7 +30,7 @@ from sciml.train import Trainer, load_config, train
 from sciml.train.acceleration import enable_activation_checkpointing
 from sciml.train.checkpoints import step_checkpoints
 
-ETHANOL = Path(__file__).resolve().parents[1] / "datasets" / "ethanol_xtb_500K" / "ethanol_xtb_500K.extxyz"
+ETHANOL = Path(__file__).resolve().parents[2] / "datasets" / "ethanol_xtb_500K" / "ethanol_xtb_500K.extxyz"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 # 96 training structures of equal size (ethanol), so N ranks x batch B equals one rank x N B exactly
 SETTINGS = {"model": {"name": "egnn", "options": {"hidden": 64, "layers": 3}}, "split": {"valid": 8, "test": 8},

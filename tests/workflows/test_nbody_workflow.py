@@ -14,7 +14,7 @@ from sciml.data.generators.nbody import simulate_charged_nbody
 from sciml.data.readers import load_graph_dataset
 from sciml.train import Trainer, evaluate, load_config
 
-WORKFLOW = Path(__file__).resolve().parents[1] / "workflows" / "nbody"
+WORKFLOW = Path(__file__).resolve().parents[2] / "workflows" / "nbody"
 SETS = (("train", 0, 200), ("valid", 250, 60), ("test", 310, 40))  # a miniature of the reference's sets
 
 

@@ -16,7 +16,7 @@ from sciml.models.heads import EnergyHead
 from sciml.train import Trainer, load_config, train
 from sciml.train.atomistic import AtomisticProblem
 
-ETHANOL = Path(__file__).resolve().parents[1] / "datasets" / "ethanol_xtb_500K" / "ethanol_xtb_500K.extxyz"
+ETHANOL = Path(__file__).resolve().parents[2] / "datasets" / "ethanol_xtb_500K" / "ethanol_xtb_500K.extxyz"
 MODEL = "model.options={hidden: 16, layers: 1}"
 
 

@@ -14,7 +14,7 @@ from sciml.hpc import SlurmJob, render_sbatch
 
 pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # Fake Slurm commands: each logs its arguments under $SHIM_LOG.
 SHIMS = {

@@ -20,7 +20,7 @@ from sciml.devices import runtime_line
 from sciml.train import Trainer, load_config
 from sciml.train.report import EpochTable, ProgressReporter, RunLog, column
 
-DATA = Path(__file__).resolve().parents[1] / "datasets" / "ethanol_xtb_500K" / "ethanol_xtb_500K.extxyz"
+DATA = Path(__file__).resolve().parents[2] / "datasets" / "ethanol_xtb_500K" / "ethanol_xtb_500K.extxyz"
 
 
 @pytest.fixture(scope="module")

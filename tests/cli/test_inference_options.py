@@ -20,7 +20,7 @@ from sciml.io.checkpoint import CheckpointError
 from sciml.models import build_model
 from sciml.models.domain import DomainError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "datasets" / "ethanol_xtb_500K" / "ethanol_xtb_500K.extxyz"
 FAIRCHEM = ROOT / "tests" / "fixtures" / "equiformer_v2_fairchem" / "small_random.pt"
 

@@ -22,7 +22,7 @@ from sciml.train import (
 from sciml.train.config import SchedulerConfig
 from sciml.train.optim import LearningRateSchedule
 
-ETHANOL = Path(__file__).resolve().parents[1] / "datasets" / "ethanol_xtb_500K" / "ethanol_xtb_500K.extxyz"
+ETHANOL = Path(__file__).resolve().parents[2] / "datasets" / "ethanol_xtb_500K" / "ethanol_xtb_500K.extxyz"
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from sciml.inference import load_model, predict
 from sciml.io import save_checkpoint
 from sciml.models import build_model
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ETHANOL = ROOT / "datasets" / "ethanol_xtb_500K" / "ethanol_xtb_500K.extxyz"
 BATCH = 4
 

@@ -16,7 +16,7 @@ from sciml.ops.cbuild import kernel_name
 from sciml.ops.tensor_product import cpu
 
 pytestmark = pytest.mark.skipif(not library.available(), reason=f"no operator library: {library.unavailable_reason()}")
-OPS = Path(__file__).resolve().parents[1] / "sciml" / "ops"
+OPS = Path(__file__).resolve().parents[2] / "sciml" / "ops"
 
 
 def _conv(tp: ChannelwiseTensorProduct, edges: int, nodes: int, dtype=torch.float64):

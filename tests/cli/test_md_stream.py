@@ -23,7 +23,7 @@ from sciml.cli.main import main
 from sciml.md_log import read_last_frame, read_log
 from sciml.simulate import MDSettings, fix_tags, run_md
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class CheckedEMT(EMT):

@@ -25,7 +25,7 @@ from sciml.io.files import write_extxyz
 from sciml.train import Trainer, load_config, train
 from sciml.train.compile import CompiledOutputs
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ETHANOL = ROOT / "datasets" / "ethanol_xtb_500K" / "ethanol_xtb_500K.extxyz"
 CRYSTALS = ROOT / "datasets" / "crystals_emt" / "dft_3d.json"
 # 24 structures: 4 validate, 20 train in batches of 5

@@ -10,7 +10,7 @@ from ase.io import read, write
 from cli_testing import one_error_line
 from sciml.cli.main import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "datasets" / "ethanol_xtb_500K" / "ethanol_xtb_500K.extxyz"
 
 CONFIG = """

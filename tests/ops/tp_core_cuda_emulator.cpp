@@ -4,7 +4,7 @@
 // the grid block by block, one std::thread per CUDA thread, with a real barrier for __syncthreads
 // and one shared-memory buffer per block. So the kernel's indexing, masking, piece splitting and
 // shared-memory reductions run exactly as written; what is not emulated is the GPU memory model
-// beyond __syncthreads (warps, caches) and the speed. Built by tests/test_tp_kernels_gpu.py.
+// beyond __syncthreads (warps, caches) and the speed. Built by tests/ops/test_tp_kernels_gpu.py.
 
 #include <condition_variable>
 #include <cstddef>

@@ -8,7 +8,7 @@ import json
 import subprocess
 from pathlib import Path
 
-RUNNER = Path(__file__).resolve().parents[1] / "workflows" / "e3nn_suite" / "run_suite.py"
+RUNNER = Path(__file__).resolve().parents[2] / "workflows" / "e3nn_suite" / "run_suite.py"
 
 TESTS = '''
 from e3nn.o3 import TensorProduct  # bound at import: must already be sciml's

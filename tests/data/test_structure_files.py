@@ -24,7 +24,7 @@ from sciml.data import read_structures
 from sciml.data.crystals import read_cif
 from sciml.data.structure_files import read_poscar_text, structure_kind
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CORPUS = ROOT / "datasets" / "structure_corpus"
 FILES = CORPUS / "files"
 MANIFEST = json.loads((CORPUS / "manifest.json").read_text())["files"]

@@ -20,7 +20,7 @@ from sciml.plots import GPA_PER_EV_PER_A3, VOIGT, curves_figure, parity_figure, 
 
 matplotlib.use("Agg")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ETHANOL = ROOT / "datasets" / "ethanol_xtb_500K" / "ethanol_xtb_500K.extxyz"
 CRYSTALS = ROOT / "datasets" / "crystals_emt" / "dft_3d.json"
 CRYSTAL_CONFIG = ROOT / "workflows" / "crystals" / "emt_small.yaml"

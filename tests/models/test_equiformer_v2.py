@@ -22,7 +22,7 @@ from sciml.inference import load_model
 from sciml.io import save_checkpoint
 from sciml.testing.equivariance import check_equivariance, random_rotation
 
-FIXTURES = Path(__file__).parent / "fixtures" / "equiformer_v2_fairchem"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "equiformer_v2_fairchem"
 SMALL = dict(num_layers=2, sphere_channels=16, attn_hidden_channels=16, num_heads=2, attn_alpha_channels=8,
              attn_value_channels=4, ffn_hidden_channels=16, lmax=3, mmax=2, edge_channels=16, cutoff=5.0,
              max_neighbors=None, alpha_drop=0.0, drop_path_rate=0.0)  # fmt: skip

