@@ -64,7 +64,7 @@ from sciml.data.readers import check_structure_file
 from sciml.distributed import DistributedContext
 from sciml.graph import AtomicGraph, GraphSpec
 from sciml.inference import PER_ATOM, model_dtype, per_structure_outputs, predict_batches
-from sciml.models.domain import ModelDomain, domain_of
+from sciml.models.domain import ModelDomain
 from sciml.threads import adapt_threads
 
 OUTPUT_FORMATS = ("csv", "json", "extxyz", "xyz")
@@ -316,7 +316,7 @@ def iter_predictions(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if workers < 0:
         raise ValueError(f"workers must be >= 0, got {workers}")
-    domain = domain_of(model)
+    domain = model.domain
     stress_doubt = domain.stress_warning() if domain is not None else None
     dataset = StructureDataset(items, GraphSpec.of(model), model_dtype(model), domain, allow_unknown_elements)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,

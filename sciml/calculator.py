@@ -17,7 +17,6 @@ from sciml.deploy.export import ExportedPotential, is_exported, load_potential
 from sciml.devices import resolve_device, resolve_dtype
 from sciml.graph import AtomicGraph, GraphSpec
 from sciml.inference import model_dtype
-from sciml.models.domain import domain_of
 from sciml.threads import adapt_threads
 
 
@@ -52,8 +51,8 @@ class SciMLCalculator(Calculator):
                  dtype: "str | torch.dtype | None" = None, allow_unknown_elements: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.device = resolve_device(device)
-        if getattr(model, "target", "energy") != "energy":
-            raise ValueError(f"{type(model).__name__} does not predict energies (it was built for {model.target!r}); "
+        if "energy" not in model.outputs:
+            raise ValueError(f"{type(model).__name__} does not predict energies (it predicts {', '.join(model.outputs)}); "
                              f"a calculator needs an energy model")
         fixed = isinstance(model, ExportedPotential)
         wanted = resolve_dtype(dtype, default=model_dtype(model) if fixed else torch.float64)
@@ -67,7 +66,7 @@ class SciMLCalculator(Calculator):
         spec = GraphSpec.of(model)
         self.graph_spec = spec if cutoff is None else replace(spec, cutoff=float(cutoff))
         self.cutoff, self.max_neighbors = self.graph_spec.cutoff, self.graph_spec.max_neighbors
-        self.domain = domain_of(model)
+        self.domain = model.domain
         self.allow_unknown_elements = allow_unknown_elements
         self._stress_warned = False
 

@@ -129,7 +129,7 @@ def load_model(checkpoint_path: "str | Path", device: "str | torch.device" = "cp
         model, _ = fairchem_checkpoint_model(payload, checkpoint_path)
         return model.to(device=device, dtype=dtype or model_dtype(model))
     payload = check_sciml_payload(payload, checkpoint_path)
-    model = build_model(payload["model_name"], **payload["config"])
+    model = build_model(payload["model_name"], **payload["options"])
     state = payload["state_dict"]
     saved = next((v.dtype for v in state.values() if v.is_floating_point()), torch.get_default_dtype())
     model.to(device=device, dtype=saved)

@@ -149,7 +149,7 @@ def reference_state_dict(model) -> Dict[str, torch.Tensor]:
                 break
         state[key] = value.detach().clone()
     if model.model_name == "icomformer":
-        features = model.config["features"]
+        features = model.options.features
         state["edge_update_layer.lemb.weight"] = torch.zeros(3, 32)
         state["edge_update_layer.lin_edge_len.weight"] = torch.zeros(features, features + 32)
         state["edge_update_layer.lin_edge_len.bias"] = torch.zeros(features)

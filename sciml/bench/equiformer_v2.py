@@ -73,7 +73,7 @@ def bench_equiformer_v2(config: str = "oc20_31M", structures: int = 1, repeats: 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     # fairchem's neighbour cap (exactly max_neighbors), so that fairchem runs the same model and graphs
-    model = build_model("equiformer_v2", config=config, max_neighbors_rule="strict").eval()
+    model = build_model("equiformer_v2", preset=config, max_neighbors_rule="strict").eval()
     frames = oc20_like_structures(structures)
     graphs = [AtomicGraph.from_ase(a, model.graph_spec) for a in frames]
     graph = AtomicGraph.collate(graphs)
@@ -132,7 +132,7 @@ def bench_equiformer_v2_training_step(config: str = "small", structures: int = 1
     :func:`~sciml.bench.train_step.compare_training_steps` plus ``case``."""
     with torch_threads(threads):
         torch.manual_seed(0)
-        options = SMALL if config == "small" else dict(config=config, direct_forces=False)
+        options = SMALL if config == "small" else dict(preset=config, direct_forces=False)
         model = build_model("equiformer_v2", **options)
         graphs = [AtomicGraph.from_ase(a, model.graph_spec) for a in oc20_like_structures(structures)]
         batch = AtomicGraph.collate(graphs)

@@ -20,24 +20,21 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    import torch
     from ase.build import bulk, molecule
 
     from sciml.graph import GraphSpec
-    from sciml.models.heads import EnergyHead
     from sciml.testing import ALL_CHECKS, check_conservative, check_equivariance
     from sciml.devices import resolve_device
     from sciml.inference import load_model, model_dtype
-    from sciml.models.domain import domain_of
 
     device = resolve_device(args.device)
     model = load_model(args.checkpoint, device=device, dtype=args.dtype or "float64")
     dtype = model_dtype(model)
     print_runtime(device, dtype)
-    domain = domain_of(model)
+    domain = model.domain
     for line in domain.describe() if domain is not None else ["no training domain recorded in the checkpoint"]:
         print(f"domain: {line}")
-    energy_model = any(isinstance(module, EnergyHead) for module in model.modules())
+    energy_model = "energy" in model.outputs
     crystals_only = GraphSpec.of(model).lattice_frame  # ComFormer: 3D crystals with lattice frames
     if args.structures:
         structures = [read_one_structure(path) for path in args.structures]
@@ -52,7 +49,7 @@ def run(args) -> int:
     if domain is not None and not args.structures:
         structures = [_within(atoms, domain.elements) for atoms in structures]
     # property models (e.g. ComFormer's formation energy) are checked for one invariant output
-    outputs = None if energy_model else {getattr(model, "target", "energy"): "scalar"}
+    outputs = None if energy_model else {name: output.kind for name, output in model.outputs.items()}
     if domain is not None:
         for atoms in structures:
             domain.check_elements(atoms.numbers, f"structure {atoms.get_chemical_formula()}",
@@ -63,14 +60,14 @@ def run(args) -> int:
         name = atoms.get_chemical_formula()
         # SO(3)-only models (EquiformerV2's SO(2) convolutions, ComFormer's right-handed lattice
         # frames) are not checked under reflections.
-        checks = [c for c in ALL_CHECKS if c != "reflection" or getattr(model, "reflection_equivariant", True)]
+        checks = [c for c in ALL_CHECKS if c != "reflection" or model.symmetry == "E(3)"]
         report = check_equivariance(model, atoms, outputs=outputs, checks=checks, dtype=dtype)
         for check, per_output in report.errors.items():
             for output, error in per_output.items():
                 print(f"{name:<12} {check:<14} {output:<8} {error:.2e}")
         if not energy_model:
             consistency = {}
-        elif getattr(model, "direct_forces", False):
+        elif model.forces == "direct":
             print(f"{name:<12} {'finite diff.':<14} {'forces':<8} n/a (forces predicted directly, not -dE/dx)")
             consistency = {}
         else:

@@ -29,7 +29,7 @@ def describe(path: str) -> list:
     from sciml.devices import dtype_name
     from sciml.inference import load_model, model_dtype
     from sciml.io.checkpoint import is_sciml_payload, read_torch_file
-    from sciml.models.domain import ModelDomain, domain_of
+    from sciml.models.domain import ModelDomain
 
     if is_exported(path):
         import json
@@ -45,7 +45,7 @@ def describe(path: str) -> list:
         parameters = sum(p.numel() for p in model.parameters())
         if is_sciml_payload(payload):
             kind = f"sciml checkpoint (sciml {payload.get('sciml_version', '?')})"
-            options = payload.get("config", {})
+            options = payload.get("options", {})
             trained = payload.get("epoch")
             training = (f"trained {trained} epochs, best epoch {payload.get('best_epoch')} "
                         f"(validation loss {payload.get('best_metric', float('nan')):.4g})") if isinstance(trained, int) else None
@@ -57,7 +57,7 @@ def describe(path: str) -> list:
             lines.append("options: " + ", ".join(f"{k}={v}" for k, v in options.items()))
         if training:
             lines.append(training)
-        domain = domain_of(model)
+        domain = model.domain
     if domain is None:
         lines.append("domain: not recorded (a checkpoint from before sciml recorded domains): no element check")
     else:

@@ -167,9 +167,7 @@ def _run_oc20_eval(args, model) -> int:
 def check_domain(model, graphs, args) -> None:
     """Refuse ``args.data`` if a structure has elements outside the model's domain (one line
     naming the first such structure), unless ``--allow-unknown-elements``."""
-    from sciml.models.domain import domain_of
-
-    domain = domain_of(model)
+    domain = model.domain
     if domain is None:
         return
     for number, graph in enumerate(graphs):

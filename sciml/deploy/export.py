@@ -39,7 +39,8 @@ from sciml.graph import AtomicGraph, GraphSpec, neighbor_list, stress_from_viria
 from sciml.graph.atomic_graph import GRAPH_DYNAMIC_AXES
 from sciml.graph.validation import MAX_ATOMIC_NUMBER
 from sciml.inference import energy_gradients
-from sciml.models.domain import ModelDomain, domain_of
+from sciml.models.contract import ENERGY_OUTPUTS, Model, Output
+from sciml.models.domain import ModelDomain
 
 FORMAT = "1"
 # "domain": the training domain (JSON of ModelDomain.to_dict(), "" when the model has none).
@@ -97,7 +98,7 @@ class EnergyForcesVirial(nn.Module):
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
-        self.direct = bool(getattr(model, "direct_forces", False))
+        self.direct = model.forces == "direct"
 
     def forward(self, positions: torch.Tensor, atomic_numbers: torch.Tensor, cell: torch.Tensor,
                 edge_index: torch.Tensor, cell_shifts: torch.Tensor) -> Tuple[torch.Tensor, ...]:
@@ -123,16 +124,16 @@ class EnergyForcesVirial(nn.Module):
 
 def check_exportable(model: nn.Module) -> None:
     """Raise ExportError naming the first model option the exported interface cannot express."""
-    name = getattr(model, "model_name", type(model).__name__)
-    if getattr(model, "knn", None) is not None:
+    name, spec = model.model_name, model.graph_spec
+    if model.inputs != "graph" or "energy" not in model.outputs:
+        raise ExportError(f"{name} does not predict energies; only energy models can be exported")
+    if spec is not None and spec.knn is not None:
         raise ExportError(f"{name} reads a k-nearest-neighbour crystal graph with lattice frames, which the "
                           f"exported interface (a radius graph, as LAMMPS builds it) cannot give; use it from Python")
-    if not isinstance(getattr(model, "head", None), nn.Module) or not hasattr(model.head, "element_energies"):
-        raise ExportError(f"{name} does not predict energies; only energy models can be exported")
-    if getattr(model, "cutoff", None) is None:
+    if spec is None or spec.cutoff is None:
         raise ExportError(f"{name} has cutoff=None; the exported interface needs the radius its graph is built with")
-    if getattr(model, "max_neighbors", None) is not None:
-        raise ExportError(f"{name} has max_neighbors={model.max_neighbors}: the exported interface takes every pair "
+    if spec.max_neighbors is not None:
+        raise ExportError(f"{name} has max_neighbors={spec.max_neighbors}: the exported interface takes every pair "
                           f"within the cutoff, so a model trained on capped neighbour lists cannot be exported")
 
 
@@ -229,8 +230,9 @@ def export_model(model_or_checkpoint: Union[nn.Module, str, os.PathLike], path: 
         "dtype": str(dtype).removeprefix("torch."),
         "device": device,
         "torch_version": torch.__version__,
-        "forces": "direct" if getattr(model, "direct_forces", False) else "conservative",
-        "domain": json.dumps(domain.to_dict()) if (domain := domain_of(model)) is not None else "",
+        "forces": model.forces,
+        "symmetry": model.symmetry,
+        "domain": json.dumps(model.domain.to_dict()) if model.domain is not None else "",
     }
     try:
         program = trace(EnergyForcesVirial(model), example_inputs(model.cutoff, dtype, device), INTERFACE_DYNAMIC_AXES)
@@ -322,7 +324,7 @@ def load_exported(path: Union[str, os.PathLike], device: Optional[str] = None) -
     return ExportedModel(aoti_load_package(str(path)), metadata)
 
 
-class ExportedPotential(nn.Module):
+class ExportedPotential(nn.Module, Model):
     """A package as a sciml energy model, for the calculator, ``sciml predict``, ``md`` and ``relax``.
 
     ``forward(graph, compute_forces, compute_stress)`` returns what the exported model returned:
@@ -337,7 +339,8 @@ class ExportedPotential(nn.Module):
         self.exported = exported
         self.model_name = exported.metadata["model"]
         self.cutoff, self.max_neighbors = exported.cutoff, None
-        self.direct_forces = exported.metadata["forces"] == "direct"
+        self.forces = exported.metadata["forces"]
+        self.symmetry = exported.metadata.get("symmetry", "trivial")
         domain = exported.metadata.get("domain")
         self.domain = ModelDomain.from_dict(json.loads(domain), source) if domain else None
         # sciml.inference reads a model's dtype and device from its parameters: an empty one tells them.
@@ -347,6 +350,11 @@ class ExportedPotential(nn.Module):
     @property
     def graph_spec(self) -> GraphSpec:
         return GraphSpec(cutoff=self.cutoff)
+
+    @property
+    def outputs(self) -> Dict[str, Output]:
+        """Energy outputs; stress only from conservative models (the virial of direct ones is 0)."""
+        return {k: v for k, v in ENERGY_OUTPUTS.items() if k != "stress" or self.forces == "conservative"}
 
     def forward(self, graph: AtomicGraph, compute_forces: bool = True,
                 compute_stress: bool = False) -> Dict[str, torch.Tensor]:
@@ -360,7 +368,7 @@ class ExportedPotential(nn.Module):
         out = {"energy": energy, "energies": energies}
         if compute_forces:
             out["forces"] = forces
-        if compute_stress and not self.direct_forces:
+        if compute_stress and self.forces == "conservative":
             out["stress"] = stress_from_virial(virial.view(-1, 3, 3), graph.cell.to(dtype), graph.pbc)
         return out
 

@@ -49,15 +49,15 @@ class GraphSpec:
             raise ValueError(f"knn must be a positive integer, got {self.knn}")
         check_max_neighbors_rule(self.max_neighbors_rule)
 
-    @classmethod
-    def of(cls, model) -> "GraphSpec":
-        """The spec a model declares (``model.graph_spec``), else its ``cutoff``/``max_neighbors``
-        (and ``max_neighbors_rule``)."""
-        spec = getattr(model, "graph_spec", None)
-        if spec is not None:
-            return spec
-        return cls(cutoff=getattr(model, "cutoff", None), max_neighbors=getattr(model, "max_neighbors", None),
-                   max_neighbors_rule=getattr(model, "max_neighbors_rule", "ties"))
+    @staticmethod
+    def of(model) -> "GraphSpec":
+        """The spec a graph model declares (``model.graph_spec``); ValueError for a model without
+        one (e.g. built with ``cutoff=None``: the caller builds its graphs)."""
+        spec = model.graph_spec
+        if spec is None:
+            raise ValueError(f"{type(model).__name__} declares no graph (no cutoff or k); build its graphs "
+                             f"yourself, e.g. AtomicGraph.from_tensors(..., cutoff=...)")
+        return spec
 
     def describe(self) -> str:
         if self.knn is not None:

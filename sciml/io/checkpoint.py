@@ -4,7 +4,10 @@ A checkpoint is a dict of plain types and tensors only, so ``torch.load(..., wei
 reads it without running any code from the file:
 
     {"format": "sciml-checkpoint", "format_version": 1, "sciml_version": str,
-     "model_name": str, "config": dict, "statistics": dict, "state_dict": dict, **extra}
+     "model_name": str, "options": dict, "statistics": dict, "state_dict": dict, **extra}
+
+``options`` are the model's options (``model.options.to_dict()``, see :mod:`sciml.models.contract`);
+format version 1 stored them as ``config`` and reads as version 2.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from sciml.io.files import atomic_path
 from sciml.io.sniff import describe_wrong_file, is_torch_file
 
 FORMAT = "sciml-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _PLAIN = (str, int, float, bool, type(None), torch.Tensor)
 
 
@@ -54,7 +57,7 @@ def save_checkpoint(
     path: "str | os.PathLike",
     state_dict: Dict[str, torch.Tensor],
     model_name: str,
-    config: Optional[Dict[str, Any]] = None,
+    options: Optional[Dict[str, Any]] = None,
     statistics: Optional[Dict[str, Any]] = None,
     **extra: Any,
 ) -> Path:
@@ -66,7 +69,7 @@ def save_checkpoint(
         "format_version": FORMAT_VERSION,
         "sciml_version": __version__,
         "model_name": model_name,
-        "config": dict(config or {}),
+        "options": dict(options or {}),
         "statistics": dict(statistics or {}),
         "state_dict": dict(state_dict),
         **extra,
@@ -119,7 +122,8 @@ def is_sciml_payload(payload: Any) -> bool:
 
 
 def check_sciml_payload(payload: Any, path: "str | os.PathLike") -> Dict[str, Any]:
-    """``payload`` (read from ``path``) if it is a sciml checkpoint this version reads.
+    """``payload`` (read from ``path``) if it is a sciml checkpoint this version reads (a version 1
+    payload gets its ``config`` as ``options``).
 
     Raises:
         CheckpointError: no sciml header, or a newer format version.
@@ -131,4 +135,7 @@ def check_sciml_payload(payload: Any, path: "str | os.PathLike") -> Dict[str, An
         raise CheckpointError(
             f"checkpoint {path} has format version {version!r}; this sciml reads versions <= {FORMAT_VERSION}"
         )
+    if version == 1:
+        payload = {**payload, "options": payload.get("config", {})}
+        del payload["config"]
     return payload

@@ -161,10 +161,3 @@ class ModelDomain:
 
 def _symbol(z: int) -> str:
     return chemical_symbols[z] if 0 < z < len(chemical_symbols) else f"Z={z}"
-
-
-def domain_of(model: Any) -> Optional[ModelDomain]:
-    """The domain attached to a loaded model (None for a model built but never trained, or
-    loaded from a checkpoint written before domains were recorded)."""
-    domain = getattr(model, "domain", None)
-    return domain if isinstance(domain, ModelDomain) else None

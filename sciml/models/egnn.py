@@ -14,6 +14,7 @@ n-body experiment).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -21,16 +22,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from sciml.graph import AtomicGraph, MessagePassing, PolynomialEnvelope, edge_counts
-from sciml.models.heads import NUM_ELEMENTS, EnergyHead
+from sciml.models.contract import ENERGY_OUTPUTS, Model, ModelOptions, Output, register_model
+from sciml.models.heads import NUM_ELEMENTS, EnergyHead, check_embedded_elements
 from sciml.ops import scatter
-
-PRESETS: Dict[str, Dict[str, object]] = {
-    # main_qm9.py of the reference: 7 layers of 128 features with attention, coordinates never
-    # updated (E(3)-invariant). The reference connects all atoms: pass a cutoff larger than the
-    # molecule and envelope_exponent=None to match it.
-    "qm9": {"hidden": 128, "layers": 7, "attention": True, "update_coords": False},
-}
-
 
 def _mlp(in_features: int, hidden: int, out_features: int, bias: bool = True) -> nn.Sequential:
     return nn.Sequential(nn.Linear(in_features, hidden), nn.SiLU(), nn.Linear(hidden, out_features, bias=bias))
@@ -170,16 +164,69 @@ def _moved_vectors(vectors: torch.Tensor, displacement: torch.Tensor, edge_index
     return vectors + displacement.index_select(0, edge_index[1]) - displacement.index_select(0, edge_index[0])
 
 
-def _check_options(hidden: int, layers: int, cutoff: Optional[float], coords_range: float) -> None:
-    if int(hidden) < 1 or int(layers) < 1:
-        raise ValueError(f"hidden and layers must be positive, got hidden={hidden}, layers={layers}")
-    if cutoff is not None and not float(cutoff) > 0:
-        raise ValueError(f"cutoff must be a positive distance in Å or None, got {cutoff!r}")
-    if not float(coords_range) > 0:
-        raise ValueError(f"coords_range must be positive, got {coords_range!r}")
+@dataclass(frozen=True)
+class _EGNNShared(ModelOptions):
+    """Options both EGNN models share (see :class:`EGNNOptions`)."""
+
+    hidden: int = 128
+    layers: int = 4
+    cutoff: Optional[float] = 5.0
+    max_neighbors: Optional[int] = None
+    attention: bool = True
+    normalize: bool = False
+    tanh: bool = False
+    coords_range: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.hidden < 1 or self.layers < 1:
+            raise ValueError(f"hidden and layers must be positive, got hidden={self.hidden}, layers={self.layers}")
+        if self.cutoff is not None and not self.cutoff > 0:
+            raise ValueError(f"cutoff must be a positive distance in Å or None, got {self.cutoff!r}")
+        if not self.coords_range > 0:
+            raise ValueError(f"coords_range must be positive, got {self.coords_range!r}")
 
 
-class EGNNEnergyModel(MessagePassing):
+@dataclass(frozen=True)
+class EGNNOptions(_EGNNShared):
+    """Options of :class:`EGNNEnergyModel`.
+
+    Attributes:
+        hidden: feature width. layers: number of EGNN layers.
+        cutoff: graph radius in Å (None: the caller builds the graph, no envelope).
+        max_neighbors: passed to the graph builder with the cutoff.
+        attention: gate messages by sigmoid(Linear(m_ij)).
+        update_coords, normalize, tanh, coords_range: coordinate updates (see EGNNLayer).
+        envelope_exponent: exponent p of the polynomial envelope, or None for no envelope.
+        num_elements: size of the element embedding (atomic numbers 0..num_elements-1).
+    """
+
+    update_coords: bool = False
+    envelope_exponent: Optional[int] = 5
+    num_elements: int = NUM_ELEMENTS
+
+
+@dataclass(frozen=True)
+class EGNNDynamicsOptions(_EGNNShared):
+    """Options of :class:`EGNNDynamics` (fields as :class:`EGNNOptions`); the defaults are the
+    reference's n-body model: 64 features, 4 layers, no attention, all particles connected."""
+
+    hidden: int = 64
+    cutoff: Optional[float] = 1e3
+    attention: bool = False
+
+
+PRESETS: Dict[str, EGNNOptions] = {
+    # main_qm9.py of the reference: 7 layers of 128 features with attention, coordinates never
+    # updated (E(3)-invariant). The reference connects all atoms: pass a cutoff larger than the
+    # molecule and envelope_exponent=None to match it.
+    "qm9": EGNNOptions(hidden=128, layers=7, attention=True, update_coords=False),
+}
+
+
+@register_model("egnn", EGNNOptions, presets=PRESETS,
+                small=EGNNOptions(hidden=16, layers=3, cutoff=4.0, update_coords=True))
+class EGNNEnergyModel(MessagePassing, Model):
     """EGNN interatomic potential: energy (eV), conservative forces (eV/Å) and stress (eV/Å^3).
 
     Atoms are embedded by element, pass through ``layers`` :class:`EGNNLayer` s, and a per-atom
@@ -190,54 +237,34 @@ class EGNNEnergyModel(MessagePassing):
     ``update_coords`` each layer but the last moves them (the last layer's move could not affect
     the energy).
 
-    Args:
-        hidden: feature width. layers: number of EGNN layers.
-        cutoff: graph radius in Å (None: the caller builds the graph, no envelope).
-        max_neighbors: passed to the graph builder with the cutoff.
-        attention: gate messages by sigmoid(Linear(m_ij)).
-        update_coords, normalize, tanh, coords_range: coordinate updates (see EGNNLayer).
-        envelope_exponent: exponent p of the polynomial envelope, or None for no envelope.
-        num_elements: size of the element embedding (atomic numbers 0..num_elements-1).
+    Options: :class:`EGNNOptions`.
     """
 
-    model_name = "egnn"
+    symmetry = "E(3)"
+    outputs = ENERGY_OUTPUTS
+    forces = "conservative"
 
-    def __init__(
-        self,
-        hidden: int = 128,
-        layers: int = 4,
-        cutoff: Optional[float] = 5.0,
-        max_neighbors: Optional[int] = None,
-        attention: bool = True,
-        update_coords: bool = False,
-        normalize: bool = False,
-        tanh: bool = False,
-        coords_range: float = 1.0,
-        envelope_exponent: Optional[int] = 5,
-        num_elements: int = NUM_ELEMENTS,
-    ):
-        _check_options(hidden, layers, cutoff, coords_range)
-        super().__init__(cutoff=cutoff, max_neighbors=max_neighbors)
-        self.config = dict(
-            hidden=int(hidden), layers=int(layers), cutoff=self.cutoff, max_neighbors=max_neighbors,
-            attention=bool(attention), update_coords=bool(update_coords), normalize=bool(normalize),
-            tanh=bool(tanh), coords_range=float(coords_range), envelope_exponent=envelope_exponent,
-            num_elements=int(num_elements),
-        )  # fmt: skip
+    def __init__(self, options: EGNNOptions = EGNNOptions()):
+        super().__init__(cutoff=options.cutoff, max_neighbors=options.max_neighbors)
+        self.options = o = options
         self.envelope = (
-            PolynomialEnvelope(self.cutoff, envelope_exponent)
-            if self.cutoff is not None and envelope_exponent is not None
+            PolynomialEnvelope(self.cutoff, o.envelope_exponent)
+            if self.cutoff is not None and o.envelope_exponent is not None
             else None
         )
-        self.num_elements = int(num_elements)
-        self.embedding = nn.Embedding(num_elements, hidden)
+        self.num_elements = o.num_elements
+        self.embedding = nn.Embedding(o.num_elements, o.hidden)
         self.layers = nn.ModuleList(
-            EGNNLayer(hidden, attention=attention, update_coords=update_coords and n < layers - 1,
-                      normalize=normalize, tanh=tanh, coords_range=coords_range)
-            for n in range(layers)
+            EGNNLayer(o.hidden, attention=o.attention, update_coords=o.update_coords and n < o.layers - 1,
+                      normalize=o.normalize, tanh=o.tanh, coords_range=o.coords_range)
+            for n in range(o.layers)
         )  # fmt: skip
-        self.readout = _mlp(hidden, hidden, 1)
+        self.readout = _mlp(o.hidden, o.hidden, 1)
         self.head = EnergyHead()
+
+    def check_elements(self, graph: AtomicGraph) -> None:
+        """Raise ValueError for atomic numbers outside the element embedding."""
+        check_embedded_elements(graph, self.num_elements, "EGNN")
 
     def forward(
         self, graph: AtomicGraph, compute_forces: bool = True, compute_stress: bool = False
@@ -262,7 +289,8 @@ class EGNNEnergyModel(MessagePassing):
         return self.head(atomic_output, graph, geometry if derivatives else None, training=self.training)
 
 
-class EGNNDynamics(MessagePassing):
+@register_model("egnn_nbody", EGNNDynamicsOptions, small=EGNNDynamicsOptions(hidden=16, layers=2, cutoff=4.0))
+class EGNNDynamics(MessagePassing, Model):
     """The n-body velocity model of the paper (EGNN_vel): future positions of charged particles.
 
     Inputs per particle, from ``graph.atom_properties``: ``velocities`` (N, 3) and ``charges``
@@ -279,31 +307,18 @@ class EGNNDynamics(MessagePassing):
     4 layers) the parameter count equals the reference EGNN_vel: 134,020.
     """
 
-    model_name = "egnn_nbody"
+    symmetry = "E(3)"
+    outputs = {"positions": Output("atom_position", "")}
+    atom_inputs = {"velocities": "atom_vector", "charges": "atom_scalar"}
 
-    def __init__(
-        self,
-        hidden: int = 64,
-        layers: int = 4,
-        cutoff: Optional[float] = 1e3,
-        max_neighbors: Optional[int] = None,
-        attention: bool = False,
-        normalize: bool = False,
-        tanh: bool = False,
-        coords_range: float = 1.0,
-    ):
-        _check_options(hidden, layers, cutoff, coords_range)
-        super().__init__(cutoff=cutoff, max_neighbors=max_neighbors)
-        self.config = dict(
-            hidden=int(hidden), layers=int(layers), cutoff=self.cutoff, max_neighbors=max_neighbors,
-            attention=bool(attention), normalize=bool(normalize), tanh=bool(tanh),
-            coords_range=float(coords_range),
-        )  # fmt: skip
-        self.embedding = nn.Linear(1, hidden)
+    def __init__(self, options: EGNNDynamicsOptions = EGNNDynamicsOptions()):
+        super().__init__(cutoff=options.cutoff, max_neighbors=options.max_neighbors)
+        self.options = o = options
+        self.embedding = nn.Linear(1, o.hidden)
         self.layers = nn.ModuleList(
-            EGNNLayer(hidden, edge_attr_dim=2, attention=attention, update_coords=True, velocity=True,
-                      normalize=normalize, tanh=tanh, coords_range=coords_range)
-            for _ in range(layers)
+            EGNNLayer(o.hidden, edge_attr_dim=2, attention=o.attention, update_coords=True, velocity=True,
+                      normalize=o.normalize, tanh=o.tanh, coords_range=o.coords_range)
+            for _ in range(o.layers)
         )  # fmt: skip
 
     def forward(self, graph: AtomicGraph) -> Dict[str, torch.Tensor]:

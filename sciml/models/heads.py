@@ -20,6 +20,17 @@ from sciml.ops.tracing import is_tracing
 NUM_ELEMENTS = MAX_ATOMIC_NUMBER + 1  # index 0 unused, so element_energies[Z] needs no offset
 
 
+def check_embedded_elements(graph: AtomicGraph, num_elements: int, model: str, option: str = "num_elements") -> None:
+    """ValueError naming the first atomic number of ``graph`` outside an element embedding of
+    ``num_elements`` rows (atomic numbers 0 .. num_elements - 1; ``option`` names the model's
+    option that sets it)."""
+    numbers = graph.atomic_numbers
+    if numbers.numel() and int(numbers.max()) >= num_elements:
+        bad = int(numbers[numbers >= num_elements][0])
+        raise ValueError(f"atomic number {bad} is beyond this {model}'s element embedding "
+                         f"({option}={num_elements}: atomic numbers 1..{num_elements - 1})")
+
+
 def structure_sums(values: torch.Tensor, graph: AtomicGraph) -> torch.Tensor:
     """(B,) sums of per-atom ``values`` (N,) over each structure of ``graph``.
 

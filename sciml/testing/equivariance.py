@@ -107,6 +107,7 @@ def check_equivariance(
     build_graph: Optional[Callable] = None,
     dtype: torch.dtype = torch.float64,
     seed: int = 0,
+    inputs: Mapping[str, str] = {},
 ) -> EquivarianceReport:
     """Measure how far ``model`` is from invariance/equivariance on one ``ase.Atoms``.
 
@@ -120,6 +121,9 @@ def check_equivariance(
         build_graph: ``atoms -> AtomicGraph``; defaults to ``AtomicGraph.from_ase`` with the
             model's graph spec.
         dtype: floating dtype of the graph (float64 makes errors reflect the model, not rounding).
+        inputs: per-atom model inputs stored in ``atoms.arrays``, name -> kind ("atom_vector" ones
+            are rotated with the structure; all move with permutations and supercells);
+            ``build_graph`` must read them.
 
     Returns:
         An :class:`EquivarianceReport` of max absolute errors per check and output.
@@ -149,6 +153,8 @@ def check_equivariance(
             rot = random_rotation(rng, proper=check == "rotation")
             moved.set_cell(atoms.cell.array @ rot.T, scale_atoms=False)
             moved.positions = atoms.positions @ rot.T
+            for name in (n for n, kind in inputs.items() if kind == "atom_vector"):
+                moved.arrays[name] = atoms.arrays[name] @ rot.T
             rot_t = torch.as_tensor(rot)
             expected = {n: _rotate(v, outputs[n], rot_t) for n, v in reference.items()}
         elif check == "translation":

@@ -53,10 +53,10 @@ def outputs_with_derivatives(model: nn.Module, graph: AtomicGraph, compute_force
     and stress (B, 3, 3) eV/Å^3 of conservative models taken by ``torch.func.grad``
     (:func:`~sciml.inference.energy_gradients`), the model itself called without derivatives.
 
-    Conservative models are those that take ``compute_forces`` and have no ``direct_forces`` set.
+    Conservative models are those declaring ``forces = "conservative"`` that take ``compute_forces``.
     Other models, and calls that ask for no derivative, are :func:`model_outputs` itself.
     """
-    conservative = not getattr(model, "direct_forces", False) and (compute_forces or compute_stress)
+    conservative = model.forces == "conservative" and (compute_forces or compute_stress)
     if not conservative or not takes_derivative_flags(model):
         return model_outputs(model, graph, compute_forces, compute_stress)
     out, forces, virial = energy_gradients(model, graph, strain=compute_stress)

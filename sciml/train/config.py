@@ -36,9 +36,11 @@ LOSS_FUNCTIONS = ("mse", "mae", "huber")
 
 @dataclass
 class ModelConfig:
-    """Which model to build: ``build_model(name, **options)``."""
+    """Which model to build: ``build_model(name, preset, **options)`` (a named preset of the
+    model, or None for its defaults, with ``options`` overriding its fields)."""
 
     name: str = "egnn"
+    preset: Optional[str] = None
     options: Dict[str, Any] = field(default_factory=dict)
 
 

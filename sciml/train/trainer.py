@@ -133,7 +133,7 @@ class Trainer:
         self.log = RunLog(echo=self.verbose, write=self.context.is_main)  # train.log, attached in _report_header
         checkpoint = self._check_output_dir(resume)
         torch.manual_seed(config.seed)
-        self.model = build_model(config.model.name, **config.model.options)
+        self.model = build_model(config.model.name, config.model.preset, **config.model.options)
         self.problem = make_problem(config, self.model, self.dtype)
         files = ", ".join(f for f in (config.data.path, config.data.train, config.data.valid, config.data.test) if f)
         self.log.info(f"sciml train: reading {files} for {config.model.name} ...", stderr=True)
@@ -540,7 +540,7 @@ class Trainer:
         return dict(
             state_dict=weights,
             model_name=model.model_name,
-            config=model.config,
+            options=model.options.to_dict(),
             statistics=self.statistics,
             domain=self.problem.domain(),
             train_state_dict=model.state_dict() if self.ema is not None else None,

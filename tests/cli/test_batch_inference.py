@@ -32,7 +32,7 @@ def inputs(tmp_path_factory):
     folder = tmp_path_factory.mktemp("batch_inference")
     torch.manual_seed(0)
     model = build_model("egnn", hidden=8, layers=1, cutoff=4.0).double()
-    save_checkpoint(folder / "model.pt", model.state_dict(), model.model_name, config=model.config)
+    save_checkpoint(folder / "model.pt", model.state_dict(), model.model_name, options=model.options.to_dict())
     frames = read(ETHANOL, ":23")
     write(folder / "ethanol.extxyz", frames[:20])
     with ase.db.connect(folder / "ethanol.db") as db:

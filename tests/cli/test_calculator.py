@@ -82,7 +82,7 @@ def test_predict_batches_equal_the_calculator(model, tmp_path):
         assert row["energy"] == pytest.approx(atoms.get_potential_energy(), abs=1e-10)
         assert np.allclose(row["forces"], atoms.get_forces(), atol=1e-10)
         assert ("stress" in row) == bool(atoms.pbc.any())
-    path = save_checkpoint(tmp_path / "m.pt", model.state_dict(), model.model_name, config=model.config)
+    path = save_checkpoint(tmp_path / "m.pt", model.state_dict(), model.model_name, options=model.options.to_dict())
     calc = SciMLCalculator.from_checkpoint(str(path))
     water = molecule("H2O")
     water.calc = calc

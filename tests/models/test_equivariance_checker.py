@@ -2,6 +2,7 @@ import pytest
 import torch
 from ase.build import bulk, fcc111, molecule
 
+from sciml.graph import GraphSpec
 from sciml.testing import ALL_CHECKS, assert_equivariant, check_equivariance
 from pair_potential import LennardJonesModel
 
@@ -52,7 +53,7 @@ def test_checker_detects_broken_symmetry(flaw, check):
 
 def test_position_outputs_follow_translations():
     class Identity(torch.nn.Module):
-        cutoff = 3.0
+        graph_spec = GraphSpec(cutoff=3.0)
 
         def forward(self, graph):
             return {"positions": graph.positions * 1.0}

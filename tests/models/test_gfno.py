@@ -47,10 +47,10 @@ def test_parameter_counts_match_the_reference(name):
     model = build_model(name)
     assert sum(p.numel() for p in model.parameters()) == REFERENCE_PARAMETERS[name]
     assert all(not p.is_complex() for p in model.parameters())
-    assert model.config["width"] == {"fno2d": 20, "gfno2d_p4": 10, "gfno2d_p4m": 7, "fno3d": 20, "gfno3d_p4": 11,
+    assert model.width == {"fno2d": 20, "gfno2d_p4": 10, "gfno2d_p4m": 7, "fno3d": 20, "gfno3d_p4": 11,
                                      "gfno3d_p4m": 7}[name]
-    rebuilt = build_model(model.model_name, **model.config)
-    assert rebuilt.model_name == model.model_name and rebuilt.config == model.config
+    rebuilt = build_model(model.model_name, **model.options.to_dict())
+    assert rebuilt.model_name == model.model_name and rebuilt.options == model.options
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -283,7 +283,7 @@ def test_bad_input_values_and_options():
         build_model("gfno2d_p4", grid="cartesian")
     with pytest.raises(ValueError, match="grid must be"):
         build_model("fno2d", grid="polar")
-    with pytest.raises(ValueError, match="groups"):
+    with pytest.raises(ValueError, match="fixes group='p4'"):
         build_model("gfno2d_p4", group="p6")
 
 

@@ -52,8 +52,8 @@ def _pair(name, dtype, **options):
     torch.manual_seed(0)
     model = build_model(name, **options).to(dtype).eval()
     with default_dtype(dtype):
-        reference = build_reference(name, _source(), grid=model.config["grid"], width=model.config["width"],
-                                    modes=model.config["modes"])
+        reference = build_reference(name, _source(), grid=model.options.grid, width=model.width,
+                                    modes=model.options.modes)
         copy_to_reference(model, reference.eval())
     return model, reference
 

@@ -51,7 +51,8 @@ mean and standard deviation.
 
 from __future__ import annotations
 
-from typing import Dict
+from dataclasses import dataclass
+from typing import Dict, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -68,6 +69,8 @@ from sciml.models.comformer.layers import (
     ReciprocalDistanceEmbedding,
     chirality_pseudoscalars,
 )
+from sciml.models.contract import ENERGY_OUTPUTS, Model, ModelOptions, Output, register_model
+from sciml.models.domain import PROPERTY_UNITS
 from sciml.models.heads import EnergyHead, PropertyHead
 
 #: The reference's parameters that its forward never uses (``ComformerConv_edge.lemb`` and
@@ -75,11 +78,11 @@ from sciml.models.heads import EnergyHead, PropertyHead
 UNUSED_REFERENCE_PARAMETERS = 3 * 32 + (256 + 32) * 256 + 256
 
 
-class ComFormer(MessagePassing):
-    """Shared structure of iComFormer and eComFormer; build them by name with
-    ``build_model("icomformer")`` / ``build_model("ecomformer")``.
+@dataclass(frozen=True)
+class ComFormerOptions(ModelOptions):
+    """Options shared by iComFormer and eComFormer.
 
-    Args:
+    Attributes:
         target: name of the predicted property ("energy": total energy with forces and stress).
         node_layers: number of node attention layers (iComFormer 4, eComFormer 3).
         features: node and edge feature width (256). rbf_bins: Gaussians of the encodings (256).
@@ -94,44 +97,69 @@ class ComFormer(MessagePassing):
         norm: "batch" (the reference's BatchNorm), "layer" (LayerNorm), or "auto": batch norm
             for properties, layer norm for ``target="energy"``, whose forces and stress must not
             depend on the other structures of a training batch.
+        """
+
+    target: str = "formation_energy_peratom"
+    node_layers: int = 4
+    features: int = 256
+    rbf_bins: int = 256
+    fc_features: int = 256
+    k: int = 25
+    search_radius: float = 4.0
+    lattice_self_loops: str = "frame"
+    norm: str = "auto"
+    chirality: Union[bool, str] = "auto"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.lattice_self_loops not in ("frame", "both", "none"):
+            raise ValueError(f"lattice_self_loops must be 'frame', 'both' or 'none', got {self.lattice_self_loops!r}")
+        if self.node_layers < 2:
+            raise ValueError(f"ComFormer needs at least 2 node layers (one before the update), got {self.node_layers}")
+        if isinstance(self.chirality, str) and self.chirality != "auto":
+            raise ValueError(f"chirality must be True, False or 'auto', got {self.chirality!r}")
+
+
+@dataclass(frozen=True)
+class IComFormerOptions(ComFormerOptions):
+    """Options of :class:`IComFormer` (see :class:`ComFormerOptions`)."""
+
+
+@dataclass(frozen=True)
+class EComFormerOptions(ComFormerOptions):
+    """Options of :class:`EComFormer`: 3 node layers, and the irreps of the equivariant update,
+    ``scalars x 0e + vectors x 1o + vectors x 2e``."""
+
+    node_layers: int = 3
+    scalars: int = 64
+    vectors: int = 8
+
+
+class ComFormer(MessagePassing, Model):
+    """Shared structure of iComFormer and eComFormer; build them by name with
+    ``build_model("icomformer")`` / ``build_model("ecomformer")``.
+
+    Options: :class:`ComFormerOptions`.
     """
 
-    model_name = "comformer"
     #: right-handed lattice frames tell mirror images apart: invariant under rotations, not reflections
-    reflection_equivariant = False
+    symmetry = "SE(3)"
 
-    def __init__(
-        self,
-        target: str = "formation_energy_peratom",
-        node_layers: int = 4,
-        features: int = 256,
-        rbf_bins: int = 256,
-        fc_features: int = 256,
-        k: int = 25,
-        search_radius: float = 4.0,
-        lattice_self_loops: str = "frame",
-        norm: str = "auto",
-        chirality: "bool | str" = "auto",
-    ):
-        if lattice_self_loops not in ("frame", "both", "none"):
-            raise ValueError(f"lattice_self_loops must be 'frame', 'both' or 'none', got {lattice_self_loops!r}")
-        if node_layers < 2:
-            raise ValueError(f"ComFormer needs at least 2 node layers (one before the update), got {node_layers}")
-        super().__init__(cutoff=search_radius, knn=k, lattice_frame=True)
-        self.config = dict(target=str(target), node_layers=int(node_layers), features=int(features),
-                           rbf_bins=int(rbf_bins), fc_features=int(fc_features), k=int(k),
-                           search_radius=float(search_radius), lattice_self_loops=str(lattice_self_loops), norm=str(norm),
-                           chirality=chirality if chirality == "auto" else bool(chirality))
-        self.norm = norm if norm != "auto" else ("layer" if target == "energy" else "batch")
+    def __init__(self, options: ComFormerOptions):
+        super().__init__(cutoff=options.search_radius, knn=options.k, lattice_frame=True)
+        self.options = o = options
+        target = o.target
+        self.norm = o.norm if o.norm != "auto" else ("layer" if target == "energy" else "batch")
         # mirror images have equal energies (and forces mirrored): an energy model stays blind to the hand
-        self.chirality = target != "energy" if chirality == "auto" else bool(chirality)
+        self.chirality = target != "energy" if o.chirality == "auto" else bool(o.chirality)
         self.target = target
-        self.lattice_self_loops = lattice_self_loops
+        self.lattice_self_loops = o.lattice_self_loops
+        features, fc_features = o.features, o.fc_features
         self.register_buffer("atom_features", cgcnn_feature_table().to(torch.get_default_dtype()))
         self.atom_embedding = nn.Linear(CGCNN_FEATURE_SIZE, features)
-        self.rbf = ReciprocalDistanceEmbedding(rbf_bins, features)
+        self.rbf = ReciprocalDistanceEmbedding(o.rbf_bins, features)
         self.chirality_embedding = None  # made by _add_chirality_embedding, after the variant's layers
-        self.att_layers = nn.ModuleList(NodeAttention(features, features, self.norm) for _ in range(node_layers))
+        self.att_layers = nn.ModuleList(NodeAttention(features, features, self.norm) for _ in range(o.node_layers))
         if target == "energy":
             self.readout = nn.Sequential(nn.Linear(features, fc_features), nn.SiLU(), nn.Linear(fc_features, 1))
             self.head = EnergyHead()
@@ -142,22 +170,35 @@ class ComFormer(MessagePassing):
         """Create the chirality encoding (if ``chirality``) after every other layer, so that a model
         seeded alike has the weights of the reference architecture plus this encoding."""
         if self.chirality:
-            self.chirality_embedding = CosineEmbedding(self.config["rbf_bins"], self.config["features"])
+            self.chirality_embedding = CosineEmbedding(self.options.rbf_bins, self.options.features)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         """A state dict saved before the chirality feature existed has no ``chirality_embedding``
         weights: it loads as the model it was saved from, without the feature (``chirality``
-        becomes False in :attr:`config`)."""
+        becomes False in :attr:`options`)."""
         saved = any(k.startswith(prefix + "chirality_embedding.") for k in state_dict)
         if self.chirality_embedding is not None and not saved:
             self.chirality_embedding = None
-            self.chirality = self.config["chirality"] = False
+            self.chirality = False
+            self.options = self.options.replace(chirality=False)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ----------------------------------------------------------------------- the variant's update
     def update(self, x, edge_features, edge_index, vectors, frame, edge_graph):
         """The variant's block between the first and second node layers: returns (x, edge_features)."""
         raise NotImplementedError
+
+    @property
+    def forces(self) -> Optional[str]:
+        """"conservative" for energy models, None for property models."""
+        return "conservative" if self.target == "energy" else None
+
+    @property
+    def outputs(self) -> Dict[str, Output]:
+        """Energy outputs for ``target="energy"``, else the target property (units of its dataset)."""
+        if self.target == "energy":
+            return dict(ENERGY_OUTPUTS)
+        return {self.target: Output("scalar", PROPERTY_UNITS.get(self.target, ""))}
 
     def check_elements(self, graph: AtomicGraph) -> None:
         """Raise ValueError for atomic numbers without CGCNN atom features."""
@@ -203,20 +244,15 @@ class ComFormer(MessagePassing):
         return {self.target: self.head(x, graph).squeeze(1)}
 
 
+@register_model("icomformer", IComFormerOptions, small=IComFormerOptions(features=32, rbf_bins=32, fc_features=32, k=12))
 class IComFormer(ComFormer):
     """iComFormer: invariant; the edge update attends to the lattice vectors through their lengths
     and their angles with each edge (4 node layers by default). See :class:`ComFormer`."""
 
-    model_name = "icomformer"
-
-    def __init__(self, target: str = "formation_energy_peratom", node_layers: int = 4, features: int = 256,
-                 rbf_bins: int = 256, fc_features: int = 256, k: int = 25, search_radius: float = 4.0,
-                 lattice_self_loops: str = "frame", norm: str = "auto", chirality: "bool | str" = "auto"):
-        super().__init__(target, node_layers, features, rbf_bins, fc_features, k, search_radius, lattice_self_loops,
-                         norm, chirality)
-        features, bins = self.config["features"], self.config["rbf_bins"]
-        self.rbf_angle = CosineEmbedding(bins, features)
-        self.edge_update_layer = EdgeLatticeUpdate(features, self.norm)
+    def __init__(self, options: IComFormerOptions = IComFormerOptions()):
+        super().__init__(options)
+        self.rbf_angle = CosineEmbedding(options.rbf_bins, options.features)
+        self.edge_update_layer = EdgeLatticeUpdate(options.features, self.norm)
         self._add_chirality_embedding()
 
     def update(self, x, edge_features, edge_index, vectors, frame, edge_graph):
@@ -229,22 +265,17 @@ class IComFormer(ComFormer):
         return x, self.edge_update_layer(edge_features, lengths, angles, edge_graph)
 
 
+@register_model("ecomformer", EComFormerOptions,
+                small=EComFormerOptions(features=32, rbf_bins=32, fc_features=32, k=12, scalars=16, vectors=4))
 class EComFormer(ComFormer):
     """eComFormer: equivariant tensor-product update with spherical harmonics l <= 2 of the edge
     vectors (3 node layers by default; ``scalars``/``vectors`` set its irreps
     ``scalars x 0e + vectors x 1o + vectors x 2e``). See :class:`ComFormer`."""
 
-    model_name = "ecomformer"
-
-    def __init__(self, target: str = "formation_energy_peratom", node_layers: int = 3, features: int = 256,
-                 rbf_bins: int = 256, fc_features: int = 256, k: int = 25, search_radius: float = 4.0,
-                 lattice_self_loops: str = "frame", norm: str = "auto", scalars: int = 64, vectors: int = 8,
-                 chirality: "bool | str" = "auto"):
-        super().__init__(target, node_layers, features, rbf_bins, fc_features, k, search_radius, lattice_self_loops,
-                         norm, chirality)
-        self.config.update(scalars=int(scalars), vectors=int(vectors))
-        features = self.config["features"]
-        self.equi_update = EquivariantUpdate(features, features, scalars, vectors, self.norm)
+    def __init__(self, options: EComFormerOptions = EComFormerOptions()):
+        super().__init__(options)
+        o = options
+        self.equi_update = EquivariantUpdate(o.features, o.features, o.scalars, o.vectors, self.norm)
         self._add_chirality_embedding()
 
     def update(self, x, edge_features, edge_index, vectors, frame, edge_graph):

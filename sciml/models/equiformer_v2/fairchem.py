@@ -24,7 +24,7 @@ import torch
 
 from sciml.io.checkpoint import CheckpointError, read_torch_file
 from sciml.models.domain import LABEL_UNITS, ModelDomain
-from sciml.models.equiformer_v2.model import AVG_DEGREE, AVG_NUM_NODES, EquiformerV2
+from sciml.models.equiformer_v2.model import AVG_DEGREE, AVG_NUM_NODES, EquiformerV2, EquiformerV2Options
 
 _RENAMES = (
     (re.compile(r"^module\."), ""),
@@ -184,7 +184,7 @@ def fairchem_checkpoint_model(checkpoint: Any, path: "str | Path",
     options = fairchem_model_options(model_config)
     state_dict, ignored = convert_state_dict(checkpoint["state_dict"])
     lin_ref = state_dict.pop("energy_lin_ref", None)
-    model = EquiformerV2(**options)
+    model = EquiformerV2(EquiformerV2Options(**options))
 
     expected = model.state_dict()
     learned = [k for k in expected if k not in _SCIML_ONLY]
@@ -245,15 +245,15 @@ def export_fairchem_checkpoint(model: EquiformerV2, path: "str | Path") -> Path:
     weights. Output normalisation is not exported: the model must have the identity one. A model
     with ``max_neighbors`` must use one of fairchem's rules ("strict" or "fairchem"): fairchem
     cannot build the graph of sciml's "ties" rule."""
-    c = model.config
-    if c["max_neighbors"] is not None and c.get("max_neighbors_rule", "ties") == "ties":
+    c = model.options.to_dict()
+    if c["max_neighbors"] is not None and c["max_neighbors_rule"] == "ties":
         raise ValueError("fairchem has no max_neighbors rule equal to sciml's 'ties'; build the model with "
                          "max_neighbors_rule='strict' or 'fairchem' (or max_neighbors=None) to export it")
     if float(model.head.scale) != 1.0 or float(model.energy_shift) != 0.0 or float(model.head.element_energies.abs().max()) != 0.0:
         raise ValueError("export_fairchem_checkpoint needs a model without output normalisation or element energies")
     model_config = dict(
         name="equiformer_v2", use_pbc=True, regress_forces=c["direct_forces"], otf_graph=True,
-        max_neighbors=c["max_neighbors"], enforce_max_neighbors_strictly=c.get("max_neighbors_rule") != "fairchem",
+        max_neighbors=c["max_neighbors"], enforce_max_neighbors_strictly=c["max_neighbors_rule"] != "fairchem",
         max_radius=c["cutoff"], max_num_elements=c["max_num_elements"], num_layers=c["num_layers"],
         sphere_channels=c["sphere_channels"], attn_hidden_channels=c["attn_hidden_channels"],
         num_heads=c["num_heads"], attn_alpha_channels=c["attn_alpha_channels"], attn_value_channels=c["attn_value_channels"],

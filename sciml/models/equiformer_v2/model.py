@@ -14,6 +14,7 @@ conservatively, -dE/dx with stress from the strain derivative (``direct_forces=F
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Dict, Optional
 
 import torch
@@ -25,25 +26,13 @@ from sciml.graph.radial import GaussianBasis
 from sciml.models.equiformer_v2.attention import EdgeDegreeEmbedding, SO2GraphAttention
 from sciml.models.equiformer_v2.grid import GridFeedForward
 from sciml.models.equiformer_v2.layers import EquivariantLayerNorm, GraphDropPath
-from sciml.models.heads import EnergyHead
+from sciml.models.contract import ENERGY_OUTPUTS, Model, ModelOptions, Output, register_model
+from sciml.models.heads import EnergyHead, check_embedded_elements
 from sciml.ops import EdgeFrames
 
 # fairchem's statistics of the OC20 IS2RE 100k set, its defaults for the OC20 models.
 AVG_NUM_NODES = 77.81317
 AVG_DEGREE = 23.395238876342773
-
-_COMMON = dict(sphere_channels=128, attn_hidden_channels=64, num_heads=8, attn_alpha_channels=64,
-               attn_value_channels=16, ffn_hidden_channels=128, grid_resolution=18, edge_channels=128,
-               num_distance_basis=600, cutoff=12.0, max_neighbors=20, alpha_drop=0.1)
-CONFIGS: Dict[str, Dict[str, object]] = {
-    # configs/oc20/s2ef/2M/equiformer_v2/equiformer_v2_N@12_L@6_M@2.yml: 83,164,802 parameters
-    "oc20_2M": dict(_COMMON, num_layers=12, lmax=6, mmax=2, drop_path_rate=0.05),
-    # configs/oc20/s2ef/all/equiformer_v2/equiformer_v2_N@8_L@4_M@2_31M.yml: 31,058,690
-    "oc20_31M": dict(_COMMON, num_layers=8, lmax=4, mmax=2, drop_path_rate=0.1),
-    # configs/oc20/s2ef/all/equiformer_v2/equiformer_v2_N@20_L@6_M@3_153M.yml: 153,602,690
-    "oc20_153M": dict(_COMMON, num_layers=20, lmax=6, mmax=3, drop_path_rate=0.1),
-}
-
 
 class TransformerBlock(nn.Module):
     """Pre-norm block: x + DropPath(attention(norm(x))), then x + DropPath(ffn(norm(x)))."""
@@ -63,11 +52,11 @@ class TransformerBlock(nn.Module):
         return x + self.drop_path(self.ffn(self.norm_2(x)), batch, num_graphs)
 
 
-class EquiformerV2(MessagePassing):
-    """EquiformerV2 energy (and force) model. ``build_model("equiformer_v2", config="oc20_31M")``
-    gives the paper's configurations (:data:`CONFIGS`); keyword options override them.
+@dataclass(frozen=True)
+class EquiformerV2Options(ModelOptions):
+    """Options of :class:`EquiformerV2`; the defaults are fairchem's (the OC20 2M configuration).
 
-    Args:
+    Attributes:
         num_layers: transformer blocks.
         sphere_channels: C, channels per coefficient of the node features.
         attn_hidden_channels: channels of the attention's SO(2) convolution.
@@ -91,70 +80,116 @@ class EquiformerV2(MessagePassing):
             activations (less memory, about one more forward of time).
         so2_backend: "auto" (Triton rotation kernels on CUDA), "torch" or "triton".
 
+    """
+
+    num_layers: int = 12
+    sphere_channels: int = 128
+    attn_hidden_channels: int = 64
+    num_heads: int = 8
+    attn_alpha_channels: int = 64
+    attn_value_channels: int = 16
+    ffn_hidden_channels: int = 128
+    lmax: int = 6
+    mmax: int = 2
+    grid_resolution: Optional[int] = 18
+    edge_channels: int = 128
+    num_distance_basis: int = 600
+    cutoff: float = 12.0
+    max_neighbors: Optional[int] = 20
+    max_num_elements: int = 90
+    alpha_drop: float = 0.1
+    drop_path_rate: float = 0.05
+    avg_num_nodes: float = AVG_NUM_NODES
+    avg_degree: float = AVG_DEGREE
+    direct_forces: bool = True
+    activation_checkpoint: bool = False
+    so2_backend: str = "auto"
+    max_neighbors_rule: str = "ties"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 <= self.mmax <= self.lmax:
+            raise ValueError(f"need 0 <= mmax <= lmax, got lmax={self.lmax}, mmax={self.mmax}")
+        if self.lmax < 1 and self.direct_forces:
+            raise ValueError("the direct force head reads the l = 1 features: lmax must be >= 1")
+
+
+PRESETS: Dict[str, EquiformerV2Options] = {
+    # configs/oc20/s2ef/2M/equiformer_v2/equiformer_v2_N@12_L@6_M@2.yml: 83,164,802 parameters
+    "oc20_2M": EquiformerV2Options(num_layers=12, lmax=6, mmax=2, drop_path_rate=0.05),
+    # configs/oc20/s2ef/all/equiformer_v2/equiformer_v2_N@8_L@4_M@2_31M.yml: 31,058,690
+    "oc20_31M": EquiformerV2Options(num_layers=8, lmax=4, mmax=2, drop_path_rate=0.1),
+    # configs/oc20/s2ef/all/equiformer_v2/equiformer_v2_N@20_L@6_M@3_153M.yml: 153,602,690
+    "oc20_153M": EquiformerV2Options(num_layers=20, lmax=6, mmax=3, drop_path_rate=0.1),
+}
+
+
+_SMALL = EquiformerV2Options(num_layers=2, sphere_channels=16, attn_hidden_channels=16, num_heads=2,
+                             attn_alpha_channels=8, attn_value_channels=4, ffn_hidden_channels=16, lmax=3, mmax=2,
+                             edge_channels=16, num_distance_basis=64, cutoff=5.0, max_neighbors=None, alpha_drop=0.0,
+                             drop_path_rate=0.0)
+
+
+@register_model("equiformer_v2", EquiformerV2Options, presets=PRESETS, small=_SMALL)
+class EquiformerV2(MessagePassing, Model):
+    """EquiformerV2 energy (and force) model. ``build_model("equiformer_v2", preset="oc20_31M")``
+    gives the paper's configurations (:data:`PRESETS`); keyword options override them.
+
+    Options: :class:`EquiformerV2Options`.
+
     ``forward(graph, compute_forces=True, compute_stress=False)`` returns ``energy`` (B,) eV and
     ``energies`` (N,), plus ``forces`` (N, 3) eV/Å and, for conservative models,
     ``stress`` (B, 3, 3) eV/Å^3 (0 for structures without a periodic direction).
     """
 
-    model_name = "equiformer_v2"
-    reflection_equivariant = False  # SO(2) convolutions mix +m/-m like complex numbers: SE(3) only
+    symmetry = "SE(3)"  # SO(2) convolutions mix +m/-m like complex numbers: no reflections
 
-    def __init__(self, num_layers: int = 12, sphere_channels: int = 128, attn_hidden_channels: int = 64,
-                 num_heads: int = 8, attn_alpha_channels: int = 64, attn_value_channels: int = 16,
-                 ffn_hidden_channels: int = 128, lmax: int = 6, mmax: int = 2, grid_resolution: Optional[int] = 18,
-                 edge_channels: int = 128, num_distance_basis: int = 600, cutoff: float = 12.0,
-                 max_neighbors: Optional[int] = 20, max_num_elements: int = 90, alpha_drop: float = 0.1,
-                 drop_path_rate: float = 0.05, avg_num_nodes: float = AVG_NUM_NODES, avg_degree: float = AVG_DEGREE,
-                 direct_forces: bool = True, activation_checkpoint: bool = False, so2_backend: str = "auto",
-                 max_neighbors_rule: str = "ties"):
-        super().__init__(cutoff, max_neighbors, max_neighbors_rule=max_neighbors_rule)
-        if not 0 <= mmax <= lmax:
-            raise ValueError(f"need 0 <= mmax <= lmax, got lmax={lmax}, mmax={mmax}")
-        if lmax < 1 and direct_forces:
-            raise ValueError("the direct force head reads the l = 1 features: lmax must be >= 1")
-        self.config = dict(
-            num_layers=num_layers, sphere_channels=sphere_channels, attn_hidden_channels=attn_hidden_channels,
-            num_heads=num_heads, attn_alpha_channels=attn_alpha_channels, attn_value_channels=attn_value_channels,
-            ffn_hidden_channels=ffn_hidden_channels, lmax=lmax, mmax=mmax, grid_resolution=grid_resolution,
-            edge_channels=edge_channels, num_distance_basis=num_distance_basis, cutoff=float(cutoff),
-            max_neighbors=max_neighbors, max_num_elements=max_num_elements, alpha_drop=alpha_drop,
-            drop_path_rate=drop_path_rate, avg_num_nodes=avg_num_nodes, avg_degree=avg_degree,
-            direct_forces=direct_forces, activation_checkpoint=activation_checkpoint, so2_backend=so2_backend,
-            max_neighbors_rule=max_neighbors_rule,
-        )  # fmt: skip
-        self.lmax, self.mmax, self.channels = lmax, mmax, sphere_channels
-        self.max_num_elements = max_num_elements
-        self.avg_num_nodes = avg_num_nodes
-        self.direct_forces, self.activation_checkpoint = direct_forces, activation_checkpoint
-        self.so2_backend = so2_backend
-
-        self.sphere_embedding = nn.Embedding(max_num_elements, sphere_channels)
+    def __init__(self, options: EquiformerV2Options = EquiformerV2Options()):
+        o = options
+        super().__init__(o.cutoff, o.max_neighbors, max_neighbors_rule=o.max_neighbors_rule)
+        self.options = o
+        self.lmax, self.mmax, self.channels = o.lmax, o.mmax, o.sphere_channels
+        self.max_num_elements = o.max_num_elements
+        self.avg_num_nodes = o.avg_num_nodes
+        self.direct_forces, self.activation_checkpoint = o.direct_forces, o.activation_checkpoint
+        self.so2_backend = o.so2_backend
+        self.sphere_embedding = nn.Embedding(o.max_num_elements, o.sphere_channels)
         # fairchem's GaussianSmearing(0, cutoff, 600, 2.0): width 2 x the centre spacing.
-        self.distance_expansion = GaussianBasis(0.0, self.cutoff, num_distance_basis, width=2.0)
-        radial = [num_distance_basis, edge_channels, edge_channels]
-        self.edge_degree_embedding = EdgeDegreeEmbedding(sphere_channels, lmax, radial, max_num_elements, avg_degree)
+        self.distance_expansion = GaussianBasis(0.0, self.cutoff, o.num_distance_basis, width=2.0)
+        radial = [o.num_distance_basis, o.edge_channels, o.edge_channels]
+        self.edge_degree_embedding = EdgeDegreeEmbedding(o.sphere_channels, o.lmax, radial, o.max_num_elements, o.avg_degree)
 
         def attention(out_channels: int, alpha: float) -> SO2GraphAttention:
-            return SO2GraphAttention(sphere_channels, attn_hidden_channels, num_heads, attn_alpha_channels,
-                                     attn_value_channels, out_channels, lmax, mmax, radial, max_num_elements,
-                                     grid_resolution, alpha)
+            return SO2GraphAttention(o.sphere_channels, o.attn_hidden_channels, o.num_heads, o.attn_alpha_channels,
+                                     o.attn_value_channels, out_channels, o.lmax, o.mmax, radial, o.max_num_elements,
+                                     o.grid_resolution, alpha)
 
         def ffn(out_channels: int) -> GridFeedForward:
-            return GridFeedForward(sphere_channels, ffn_hidden_channels, out_channels, lmax, grid_resolution)
+            return GridFeedForward(o.sphere_channels, o.ffn_hidden_channels, out_channels, o.lmax, o.grid_resolution)
 
         self.blocks = nn.ModuleList(
-            TransformerBlock(attention(sphere_channels, alpha_drop), ffn(sphere_channels), lmax, sphere_channels,
-                             drop_path_rate)
-            for _ in range(num_layers)
+            TransformerBlock(attention(o.sphere_channels, o.alpha_drop), ffn(o.sphere_channels), o.lmax, o.sphere_channels,
+                             o.drop_path_rate)
+            for _ in range(o.num_layers)
         )  # fmt: skip
-        self.norm = EquivariantLayerNorm(lmax, sphere_channels)
+        self.norm = EquivariantLayerNorm(o.lmax, o.sphere_channels)
         self.energy_block = ffn(1)
-        self.force_block = attention(1, 0.0) if direct_forces else None
+        self.force_block = attention(1, 0.0) if o.direct_forces else None
         self.head = EnergyHead()
         # Output normalisation of converted fairchem models: energy += energy_shift per structure
         # and forces *= force_scale on top of the head's scale.
         self.register_buffer("energy_shift", torch.zeros(()))
         self.register_buffer("force_scale", torch.ones(()))
+
+    @property
+    def forces(self) -> str:
+        """"direct" (the force head) or "conservative" (-dE/dx, with stress)."""
+        return "direct" if self.direct_forces else "conservative"
+
+    @property
+    def outputs(self) -> Dict[str, Output]:
+        """Energy outputs; stress only for conservative models."""
+        return {k: v for k, v in ENERGY_OUTPUTS.items() if k != "stress" or not self.direct_forces}
 
     @property
     def num_elements(self) -> int:
@@ -163,11 +198,7 @@ class EquiformerV2(MessagePassing):
 
     def check_elements(self, graph: AtomicGraph) -> None:
         """Raise ValueError for atomic numbers outside this model's element embedding."""
-        numbers = graph.atomic_numbers
-        if numbers.numel() and int(numbers.max()) >= self.max_num_elements:
-            bad = int(numbers[numbers >= self.max_num_elements][0])
-            raise ValueError(f"atomic number {bad} is beyond this EquiformerV2's element embedding "
-                             f"(max_num_elements={self.max_num_elements}: atomic numbers 1..{self.max_num_elements - 1})")
+        check_embedded_elements(graph, self.max_num_elements, "EquiformerV2", "max_num_elements")
 
     def edge_frames(self, vectors: torch.Tensor) -> EdgeFrames:
         """Wigner-D blocks of each edge's frame, computed once per forward for every layer."""

@@ -11,7 +11,17 @@ from sciml.models.gfno.layers import (
     SpectralConv,
     SpectralConvolution,
 )
-from sciml.models.gfno.model import FNO2d, FNO3d, FourierNeuralOperator, GFNO2d, GFNO3d
+from sciml.models.gfno.model import (
+    FNO2d,
+    FNO2dOptions,
+    FNO3d,
+    FNO3dOptions,
+    FourierNeuralOperator,
+    GFNO2d,
+    GFNO2dOptions,
+    GFNO3d,
+    GFNO3dOptions,
+)
 
 __all__ = [
     "PointGroup",
@@ -25,7 +35,11 @@ __all__ = [
     "FourierBlock",
     "FourierNeuralOperator",
     "FNO2d",
+    "FNO2dOptions",
     "GFNO2d",
+    "GFNO2dOptions",
     "FNO3d",
+    "FNO3dOptions",
     "GFNO3d",
+    "GFNO3dOptions",
 ]

@@ -14,11 +14,13 @@ rotation about the origin, w[i, j] -> w[j, -i mod n].
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import torch
 from torch import nn
 
+from sciml.models.contract import Model, ModelOptions, Output, register_model
 from sciml.models.gfno.group import PointGroup
 from sciml.models.gfno.layers import FourierBlock, GridFeatures, GroupLinear, GroupMLP, GroupSpectralConv, SpectralConv
 
@@ -26,7 +28,7 @@ from sciml.models.gfno.layers import FourierBlock, GridFeatures, GroupLinear, Gr
 WIDTHS = {2: {"trivial": 20, "p4": 10, "p4m": 7}, 3: {"trivial": 20, "p4": 11, "p4m": 7}}
 
 
-class FourierNeuralOperator(nn.Module):
+class FourierNeuralOperator(nn.Module, Model):
     """The shared body: channels-last (B, *grid, in_channels) -> (B, *grid, out_channels).
 
     ``modes``: kept frequencies per grid axis (x, y[, t]); ``group``: "trivial" (FNO), "p4" or
@@ -36,6 +38,8 @@ class FourierNeuralOperator(nn.Module):
     """
 
     model_name = "fno"
+    inputs = "grid"
+    outputs = {"field": Output("field", "")}
 
     def __init__(self, in_channels: int, out_channels: int, modes: Tuple[int, ...], group: str, width: int,
                  blocks: int, grid: str, norm: bool, time_padding: int = 0):
@@ -44,7 +48,7 @@ class FourierNeuralOperator(nn.Module):
         if self.group.order > 1 and grid == "cartesian":
             raise ValueError("the cartesian grid feature breaks the group's symmetry; use 'symmetric' or 'none'")
         self.modes = tuple(modes)
-        self.in_channels, self.out_channels = in_channels, out_channels
+        self.in_channels, self.out_channels, self.width = in_channels, out_channels, width
         self.time_padding = time_padding
         self.grid = GridFeatures(grid, len(modes))
         g = self.group
@@ -55,6 +59,11 @@ class FourierNeuralOperator(nn.Module):
 
         self.blocks = nn.ModuleList(FourierBlock(conv(), width, g, norm, activation=i < blocks - 1) for i in range(blocks))
         self.project = GroupMLP(width, 4 * width, out_channels, g, output="trivial")
+
+    @property
+    def symmetry(self) -> str:
+        """The group the model is equivariant to: "trivial", "p4" or "p4m"."""
+        return self.group.name
 
     @property
     def space_time(self) -> bool:
@@ -96,6 +105,67 @@ class FourierNeuralOperator(nn.Module):
         return self.project(x).movedim(1, -1)
 
 
+@dataclass(frozen=True)
+class FNO2dOptions(ModelOptions):
+    """Options of :class:`FNO2d`: ``t_in`` input and ``t_out`` output steps, ``width`` channels
+    (per group element), ``modes`` kept frequencies per axis, ``blocks`` Fourier blocks, ``grid``
+    feature ("symmetric", "cartesian" or "none"), instance ``norm``."""
+
+    t_in: int = 10
+    t_out: int = 1
+    width: int = 20
+    modes: int = 12
+    blocks: int = 4
+    grid: str = "symmetric"
+    norm: bool = True
+
+
+@dataclass(frozen=True)
+class GFNO2dOptions(FNO2dOptions):
+    """Options of :class:`GFNO2d`: those of :class:`FNO2dOptions` and the ``group`` ("p4" or
+    "p4m"); ``width`` None takes the paper's width for the group."""
+
+    group: str = "p4"
+    width: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class FNO3dOptions(ModelOptions):
+    """Options of :class:`FNO3d`: ``channels_in``/``channels_out`` per grid point, ``width``,
+    ``modes`` in x and y and ``time_modes`` in t, ``blocks``, ``grid`` feature, ``norm`` and
+    ``time_padding`` (zeros appended to the time axis)."""
+
+    channels_in: int = 10
+    channels_out: int = 1
+    width: int = 20
+    modes: int = 8
+    time_modes: int = 6
+    blocks: int = 4
+    grid: str = "cartesian"
+    norm: bool = False
+    time_padding: int = 0
+
+
+@dataclass(frozen=True)
+class GFNO3dOptions(FNO3dOptions):
+    """Options of :class:`GFNO3d`: those of :class:`FNO3dOptions` and the ``group``; default grid
+    ``symmetric`` and ``width`` None for the paper's width."""
+
+    group: str = "p4"
+    width: Optional[int] = None
+    grid: str = "symmetric"
+
+
+def _group_and_width(options: "FNO2dOptions | FNO3dOptions", dims: int) -> Tuple[str, int]:
+    """The group of a model's options ("trivial" for FNO) and its width (the paper's for None)."""
+    if not isinstance(options, (GFNO2dOptions, GFNO3dOptions)):
+        return "trivial", options.width
+    if options.group not in ("p4", "p4m"):
+        raise ValueError(f"G-FNO groups are 'p4' and 'p4m', got {options.group!r}")
+    return options.group, WIDTHS[dims][options.group] if options.width is None else options.width
+
+
+@register_model("fno2d", FNO2dOptions, small=FNO2dOptions(width=8, modes=4))
 class FNO2d(FourierNeuralOperator):
     """FNO-2D for time stepping: (batch, x, y, t_in) -> (batch, x, y, t_out), the next ``t_out``
     steps from the last ``t_in``, at any resolution with at least ``2 modes`` points per axis.
@@ -104,18 +174,15 @@ class FNO2d(FourierNeuralOperator):
     ``symmetric`` grid feature (928,641 parameters, the paper's 0.93M).
     """
 
-    model_name = "fno2d"
-
-    def __init__(self, t_in: int = 10, t_out: int = 1, width: int = 20, modes: int = 12, blocks: int = 4,
-                 grid: str = "symmetric", norm: bool = True):
-        self._setup(t_in, t_out, width, modes, blocks, grid, norm, "trivial")
-
-    def _setup(self, t_in, t_out, width, modes, blocks, grid, norm, group):
-        super().__init__(int(t_in), int(t_out), (int(modes),) * 2, group, int(width), int(blocks), grid, bool(norm))
-        self.config = dict(t_in=int(t_in), t_out=int(t_out), width=int(width), modes=int(modes), blocks=int(blocks),
-                           grid=str(grid), norm=bool(norm))
+    def __init__(self, options: FNO2dOptions = FNO2dOptions()):
+        o = options
+        group, width = _group_and_width(o, 2)
+        super().__init__(o.t_in, o.t_out, (o.modes,) * 2, group, width, o.blocks, o.grid, o.norm)
+        self.options = o
 
 
+@register_model("gfno2d_p4", GFNO2dOptions, fixed={"group": "p4"}, small=GFNO2dOptions(group="p4", width=4, modes=4))
+@register_model("gfno2d_p4m", GFNO2dOptions, fixed={"group": "p4m"}, small=GFNO2dOptions(group="p4m", width=4, modes=4))
 class GFNO2d(FNO2d):
     """G-FNO-2D: :class:`FNO2d` equivariant to the group ``"p4"`` (rotations by 90 degrees) or
     ``"p4m"`` (and reflections) of the (x, y) plane; the grid must be square.
@@ -123,15 +190,12 @@ class GFNO2d(FNO2d):
     Default widths as the paper: p4 10 (853,121 parameters, 0.85M), p4m 7 (835,969, 0.84M).
     """
 
-    def __init__(self, group: str = "p4", t_in: int = 10, t_out: int = 1, width: Optional[int] = None,
-                 modes: int = 12, blocks: int = 4, grid: str = "symmetric", norm: bool = True):
-        if group not in ("p4", "p4m"):
-            raise ValueError(f"G-FNO groups are 'p4' and 'p4m', got {group!r}")
-        self._setup(t_in, t_out, WIDTHS[2][group] if width is None else width, modes, blocks, grid, norm, group)
-        self.model_name = f"gfno2d_{group}"
-        self.config["group"] = group
+    def __init__(self, options: GFNO2dOptions = GFNO2dOptions()):
+        super().__init__(options)
+        self.model_name = f"gfno2d_{options.group}"
 
 
+@register_model("fno3d", FNO3dOptions, small=FNO3dOptions(width=8, modes=4, time_modes=3))
 class FNO3d(FourierNeuralOperator):
     """FNO-3D in space and time: (batch, x, y, t, channels_in) -> (batch, x, y, t, channels_out),
     e.g. the first 10 steps repeated along t in, the next t steps out, in one shot.
@@ -140,32 +204,24 @@ class FNO3d(FourierNeuralOperator):
     norm, the ``cartesian`` grid (x, y, t) as the reference's FNO3d (4,922,281 parameters).
     """
 
-    model_name = "fno3d"
-
-    def __init__(self, channels_in: int = 10, channels_out: int = 1, width: int = 20, modes: int = 8,
-                 time_modes: int = 6, blocks: int = 4, grid: str = "cartesian", norm: bool = False, time_padding: int = 0):
-        self._setup(channels_in, channels_out, width, modes, time_modes, blocks, grid, norm, time_padding, "trivial")
-
-    def _setup(self, channels_in, channels_out, width, modes, time_modes, blocks, grid, norm, time_padding, group):
-        super().__init__(int(channels_in), int(channels_out), (int(modes), int(modes), int(time_modes)), group,
-                         int(width), int(blocks), grid, bool(norm), int(time_padding))
-        self.config = dict(channels_in=int(channels_in), channels_out=int(channels_out), width=int(width),
-                           modes=int(modes), time_modes=int(time_modes), blocks=int(blocks), grid=str(grid),
-                           norm=bool(norm), time_padding=int(time_padding))
+    def __init__(self, options: FNO3dOptions = FNO3dOptions()):
+        o = options
+        group, width = _group_and_width(o, 3)
+        super().__init__(o.channels_in, o.channels_out, (o.modes, o.modes, o.time_modes), group, width, o.blocks,
+                         o.grid, o.norm, o.time_padding)
+        self.options = o
 
 
+@register_model("gfno3d_p4", GFNO3dOptions, fixed={"group": "p4"},
+                small=GFNO3dOptions(group="p4", width=4, modes=4, time_modes=3))
+@register_model("gfno3d_p4m", GFNO3dOptions, fixed={"group": "p4m"},
+                small=GFNO3dOptions(group="p4m", width=4, modes=4, time_modes=3))
 class GFNO3d(FNO3d):
     """G-FNO-3D: :class:`FNO3d` equivariant to ``"p4"`` or ``"p4m"`` acting on (x, y) (time is not
     transformed); the (x, y) grid must be square. Default grid ``symmetric`` (distance from the
     centre and t) and widths as the paper: p4 11 (4,799,708 parameters), p4m 7 (3,887,304).
     """
 
-    def __init__(self, group: str = "p4", channels_in: int = 10, channels_out: int = 1, width: Optional[int] = None,
-                 modes: int = 8, time_modes: int = 6, blocks: int = 4, grid: str = "symmetric", norm: bool = False,
-                 time_padding: int = 0):
-        if group not in ("p4", "p4m"):
-            raise ValueError(f"G-FNO groups are 'p4' and 'p4m', got {group!r}")
-        self._setup(channels_in, channels_out, WIDTHS[3][group] if width is None else width, modes, time_modes,
-                    blocks, grid, norm, time_padding, group)
-        self.model_name = f"gfno3d_{group}"
-        self.config["group"] = group
+    def __init__(self, options: GFNO3dOptions = GFNO3dOptions()):
+        super().__init__(options)
+        self.model_name = f"gfno3d_{options.group}"
