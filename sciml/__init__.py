@@ -1,6 +1,8 @@
 """sciml: equivariant scientific machine learning for molecules, crystals and PDEs."""
 
-__version__ = "0.1.0"
+from sciml.version import __version__
+
+__all__ = ["__version__", "predict"]
 
 
 def predict(structures, model, batch_size: int = 32, **kwargs):

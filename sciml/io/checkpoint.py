@@ -22,6 +22,7 @@ import torch
 
 from sciml.io.files import atomic_path
 from sciml.io.sniff import describe_wrong_file, is_torch_file
+from sciml.version import __version__
 
 FORMAT = "sciml-checkpoint"
 FORMAT_VERSION = 2
@@ -62,8 +63,6 @@ def save_checkpoint(
     **extra: Any,
 ) -> Path:
     """Write a checkpoint atomically. ``extra`` holds e.g. optimizer state, epoch, metrics."""
-    from sciml import __version__
-
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,

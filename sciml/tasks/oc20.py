@@ -2,7 +2,7 @@
 
 - S2EF: energies and forces of every structure, scored with fairchem's metrics (energy MAE,
   force MAE, force cosine, EwT, EFwT; force metrics over free atoms), see
-  :mod:`sciml.data.oc20.metrics`.
+  :mod:`sciml.tasks.oc20_metrics`.
 - IS2RE: each initial structure is relaxed with the model as an ASE calculator, its fixed atoms
   held by ``FixAtoms`` (OC20's defaults: L-BFGS with max step 0.04 Å, memory 50, damping 1,
   alpha 70; fmax 0.05 eV/Å; at most 200 steps). The energy at the last step is the prediction of
@@ -23,9 +23,9 @@ from ase.constraints import FixAtoms
 from ase.geometry import find_mic
 
 from sciml.calculator import SciMLCalculator
-from sciml.data.oc20.metrics import OC20Metrics
 from sciml.graph import AtomicGraph
 from sciml.inference import model_dtype, predict_batches
+from sciml.tasks.oc20_metrics import OC20Metrics
 
 # ase optimizer class and options per name; L-BFGS with OC20's settings.
 _OPTIMIZERS = {"lbfgs": ("LBFGS", dict(maxstep=0.04, memory=50, damping=1.0, alpha=70.0)),

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from sciml.data.oc20 import OC20Metrics, oc20_metrics
+from sciml.tasks.oc20_metrics import OC20Metrics, oc20_metrics
 
 # Two structures: A with 2 atoms (a1 fixed), B with 3 atoms (b2 fixed).
 NATOMS = torch.tensor([2, 3])

@@ -1,4 +1,4 @@
-"""Open Catalyst 2020 (OC20) data: readers, a fast LMDB cache, an EMT generator and metrics.
+"""Open Catalyst 2020 (OC20) data: readers, a fast LMDB cache and an EMT generator.
 
 Every reader yields *records* (dicts of numpy arrays, see :mod:`sciml.data.oc20.records`) that
 become :class:`~sciml.graph.atomic_graph.AtomicGraph` objects with :func:`graph_from_record`::
@@ -11,8 +11,8 @@ become :class:`~sciml.graph.atomic_graph.AtomicGraph` objects with :func:`graph_
 
 Modules: ``records`` (the record and its graph), ``s2ef_extxyz``, ``ase_db`` and
 ``legacy_lmdb`` (the public formats), ``cache`` (the sciml cache), ``sources`` (format
-detection, iteration, caching), ``emt_adsorption`` (OC20-like EMT data), ``metrics`` (OC20
-metrics).
+detection, iteration, caching), ``emt_adsorption`` (OC20-like EMT data). The OC20 metrics are
+in :mod:`sciml.tasks.oc20_metrics`.
 """
 
 from sciml.data.oc20.ase_db import read_ase_db, write_ase_db
@@ -25,7 +25,6 @@ from sciml.data.oc20.emt_adsorption import (
     write_oc20_dataset,
 )
 from sciml.data.oc20.legacy_lmdb import LegacyLmdb, RestrictedUnpickler, write_legacy_lmdb
-from sciml.data.oc20.metrics import OC20Metrics, oc20_metrics
 from sciml.data.oc20.records import FIELDS, Record, check_record, graph_from_record
 from sciml.data.oc20.s2ef_extxyz import read_s2ef_extxyz, write_s2ef_extxyz
 from sciml.data.oc20.sources import FORMATS, detect_format, iter_records, load_graphs, preprocess
@@ -36,7 +35,6 @@ __all__ = [
     "AdsorptionRelaxation",
     "CachedDataset",
     "LegacyLmdb",
-    "OC20Metrics",
     "Record",
     "RestrictedUnpickler",
     "check_record",
@@ -45,7 +43,6 @@ __all__ = [
     "is2re_records",
     "iter_records",
     "load_graphs",
-    "oc20_metrics",
     "preprocess",
     "read_ase_db",
     "read_cache_metadata",

@@ -23,10 +23,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from sciml import __version__
 from sciml.data.oc20._lmdb import environment, write_lmdb
 from sciml.data.oc20.records import Record, check_record, graph_from_record
 from sciml.graph.atomic_graph import AtomicGraph
+from sciml.version import __version__
 
 FORMAT = "sciml-oc20-cache"
 FORMAT_VERSION = 1
