@@ -115,7 +115,7 @@ def load_model(checkpoint_path: "str | Path", device: "str | torch.device" = "cp
     """The model saved in a checkpoint, on ``device``, in eval mode.
 
     A sciml checkpoint (``sciml train``) or a fairchem v1 EquiformerV2 checkpoint (converted by
-    :func:`sciml.models.equiformer_v2.load_fairchem_checkpoint`). ``dtype`` ("float32",
+    :func:`sciml.fairchem.load_fairchem_checkpoint`). ``dtype`` ("float32",
     "float64" or a torch dtype) converts the parameters; None keeps the dtype it was saved in.
     The model's ``domain`` (:class:`~sciml.models.domain.ModelDomain`, or None for a checkpoint
     without one) names the checkpoint in its refusals.

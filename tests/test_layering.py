@@ -26,20 +26,25 @@ ROOT = "sciml"
 # ROOT, the root package, which stands for ``sciml/__init__.py`` alone.
 LAYERS: List[Tuple[str, Tuple[str, ...]]] = [
     # Process-level services every layer may use: the version, devices and dtypes, thread counts,
-    # and torch.distributed (process groups shared by training and batch inference).
-    ("runtime", ("sciml.version", "sciml.devices", "sciml.threads", "sciml.distributed")),
+    # and torch.distributed (process groups shared by training and batch inference); the error
+    # types every layer raises.
+    ("runtime", ("sciml.version", "sciml.errors", "sciml.devices", "sciml.threads", "sciml.distributed")),
     # Numerical kernels on plain tensors and their C/CUDA sources: no graphs, no models.
     ("ops", ("sciml.ops", "sciml._kernels")),
     # Atoms, cells, neighbour search and batching, the one place that builds graphs: no models.
     ("graph", ("sciml.graph",)),
-    # Models and heads (built from ops on graphs) and the equivariance checks run on any model:
-    # no files, no trainer, no command line.
-    ("models", ("sciml.models", "sciml.testing")),
+    # Models and heads (built from ops on graphs) and the model contract: no files, no trainer,
+    # no command line.
+    ("models", ("sciml.models",)),
     # Files: formats, readers and generators of data sets, checkpoints, MD logs.
     ("files", ("sciml.io", "sciml.data", "sciml.md_log")),
     # A trained model at work: loading, batched prediction, the ase calculator, MD, export.
     # It needs no trainer.
-    ("inference", ("sciml.inference", "sciml.batch_inference", "sciml.calculator", "sciml.simulate", "sciml.deploy")),
+    ("inference", ("sciml.inference", "sciml.fairchem", "sciml.batch_inference", "sciml.calculator", "sciml.simulate",
+                   "sciml.deploy")),
+    # Checks run on any model: equivariance, finite differences, the conformance suite (which
+    # saves and loads checkpoints).
+    ("testing", ("sciml.testing",)),
     # Benchmark protocols run on a trained model, their metrics and figures.
     ("tasks", ("sciml.tasks", "sciml.plots")),
     # The trainer, a library under its command line.

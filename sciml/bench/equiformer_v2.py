@@ -40,7 +40,7 @@ from sciml.bench.timing import best_seconds, peak_extra_mb, torch_threads
 from sciml.bench.train_step import compare_training_steps
 from sciml.graph import AtomicGraph
 from sciml.models import build_model
-from sciml.models.equiformer_v2 import export_fairchem_checkpoint
+from sciml.fairchem import export_fairchem_checkpoint
 
 # fairchem-core 1.10 (torch 2.4.1) through sciml/bench/fairchem_runner.py on this project's 2-core
 # machine, idle (load < 0.6), 31M config, the structure above, float32, 2 threads, best of 3, two

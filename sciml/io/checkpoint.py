@@ -20,6 +20,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
+from sciml.errors import CheckpointError
 from sciml.io.files import atomic_path
 from sciml.io.sniff import describe_wrong_file, is_torch_file
 from sciml.version import __version__
@@ -27,10 +28,6 @@ from sciml.version import __version__
 FORMAT = "sciml-checkpoint"
 FORMAT_VERSION = 2
 _PLAIN = (str, int, float, bool, type(None), torch.Tensor)
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, truncated, corrupted, foreign or of an unknown version."""
 
 
 def _check_plain(value: Any, where: str) -> None:

@@ -15,7 +15,7 @@ from ase.build import add_adsorbate, bulk, fcc111, molecule
 from sciml.graph import AtomicGraph
 from sciml.io import CheckpointError
 from sciml.models import build_model
-from sciml.models.equiformer_v2 import export_fairchem_checkpoint, load_fairchem_checkpoint
+from sciml.fairchem import export_fairchem_checkpoint, load_fairchem_checkpoint
 from sciml.models.equiformer_v2.grid import grid_matrices
 from sciml.testing.consistency import check_conservative
 from sciml.inference import load_model

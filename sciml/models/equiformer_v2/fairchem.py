@@ -4,8 +4,8 @@ A fairchem trainer checkpoint is a dict with ``state_dict`` (keys prefixed ``mod
 from DDP), ``config["model"]`` (the model's constructor options: the legacy monolithic
 ``equiformer_v2`` class, or ``hydra`` with a ``backbone`` and heads), ``normalizers`` (target
 mean and rmsd) and optionally ``ema`` (exponential moving averages of the parameters, which
-fairchem uses for predictions). The file is read with ``torch.load(weights_only=True)``: a
-checkpoint cannot run code.
+fairchem uses for predictions). Files are read and written by :mod:`sciml.fairchem`; this module
+converts their contents.
 
 Renamed parameters: ``so2_m_conv.{k}.fc`` -> ``fc_m.{k}`` and ``so2_conv_1.rad_func`` ->
 ``rad_func`` (the radial MLP sits beside the SO(2) linear here); hydra prefixes ``backbone.``
@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 
-from sciml.io.checkpoint import CheckpointError, read_torch_file
+from sciml.errors import CheckpointError
 from sciml.models.domain import LABEL_UNITS, ModelDomain
 from sciml.models.equiformer_v2.model import AVG_DEGREE, AVG_NUM_NODES, EquiformerV2, EquiformerV2Options
 
@@ -150,30 +150,9 @@ def _config_normalizers(config: Mapping[str, Any]) -> Dict[str, Dict[str, Any]]:
     return found
 
 
-def load_fairchem_checkpoint(path: "str | Path", use_ema: bool = True) -> Tuple[EquiformerV2, Dict[str, Any]]:
-    """Build a sciml :class:`EquiformerV2` from a fairchem v1 checkpoint file.
-
-    Args:
-        path: a fairchem trainer checkpoint (e.g. ``eq2_31M_ec4_allmd.pt``).
-        use_ema: use the EMA parameters when the checkpoint has them (as fairchem's predictions do).
-
-    Returns:
-        ``(model, info)``: the model in eval mode with the checkpoint's weights and output
-        normalisation (energy = rmsd * output + mean, forces = force rmsd * output; from the
-        checkpoint's ``normalizers``, else from its config's dataset section), and ``info``
-        with the sciml options, fairchem's model config, the normalisers, whether EMA weights were
-        used, the ignored constant buffers, epoch and step.
-
-    Raises:
-        CheckpointError: unreadable file, another model, unsupported options, or parameter names
-            or shapes that do not match (all mismatches are listed).
-    """
-    return fairchem_checkpoint_model(read_torch_file(path), path, use_ema)
-
-
 def fairchem_checkpoint_model(checkpoint: Any, path: "str | Path",
                               use_ema: bool = True) -> Tuple[EquiformerV2, Dict[str, Any]]:
-    """:func:`load_fairchem_checkpoint` of an already loaded checkpoint dict (read from ``path``,
+    """:func:`sciml.fairchem.load_fairchem_checkpoint` of an already loaded checkpoint dict (read from ``path``,
     which error messages name)."""
     if not isinstance(checkpoint, Mapping) or "state_dict" not in checkpoint:
         raise CheckpointError(f"{path} is not a fairchem checkpoint (no 'state_dict')")
@@ -239,10 +218,10 @@ def _fairchem_name(key: str) -> str:
     return re.sub(r"^((?:blocks\.\d+\.ga)|force_block)\.rad_func\.", r"\1.so2_conv_1.rad_func.", key)
 
 
-def export_fairchem_checkpoint(model: EquiformerV2, path: "str | Path") -> Path:
-    """Write ``model``'s weights as a fairchem v1 checkpoint of the legacy ``equiformer_v2`` class
-    (``state_dict`` prefixed ``module.``, ``config["model"]``), e.g. to run fairchem on the same
-    weights. Output normalisation is not exported: the model must have the identity one. A model
+def fairchem_checkpoint_dict(model: EquiformerV2) -> Dict[str, Any]:
+    """``model``'s weights as a fairchem v1 checkpoint of the legacy ``equiformer_v2`` class
+    (``state_dict`` prefixed ``module.``, ``config["model"]``; written by
+    :func:`sciml.fairchem.export_fairchem_checkpoint`), e.g. to run fairchem on the same weights. Output normalisation is not exported: the model must have the identity one. A model
     with ``max_neighbors`` must use one of fairchem's rules ("strict" or "fairchem"): fairchem
     cannot build the graph of sciml's "ties" rule."""
     c = model.options.to_dict()
@@ -250,7 +229,7 @@ def export_fairchem_checkpoint(model: EquiformerV2, path: "str | Path") -> Path:
         raise ValueError("fairchem has no max_neighbors rule equal to sciml's 'ties'; build the model with "
                          "max_neighbors_rule='strict' or 'fairchem' (or max_neighbors=None) to export it")
     if float(model.head.scale) != 1.0 or float(model.energy_shift) != 0.0 or float(model.head.element_energies.abs().max()) != 0.0:
-        raise ValueError("export_fairchem_checkpoint needs a model without output normalisation or element energies")
+        raise ValueError("a fairchem checkpoint needs a model without output normalisation or element energies")
     model_config = dict(
         name="equiformer_v2", use_pbc=True, regress_forces=c["direct_forces"], otf_graph=True,
         max_neighbors=c["max_neighbors"], enforce_max_neighbors_strictly=c["max_neighbors_rule"] != "fairchem",
@@ -263,6 +242,4 @@ def export_fairchem_checkpoint(model: EquiformerV2, path: "str | Path") -> Path:
         weight_init="uniform", **_REQUIRED,
     )  # fmt: skip
     state = {"module." + _fairchem_name(k): v.detach().cpu() for k, v in model.state_dict().items() if k not in _SCIML_ONLY}
-    path = Path(path)
-    torch.save({"state_dict": state, "config": {"model": model_config}, "normalizers": {}, "ema": None}, path)
-    return path
+    return {"state_dict": state, "config": {"model": model_config}, "normalizers": {}, "ema": None}

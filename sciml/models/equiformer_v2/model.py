@@ -4,7 +4,7 @@ Node features are (N, (lmax+1)^2, C) real spherical-harmonic coefficients (e3nn 
 forward builds one rotation per edge taking the edge onto +y and its Wigner-D blocks, shared by
 every layer; messages are SO(2) convolutions in those edge frames with orders |m| <= mmax. The
 numerics follow fairchem's ``equiformer_v2`` (v1, fairchem-core 1.x), whose checkpoints load
-through :func:`sciml.models.equiformer_v2.load_fairchem_checkpoint`.
+through :func:`sciml.fairchem.load_fairchem_checkpoint`.
 
 Outputs: energy = sum over atoms of the energy block's l = 0 output / ``avg_num_nodes`` (through
 :class:`~sciml.models.heads.EnergyHead`, so training-set statistics apply), and forces either
