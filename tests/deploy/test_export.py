@@ -67,7 +67,7 @@ def graph_of(model, atoms) -> AtomicGraph:
 )
 def test_forward_exports_with_dynamic_atoms_and_edges(name, options, first, second):
     model = energy_model(name, **options)
-    stress = bool(first.pbc.all()) and not getattr(model, "direct_forces", False)
+    stress = bool(first.pbc.all()) and model.forces == "conservative"
     program = export_forward(model, graph_of(model, first), compute_forces=True, compute_stress=stress)
     graph = graph_of(model, second)
     assert (graph.num_nodes, graph.num_edges) != (len(first), graph_of(model, first).num_edges)
@@ -143,7 +143,7 @@ def test_package_equals_eager_model(package, atoms):
     graph = AtomicGraph.from_ase(atoms, model.graph_spec, dtype=dtype)
     assert graph.num_nodes != 7  # the size the package was traced with
     periodic = bool(atoms.pbc.any())
-    conservative = not model.options.direct_forces
+    conservative = model.forces == "conservative"
     eager = model(graph, compute_forces=True, compute_stress=periodic and conservative)
     energy, energies, forces, virial = exported(graph.positions, graph.atomic_numbers, graph.cell[0],
                                                 graph.edge_index, graph.cell_shifts.to(dtype))

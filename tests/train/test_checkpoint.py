@@ -9,11 +9,11 @@ from sciml.io import CheckpointError, load_checkpoint, save_checkpoint
 def test_round_trip_with_metadata(tmp_path):
     model = torch.nn.Linear(3, 2)
     path = save_checkpoint(
-        tmp_path / "model.pt", model.state_dict(), "egnn", config={"layers": 4, "cutoff": 5.0, "names": ["a"]},
+        tmp_path / "model.pt", model.state_dict(), "egnn", options={"layers": 4, "cutoff": 5.0, "names": ["a"]},
         statistics={"energy_mean": 1.5, "element_energies": torch.arange(3.0)}, epoch=7,
     )
     loaded = load_checkpoint(path)
-    assert loaded["model_name"] == "egnn" and loaded["config"]["layers"] == 4 and loaded["epoch"] == 7
+    assert loaded["model_name"] == "egnn" and loaded["options"]["layers"] == 4 and loaded["epoch"] == 7
     assert torch.equal(loaded["state_dict"]["weight"], model.weight.detach())
     assert torch.equal(loaded["statistics"]["element_energies"], torch.arange(3.0))
     assert isinstance(loaded["sciml_version"], str)
@@ -72,3 +72,23 @@ def test_newer_format_version_is_refused(tmp_path):
     torch.save({"format": "sciml-checkpoint", "format_version": 99}, path)
     with pytest.raises(CheckpointError, match="format version 99"):
         load_checkpoint(path)
+
+
+def test_format_1_checkpoints_load_with_their_config_as_the_options(tmp_path):
+    """Checkpoints written before the model contract stored the options as ``config``."""
+    from ase.build import molecule
+
+    from sciml.graph import AtomicGraph
+    from sciml.inference import load_model
+    from sciml.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("egnn", hidden=8, layers=2).eval()
+    path = tmp_path / "v1.pt"
+    torch.save({"format": "sciml-checkpoint", "format_version": 1, "sciml_version": "0.1.0", "model_name": "egnn",
+                "config": model.options.to_dict(), "statistics": {}, "state_dict": model.state_dict()}, path)
+    assert "config" not in load_checkpoint(path) and load_checkpoint(path)["options"]["hidden"] == 8
+    loaded = load_model(path)
+    assert loaded.options == model.options
+    graph = AtomicGraph.from_ase(molecule("CH4"), model.graph_spec)
+    assert torch.equal(loaded(graph)["energy"], model(graph)["energy"])
