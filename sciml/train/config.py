@@ -3,7 +3,7 @@
 A config file is YAML whose keys mirror :class:`TrainConfig`; only the data is required (``data.path``,
 a file split into train/valid/test, or ``data.train`` with optional ``data.valid``/``data.test`` files)::
 
-    model: {name: egnn, options: {hidden: 64, layers: 4}}
+    model: {name: egnn, preset: null, options: {hidden: 64, layers: 4}}
     data: {path: datasets/ethanol_xtb_500K/ethanol_xtb_500K.extxyz}
     optimizer: {lr: 1.0e-3}
     epochs: 200
@@ -42,6 +42,15 @@ class ModelConfig:
     name: str = "egnn"
     preset: Optional[str] = None
     options: Dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # configs written before ``model.preset`` existed named the preset among the options
+        if "preset" in self.options:
+            options = dict(self.options)
+            preset = options.pop("preset")
+            if self.preset not in (None, preset):
+                raise ValueError(f"config key model.preset {self.preset!r} and model.options.preset {preset!r} differ")
+            self.preset, self.options = preset, options
 
 
 @dataclass
