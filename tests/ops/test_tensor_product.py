@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from e3nn import o3
 
 from sciml.ops import ChannelwiseTensorProduct, FullyConnectedTensorProduct, TensorProduct
 from sciml.ops.tensor_product import cpu
+from sciml.ops.tensor_product.core import PathRow
+from sciml.ops.tensor_product.cpu_codegen import ProgramPath
 from tp_cases import MODES, e3nn_module, random_e3nn_tensor_product
 
 CPU_BACKENDS = ["reference", "torch"] + (["cpu"] if cpu.available() else [])
@@ -263,3 +267,18 @@ def test_other_dtypes_run_on_the_reference_under_auto():
     tp.backend = "cpu"
     with pytest.raises(ValueError, match="backend 'cpu' supports float32/float64, got torch.bfloat16"):
         tp(x1.bfloat16(), x2.bfloat16(), weight.bfloat16())
+
+
+def test_plan_rows_have_the_layout_the_c_kernel_reads():
+    """``cpu_kernel.c`` reads plan rows (``PathRow``) and program rows (``ProgramPath``) by position."""
+    source = Path(cpu.__file__).with_name("cpu_kernel.c").read_text()
+    assert f"#define PATH_COLUMNS {len(PathRow._fields)} " in source
+    assert f"const int64_t *path = paths + {len(ProgramPath._fields)} * p;" in source
+    plan_reads = {"off_a": "ar + P[{}]", "off_s": "sr + P[{}]", "bc_s": "(int)P[{}]", "channels": "U = P[{}]",
+                  "begin": "e = P[{}]", "end": "e < P[{}]"}
+    program_reads = {"channels": "channels = path[{}]", "out_broadcast": "(int)path[{}]"}
+    for fields, reads in ((PathRow._fields, plan_reads), (ProgramPath._fields, program_reads)):
+        for field, read in reads.items():
+            assert read.format(fields.index(field)) in source, (field, read)
+    plan = ChannelwiseTensorProduct("2x0e+2x1o", "0e+1o")._lowered.plan
+    assert [list(row) for row in plan.path_rows()] == plan.paths.tolist()
