@@ -8,6 +8,7 @@ from sciml.ops import SphericalHarmonics, sh_codegen, spherical_harmonics, spher
 from sciml.ops.cbuild import kernel_name
 from sciml.ops.sh_codegen import harmonics_c_source
 from sciml.ops.sh_recurrence import cg_spherical_harmonics
+from sciml.testing.irreps import assert_irreps_equivariant
 
 NORMALIZATIONS = ["component", "norm", "integral"]
 
@@ -227,3 +228,13 @@ def test_e3nn_meaning_of_degrees_and_defaults():
         assert (ours.irreps_in, ours.irreps_out) == (theirs.irreps_in, theirs.irreps_out)
         assert (ours(v) - theirs(v)).abs().max() < 1e-12
     assert torch.equal(spherical_harmonics_upto(3, v), spherical_harmonics(upto(3), v, True, "component"))
+
+
+@pytest.mark.parametrize("normalization", NORMALIZATIONS)
+def test_harmonics_are_o3_equivariant(backend, normalization):
+    """Harmonics of rotated (or rotoreflected) vectors are the rotated harmonics, for vector (1o)
+    and pseudovector (1e) inputs."""
+    irreps = o3.Irreps.spherical_harmonics(6)
+    assert_irreps_equivariant(lambda v: spherical_harmonics(irreps, v, True, normalization), ["1o"], irreps, atol=1e-12)
+    pseudo = SphericalHarmonics("0e+1e+2e+3e", True, normalization, irreps_in="1e")
+    assert_irreps_equivariant(pseudo, ["1e"], pseudo.irreps_out, atol=1e-12)
