@@ -7,6 +7,7 @@ import pytest
 import torch
 from e3nn import o3
 
+from sciml.ops.irreps import default_dtype
 from sciml.ops import GauntTensorProduct, gaunt_coefficients
 from sciml.ops import gaunt as gaunt_module
 from sciml.ops.gaunt import (
@@ -329,6 +330,8 @@ def test_mul_ir_adapters_follow_e3nn_layout():
 
 
 def test_bad_input_raises_value_error_naming_the_problem():
+    with pytest.raises(ValueError, match=r"degrees 0\.\.16"):
+        gaunt_coefficients(17, 1, 1)
     with pytest.raises(ValueError, match="lmax1"):
         GauntTensorProduct(-1, 2, 2, 4)
     with pytest.raises(ValueError, match="lmax_out"):
