@@ -28,7 +28,7 @@ Two implementations of the same recurrence and gradient:
 from __future__ import annotations
 
 import functools
-from typing import Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch

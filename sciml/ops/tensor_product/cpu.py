@@ -201,8 +201,9 @@ def tables(plan: CorePlan) -> List[torch.Tensor]:
 
 def _channelwise(paths: torch.Tensor) -> bool:
     """Every path has a and the output per-channel and b broadcast: the fused gradients apply."""
-    per_channel_a, broadcast_b = path_column(paths, "bc_a") == 0, path_column(paths, "bc_b") == 1
-    return bool(paths.shape[0]) and bool((per_channel_a & broadcast_b & (path_column(paths, "bc_o") == 0)).all())
+    if not paths.shape[0]:
+        return False
+    return bool(((path_column(paths, "bc_a") == 0) & (path_column(paths, "bc_b") == 1) & (path_column(paths, "bc_o") == 0)).all())
 
 
 def fused_gradients(tables: Sequence[torch.Tensor], widths: Sequence[int], kernels: str, a: torch.Tensor,
