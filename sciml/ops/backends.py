@@ -151,5 +151,5 @@ def _choose(family: str, name: Optional[str], device: torch.device, dtype: torch
 
 def _load_checks() -> None:
     """Import the modules that register the compiled backends' checks."""
-    from sciml.ops import so2_triton, spherical_harmonics  # noqa: F401
+    from sciml.ops import sh_codegen, so2_triton  # noqa: F401
     from sciml.ops.tensor_product import cpu, cuda, triton_core  # noqa: F401

@@ -11,8 +11,9 @@ the pointwise product ``f1 * f2``:
 
 Conventions (shared with e3nn, so coefficients can be passed to and from e3nn unchanged):
 
-- Basis and order: e3nn's real spherical harmonics (``e3nn.o3.spherical_harmonics``), polar axis
-  y, m = -l..l inside each degree, degrees in increasing order ("l-major"):
+- Basis and order: e3nn's real spherical harmonics (``e3nn.o3.spherical_harmonics``; the tables are
+  built from sciml's, :mod:`sciml.ops.spherical_harmonics`, so degrees are 0..16), polar axis y,
+  m = -l..l inside each degree, degrees in increasing order ("l-major"):
   ``Y_lm(r) = S_m(phi) P_l^|m|(cos theta)`` for ``r = (sin theta sin phi, cos theta, sin theta cos phi)``,
   ``S_m = sqrt(2) sin(|m| phi)`` (m < 0), ``1`` (m = 0), ``sqrt(2) cos(m phi)`` (m > 0), ``P`` the
   associated Legendre functions without the Condon-Shortley phase.
@@ -55,6 +56,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from sciml.ops.sh_recurrence import MAX_L
+from sciml.ops.spherical_harmonics import torch_harmonics
+
 Normalization = Literal["integral", "component"]
 Method = Literal["auto", "fourier", "grid", "dense"]
 WeightMode = Literal["channel", "degree", "none"]
@@ -64,8 +68,8 @@ METHODS = ("auto", "fourier", "grid", "dense")
 WEIGHT_MODES = ("channel", "degree", "none")
 
 # Table entries below this become exact zeros (the selection rules' zeros): the float64 rounding
-# noise of the constructions stays below 1e-14 up to degree 32, where the smallest true entries are
-# ~1e-10 (anything smaller at higher degrees is dropped with an error below this bound).
+# noise of the constructions stays below 1e-14 for degrees up to 16 (the harmonics' range), far
+# below the smallest true entries.
 _ZERO = 1e-13
 
 
@@ -128,44 +132,25 @@ def _nice_fft_size(n: int) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# real spherical harmonics in e3nn's basis, any degree (float64, numpy; used to build tables)
+# real spherical harmonics at angles (float64, numpy; used to build tables) and the quadrature
 # ---------------------------------------------------------------------------------------------
 
 
-def _legendre(lmax: int, cos_t: np.ndarray, sin_t: np.ndarray) -> np.ndarray:
-    """Orthonormal associated Legendre functions, shape ``cos_t.shape + (lmax+1, lmax+1)`` [l, m].
-
-    ``P[l, m] = sqrt((2l+1)/(4 pi) (l-m)!/(l+m)!) sin^m(theta) d^m/dz^m P_l(z)`` at z = cos theta,
-    no Condon-Shortley phase, zero for m > l. Evaluated as a polynomial in (cos, sin), so a
-    negative ``sin_t`` (theta in (pi, 2 pi) on the torus) continues it as a trigonometric polynomial.
-    Standard three-term recurrence, stable to high degree.
-    """
-    p = np.zeros(np.shape(cos_t) + (lmax + 1, lmax + 1))
-    p[..., 0, 0] = 1.0 / math.sqrt(4.0 * math.pi)
-    for m in range(1, lmax + 1):
-        p[..., m, m] = math.sqrt((2 * m + 1) / (2 * m)) * sin_t * p[..., m - 1, m - 1]
-    for m in range(lmax):
-        p[..., m + 1, m] = math.sqrt(2 * m + 3) * cos_t * p[..., m, m]
-    for m in range(lmax + 1):
-        for l in range(m + 2, lmax + 1):
-            a = math.sqrt((4 * l * l - 1) / (l * l - m * m))
-            b = math.sqrt(((l - 1) ** 2 - m * m) / (4 * (l - 1) ** 2 - 1))
-            p[..., l, m] = a * (cos_t * p[..., l - 1, m] - b * p[..., l - 2, m])
-    return p
-
-
 def _real_sh(lmax: int, theta: np.ndarray, phi: np.ndarray) -> np.ndarray:
-    """e3nn's integral-normalized real SH at angles (theta, phi), shape ``broadcast + ((lmax+1)**2,)``.
+    """e3nn's integral-normalized real SH of degrees 0..lmax at angles (theta, phi) (radians), shape
+    ``broadcast + ((lmax+1)**2,)``, float64: sciml's spherical harmonics at
+    ``(sin theta sin phi, cos theta, sin theta cos phi)``.
 
-    Equals ``e3nn.o3.spherical_harmonics(range(lmax+1), angles_to_xyz(phi, theta), True)``.
+    The harmonics are evaluated as polynomials of that point, so a negative ``sin theta`` (theta in
+    (pi, 2 pi) on the torus) continues them as trigonometric polynomials.
     """
+    if lmax > MAX_L:
+        raise ValueError(f"Gaunt products take degrees 0..{MAX_L} (those of the spherical harmonics), got {lmax}")
     theta, phi = np.broadcast_arrays(np.asarray(theta, float), np.asarray(phi, float))
-    p = _legendre(lmax, np.cos(theta), np.sin(theta))
-    ls, ms = _degrees(lmax), _orders(lmax)
-    am = np.abs(ms)
-    trig = np.where(ms < 0, np.sin(am * phi[..., None]), np.cos(am * phi[..., None]))
-    trig = np.where(ms == 0, 1.0, math.sqrt(2.0) * trig)
-    return trig * p[..., ls, am]
+    sin_t = np.sin(theta)
+    points = torch.from_numpy(np.stack([sin_t * np.sin(phi), np.cos(theta), sin_t * np.cos(phi)], axis=-1).reshape(-1, 3))
+    values = torch_harmonics(points, tuple(range(lmax + 1)), "integral", normalize=False)
+    return values.numpy().reshape(theta.shape + (-1,))
 
 
 def _sphere_quadrature(degree: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:

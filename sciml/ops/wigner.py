@@ -15,7 +15,7 @@ differentiable everywhere.
 
 On CPU (float32/float64, ``SCIML_SH_BACKEND`` not "torch") one generated C kernel does it all per
 block of rotations, one rotation per SIMD lane: the harmonics of the rotated points (the
-recurrence of :mod:`sciml.ops.spherical_harmonics`), the contraction with the pseudo-inverses
+recurrence of :mod:`sciml.ops.sh_recurrence`, C from :mod:`sciml.ops.sh_codegen`), the contraction with the pseudo-inverses
 (literals in the source) and the (2l+1)^2 entries of each D^l written in place; its backward
 (dL/dR) is C as well. Both run as operators of ``torch.ops.sciml`` (``sciml.ops.library``). Otherwise, and for a differentiable backward (``create_graph=True``), the
 same steps run as torch operations.
@@ -31,18 +31,17 @@ import torch
 
 from sciml.ops import library
 from sciml.ops.tracing import built_outside_tracing
-from sciml.ops.spherical_harmonics import (
-    MAX_L,
+from sciml.ops.sh_codegen import (
     build_kernels,
     c_gradient_statements,
     c_harmonics_statements,
     c_prelude,
     c_real,
     c_tile_functions,
-    cg_spherical_harmonics,
-    harmonics_of_rows,
     use_compiled,
 )
+from sciml.ops.sh_recurrence import MAX_L, cg_spherical_harmonics
+from sciml.ops.spherical_harmonics import harmonics_of_rows
 
 _MAX_CONDITION = 10.0
 

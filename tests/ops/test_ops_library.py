@@ -47,7 +47,7 @@ def test_tp_core_operator_passes_opcheck(out_slot):
 
 def test_small_operators_pass_opcheck():
     points = torch.randn(7, 3, dtype=torch.float64, requires_grad=True)
-    from sciml.ops.spherical_harmonics import _compiled_kernels as harmonics_kernels
+    from sciml.ops.sh_codegen import harmonics_kernels
     from sciml.ops.wigner import _compiled_kernels as wigner_kernels
 
     sh_kernels = harmonics_kernels((0, 1, 2), "component", True, torch.float64)

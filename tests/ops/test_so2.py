@@ -4,7 +4,7 @@ from e3nn import o3
 
 from sciml.ops.irreps import default_dtype
 from sciml.ops import SO2Convolution, SO2Linear, edge_rotation, from_m_major, to_m_major, wigner_D
-from sciml.ops.gaunt import channels_to_mul_ir
+from sciml.ops.gaunt import channels_to_mul_ir, mul_ir_to_channels
 from sciml.ops.so2 import (
     edge_tensor_product_paths,
     m_major_index,
@@ -13,6 +13,7 @@ from sciml.ops.so2 import (
     rotate_to_edge_frame,
 )
 from sciml.ops.wigner import wigner_D_blocks
+from sciml.testing.irreps import assert_irreps_equivariant
 
 
 def fairchem_m_major(lmax, mmax):
@@ -110,15 +111,16 @@ def test_convolution_is_equivariant_with_truncation_radial_and_extra():
     torch.manual_seed(1)
     lmax, mmax = 4, 2
     conv = SO2Convolution(lmax, mmax, in_channels=3, out_channels=2, extra_m0_output_channels=4).double()
-    edges = torch.randn(20, 3, dtype=torch.float64)
-    x = torch.randn(20, 25, 3, dtype=torch.float64)
     radial = torch.randn(20, conv.radial_features, dtype=torch.float64)
-    q = o3.rand_matrix(dtype=torch.float64)
-    dq = wigner_D(lmax, q)
-    out, extra = conv(x, wigner_D_blocks(lmax, edge_rotation(edges)), radial)
-    out_r, extra_r = conv(dq @ x, wigner_D_blocks(lmax, edge_rotation(edges @ q.T)), radial)
-    assert (out_r - dq @ out).abs().max() < 1e-12
-    assert (extra_r - extra).abs().max() < 1e-12
+
+    def convolve(x, edges):  # x: 3 channels of degrees 0..lmax, e3nn's flat layout
+        out, extra = conv(mul_ir_to_channels(x, lmax, 3), wigner_D_blocks(lmax, edge_rotation(edges)), radial)
+        return torch.cat([channels_to_mul_ir(out), extra], 1)
+
+    features = o3.Irreps([(3, (l, (-1) ** l)) for l in range(lmax + 1)])
+    out = o3.Irreps([(2, (l, (-1) ** l)) for l in range(lmax + 1)]) + o3.Irreps("4x0e")
+    # SO(3) only: an SO(2) (eSCN) convolution is not equivariant under reflections
+    assert_irreps_equivariant(convolve, [features, "1o"], out, atol=1e-12, batch=20, parity=False)
 
 
 def test_rotate_back_rescales_dropped_degrees_like_fairchem():

@@ -1,17 +1,14 @@
-import importlib
-
 import numpy as np
 import pytest
 import torch
 from e3nn import o3
 
 from sh_backends import backend, has_compiler  # noqa: F401  (backend is a fixture)
-from sciml.ops import SphericalHarmonics, spherical_harmonics, spherical_harmonics_upto
+from sciml.ops import SphericalHarmonics, sh_codegen, spherical_harmonics, spherical_harmonics_upto
 from sciml.ops.cbuild import kernel_name
-from sciml.ops.spherical_harmonics import _c_source, cg_spherical_harmonics
-
-# (``sciml.ops.spherical_harmonics`` is also the name of the function the package exports)
-harmonics_module = importlib.import_module("sciml.ops.spherical_harmonics")
+from sciml.ops.sh_codegen import harmonics_c_source
+from sciml.ops.sh_recurrence import cg_spherical_harmonics
+from sciml.testing.irreps import assert_irreps_equivariant
 
 NORMALIZATIONS = ["component", "norm", "integral"]
 
@@ -156,7 +153,7 @@ def test_compiled_kernel_at_every_simd_width(monkeypatch, vbytes, dtype):
     monkeypatch.setenv("SCIML_SH_BACKEND", "torch")
     ls, n = (4, 1, 0, 2), 37
     real = "float" if dtype == torch.float32 else "double"
-    source = f"#define VBYTES {vbytes}\n" + _c_source(ls, "integral", True, real)
+    source = f"#define VBYTES {vbytes}\n" + harmonics_c_source(ls, "integral", True, real)
     kernels = "\n".join(kernel_name(source, name) for name in ("sciml_sh_forward", "sciml_sh_backward"))
     v = vectors(n, dtype).detach()
     v[5] = 0.0
@@ -180,17 +177,17 @@ def test_backend_selection(monkeypatch):
     with pytest.raises(ValueError, match="float32/float64"):
         spherical_harmonics_upto(2, v.detach().to(torch.bfloat16))
     # Without a working compiler "auto" falls back to the torch code and "c" raises.
-    monkeypatch.setattr(harmonics_module, "_built", {})
+    monkeypatch.setattr(sh_codegen, "_built", {})
 
     def broken(source):
         raise RuntimeError("no C compiler found (set CC)")
 
-    monkeypatch.setattr(harmonics_module, "build_library", broken)
+    monkeypatch.setattr(sh_codegen, "build_library", broken)
     with pytest.raises(RuntimeError, match="no C compiler"):
         spherical_harmonics_upto(2, v)
     monkeypatch.setenv("SCIML_SH_BACKEND", "auto")
     assert torch.allclose(spherical_harmonics_upto(2, v), e3nn_sh(upto(2), v, True, "component"), atol=1e-13)
-    assert next(iter(harmonics_module._built.values()))[0] is False  # the failure is remembered
+    assert next(iter(sh_codegen._built.values()))[0] is False  # the failure is remembered
 
 
 @pytest.mark.parametrize(
@@ -231,3 +228,13 @@ def test_e3nn_meaning_of_degrees_and_defaults():
         assert (ours.irreps_in, ours.irreps_out) == (theirs.irreps_in, theirs.irreps_out)
         assert (ours(v) - theirs(v)).abs().max() < 1e-12
     assert torch.equal(spherical_harmonics_upto(3, v), spherical_harmonics(upto(3), v, True, "component"))
+
+
+@pytest.mark.parametrize("normalization", NORMALIZATIONS)
+def test_harmonics_are_o3_equivariant(backend, normalization):
+    """Harmonics of rotated (or rotoreflected) vectors are the rotated harmonics, for vector (1o)
+    and pseudovector (1e) inputs."""
+    irreps = o3.Irreps.spherical_harmonics(6)
+    assert_irreps_equivariant(lambda v: spherical_harmonics(irreps, v, True, normalization), ["1o"], irreps, atol=1e-12)
+    pseudo = SphericalHarmonics("0e+1e+2e+3e", True, normalization, irreps_in="1e")
+    assert_irreps_equivariant(pseudo, ["1e"], pseudo.irreps_out, atol=1e-12)

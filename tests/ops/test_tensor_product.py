@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from e3nn import o3
 
 from sciml.ops import ChannelwiseTensorProduct, FullyConnectedTensorProduct, TensorProduct
 from sciml.ops.tensor_product import cpu
+from sciml.ops.tensor_product.core import PathRow
+from sciml.ops.tensor_product.cpu_codegen import ProgramPath
+from sciml.testing.irreps import assert_irreps_equivariant
 from tp_cases import MODES, e3nn_module, random_e3nn_tensor_product
 
 CPU_BACKENDS = ["reference", "torch"] + (["cpu"] if cpu.available() else [])
@@ -98,13 +103,11 @@ def test_gradcheck_and_second_derivatives(backend):
     assert torch.autograd.gradgradcheck(tp, (x1, x2, weight))
 
 
-def test_output_rotates_with_the_inputs():
-    irreps1, irreps2, irreps_out = o3.Irreps("3x0e+2x1o+2x2e"), o3.Irreps("0e+1o+2e"), o3.Irreps("2x0e+2x1o+2x2e+1x1e")
-    tp = FullyConnectedTensorProduct(irreps1, irreps2, irreps_out).double()
-    rotation = o3.rand_matrix(dtype=torch.float64)
-    x1, x2 = torch.randn(5, irreps1.dim, dtype=torch.float64), torch.randn(5, irreps2.dim, dtype=torch.float64)
-    d1, d2, d_out = (e3nn_module(lambda: irreps.D_from_matrix(rotation), torch.float64) for irreps in (irreps1, irreps2, irreps_out))
-    torch.testing.assert_close(tp(x1 @ d1.T, x2 @ d2.T), tp(x1, x2) @ d_out.T)
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_output_rotates_with_the_inputs(backend):
+    irreps1, irreps2, irreps_out = "3x0e+2x1o+2x2e", "0e+1o+2e", "2x0e+2x1o+2x2e+1x1e"
+    tp = FullyConnectedTensorProduct(irreps1, irreps2, irreps_out, backend=backend).double()
+    assert_irreps_equivariant(tp, [irreps1, irreps2], irreps_out, atol=1e-12)
 
 
 def test_backend_selection(monkeypatch):
@@ -263,3 +266,18 @@ def test_other_dtypes_run_on_the_reference_under_auto():
     tp.backend = "cpu"
     with pytest.raises(ValueError, match="backend 'cpu' supports float32/float64, got torch.bfloat16"):
         tp(x1.bfloat16(), x2.bfloat16(), weight.bfloat16())
+
+
+def test_plan_rows_have_the_layout_the_c_kernel_reads():
+    """``cpu_kernel.c`` reads plan rows (``PathRow``) and program rows (``ProgramPath``) by position."""
+    source = Path(cpu.__file__).with_name("cpu_kernel.c").read_text()
+    assert f"#define PATH_COLUMNS {len(PathRow._fields)} " in source
+    assert f"const int64_t *path = paths + {len(ProgramPath._fields)} * p;" in source
+    plan_reads = {"off_a": "ar + P[{}]", "off_s": "sr + P[{}]", "bc_s": "(int)P[{}]", "channels": "U = P[{}]",
+                  "begin": "e = P[{}]", "end": "e < P[{}]"}
+    program_reads = {"channels": "channels = path[{}]", "out_broadcast": "(int)path[{}]"}
+    for fields, reads in ((PathRow._fields, plan_reads), (ProgramPath._fields, program_reads)):
+        for field, read in reads.items():
+            assert read.format(fields.index(field)) in source, (field, read)
+    plan = ChannelwiseTensorProduct("2x0e+2x1o", "0e+1o")._lowered.plan
+    assert [list(row) for row in plan.path_rows()] == plan.paths.tolist()

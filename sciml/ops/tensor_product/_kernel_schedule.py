@@ -29,7 +29,14 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from sciml.ops.tensor_product.core import INDEX_COLUMN, CorePlan, sorted_rows
+from sciml.ops.tensor_product.core import (
+    INDEX_COLUMN,
+    CorePlan,
+    broadcast_column,
+    offset_column,
+    path_column,
+    sorted_rows,
+)
 
 GROUP_COLUMNS = ("start", "channels", "reduce", "begin", "end")
 ENTRY_COLUMNS = ("col_x", "step_x", "col_y", "step_y", "col_w", "step_w")
@@ -62,19 +69,19 @@ class KernelSchedule:
 
 def _entry_paths(plan: CorePlan) -> Tuple[np.ndarray, np.ndarray]:
     """(path, entry) index of every Clebsch-Gordan entry visited by the plan, in plan order."""
-    paths = plan.paths
-    ranges = [np.arange(begin, end) for begin, end in paths[:, 9:11]]
+    begins, ends = path_column(plan.paths, "begin"), path_column(plan.paths, "end")
+    ranges = [np.arange(begin, end) for begin, end in zip(begins, ends)]
     entry = np.concatenate(ranges).astype(np.int64) if ranges else np.zeros(0, np.int64)
-    path = np.repeat(np.arange(paths.shape[0]), paths[:, 10] - paths[:, 9])
+    path = np.repeat(np.arange(len(begins)), ends - begins)
     return path, entry
 
 
 def _columns(plan: CorePlan, slot: int, path: np.ndarray, entry: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """Per (path, entry): first column in ``slot`` and channel step (0 if broadcast over channels)."""
-    channels = plan.paths[path, 8]
-    broadcast = plan.paths[path, 4 + slot].astype(bool)
+    channels = path_column(plan.paths, "channels")[path]
+    broadcast = path_column(plan.paths, broadcast_column(slot))[path].astype(bool)
     component = plan.indices[entry, INDEX_COLUMN[slot]] if slot in INDEX_COLUMN else np.zeros(len(entry), np.int64)
-    start = plan.paths[path, slot] + component * np.where(broadcast, 1, channels)
+    start = path_column(plan.paths, offset_column(slot))[path] + component * np.where(broadcast, 1, channels)
     return start, np.where(broadcast, 0, 1)
 
 
@@ -84,7 +91,7 @@ def _build(plan: CorePlan, out_slot: int) -> tuple:
     inputs = tuple(slot for slot in range(4) if slot != out_slot)
     path, entry = _entry_paths(plan)
     start, step_o = _columns(plan, out_slot, path, entry)
-    channels = plan.paths[path, 8]
+    channels = path_column(plan.paths, "channels")[path]
     reduce = (step_o == 0).astype(np.int64)
     values = plan.values[entry]
     keep = (values != 0) & (channels > 0)

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, NamedTuple, Optional, Sequence, Tuple, TypeVar
 
 import numpy as np
 import torch
@@ -43,14 +43,62 @@ from sciml.ops import library
 from sciml.ops.tracing import built_outside_tracing
 
 INDEX_COLUMN = {0: 0, 1: 1, 3: 2}  # slot -> column of ``indices``; slot s has no component index
-PATH_COLUMNS = ("off_a", "off_b", "off_s", "off_o", "bc_a", "bc_b", "bc_s", "bc_o", "channels", "begin", "end")
+
+
+class PathRow(NamedTuple):
+    """One path of a :class:`CorePlan`: one row of its int64 ``paths`` table, columns in this order
+    (the layout the compiled kernels read: ``PATH_COLUMNS`` in ``cpu_kernel.c``)."""
+
+    off_a: int  # first column of the path's block in operand a (likewise b, s, o)
+    off_b: int
+    off_s: int
+    off_o: int
+    bc_a: int  # 1 where the operand is broadcast (one channel shared by all u), else 0
+    bc_b: int
+    bc_s: int
+    bc_o: int
+    channels: int  # U, the channels of the path
+    begin: int  # the path's Clebsch-Gordan entries are rows begin..end-1 of ``indices``/``values``
+    end: int
+
+    def offset(self, slot: int) -> int:
+        """First column of the path's block in operand ``slot`` (0..3 = a, b, s, o)."""
+        return (self.off_a, self.off_b, self.off_s, self.off_o)[slot]
+
+    def broadcast(self, slot: int) -> bool:
+        """Whether operand ``slot`` is broadcast over the path's channels."""
+        return bool((self.bc_a, self.bc_b, self.bc_s, self.bc_o)[slot])
+
+
+PATH_COLUMNS = PathRow._fields
+Table = TypeVar("Table", np.ndarray, torch.Tensor)
+
+
+def path_table(rows: Sequence[PathRow]) -> np.ndarray:
+    """The int64 (P, len(PATH_COLUMNS)) ``paths`` table of a plan from its rows."""
+    return np.asarray(rows, dtype=np.int64).reshape(-1, len(PATH_COLUMNS))
+
+
+def path_column(paths: Table, name: str) -> Table:
+    """Column ``name`` (a :class:`PathRow` field) of a ``paths`` table (numpy or torch), (P,)."""
+    return paths[:, PATH_COLUMNS.index(name)]
+
+
+def offset_column(slot: int) -> str:
+    """The :class:`PathRow` field of operand ``slot``'s block offset."""
+    return PATH_COLUMNS[slot]
+
+
+def broadcast_column(slot: int) -> str:
+    """The :class:`PathRow` field of operand ``slot``'s broadcast flag."""
+    return PATH_COLUMNS[4 + slot]
 
 
 @dataclass
 class CorePlan:
     """Static description of one sparse core: operand widths, paths and Clebsch-Gordan entries.
 
-    ``paths`` is int64 (P, 11) with the columns of ``PATH_COLUMNS``; ``indices`` int64 (n, 3) holds
+    ``paths`` is int64 (P, 11), one :class:`PathRow` per row (:meth:`path_rows`); ``indices`` int64 (n, 3) holds
     each entry's component index in slots a, b, o; ``values`` float64 (n,) the coefficients
     (Clebsch-Gordan value times the path's normalisation). ``widths`` are the operands' widths;
     ``columns`` per slot None (the tensor passed is the operand) or the int64 (widths[slot],)
@@ -63,6 +111,12 @@ class CorePlan:
     values: np.ndarray
     columns: Tuple[Optional[np.ndarray], ...] = (None, None, None, None)
     _device_cache: Dict = field(default_factory=dict, repr=False, compare=False)
+
+    def path_rows(self) -> Tuple[PathRow, ...]:
+        """The rows of ``paths`` as :class:`PathRow` (cached)."""
+        if "rows" not in self._device_cache:
+            self._device_cache["rows"] = tuple(PathRow(*(int(v) for v in row)) for row in self.paths)
+        return self._device_cache["rows"]
 
     def selecting(self, columns: Sequence[Optional[np.ndarray]]) -> "CorePlan":
         """This plan with its operands read through the column selections ``columns`` (per slot)."""
@@ -96,15 +150,15 @@ class CorePlan:
         """Column of every (entry, channel) of ``path`` in operand ``slot``: int64 (n_entries, U)."""
         key = ("addr", slot, path, str(device))
         if key not in self._device_cache:
-            row = self.paths[path]
-            begin, end, channels = int(row[9]), int(row[10]), int(row[8])
-            broadcast = bool(row[4 + slot])
+            row = self.path_rows()[path]
+            begin, end, channels = row.begin, row.end, row.channels
+            broadcast = row.broadcast(slot)
             component = (
                 self.indices[begin:end, INDEX_COLUMN[slot]] if slot in INDEX_COLUMN else np.zeros(end - begin, np.int64)
             )
             stride = 1 if broadcast else channels
             channel = np.zeros(channels, np.int64) if broadcast else np.arange(channels)
-            columns = int(row[slot]) + component[:, None] * stride + channel[None, :]
+            columns = row.offset(slot) + component[:, None] * stride + channel[None, :]
             self._device_cache[key] = torch.as_tensor(columns, dtype=torch.int64, device=device)
         return self._device_cache[key]
 
@@ -158,8 +212,8 @@ def torch_core(
     _, _, values = plan.tensors(device)
     out_row = _row(rowmaps[out_slot], num_terms, device)
     inputs = [slot for slot in range(4) if slot != out_slot]
-    for path in range(plan.paths.shape[0]):
-        begin, end = int(plan.paths[path, 9]), int(plan.paths[path, 10])
+    for path, row in enumerate(plan.path_rows()):
+        begin, end = row.begin, row.end
         if end == begin:
             continue
         product = values[begin:end].to(dtype)[None, :, None]

@@ -22,8 +22,8 @@ import torch
 from sciml.ops import backends, library
 from sciml.ops.cbuild import kernel_name
 from sciml.ops.tracing import built_outside_tracing, is_tracing
-from sciml.ops.tensor_product.core import INDEX_COLUMN, CorePlan
-from sciml.ops.tensor_product.cpu_codegen import generate_gradients_source, generate_source
+from sciml.ops.tensor_product.core import INDEX_COLUMN, CorePlan, path_column
+from sciml.ops.tensor_product.cpu_codegen import ProgramPath, generate_gradients_source, generate_source
 
 SOURCE = Path(__file__).with_name("cpu_kernel.c")
 SUFFIXES = {torch.float32: "f32", torch.float64: "f64"}
@@ -83,14 +83,14 @@ def _program(plan: CorePlan, out_slot: int) -> tuple:
         return plan._device_cache[key]
     inputs = input_order(out_slot)
     path_rows, group_rows, offsets, values = [], [], [], []
-    for row in plan.paths:
-        channels, begin, end = int(row[8]), int(row[9]), int(row[10])
+    for row in plan.path_rows():
+        channels, begin, end = row.channels, row.begin, row.end
         if end == begin:
             continue
 
         def columns(slot: int) -> np.ndarray:
             component = plan.indices[begin:end, INDEX_COLUMN[slot]] if slot in INDEX_COLUMN else np.zeros(end - begin, np.int64)
-            return row[slot] + component * (1 if row[4 + slot] else channels)
+            return row.offset(slot) + component * (1 if row.broadcast(slot) else channels)
 
         out_columns = columns(out_slot)
         order = np.argsort(out_columns, kind="stable")
@@ -102,12 +102,12 @@ def _program(plan: CorePlan, out_slot: int) -> tuple:
         stops = np.r_[starts[1:], len(order)]
         first_group = len(group_rows)
         group_rows += [[sorted_columns[a], first_entry + a, first_entry + b] for a, b in zip(starts, stops)]
-        pattern = [int(row[4 + slot]) for slot in inputs]
-        if inputs[2] == SCALE and not row[4 + SCALE]:
+        pattern = [int(row.broadcast(slot)) for slot in inputs]
+        if inputs[2] == SCALE and not row.broadcast(SCALE):
             pattern[2] = 2
-        path_rows.append([channels, *pattern, first_group, len(group_rows), row[4 + out_slot], row[SCALE]])
+        path_rows.append(ProgramPath(channels, *pattern, first_group, len(group_rows), int(row.broadcast(out_slot)), row.off_s))
     program = (
-        torch.as_tensor(np.asarray(path_rows, dtype=np.int64).reshape(-1, 8)),
+        torch.as_tensor(np.asarray(path_rows, dtype=np.int64).reshape(-1, len(ProgramPath._fields))),
         torch.as_tensor(np.asarray(group_rows, dtype=np.int64).reshape(-1, 3)),
         torch.as_tensor(np.concatenate(offsets) if offsets else np.zeros((0, 3), np.int64)),
         torch.as_tensor(np.concatenate(values) if values else np.zeros(0)),
@@ -127,7 +127,7 @@ def _specialises(plan: CorePlan, num_terms: int) -> bool:
         raise ValueError(f"SCIML_CPU_SPECIALISE must be one of {SPECIALISE_MODES}, got {mode!r}")
     if mode != "auto":
         return mode == "always"
-    channels = int(plan.paths[:, 8].max()) if len(plan.paths) else 0
+    channels = int(path_column(plan.paths, "channels").max()) if len(plan.paths) else 0
     return num_terms * len(plan.values) * channels >= SPECIALISE_WORK
 
 
@@ -201,7 +201,9 @@ def tables(plan: CorePlan) -> List[torch.Tensor]:
 
 def _channelwise(paths: torch.Tensor) -> bool:
     """Every path has a and the output per-channel and b broadcast: the fused gradients apply."""
-    return bool(paths.shape[0]) and bool(((paths[:, 4] == 0) & (paths[:, 5] == 1) & (paths[:, 7] == 0)).all())
+    if not paths.shape[0]:
+        return False
+    return bool(((path_column(paths, "bc_a") == 0) & (path_column(paths, "bc_b") == 1) & (path_column(paths, "bc_o") == 0)).all())
 
 
 def fused_gradients(tables: Sequence[torch.Tensor], widths: Sequence[int], kernels: str, a: torch.Tensor,

@@ -12,9 +12,25 @@ column selections), so both kernels share it.
 
 from __future__ import annotations
 
-from typing import List
+from typing import List, NamedTuple
 
 import numpy as np
+
+from sciml.ops.tensor_product.core import PathRow
+
+
+class ProgramPath(NamedTuple):
+    """One path of a CPU program (``cpu._program``): one row of its int64 (P, 8) paths table, columns
+    in this order (the layout ``DEFINE_GENERIC_TERM`` in ``cpu_kernel.c`` reads)."""
+
+    channels: int
+    pattern_0: int  # per kernel input 0..2: 0 per-channel, 1 broadcast, 2 the scale hoisted out of the group
+    pattern_1: int
+    pattern_2: int
+    group_begin: int  # the path's groups are rows group_begin..group_end-1 of the groups table
+    group_end: int
+    out_broadcast: int  # 1 where the output is broadcast (summed over the channels)
+    scale_offset: int  # first column of the path's block in the scale operand (slot s)
 
 
 def _vector_type(real: str) -> tuple:
@@ -38,15 +54,16 @@ def generate_source(program: tuple, real: str, name: str, driver: str) -> str:
         "  (void)num_paths; (void)paths; (void)groups; (void)offsets; (void)values;",
         *[f"  const {real} *r{k} = row[{k}];" for k in range(3)],
     ]
-    for path in paths:
-        channels, pattern, (group_begin, group_end), out_broadcast, scale = int(path[0]), path[1:4], path[4:6], path[6], int(path[7])
+    for path in (ProgramPath(*(int(v) for v in row)) for row in paths):
+        channels, out_broadcast, scale = path.channels, path.out_broadcast, path.scale_offset
+        pattern = (path.pattern_0, path.pattern_1, path.pattern_2)
         full = channels - channels % lanes
         blocks = [("vector", f"for (int64_t u0 = 0; u0 < {full}; u0 += {lanes})")] if full else []
         if channels % lanes:
             blocks.append(("scalar", f"for (int64_t u0 = {full}; u0 < {channels}; ++u0)"))
         for kind, loop in blocks:
             lines.append(f"  {loop} {{")
-            for group in groups[group_begin:group_end]:
+            for group in groups[path.group_begin:path.group_end]:
                 column, begin, end = (int(v) for v in group)
                 terms = []
                 for entry in range(begin, end):
@@ -96,9 +113,9 @@ def generate_gradients_source(plan_tables: tuple, real: str, name: str, driver: 
         f"  const {real} *a = in[0], *b = in[1], *s = in[2], *g = in[3];",
         f"  {real} *ga = out[0], *gb = out[1], *gs = out[2];",
     ]
-    for path in paths:
-        off_a, off_b, off_s, off_o, channels, begin, end = (int(path[k]) for k in (0, 1, 2, 3, 8, 9, 10))
-        broadcast_s = bool(path[6])
+    for path in (PathRow(*(int(v) for v in row)) for row in paths):
+        off_a, off_b, off_s, off_o = path.off_a, path.off_b, path.off_s, path.off_o
+        channels, begin, end, broadcast_s = path.channels, path.begin, path.end, bool(path.bc_s)
         entries = [(int(i), int(j), int(k), float(values[e])) for e, (i, j, k) in zip(range(begin, end), indices[begin:end])]
         full = channels - channels % lanes
         blocks = [("vector", f"for (int64_t u0 = 0; u0 < {full}; u0 += {lanes})")] if full else []

@@ -173,8 +173,8 @@ void NAME(int64_t terms, REAL *const *tensors, REAL *const *grads, const int64_t
 }
 
 #ifndef SCIML_DRIVER_ONLY
-/* paths: (P, 8) = channels, pattern of inputs 0..2 (see GROUP_LOOP), group begin, group end, output
- * broadcast, column of the hoisted scale (input 2).
+/* paths: (P, 8), rows of cpu_codegen.ProgramPath = channels, pattern of inputs 0..2 (see GROUP_LOOP),
+ * group begin, group end, output broadcast, column of the hoisted scale (input 2).
  * groups: (G, 3) = output column (component offset; + channel for vector outputs), entry begin, end.
  * offsets: (n, 3) column of each input for the entry (component offset, channel 0). */
 #define DEFINE_GENERIC_TERM(NAME, REAL, VEC)                                                           \
@@ -207,7 +207,7 @@ DEFINE_GENERIC_TERM(generic_term_f64, double, vec_f64)
 DEFINE_DRIVER(sciml_tp_core_f32, f32, float, generic_term_f32)
 DEFINE_DRIVER(sciml_tp_core_f64, f64, double, generic_term_f64)
 
-#define PATH_COLUMNS 11  /* core.CorePlan.paths */
+#define PATH_COLUMNS 11  /* core.PathRow: the rows of core.CorePlan.paths */
 #define MAX_COMPONENTS 64 /* 2l+1 of input b; harmonics go to l = 16 */
 
 #define DEFINE_GENERIC_GRADIENTS_TERM(NAME, REAL, VEC)                                                  \

@@ -37,7 +37,7 @@ from sciml.ops import library
 from sciml.ops.cbuild import kernel_name
 from sciml.ops.tracing import built_outside_tracing
 from sciml.ops.irreps import clebsch_gordan
-from sciml.ops.tensor_product.core import CorePlan, sparse_core
+from sciml.ops.tensor_product.core import CorePlan, PathRow, path_table, sparse_core
 from sciml.ops.tensor_product.instructions import Path
 
 A, B, S, O = 0, 1, 2, 3
@@ -389,7 +389,7 @@ class LoweredTensorProduct:
             begin = sum(len(v) for v in values)
             indices.append(index)
             values.append(value)
-            rows.append([off_a, off_b, off_s, off_o, bc_a, bc_b, bc_s, bc_o, channels, begin, begin + len(value)])
+            rows.append(PathRow(off_a, off_b, off_s, off_o, bc_a, bc_b, bc_s, bc_o, channels, begin, begin + len(value)))
 
         self.operands = operand
         for block in operand:
@@ -403,7 +403,7 @@ class LoweredTensorProduct:
         self.fused_gather = operand[A].origins == {"x1"} and "x1" not in operand[B].origins and not self.mixers
         self.plan = CorePlan(
             widths=(operand[A].width, operand[B].width, operand[S].width, out_width),
-            paths=np.asarray(rows, dtype=np.int64).reshape(-1, 11),
+            paths=path_table(rows),
             indices=np.concatenate(indices) if indices else np.zeros((0, 3), np.int64),
             values=np.concatenate(values) if values else np.zeros(0),
         )
@@ -470,13 +470,14 @@ class LoweredTensorProduct:
                 entries = np.stack([u.reshape(-1), (u * d1 + i).reshape(-1), i.reshape(-1)], axis=1)  # (u, (u, i), i)
                 for p in group:
                     indices.append(entries)
-                    rows.append([p.weight_slice.start, x1_offset, 0, out_width, 0, 1, 1, 0, p.mul_out, begin, begin + len(entries)])
+                    rows.append(PathRow(off_a=p.weight_slice.start, off_b=x1_offset, off_s=0, off_o=out_width, bc_a=0, bc_b=1, bc_s=1,
+                                        bc_o=0, channels=p.mul_out, begin=begin, end=begin + len(entries)))
                     out_width, begin = out_width + d1 * p.mul_out, begin + len(entries)
             weight_numel = max((p.weight_slice.stop for p in self._arguments[0] if p.has_weight), default=0)
             selected = np.concatenate(x1_columns) if x1_columns else np.zeros(0, np.int64)
             self._premix_plan = CorePlan(
                 widths=(weight_numel, len(selected), 1, out_width),
-                paths=np.asarray(rows, dtype=np.int64).reshape(-1, 11),
+                paths=path_table(rows),
                 indices=np.concatenate(indices) if indices else np.zeros((0, 3), np.int64),
                 values=np.ones(begin),
             ).selecting([None, selected, None, None])
