@@ -484,7 +484,9 @@ def select_method(
     point torus (pocketfft on such small transforms costs ~35 units per point and log step).
     Measured per function (unshared x2, L1 = L2 = L_out = L): grid 0.06/0.76/7.7/22/105 us at
     L = 2/6/12/16/24, fourier 0.6/6.6/16/30/83 us, dense 0.13/3.2 us at L = 2/6: dense wins for
-    small degrees with a shared x2, grid up to L ~ 20, the FFT route above.
+    small degrees with a shared x2, grid up to L ~ 20, the FFT route above (timed when degrees
+    above 16 were allowed; Gaunt products now take degrees 0..16, the range of the shared
+    spherical harmonics).
     """
     lo = min(lmax_out, lmax1 + lmax2)
     n1, n2, n3 = ((l + 1) ** 2 for l in (lmax1, lmax2, lo))
