@@ -12,7 +12,7 @@ become :class:`~sciml.graph.atomic_graph.AtomicGraph` objects with :func:`graph_
 Modules: ``records`` (the record and its graph), ``s2ef_extxyz``, ``ase_db`` and
 ``legacy_lmdb`` (the public formats), ``cache`` (the sciml cache), ``sources`` (format
 detection, iteration, caching), ``emt_adsorption`` (OC20-like EMT data), ``metrics`` (OC20
-metrics).
+metrics). Each format's module registers it in :mod:`sciml.data.formats`.
 """
 
 from sciml.data.oc20.ase_db import read_ase_db, write_ase_db
@@ -28,11 +28,10 @@ from sciml.data.oc20.legacy_lmdb import LegacyLmdb, RestrictedUnpickler, write_l
 from sciml.data.oc20.metrics import OC20Metrics, oc20_metrics
 from sciml.data.oc20.records import FIELDS, Record, check_record, graph_from_record
 from sciml.data.oc20.s2ef_extxyz import read_s2ef_extxyz, write_s2ef_extxyz
-from sciml.data.oc20.sources import FORMATS, detect_format, iter_records, load_graphs, preprocess
+from sciml.data.oc20.sources import detect_format, iter_records, load_graphs, preprocess
 
 __all__ = [
     "FIELDS",
-    "FORMATS",
     "AdsorptionRelaxation",
     "CachedDataset",
     "LegacyLmdb",
