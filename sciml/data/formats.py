@@ -112,15 +112,17 @@ def format_names(kind: Optional[str] = None) -> Tuple[str, ...]:
     return tuple(name for name, entry in _REGISTRY.items() if kind is None or entry.kind == kind)
 
 
-def detect_format(path: Union[str, os.PathLike], kind: Optional[str] = None) -> Optional[DataFormat]:
-    """The first registered format whose ``detect`` accepts the existing ``path``: among the formats
-    of ``kind`` when given, else among those with ``auto_detect``; None when none does (for
-    structure files the caller then uses :data:`DEFAULT_FORMAT`)."""
+def detect_format(path: Union[str, os.PathLike], kind: Optional[str] = None,
+                  streamable: bool = False) -> Optional[DataFormat]:
+    """The first registered format whose ``detect`` accepts ``path``: among the formats of ``kind``
+    when given, else among those with ``auto_detect``; with ``streamable``, among those
+    ``sciml predict`` reads only. None when none does (for structure files the caller then uses
+    :data:`DEFAULT_FORMAT`)."""
     _load_builtin()
     path = Path(path)
     for entry in _REGISTRY.values():
         candidate = entry.kind == kind if kind is not None else entry.auto_detect
-        if candidate and entry.detect is not None and entry.detect(path):
+        if candidate and (entry.streamable or not streamable) and entry.detect is not None and entry.detect(path):
             return entry
     return None
 

@@ -26,7 +26,6 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import yaml
 
-from sciml.data.formats import FIELDS, format_names, get_format
 from sciml.devices import dtype_name, resolve_dtype
 
 # torch.compile backends of ``compile_backend`` (see sciml.train.compile)
@@ -287,6 +286,8 @@ class TrainConfig:
     def _validate_data(self) -> None:
         """The data files (``data.path`` or ``data.train``/``valid``/``test``) and
         ``data.element_energies``."""
+        from sciml.data.formats import FIELDS, format_names, get_format  # imports the readers
+
         data = self.data
         if data.format is not None:
             _coerce(data.format, str, "data.format", format_names())  # one line naming the registered formats
