@@ -207,10 +207,8 @@ def nothing_predicted(errors: Sequence[str]) -> ValueError:
     return ValueError("no structure could be predicted; bad files: " + "; ".join(errors))
 
 
-# ----------------------------------------------------------------------------------- parts
-
-
 # ----------------------------------------------------------------------------------- the job
+@dataclass
 class PredictionSummary:
     """``predicted``: structures written to the output; ``skipped``: one message per file that
     could not be indexed, then per structure left out, in input order; ``resumed``: structures
