@@ -40,8 +40,8 @@ LAYERS: List[Tuple[str, Tuple[str, ...]]] = [
     ("files", ("sciml.io", "sciml.data", "sciml.md_log")),
     # A trained model at work: loading, batched prediction, the ase calculator, MD, export.
     # It needs no trainer.
-    ("inference", ("sciml.inference", "sciml.fairchem", "sciml.batch_inference", "sciml.calculator", "sciml.simulate",
-                   "sciml.deploy")),
+    ("inference", ("sciml.inference", "sciml.fairchem", "sciml.batch_inference", "sciml.batch_journal",
+                   "sciml.prediction_writers", "sciml.calculator", "sciml.simulate", "sciml.deploy")),
     # Checks run on any model: equivariance, finite differences, the conformance suite (which
     # saves and loads checkpoints).
     ("testing", ("sciml.testing",)),

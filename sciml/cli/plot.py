@@ -81,7 +81,7 @@ def parity_inputs(args) -> Tuple[Any, List[Any], Dict[str, Any], Path, str]:
     config, the output path and a description of the data, for ``sciml plot parity``."""
     from sciml.inference import load_model
     from sciml.io import load_checkpoint
-    from sciml.train.fields import FIELD_FORMATS
+    from sciml.data.formats import FIELDS, format_names
 
     source = Path(args.source)
     if source.is_dir():
@@ -98,7 +98,7 @@ def parity_inputs(args) -> Tuple[Any, List[Any], Dict[str, Any], Path, str]:
         described = str(path)
     model = load_model(checkpoint)
     data = dict(load_checkpoint(checkpoint).get("train_config", {}).get("data", {}))
-    if data.get("format") in FIELD_FORMATS:
+    if data.get("format") in format_names(FIELDS):
         raise ValueError(f"{checkpoint} is a field model (data.format {data['format']}): parity plots are for "
                          f"atomic structures; see `sciml eval`")
     graphs = graphs_as_trained(args, model, data, path)

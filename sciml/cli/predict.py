@@ -1,7 +1,8 @@
 """``sciml predict``: energies, forces and stress, or the properties a model predicts, of structures in files.
 
 The work is done by :mod:`sciml.batch_inference`: workers read files and build graphs, ranks of a
-``torchrun`` job share the structures, and ``--output`` runs resume where they stopped.
+``torchrun`` job share the structures, and ``--output`` runs resume where they stopped
+(:mod:`sciml.batch_journal`); :mod:`sciml.prediction_writers` writes the results.
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ def register(sub) -> None:
     parser = add_command(sub, "predict", "predict energies/forces/stress or properties for structure files", EXAMPLES)
     parser.add_argument("--checkpoint", required=True, help="model checkpoint (.pt), or a package of sciml export (.pt2)")
     parser.add_argument("files", nargs="*",
-                        help="CIF, POSCAR, xyz, extxyz, ase .db or .traj, or any ase-readable file; each structure "
-                             "of a multi-structure file is predicted")
+                        help="CIF, POSCAR, xyz, extxyz, ase .db or .traj, any ase-readable file, or a file of a "
+                             "streamable format registered in sciml.data.formats; each structure of a "
+                             "multi-structure file is predicted")
     parser.add_argument("--files-from", metavar="LIST",
                         help="a text file of structure files, one path per line (after the FILES given); "
                              "blank lines and lines starting with # are ignored")
@@ -54,6 +56,7 @@ def register(sub) -> None:
 def run(args) -> int:
     from sciml import batch_inference
     from sciml.distributed import setup, teardown
+    from sciml.prediction_writers import output_format
     from sciml.deploy.export import load_potential
     from sciml.inference import model_dtype
 
@@ -64,7 +67,7 @@ def run(args) -> int:
         raise ValueError(f"--batch-size must be >= 1 and --workers >= 0, got {args.batch_size} and {args.workers}")
     output = refuse_overwrite(args.output, args.force) if args.output else None
     if output is not None:
-        batch_inference.output_format(output)  # refuses a bad suffix before the model is loaded
+        output_format(output)  # refuses a bad suffix before the model is loaded
     ctx = setup(args.device)
     try:
         if output is None and ctx.world_size > 1:
@@ -123,7 +126,8 @@ def _print_skipped(skipped: list) -> None:
 
 def _table(records: list) -> str:
     """A fixed-width text table of the records' summary rows (floats with 6 significant digits)."""
-    from sciml.batch_inference import output_fields, summary_columns, summary_row
+    from sciml.batch_journal import output_fields
+    from sciml.prediction_writers import summary_columns, summary_row
 
     fields = dict.fromkeys(name for record in records for name in output_fields(record))
     columns = summary_columns(list(fields))

@@ -110,7 +110,7 @@ def _config_and_overrides(config: Optional[str], values: List[str]) -> Tuple[str
 
 def run_eval(args) -> int:
     from sciml.devices import resolve_device
-    from sciml.train.fields import FIELD_FORMATS
+    from sciml.data.formats import FIELDS, format_names
     from sciml.inference import load_model, model_dtype
     from sciml.io import load_checkpoint
     from sciml.train import evaluate, format_metrics
@@ -122,7 +122,7 @@ def run_eval(args) -> int:
         return _run_oc20_eval(args, model)
     train_config = load_checkpoint(args.checkpoint).get("train_config", {})
     data = train_config.get("data", {})
-    if data.get("format") in FIELD_FORMATS:
+    if data.get("format") in format_names(FIELDS):
         return _run_field_eval(args, model, train_config)
     graphs = graphs_as_trained(args, model, data, args.data)
     check_domain(model, graphs, args)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from sciml.data.formats import DEFAULT_FORMAT, STRUCTURES, DataFormat, register_format
 from sciml.graph import AtomicGraph, GraphSpec
 
 LABELS = ("energy", "forces", "stress")
@@ -185,3 +186,21 @@ def check_structure_file(path: "str | Path") -> None:
         raise ValueError(f"{path}: is a directory, not a structure file")
     if path.stat().st_size == 0:
         raise ValueError(f"{path}: file is empty")
+
+
+def read_structure_frames(path: Union[str, os.PathLike]) -> List[ase.Atoms]:
+    """Every frame of a structure file, unchecked for labels (the ``ase`` format's reader; the
+    trainer checks the labels it needs with :func:`check_structures`).
+
+    Raises:
+        ValueError: missing, empty or unreadable file (as :func:`read_structures`).
+    """
+    from sciml.data.structure_files import read_structure_file
+
+    check_structure_file(path)
+    return read_structure_file(Path(path))
+
+
+register_format(DataFormat(
+    name=DEFAULT_FORMAT, kind=STRUCTURES, read=read_structure_frames, streamable=True,
+    description="extxyz/xyz, CIF, POSCAR, ase .db/.traj or any ase-readable file"))

@@ -12,8 +12,9 @@ import torch.nn.functional as F
 from ase.data import atomic_numbers, chemical_symbols
 
 from sciml.data.crystals import read_crystal_dataset
-from sciml.data.oc20.sources import detect_format, load_graphs
-from sciml.data.readers import load_graph_dataset, read_structures
+from sciml.data.formats import CRYSTALS, DEFAULT_FORMAT, OC20, STRUCTURES, DataFormat, detect_format, get_format
+from sciml.data.oc20.sources import load_graphs
+from sciml.data.readers import check_structures, load_graph_dataset
 from sciml.graph import AtomicGraph, GraphSpec
 from sciml.inference import model_outputs
 from sciml.models.domain import LABEL_UNITS, PROPERTY_UNITS, ModelDomain
@@ -22,10 +23,6 @@ from sciml.distributed import DistributedContext
 from sciml.train.compile import CompiledOutputs, compile_model
 from sciml.train.config import DataConfig, TrainConfig
 from sciml.train.evaluation import error_sums, evaluate, mean_baseline_metrics, metrics_from_sums
-
-# OC20 formats read the OC20 way without data.format: ASE databases keep the plain ase reader.
-_OC20_AUTO_FORMATS = ("s2ef-extxyz", "legacy-lmdb", "sciml-cache")
-_CRYSTAL_FORMATS = ("jarvis", "matbench", "mp", "cif")
 
 
 def reference_energies(choice: Union[str, Mapping[str, float]], graphs: Sequence[AtomicGraph]) -> torch.Tensor:
@@ -336,28 +333,50 @@ def load_training_graphs(data: DataConfig, spec: GraphSpec, dtype: torch.dtype =
                          required: Sequence[str] = ()) -> List[AtomicGraph]:
     """The graphs of ``data`` (one per structure, in file order), built as ``spec`` says.
 
-    OC20 sources, crystal datasets (``data.format`` jarvis / matbench / mp / cif: the one label of
-    ``data.property_keys`` is read, entries without it are dropped) and anything ase reads.
-    ``required`` names labels (energy, forces) every structure must carry.
+    The reader is the registered format ``data.format`` (:mod:`sciml.data.formats`), or the one
+    detected from ``data.path`` (else ase): OC20 sources, crystal datasets (formats of kind
+    ``crystals``: the one label of ``data.property_keys`` is read, entries without it are
+    dropped) and structure files (``structures``: ase and plugin formats). ``required`` names
+    labels (energy, forces) every structure must carry.
     """
-    if data.format == "oc20" or (data.format is None and detect_format(data.path) in _OC20_AUTO_FORMATS):
-        return _oc20_graphs(data, required, spec, dtype)
-    if data.format in _CRYSTAL_FORMATS:
+    entry = training_format(data)
+    if entry.kind == OC20:
+        return _oc20_graphs(data, entry.name, required, spec, dtype)
+    if entry.kind == CRYSTALS:
         if len(data.property_keys) != 1:
-            raise ValueError(f"data.format {data.format} reads one target: set data.property_keys to [<target>], "
+            raise ValueError(f"data.format {entry.name} reads one target: set data.property_keys to [<target>], "
                              f"got {data.property_keys}")
         options = {"targets_path": data.targets_path} if data.targets_path else {}
-        frames = read_crystal_dataset(data.path, data.format, data.property_keys[0], **options)
+        frames = read_crystal_dataset(data.path, entry.name, data.property_keys[0], **options)
         return load_graph_dataset(frames, spec, None, None, None, None, data.property_keys, dtype=dtype)
-    frames = read_structures(data.path, ":", data.energy_key, data.forces_key, data.stress_key, data.property_keys,
-                             required)
-    return load_graph_dataset(frames, spec, None, data.energy_key, data.forces_key, data.stress_key,
-                              data.property_keys, dtype=dtype)
+    if entry.kind != STRUCTURES:
+        raise ValueError(f"data.format {entry.name} holds {entry.kind}, not atomic structures")
+    frames = entry.read(data.path)
+    keys = (data.energy_key, data.forces_key, data.stress_key)
+    check_structures(frames, str(Path(data.path)), *keys, data.property_keys, required)
+    return load_graph_dataset(frames, spec, None, *keys, data.property_keys, dtype=dtype)
 
 
-def _oc20_graphs(data, required: Sequence[str], spec: GraphSpec, dtype: torch.dtype) -> List[AtomicGraph]:
-    """Graphs of an OC20 source, with the labels the config asks for (see ``DataConfig.format``)."""
-    graphs = load_graphs(data.path, spec, dtype=dtype)
+def training_format(data: DataConfig) -> DataFormat:
+    """The format ``data`` is read in: ``data.format``, else the format detected from ``data.path``
+    (:func:`~sciml.data.formats.detect_format`), else the default (ase).
+
+    Raises:
+        ValueError: an unknown ``data.format``; without one, a ``data.path`` that does not exist.
+    """
+    if data.format is not None:
+        return get_format(data.format)
+    path = Path(data.path)
+    if not path.exists():
+        raise ValueError(f"{path}: no such file or directory")
+    return detect_format(path) or get_format(DEFAULT_FORMAT)
+
+
+def _oc20_graphs(data, format: str, required: Sequence[str], spec: GraphSpec,
+                 dtype: torch.dtype) -> List[AtomicGraph]:
+    """Graphs of an OC20 source in ``format``, with the labels the config asks for (see
+    ``DataConfig.format``)."""
+    graphs = load_graphs(data.path, spec, dtype=dtype, format=format)
     first = graphs[0]
     for label in required:
         if getattr(first, label) is None:

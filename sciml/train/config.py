@@ -88,9 +88,11 @@ class DataConfig:
     of element symbols to energies in eV, ``{H: -13.6, O: -432.1}``, that must name every element
     of the data.
 
-    ``format`` None recognises OC20 sources by their path (a directory of S2EF ``*.extxyz.xz`` +
-    ``*.txt`` files or one such file, a fairchem ``*.lmdb`` file or directory, a sciml cache) and
-    reads anything else with ase; ``oc20`` also reads an ASE database the OC20 way (tags, fixed
+    ``format`` names a registered format (:mod:`sciml.data.formats`: those above, ``ase``,
+    ``oc20`` and its sources ``s2ef-extxyz``, ``ase-db``, ``legacy-lmdb``, ``sciml-cache``, and
+    any a plugin registers). None recognises OC20 sources by their path (a directory of S2EF
+    ``*.extxyz.xz`` + ``*.txt`` files or one such file, a fairchem ``*.lmdb`` file or directory, a
+    sciml cache) and files of plugin formats that detect themselves, and reads anything else with ase; ``oc20`` also reads an ASE database the OC20 way (tags, fixed
     atoms, ``sid``/``fid`` and reference energies); ``ase`` always uses ase. OC20 sources carry
     fixed label names: energy (adsorption energy, referenced), forces, and the properties of
     :mod:`sciml.data.oc20.records` (e.g. ``relaxed_energy`` for IS2RE); ``energy_key`` or
@@ -101,8 +103,7 @@ class DataConfig:
     train: Optional[str] = None
     valid: Optional[str] = None
     test: Optional[str] = None
-    format: Optional[str] = field(default=None, metadata={"choices": ("ase", "oc20", "jarvis", "matbench", "mp", "cif",
-                                                                       "fno_mat", "pdebench")})
+    format: Optional[str] = None
     targets_path: Optional[str] = None
     energy_key: Optional[str] = "energy"
     forces_key: Optional[str] = "forces"
@@ -296,7 +297,11 @@ class TrainConfig:
     def _validate_data(self) -> None:
         """The data files (``data.path`` or ``data.train``/``valid``/``test``) and
         ``data.element_energies``."""
+        from sciml.data.formats import FIELDS, format_names, get_format  # imports the readers
+
         data = self.data
+        if data.format is not None:
+            _coerce(data.format, str, "data.format", format_names())  # one line naming the registered formats
         if data.path and data.train:
             raise ValueError("config keys data.path and data.train exclude each other: give one file to split "
                              "(data.path) or separate files (data.train, data.valid, data.test)")
@@ -308,7 +313,7 @@ class TrainConfig:
             raise ValueError("missing required config key data.path (the labelled structures file), "
                              "or data.train (with optional data.valid, data.test)")
         if data.train:
-            if data.format in ("fno_mat", "pdebench"):
+            if data.format is not None and get_format(data.format).kind == FIELDS:
                 raise ValueError(f"config key data.train: data.format {data.format} reads one file, data.path")
             if self.split.ranges or self.split.method != "random":
                 raise ValueError("config keys split.ranges and split.method index one data.path file; with data.train "

@@ -25,14 +25,11 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from sciml.data.pde import read_fno_mat, read_pdebench
+from sciml.data.formats import get_format
 from sciml.distributed import DistributedContext
 from sciml.tasks.pde import check_transforms, relative_l2, rollout, transformed_errors
 from sciml.train.compile import compile_model
 from sciml.train.config import TrainConfig
-
-FIELD_FORMATS = ("fno_mat", "pdebench")
-
 
 @dataclass
 class FieldBatch:
@@ -42,21 +39,6 @@ class FieldBatch:
 
     def to(self, device) -> "FieldBatch":
         return FieldBatch(self.fields.to(device))
-
-
-def read_fields(path: str, format: str, key: str = "u", kind: Optional[str] = None, channel: int = 0) -> torch.Tensor:
-    """(N, X, Y, T) trajectories of one variable from an FNO ``.mat`` or a PDEBench file."""
-    if format == "fno_mat":
-        return torch.as_tensor(read_fno_mat(path, key=key))
-    if format == "pdebench":
-        if kind is None:
-            raise ValueError("data.format pdebench needs fields.kind (incompressible-ns, shallow-water, diffusion-reaction)")
-        data = read_pdebench(path, kind)
-        fields = torch.as_tensor(data.fields)
-        if not 0 <= channel < fields.shape[-1]:
-            raise ValueError(f"{path}: fields.channel {channel} is not one of the {fields.shape[-1]} variables {data.variables}")
-        return fields[..., channel]
-    raise ValueError(f"unknown field format {format!r}; use one of {FIELD_FORMATS}")
 
 
 class FieldProblem:
@@ -71,7 +53,8 @@ class FieldProblem:
 
     def _read(self, path: str) -> torch.Tensor:
         options = self.options
-        fields = read_fields(path, self.config.data.format, options.key, options.kind, options.channel).to(self.dtype)
+        reader = get_format(self.config.data.format).read  # a format of kind fields: (N, X, Y, T)
+        fields = torch.as_tensor(reader(path, options.key, options.kind, options.channel)).to(self.dtype)
         needed = options.t_in + options.steps
         if fields.shape[-1] < needed:
             raise ValueError(f"{path}: trajectories have {fields.shape[-1]} steps, fewer than fields.t_in + fields.steps "
@@ -103,7 +86,7 @@ class FieldProblem:
         """Predicted steps (B, X, Y, steps) from the first t_in steps of ``fields``."""
         t_in, steps = self.options.t_in, self.options.steps
         known = fields[..., :t_in]
-        if getattr(self.model, "space_time", False):
+        if self.model.space_time:
             inputs = known[:, :, :, None, :].expand(-1, -1, -1, steps, -1)  # (B, X, Y, steps, t_in)
             return self.model(inputs)[..., 0]
         truth = fields[..., t_in:t_in + steps] if teacher_forcing else None

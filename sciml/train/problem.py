@@ -19,7 +19,7 @@ checkpoints, splits, logs and resuming; a problem owns everything that depends o
 
 :class:`~sciml.train.atomistic.AtomisticProblem` trains graph models on atomic structures
 (energy, forces, stress, properties); :class:`~sciml.train.fields.FieldProblem` trains neural
-operators on time-dependent fields (``data.format`` fno_mat or pdebench).
+operators on time-dependent fields (a ``data.format`` of kind ``fields``, :mod:`sciml.data.formats`).
 """
 
 from __future__ import annotations
@@ -31,9 +31,10 @@ from sciml.train.config import TrainConfig
 
 def make_problem(config: TrainConfig, model: torch.nn.Module, dtype: torch.dtype):
     """The problem for ``config``'s data and ``model``."""
+    from sciml.data.formats import FIELDS, get_format
     from sciml.train.atomistic import AtomisticProblem
-    from sciml.train.fields import FIELD_FORMATS, FieldProblem
+    from sciml.train.fields import FieldProblem
 
-    if config.data.format in FIELD_FORMATS:
+    if config.data.format is not None and get_format(config.data.format).kind == FIELDS:
         return FieldProblem(config, model, dtype)
     return AtomisticProblem(config, model, dtype)

@@ -49,8 +49,8 @@ import yaml
 from tqdm.auto import tqdm
 
 from sciml import distributed
-from sciml.data.crystals import alignn_split, matbench_folds
 from sciml.data.sampling import AtomBalancedBatchSampler
+from sciml.data.splits import alignn_split, matbench_split, random_split, range_split
 from sciml.devices import resolve_dtype, runtime_line
 from sciml.io.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from sciml.io.files import atomic_path
@@ -255,20 +255,11 @@ class Trainer:
                 train = total - split.valid - split.test if counts else 1.0 - float(split.valid) - float(split.test)
             return self._save_splits(total, alignn_split(total, train, split.valid, split.test, split.seed))
         if split.method == "matbench":
-            train, test = matbench_folds(total)[split.fold]
-            train = torch.as_tensor(train)[torch.randperm(len(train), generator=torch.Generator().manual_seed(split.seed))]
-            valid = int(round(float(split.valid) * len(train))) if isinstance(split.valid, float) else int(split.valid)
-            return self._save_splits(total, {"train": sorted(train[valid:].tolist()), "valid": sorted(train[:valid].tolist()),
-                                             "test": [int(i) for i in test]})
+            return self._save_splits(total, matbench_split(total, split.fold, split.valid, split.seed))
         if split.ranges:
-            splits = {name: list(range(*split.ranges.get(name, (0, 0)))) for name in ("train", "valid", "test")}
-            stop = max(bounds[1] for bounds in split.ranges.values())
-            if stop > total:
-                raise ValueError(f"split.ranges {split.ranges} reach index {stop - 1}, but {self.config.data.path} "
-                                 f"holds {total} structures")
-            return self._save_splits(total, splits)
-        return self._save_splits(total, _random_split(total, split.train, split.valid, split.test, split.seed,
-                                                      f"{total} structures"))
+            return self._save_splits(total, range_split(total, split.ranges, str(self.config.data.path)))
+        return self._save_splits(total, random_split(total, split.train, split.valid, split.test, split.seed,
+                                                     f"{total} structures"))
 
     def _file_splits(self) -> Dict[str, List[int]]:
         """The split of separate files: every structure of ``data.valid`` / ``data.test`` is in
@@ -277,7 +268,7 @@ class Trainer:
         (all of them, or ``split.train``)."""
         split, files = self.config.split, self._sample_files()
         path, start, stop = files["train"]
-        drawn = _random_split(stop - start, split.train, 0 if "valid" in files else split.valid,
+        drawn = random_split(stop - start, split.train, 0 if "valid" in files else split.valid,
                               0 if "test" in files else split.test, split.seed,
                               f"the {stop - start} structures of data.train {path}", need_valid="valid" not in files)
         splits = {name: [start + i for i in indices] for name, indices in drawn.items()}
@@ -588,22 +579,6 @@ class Trainer:
     def _write_yaml(path: Path, values: Dict[str, Any]) -> None:
         with atomic_path(path) as tmp:
             tmp.write_text(yaml.safe_dump(values, sort_keys=False))
-
-
-def _random_split(total: int, train: "int | float | None", valid: "int | float", test: "int | float", seed: int,
-                  what: str, need_valid: bool = True) -> Dict[str, List[int]]:
-    """Seeded random split of ``total`` structures: a float size is a fraction of ``total``, an
-    int a count; ``train`` None takes the rest. ``what`` names the structures in errors."""
-    def size(value: "int | float") -> int:
-        return int(value) if isinstance(value, int) else int(round(value * total))
-
-    valid, test = size(valid), size(test)
-    train = total - valid - test if train is None else size(train)
-    if (need_valid and valid < 1) or train < 1 or train + valid + test > total:
-        raise ValueError(f"split train={train}, valid={valid}, test={test} does not fit {what} "
-                         f"(train and valid need at least one each)")
-    order = torch.randperm(total, generator=torch.Generator().manual_seed(seed)).tolist()
-    return {"valid": order[:valid], "test": order[valid:valid + test], "train": order[valid + test:valid + test + train]}
 
 
 def _differences(old: Dict[str, Any], new: Dict[str, Any], prefix: str = "") -> List[str]:

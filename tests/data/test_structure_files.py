@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from ase.build import bulk
 
-from sciml.batch_inference import index_structures, read_item
+from sciml.data.structure_index import index_structures, read_item
 from sciml.cli.common import read_one_structure
 from sciml.data import read_structures
 from sciml.data.crystals import read_cif

@@ -14,7 +14,8 @@ carrying ``info[target]`` and ``info["id"]``::
 
 Modules: ``records`` (the record), ``validation`` (checks and the error), ``jarvis``,
 ``matbench`` (task files and official folds), ``materials_project``, ``cif`` (validated CIF
-reading), ``splits`` (ALIGNN split, split files), ``sources`` (format detection, dispatcher).
+reading), ``sources`` (format detection, dispatcher). The ALIGNN split and split files are in
+:mod:`sciml.data.splits` (imported here too).
 """
 
 from sciml.data.crystals.cif import cif_text_to_atoms, read_cif, read_crystal_files
@@ -33,12 +34,11 @@ from sciml.data.crystals.materials_project import (
 )
 from sciml.data.crystals.records import CrystalRecord, records_to_atoms
 from sciml.data.crystals.sources import (
-    FORMATS,
     detect_crystal_format,
     read_crystal_dataset,
     read_crystal_records,
 )
-from sciml.data.crystals.splits import (
+from sciml.data.splits import (
     alignn_split,
     load_split,
     save_split,
@@ -51,7 +51,6 @@ from sciml.data.crystals.validation import (
 )
 
 __all__ = [
-    "FORMATS",
     "MATBENCH_STRATIFIED_TASKS",
     "MIN_DISTANCE",
     "CrystalInputError",

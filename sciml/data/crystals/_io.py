@@ -141,3 +141,23 @@ def peek_text(path: PathLike, size: int = 1 << 16) -> str:
         return io.TextIOWrapper(io.BytesIO(data), encoding="utf-8", errors="ignore").read()
     except (OSError, EOFError, zipfile.BadZipFile, IndexError):
         return ""
+
+
+def json_head(path: Path) -> Optional[str]:
+    """The start of a JSON dataset file (``.json``, ``.gz``, ``.zip``; not a CIF), stripped of
+    leading blanks, or None for any other path (what the crystal formats' detection reads)."""
+    from sciml.data.structure_files import structure_kind
+
+    if not path.is_file() or structure_kind(path) == "cif" or not path.name.endswith((".json", ".gz", ".zip")):
+        return None
+    return peek_text(path).lstrip()
+
+
+def is_matbench_head(head: str) -> bool:
+    """A MatBench task file starts as a pandas split table: ``{"columns": ..., "data": ...}``."""
+    return head.startswith("{") and '"columns"' in head and '"data"' in head
+
+
+def is_jarvis_head(head: str) -> bool:
+    """JARVIS entries carry ``jid`` and ``lattice_mat`` (and are no MatBench table)."""
+    return '"jid"' in head and '"lattice_mat"' in head and not is_matbench_head(head)

@@ -16,13 +16,15 @@ message naming the file and the problem:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Sequence, Tuple
+from typing import Any, List, Sequence, Tuple
 
 import ase
 
 from sciml.data.crystals._io import PathLike, logger
+from sciml.data.crystals.records import CrystalRecord, as_target
 from sciml.data.crystals.validation import CrystalInputError, check_crystal
-from sciml.data.structure_files import structure_text
+from sciml.data.formats import CRYSTALS, DataFormat, register_format
+from sciml.data.structure_files import cif_files, structure_id, structure_kind, structure_text
 
 
 def read_cif(path: PathLike) -> ase.Atoms:
@@ -95,3 +97,29 @@ def read_crystal_files(
             logger.warning("skipping %s", err)
             bad.append((path, str(err)))
     return good, bad
+
+
+def read_cif_records(path: PathLike, **options: Any) -> List[CrystalRecord]:
+    """The records of one CIF file, or of a directory of CIF files plus a target table
+    (``targets_path``, read as :func:`~sciml.data.crystals.materials_project.read_materials_project`
+    reads it); ``options`` as that function takes them. A single file's targets are its row of
+    ``targets_path`` (by ``id_key``, default ``material_id``), if given."""
+    from sciml.data.crystals.materials_project import read_materials_project, read_target_table
+
+    if Path(path).is_dir():
+        return read_materials_project(path, **options)
+    atoms = read_cif(path)
+    stem = structure_id(path)
+    row = {}
+    if options.get("targets_path") is not None:
+        row = read_target_table(options["targets_path"], options.get("id_key", "material_id")).get(stem, {})
+    return [CrystalRecord(stem, atoms, {name: as_target(value) for name, value in row.items()})]
+
+
+def is_cif_dataset(path: Path) -> bool:
+    """A CIF file (``.cif``, ``.mcif``, any case, ``.gz``) or a directory holding CIF files."""
+    return bool(cif_files(path)) if path.is_dir() else structure_kind(path) == "cif"
+
+
+register_format(DataFormat(name="cif", kind=CRYSTALS, read=read_cif_records, detect=is_cif_dataset,
+                           description="one CIF file, or a directory of CIF files plus a target table"))

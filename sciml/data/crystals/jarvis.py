@@ -25,15 +25,18 @@ Targets are the entry's scalar number fields; ``"na"`` (and null/NaN) reads as N
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import ase
 import numpy as np
 from ase.data import atomic_numbers
 
-from sciml.data.crystals._io import PathLike, dump_json, entry_records, load_json, unknown_targets
+from sciml.data.crystals._io import (PathLike, dump_json, entry_records, is_jarvis_head, json_head, load_json,
+                                     unknown_targets)
 from sciml.data.crystals.records import CrystalRecord, named_targets
 from sciml.data.crystals.validation import CrystalInputError, check_crystal
+from sciml.data.formats import CRYSTALS, DataFormat, register_format
 
 _STRUCTURE_KEYS = ("atoms", "jid")
 
@@ -157,3 +160,13 @@ def _numeric_fields(entries: List[Any], exclude: Sequence[str]) -> List[str]:
             if name not in exclude and name not in names and isinstance(value, (int, float)) and not isinstance(value, bool):
                 names[name] = None
     return list(names)
+
+
+def is_jarvis_file(path: Path) -> bool:
+    """A JSON file (plain, ``.gz``, ``.zip``) whose entries carry ``jid`` and ``lattice_mat``."""
+    head = json_head(path)
+    return head is not None and is_jarvis_head(head)
+
+
+register_format(DataFormat(name="jarvis", kind=CRYSTALS, read=read_jarvis, detect=is_jarvis_file,
+                           description="a JARVIS-DFT dft_3d JSON list (.json, .gz, .zip)"))

@@ -34,10 +34,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from sciml.data.crystals._io import PathLike, dump_json, load_json, skip_or_raise
+from sciml.data.crystals._io import PathLike, dump_json, is_matbench_head, json_head, load_json, skip_or_raise
 from sciml.data.crystals._pymatgen import ase_to_structure_dict, structure_dict_to_ase
 from sciml.data.crystals.records import CrystalRecord, as_target
 from sciml.data.crystals.validation import CrystalInputError, check_crystal
+from sciml.data.formats import CRYSTALS, DataFormat, register_format
 
 #: MatBench's cross-validation: ``KFold(n_splits=5, shuffle=True, random_state=18012019)``.
 MATBENCH_N_SPLITS = 5
@@ -195,3 +196,18 @@ def _validation_file() -> Dict[str, Any]:
         f"official MatBench folds need the 'matbench' package ({_VALIDATION_FILE}); install it with "
         "'pip install matbench' (or 'pip install --no-deps matbench' for the split file only)"
     )
+
+
+def read_matbench_records(path: PathLike, **options: Any) -> List[CrystalRecord]:
+    """The records of a MatBench task file (:func:`read_matbench` without the target name)."""
+    return read_matbench(path, **options)[1]
+
+
+def is_matbench_file(path: Path) -> bool:
+    """A JSON file (plain or ``.gz``) holding a pandas split table (``"columns"`` and ``"data"``)."""
+    head = json_head(path)
+    return head is not None and is_matbench_head(head)
+
+
+register_format(DataFormat(name="matbench", kind=CRYSTALS, read=read_matbench_records, detect=is_matbench_file,
+                           description="a MatBench task file (pandas split JSON, plain or .gz)"))

@@ -29,6 +29,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from sciml.data.crystals._io import (
     PathLike,
     entry_records,
+    is_jarvis_head,
+    is_matbench_head,
+    json_head,
     load_json,
     logger,
     read_text,
@@ -39,6 +42,7 @@ from sciml.data.crystals._pymatgen import structure_dict_to_ase
 from sciml.data.crystals.cif import cif_text_to_atoms, read_cif
 from sciml.data.crystals.records import CrystalRecord, as_target, named_targets
 from sciml.data.crystals.validation import CrystalInputError, check_crystal
+from sciml.data.formats import CRYSTALS, DataFormat, register_format
 
 _STRUCTURE_KEYS = ("structure", "cif", "atoms")
 
@@ -183,3 +187,13 @@ def _is_number(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def is_materials_project_file(path: Path) -> bool:
+    """A JSON file (plain, ``.gz``, ``.zip``) that is neither a MatBench table nor JARVIS entries."""
+    head = json_head(path)
+    return head is not None and not is_matbench_head(head) and not is_jarvis_head(head)
+
+
+register_format(DataFormat(name="mp", kind=CRYSTALS, read=read_materials_project, detect=is_materials_project_file,
+                           description="Materials Project entries in JSON, or a directory of CIFs plus a target table"))

@@ -11,8 +11,8 @@ become :class:`~sciml.graph.atomic_graph.AtomicGraph` objects with :func:`graph_
 
 Modules: ``records`` (the record and its graph), ``s2ef_extxyz``, ``ase_db`` and
 ``legacy_lmdb`` (the public formats), ``cache`` (the sciml cache), ``sources`` (format
-detection, iteration, caching), ``emt_adsorption`` (OC20-like EMT data). The OC20 metrics are
-in :mod:`sciml.tasks.oc20_metrics`.
+detection, iteration, caching), ``emt_adsorption`` (OC20-like EMT data). Each format's module
+registers it in :mod:`sciml.data.formats`. The OC20 metrics are in :mod:`sciml.tasks.oc20_metrics`.
 """
 
 from sciml.data.oc20.ase_db import read_ase_db, write_ase_db
@@ -27,11 +27,10 @@ from sciml.data.oc20.emt_adsorption import (
 from sciml.data.oc20.legacy_lmdb import LegacyLmdb, RestrictedUnpickler, write_legacy_lmdb
 from sciml.data.oc20.records import FIELDS, Record, check_record, graph_from_record
 from sciml.data.oc20.s2ef_extxyz import read_s2ef_extxyz, write_s2ef_extxyz
-from sciml.data.oc20.sources import FORMATS, detect_format, iter_records, load_graphs, preprocess
+from sciml.data.oc20.sources import detect_format, iter_records, load_graphs, preprocess
 
 __all__ = [
     "FIELDS",
-    "FORMATS",
     "AdsorptionRelaxation",
     "CachedDataset",
     "LegacyLmdb",

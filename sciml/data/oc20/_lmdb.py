@@ -11,6 +11,7 @@ import lmdb
 
 from sciml.io.files import atomic_path
 
+_LMDB_MAGIC = (0xBEEFC0DE).to_bytes(4, "little")  # mm_magic of the first meta page, at byte 16
 _INITIAL_MAP_SIZE = 1 << 26  # 64 MiB; doubled whenever a write does not fit
 # path -> ((pid, st_dev, st_ino), environment): see environment()
 _ENVIRONMENTS: Dict[str, Tuple[Tuple[int, int, int], lmdb.Environment]] = {}
@@ -85,3 +86,13 @@ def _commit(env: lmdb.Environment, items: list) -> None:
             return
         except lmdb.MapFullError:
             env.set_mapsize(env.info()["map_size"] * 2)
+
+
+def is_lmdb_file(path: Path) -> bool:
+    """Whether ``path`` is a single-file LMDB (by the magic number of its first meta page)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(20)
+    except OSError:
+        return False
+    return len(head) == 20 and head[16:20] == _LMDB_MAGIC

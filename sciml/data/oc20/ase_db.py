@@ -17,6 +17,7 @@ import ase
 import ase.db
 import numpy as np
 
+from sciml.data.formats import OC20, DataFormat, register_format
 from sciml.data.oc20.records import Record, atoms_record, check_record
 from sciml.io.files import atomic_path
 
@@ -93,3 +94,9 @@ def _row_record(row, atoms: ase.Atoms, subtract_reference: bool) -> Record:
     if relaxed is not None:
         record["relaxed_positions"] = np.asarray(relaxed, dtype=np.float64)
     return record
+
+
+# Not detected when no format is named: ASE databases are read by the plain ase reader then.
+register_format(DataFormat(
+    name="ase-db", kind=OC20, read=read_ase_db, detect=lambda path: path.is_file() and path.suffix in (".db", ".json"),
+    description="an ASE database (*.db SQLite, *.json) read the OC20 way"))

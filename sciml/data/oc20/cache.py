@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from sciml.data.oc20._lmdb import environment, write_lmdb
+from sciml.data.formats import OC20, DataFormat, register_format
+from sciml.data.oc20._lmdb import environment, is_lmdb_file, write_lmdb
 from sciml.data.oc20.records import Record, check_record, graph_from_record
 from sciml.graph.atomic_graph import AtomicGraph
 from sciml.version import __version__
@@ -182,3 +183,17 @@ class CachedDataset(Dataset):
 
     def __getitem__(self, index: int) -> AtomicGraph:
         return graph_from_record(self.record(index), self.cutoff, self.max_neighbors, self.dtype)
+
+
+def read_cached_records(source: Union[str, os.PathLike], subtract_reference: bool = True) -> Iterator[Record]:
+    """The records of a sciml cache, in order (as they were written: ``subtract_reference`` does
+    not apply)."""
+    cache = CachedDataset(source)
+    for index in range(len(cache)):
+        yield cache.record(index)
+
+
+register_format(DataFormat(
+    name="sciml-cache", kind=OC20, read=read_cached_records,
+    detect=lambda path: is_lmdb_file(path) and read_cache_metadata(path) is not None, auto_detect=True,
+    description="an LMDB file written by sciml data preprocess"))

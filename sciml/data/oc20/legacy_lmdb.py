@@ -32,7 +32,8 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 import numpy as np
 import torch
 
-from sciml.data.oc20._lmdb import environment, write_lmdb
+from sciml.data.formats import OC20, DataFormat, register_format
+from sciml.data.oc20._lmdb import environment, is_lmdb_file, write_lmdb
 from sciml.data.oc20.records import Record, check_record
 
 try:  # numpy >= 2 keeps these in numpy._core; pickles from numpy 1 name numpy.core
@@ -339,3 +340,24 @@ def write_legacy_lmdb(path: Union[str, os.PathLike], records: Iterable[Record], 
 
     write_lmdb(path, items())
     return count
+
+
+def read_legacy_lmdb(source: Union[str, os.PathLike], subtract_reference: bool = True) -> Iterator[Record]:
+    """The records of a fairchem LMDB file or folder, in order (their energies as written:
+    ``subtract_reference`` does not apply)."""
+    yield from LegacyLmdb(source)
+
+
+def is_legacy_lmdb(path: Path) -> bool:
+    """A folder of ``*.lmdb`` shards (and no S2EF trajectories), or an LMDB file that is no sciml cache."""
+    from sciml.data.oc20.cache import read_cache_metadata
+
+    if path.is_dir():
+        names = [p.name for p in path.iterdir()]
+        return any(n.endswith(".lmdb") for n in names) and not any(n.endswith((".extxyz.xz", ".extxyz")) for n in names)
+    return is_lmdb_file(path) and read_cache_metadata(path) is None
+
+
+register_format(DataFormat(
+    name="legacy-lmdb", kind=OC20, read=read_legacy_lmdb, detect=is_legacy_lmdb, auto_detect=True,
+    description="a fairchem *.lmdb file or a directory of *.lmdb shards"))

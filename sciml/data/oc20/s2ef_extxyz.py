@@ -26,6 +26,7 @@ import numpy as np
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.constraints import FixAtoms
 
+from sciml.data.formats import OC20, DataFormat, register_format
 from sciml.data.oc20.records import Record, atoms_record, check_record
 from sciml.data.readers import read_structures
 from sciml.io.files import atomic_path
@@ -169,3 +170,18 @@ def _stem(path: Path) -> str:
 
 def _natural_key(path: Path) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
+
+
+def is_s2ef_source(path: Path) -> bool:
+    """A directory holding ``*.extxyz[.xz]`` files, or one such file with its ``.txt[.xz]`` companion."""
+    if path.is_dir():
+        return any(p.name.endswith(_EXTXYZ_SUFFIXES) for p in path.iterdir())
+    if not path.name.endswith(_EXTXYZ_SUFFIXES):
+        return False
+    stem = _stem(path)
+    return any((path.parent / f"{stem}{suffix}").is_file() for suffix in (".txt", ".txt.xz"))
+
+
+register_format(DataFormat(
+    name="s2ef-extxyz", kind=OC20, read=read_s2ef_extxyz, detect=is_s2ef_source, auto_detect=True,
+    description="a directory of S2EF *.extxyz.xz + *.txt files, or one such trajectory file"))

@@ -1,12 +1,8 @@
 """Any OC20 source by path: recognise its format, iterate its records, cache it, load graphs.
 
-Formats (:func:`detect_format`):
-
-- ``"s2ef-extxyz"``: a directory of S2EF ``*.extxyz[.xz]`` + ``*.txt[.xz]`` files, or one such
-  trajectory file (or a list of them);
-- ``"ase-db"``: an ASE database (``*.db`` SQLite, ``*.json``);
-- ``"legacy-lmdb"``: a fairchem LMDB file, or a directory of ``*.lmdb`` shards;
-- ``"sciml-cache"``: an LMDB file written by :func:`preprocess`.
+The OC20 formats are the registered formats of kind ``oc20`` (:mod:`sciml.data.formats`):
+``s2ef-extxyz``, ``ase-db``, ``legacy-lmdb`` and ``sciml-cache``, each registered by its reader's
+module. ``oc20`` (``data.format: oc20``) reads any of them, recognised by :func:`detect_format`.
 """
 
 from __future__ import annotations
@@ -18,22 +14,20 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 import torch
 from tqdm.auto import tqdm
 
-from sciml.data.oc20.ase_db import read_ase_db
-from sciml.data.oc20.cache import CachedDataset, read_cache_metadata, write_cache
-from sciml.data.oc20.legacy_lmdb import LegacyLmdb
+from sciml.data.formats import OC20, DataFormat, format_names, get_format, register_format
+from sciml.data.formats import detect_format as detect_registered_format
+from sciml.data.oc20.cache import write_cache
 from sciml.data.oc20.records import Record, graph_from_record
-from sciml.data.oc20.s2ef_extxyz import read_s2ef_extxyz
 from sciml.graph.atomic_graph import AtomicGraph
 from sciml.graph.spec import GraphSpec
 
 PathLike = Union[str, os.PathLike]
-FORMATS = ("s2ef-extxyz", "ase-db", "legacy-lmdb", "sciml-cache")
-_LMDB_MAGIC = (0xBEEFC0DE).to_bytes(4, "little")  # mm_magic of the first meta page, at byte 16
 _PROGRESS_THRESHOLD = 1000
 
 
 def detect_format(source: Union[PathLike, Sequence[PathLike]]) -> Optional[str]:
-    """The OC20 format of ``source`` (one of :data:`FORMATS`), or None when it is none of them.
+    """The OC20 format of ``source`` (a registered format of kind ``oc20``; a list of paths is
+    S2EF trajectories), or None when it is none of them.
 
     Raises:
         ValueError: the path does not exist.
@@ -43,20 +37,8 @@ def detect_format(source: Union[PathLike, Sequence[PathLike]]) -> Optional[str]:
     path = Path(source)
     if not path.exists():
         raise ValueError(f"{path}: no such file or directory")
-    if path.is_dir():
-        names = [p.name for p in path.iterdir()]
-        if any(n.endswith((".extxyz.xz", ".extxyz")) for n in names):
-            return "s2ef-extxyz"
-        return "legacy-lmdb" if any(n.endswith(".lmdb") for n in names) else None
-    if path.name.endswith((".extxyz.xz", ".extxyz")):
-        stem = path.name[: -len(".extxyz.xz")] if path.name.endswith(".xz") else path.name[: -len(".extxyz")]
-        companions = (path.parent / f"{stem}.txt", path.parent / f"{stem}.txt.xz")
-        return "s2ef-extxyz" if any(c.is_file() for c in companions) else None
-    if path.suffix in (".db", ".json"):
-        return "ase-db"
-    if _is_lmdb_file(path):
-        return "sciml-cache" if read_cache_metadata(path) is not None else "legacy-lmdb"
-    return None
+    entry = detect_registered_format(path, OC20)
+    return entry.name if entry is not None else None
 
 
 def iter_records(
@@ -66,26 +48,20 @@ def iter_records(
 
     ``subtract_reference`` applies to S2EF extxyz files and ASE databases that carry reference
     energies (the energy becomes the adsorption energy); LMDBs and caches hold energies as they
-    were written. ``format`` overrides :func:`detect_format`.
+    were written. ``format`` (an OC20 format name, or ``oc20``) overrides :func:`detect_format`.
 
     Raises:
         ValueError: an unrecognised source or any reader error (naming file and record).
     """
-    format = format or detect_format(source)
-    if format == "s2ef-extxyz":
-        yield from read_s2ef_extxyz(source, subtract_reference)
-    elif format == "ase-db":
-        yield from read_ase_db(source, subtract_reference)
-    elif format == "legacy-lmdb":
-        yield from LegacyLmdb(source)
-    elif format == "sciml-cache":
-        cache = CachedDataset(source)
-        for index in range(len(cache)):
-            yield cache.record(index)
-    else:
+    if format in (None, "oc20"):
+        format = detect_format(source)
+    if format is None:
         raise ValueError(f"{source}: not an OC20 source (expected a directory of S2EF *.extxyz.xz + *.txt files, "
-                         f"an ASE database, a fairchem *.lmdb file or directory, or a sciml cache)"
-                         if format is None else f"unknown OC20 format {format!r}; choose from {', '.join(FORMATS)}")
+                         f"an ASE database, a fairchem *.lmdb file or directory, or a sciml cache)")
+    readers = [name for name in format_names(OC20) if name != "oc20"]
+    if format not in readers:
+        raise ValueError(f"unknown OC20 format {format!r}; choose from {', '.join(readers)}")
+    yield from get_format(format).read(source, subtract_reference)
 
 
 def preprocess(
@@ -136,10 +112,7 @@ def load_graphs(
     return graphs
 
 
-def _is_lmdb_file(path: Path) -> bool:
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(20)
-    except OSError:
-        return False
-    return len(head) == 20 and head[16:20] == _LMDB_MAGIC
+
+register_format(DataFormat(
+    name="oc20", kind=OC20, read=iter_records,
+    description="any OC20 source: S2EF extxyz + txt, ASE database read the OC20 way, fairchem LMDB, sciml cache"))

@@ -25,6 +25,7 @@ from typing import Literal
 
 import numpy as np
 
+from sciml.data.formats import FIELDS, DataFormat, register_format
 from sciml.io.files import atomic_path
 
 PathLike = str | os.PathLike
@@ -228,3 +229,33 @@ def _read_sample_groups(path: Path, handle, count: slice, kind: str) -> PDEField
         raise PDEDataError(f"{path}: 'data' of shape {samples[0].shape} does not match grid x {len(x)}, "
                            f"y {len(y)}, t {len(t)} and {len(variables)} variable(s) {variables}")
     return PDEFields(fields=np.ascontiguousarray(fields), x=x, y=y, t=t, variables=variables)
+
+
+def read_fno_fields(path: PathLike, key: str = "u", kind: str | None = None, channel: int = 0) -> np.ndarray:
+    """The ``fno_mat`` format's reader: trajectories ``(N, X, Y, T)`` of array ``key`` of an FNO
+    ``.mat`` file (``kind`` and ``channel`` do not apply)."""
+    return read_fno_mat(path, key=key)
+
+
+def read_pdebench_fields(path: PathLike, key: str = "u", kind: str | None = None, channel: int = 0) -> np.ndarray:
+    """The ``pdebench`` format's reader: trajectories ``(N, X, Y, T)`` of variable number
+    ``channel`` of a PDEBench file of ``kind`` (``key`` does not apply).
+
+    Raises:
+        ValueError: no ``kind``, or a ``channel`` the file does not have.
+    """
+    if kind is None:
+        raise ValueError("data.format pdebench needs fields.kind (incompressible-ns, shallow-water, diffusion-reaction)")
+    data = read_pdebench(path, kind)
+    if not 0 <= channel < data.fields.shape[-1]:
+        raise ValueError(f"{path}: fields.channel {channel} is not one of the {data.fields.shape[-1]} variables "
+                         f"{data.variables}")
+    return data.fields[..., channel]
+
+
+register_format(DataFormat(name="fno_mat", kind=FIELDS, read=read_fno_fields,
+                           detect=lambda path: path.is_file() and path.suffix.lower() == ".mat",
+                           description="an FNO .mat file (MATLAB v5 or v7.3), trajectories u (N, X, Y, T)"))
+register_format(DataFormat(name="pdebench", kind=FIELDS, read=read_pdebench_fields,
+                           detect=lambda path: path.is_file() and path.suffix.lower() in (".h5", ".hdf5"),
+                           description="a PDEBench 2D HDF5 file"))

@@ -1,17 +1,72 @@
-"""Standard train/validation/test splits, and split files that make them reproducible."""
+"""Train/validation/test splits: seeded random, fixed index ranges, the ALIGNN/ComFormer and
+MatBench benchmark splits, and split files that make them reproducible.
+
+Every split is ``{"train": [...], "valid": [...], "test": [...]}`` of int indices into the
+dataset (0-based, in the dataset's order).
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
-from sciml.data.crystals._io import PathLike
+import torch
 
+PathLike = Union[str, os.PathLike]
 SPLIT_NAMES = ("train", "valid", "test")
 # ALIGNN writes ids_train_val_test.json with these keys; load_split reads both layouts.
 _ALIGNN_KEYS = {"id_train": "train", "id_val": "valid", "id_test": "test"}
+
+
+def random_split(total: int, train: "int | float | None", valid: "int | float", test: "int | float", seed: int,
+                 what: str, need_valid: bool = True) -> Dict[str, List[int]]:
+    """Seeded random split of ``total`` structures (``torch.randperm``): a float size is a fraction
+    of ``total``, an int a count; ``train`` None takes the rest. ``what`` names the structures in
+    errors.
+
+    Raises:
+        ValueError: the sizes do not fit ``total``, or leave train (or, with ``need_valid``, valid) empty.
+    """
+    def size(value: "int | float") -> int:
+        return int(value) if isinstance(value, int) else int(round(value * total))
+
+    valid, test = size(valid), size(test)
+    train = total - valid - test if train is None else size(train)
+    if (need_valid and valid < 1) or train < 1 or train + valid + test > total:
+        raise ValueError(f"split train={train}, valid={valid}, test={test} does not fit {what} "
+                         f"(train and valid need at least one each)")
+    order = torch.randperm(total, generator=torch.Generator().manual_seed(seed)).tolist()
+    return {"valid": order[:valid], "test": order[valid:valid + test], "train": order[valid + test:valid + test + train]}
+
+
+def range_split(total: int, ranges: Mapping[str, Sequence[int]], what: str) -> Dict[str, List[int]]:
+    """The fixed, half-open index ranges ``{name: [start, stop]}`` of a dataset of ``total``
+    structures (a set without a range is empty); ``what`` names the dataset in errors.
+
+    Raises:
+        ValueError: a range reaching past ``total``.
+    """
+    splits = {name: list(range(*ranges.get(name, (0, 0)))) for name in SPLIT_NAMES}
+    stop = max(bounds[1] for bounds in ranges.values())
+    if stop > total:
+        raise ValueError(f"split.ranges {dict(ranges)} reach index {stop - 1}, but {what} holds {total} structures")
+    return splits
+
+
+def matbench_split(total: int, fold: int, valid: "int | float", seed: int) -> Dict[str, List[int]]:
+    """MatBench fold ``fold`` of ``total`` entries (:func:`~sciml.data.crystals.matbench_folds`):
+    its test indices, and its training indices shuffled with ``seed`` (``torch.randperm``) of
+    which ``valid`` (a fraction or a count) become the validation set; train and valid sorted."""
+    from sciml.data.crystals.matbench import matbench_folds  # the package imports this module
+
+    train, test = matbench_folds(total)[fold]
+    train = torch.as_tensor(train)[torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))]
+    count = int(round(float(valid) * len(train))) if isinstance(valid, float) else int(valid)
+    return {"train": sorted(train[count:].tolist()), "valid": sorted(train[:count].tolist()),
+            "test": [int(i) for i in test]}
 
 
 def alignn_split(
