@@ -97,6 +97,7 @@ def test_nbody_positions_rotate_reflect_translate_and_permute_with_the_system():
     assert np.allclose(moved, out[perm], atol=1e-10)
 
 
+@pytest.mark.slow
 def test_nbody_model_learns_on_generated_trajectories():
     from sciml.data.generators.nbody import nbody_samples, simulate_charged_nbody
 

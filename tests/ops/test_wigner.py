@@ -54,6 +54,7 @@ def test_orthogonal_representation_and_harmonics_equivariance(backend):
     assert (rotated - (d1 @ spherical_harmonics_upto(6, v).unsqueeze(-1)).squeeze(-1)).abs().max() < 1e-12
 
 
+@pytest.mark.slow
 def test_blocks_batch_shape_and_gradients(backend):
     rot = rotations(6).view(2, 3, 3, 3)
     dense = wigner_D(3, rot)
