@@ -59,6 +59,7 @@ def test_overwriting_keeps_the_existing_files_permissions(tmp_path):
     assert mode(path) == 0o640
 
 
+@pytest.mark.slow
 def test_a_training_run_writes_its_files_with_the_umasks_permissions(tmp_path):
     previous = os.umask(0o022)
     try:

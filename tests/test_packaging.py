@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # wheel builds and compiler fallbacks in subprocesses
+
 ROOT = Path(__file__).resolve().parents[1]
 
 CHECK = """

@@ -87,6 +87,7 @@ def interrupted(model, files, output, after, **options):
     assert Path(f"{output}.parts").is_dir()
 
 
+@pytest.mark.slow
 def test_workers_give_the_results_of_predict(inputs, tmp_path, capsys):
     folder, files = inputs
     listing = tmp_path / "cifs.txt"
@@ -196,6 +197,7 @@ def test_a_structure_the_model_rejects_is_skipped_alone(inputs):
 
 @pytest.mark.skipif(importlib.util.find_spec("torch.distributed.run") is None or not torch.distributed.is_available(),
                     reason="torchrun is not available")
+@pytest.mark.slow
 def test_two_ranks_give_the_one_process_output(inputs, tmp_path):
     folder, files = inputs
     single = tmp_path / "single.json"

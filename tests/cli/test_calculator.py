@@ -67,6 +67,7 @@ def test_bfgs_relaxation_and_cell_filter_converge(model):
     assert BFGS(FrechetCellFilter(crystal), logfile=None).run(fmax=0.05, steps=300)
 
 
+@pytest.mark.slow
 def test_nve_md_conserves_energy(model):
     atoms = molecule("CH3CH2OH")
     atoms.calc = SciMLCalculator(model)

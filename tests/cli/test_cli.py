@@ -11,6 +11,7 @@ def test_help_lists_commands(capsys):
     assert "bench" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_bench_neighbors_prints_ratios():
     result = subprocess.run(
         [sys.executable, "-m", "sciml.cli.main", "bench", "neighbors", "--sizes", "100", "800", "--repeats", "1"],

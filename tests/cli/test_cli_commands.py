@@ -35,6 +35,7 @@ def run(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 def test_train_writes_run_files_and_resume_continues(run, capsys):
     out = run / "run"
     assert {"best.pt", "last.pt", "metrics.csv", "config.yaml", "splits.json"} <= {p.name for p in out.iterdir()}
@@ -48,6 +49,7 @@ def test_train_writes_run_files_and_resume_continues(run, capsys):
     assert (out / "best.pt").read_bytes() == best
 
 
+@pytest.mark.slow
 def test_eval_predict_check_md_relax_plot(run, capsys, tmp_path):
     ckpt = str(run / "run" / "best.pt")
     small = str(run / "small.extxyz")
@@ -73,6 +75,7 @@ def test_eval_predict_check_md_relax_plot(run, capsys, tmp_path):
     assert (tmp_path / "parity.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_outputs_are_never_overwritten(run, capsys, tmp_path):
     output = tmp_path / "pred.csv"
     output.write_text("precious")
@@ -86,6 +89,7 @@ def write_text(path, text):
     return str(path)
 
 
+@pytest.mark.slow
 def test_bad_inputs_give_one_clear_line(run, capsys, tmp_path):
     ckpt = str(run / "run" / "best.pt")
     out = str(tmp_path / "out.csv")

@@ -10,6 +10,8 @@ from ase.io import read
 from cli_testing import one_error_line, train_small_ethanol_model
 from sciml.cli.main import main
 
+pytestmark = pytest.mark.slow  # every test uses the checkpoint trained by the module fixture
+
 ROOT = Path(__file__).resolve().parents[2]
 MADE = ROOT / "datasets" / "structure_corpus" / "files" / "made"
 

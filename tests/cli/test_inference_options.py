@@ -36,6 +36,7 @@ def shortest_float32(value: float) -> float:
     return float(np.format_float_positional(np.float32(value), unique=True))
 
 
+@pytest.mark.slow
 def test_calculator_runs_in_float64_by_default_without_touching_the_callers_model(checkpoint):
     model = load_model(checkpoint)
     assert next(model.parameters()).dtype == torch.float32
@@ -52,6 +53,7 @@ def test_calculator_runs_in_float64_by_default_without_touching_the_callers_mode
     assert e32 != e64 and e32 == pytest.approx(e64, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_predict_float64_writes_the_float64_result_and_float32_its_shortest_decimals(checkpoint, capsys, tmp_path):
     structures = tmp_path / "frames.extxyz"
     write(structures, read(DATA, "100:104"))
@@ -75,6 +77,7 @@ def test_predict_float64_writes_the_float64_result_and_float32_its_shortest_deci
         assert row32["energy_eV"] != row64["energy_eV"]
 
 
+@pytest.mark.slow
 def test_devices_that_do_not_exist_give_one_line(checkpoint, capsys, tmp_path):
     assert resolve_device("auto") == torch.device("cpu") and resolve_device("CPU") == torch.device("cpu")
     with pytest.raises(ValueError, match="unknown device 'gpu'"):
@@ -103,6 +106,7 @@ def test_devices_that_do_not_exist_give_one_line(checkpoint, capsys, tmp_path):
         assert "CPU-only" in one_error_line(capsys, main(["relax", str(checkpoint), str(xyz), "--device", "cuda"]))
 
 
+@pytest.mark.slow
 def test_md_relax_check_say_device_and_dtype_first(checkpoint, capsys, tmp_path):
     xyz = tmp_path / "m.xyz"
     write(xyz, molecule("CH3CH2OH"))
@@ -136,6 +140,7 @@ def test_files_that_are_not_checkpoints_are_named_for_what_they_look_like(kind, 
     assert "weights_only" not in err
 
 
+@pytest.mark.slow
 def test_per_atom_energies_sum_to_the_energy_and_follow_permutations(checkpoint, tmp_path):
     atoms = molecule("CH3CH2OH")
     atoms.calc = SciMLCalculator.from_checkpoint(str(checkpoint))
@@ -156,6 +161,7 @@ def test_per_atom_energies_sum_to_the_energy_and_follow_permutations(checkpoint,
     np.testing.assert_allclose(predicted.arrays["sciml_energies"], row["energies_eV"], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_equiformer_per_atom_energies_include_the_output_shift():
     model = build_model("equiformer_v2", num_layers=1, sphere_channels=8, attn_hidden_channels=8, num_heads=2,
                         attn_alpha_channels=4, attn_value_channels=4, ffn_hidden_channels=8, lmax=2, mmax=1,
@@ -168,6 +174,7 @@ def test_equiformer_per_atom_energies_include_the_output_shift():
     assert crystal.get_potential_energies().sum() == pytest.approx(crystal.get_potential_energy(), abs=1e-10)
 
 
+@pytest.mark.slow
 def test_fairchem_checkpoints_get_their_domain_from_the_config():
     model = load_model(FAIRCHEM)
     assert model.domain.elements == tuple(range(1, 90)) and not model.domain.counted

@@ -54,6 +54,7 @@ def copper(repeat: int = 2):
     return atoms
 
 
+@pytest.mark.slow
 def test_nve_streams_frames_and_log_and_conserves_energy(tmp_path):
     traj, log = tmp_path / "nve.extxyz", tmp_path / "nve.log"
     atoms = copper()
@@ -92,6 +93,7 @@ def test_molecule_log_has_no_pressure_and_traj_suffix_works(tmp_path):
 
 
 @pytest.mark.parametrize("ensemble", ["langevin", "nvt-bussi", "nose-hoover"])
+@pytest.mark.slow
 def test_thermostats_hold_the_target_temperature(tmp_path, ensemble):
     """32 Cu atoms, target 500 K from a perfect lattice (equipartition alone would give ~250 K)."""
     settings = MDSettings(timestep_fs=2.0, temperature_K=500, ensemble=ensemble, taut_fs=40, friction_per_fs=0.02,
@@ -101,6 +103,7 @@ def test_thermostats_hold_the_target_temperature(tmp_path, ensemble):
     assert abs(temperature.mean() - 500) < 60, temperature.mean()
 
 
+@pytest.mark.slow
 def test_npt_moves_the_volume_towards_the_target_pressure(tmp_path):
     """Cu at a = 3.5 Å is compressed (P > 0); at 0 GPa the MTK barostat expands it."""
     atoms = bulk("Cu", "fcc", a=3.5, cubic=True).repeat(2)
@@ -141,6 +144,7 @@ def _fixed_slab():
 
 
 @pytest.mark.parametrize("ensemble", ["nve", "langevin", "nvt-bussi", "nose-hoover"])
+@pytest.mark.slow
 def test_fixed_atoms_do_not_move(tmp_path, ensemble):
     slab = _fixed_slab()
     assert fix_tags(slab, [0]) == 4
@@ -158,6 +162,7 @@ def test_fixed_atoms_do_not_move(tmp_path, ensemble):
 
 
 @pytest.mark.parametrize("ensemble", ["nvt-bussi", "nose-hoover"])
+@pytest.mark.slow
 def test_thermostat_on_a_half_fixed_slab_heats_only_the_free_atoms_to_the_target(tmp_path, ensemble):
     """36-atom slab, bottom two layers fixed: the free atoms reach 500 K (ase's Nose-Hoover chain on
     its own would count fixed atoms' momenta and all 3N degrees of freedom: 130 K here)."""
@@ -170,6 +175,7 @@ def test_thermostat_on_a_half_fixed_slab_heats_only_the_free_atoms_to_the_target
     assert abs(temperature.mean() - 500) < 75, temperature.mean()
 
 
+@pytest.mark.slow
 def test_fixed_atoms_under_berendsen_npt_and_mtk_refusal(tmp_path):
     from ase.constraints import FixAtoms
 
@@ -187,6 +193,7 @@ def test_fixed_atoms_under_berendsen_npt_and_mtk_refusal(tmp_path):
         run_md(atoms, 10, settings=MDSettings(ensemble="npt"))
 
 
+@pytest.mark.slow
 def test_memory_is_flat_in_the_number_of_steps(tmp_path):
     """Python allocations peak no higher over 5,000 streamed steps than over 500 (a run that kept its
     frames, or even one float per step, would grow by hundreds of kB). The 100,000-step peak RSS of
@@ -223,6 +230,7 @@ run_md(atoms, 10**7, settings=MDSettings(timestep_fs=1.0, interval=2), trajector
 """
 
 
+@pytest.mark.slow
 def test_trajectory_is_readable_after_a_kill_and_restart_appends(tmp_path):
     traj = tmp_path / "killed.extxyz"
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -251,6 +259,7 @@ def emt_cli(monkeypatch):
     monkeypatch.setattr("sciml.cli.md.load_calculator", lambda args: CheckedEMT())
 
 
+@pytest.mark.slow
 def test_cli_md_restart_and_plot(emt_cli, tmp_path, capsys):
     from ase.io import write
 
@@ -282,6 +291,7 @@ def test_cli_fix_tags(emt_cli, tmp_path):
     assert np.array_equal(frames[-1].positions[fixed], frames[0].positions[fixed])
 
 
+@pytest.mark.slow
 def test_cli_bad_input_gives_one_line_and_writes_nothing(emt_cli, tmp_path, capsys):
     from ase.io import write
 

@@ -113,6 +113,7 @@ def test_learning_curves_are_a_grid_with_units_and_the_best_epoch(tmp_path):
     matplotlib.pyplot.close(fig)
 
 
+@pytest.mark.slow
 def test_curves_of_a_trained_run(ethanol_run, tmp_path, capsys):
     output = tmp_path / "curves.png"
     assert main(["plot", "curves", str(ethanol_run), "--output", str(output)]) == 0
@@ -156,6 +157,7 @@ def check_panel_figure(fig, stats) -> None:
     matplotlib.pyplot.close(fig)
 
 
+@pytest.mark.slow
 def test_parity_numbers_are_the_trainers_test_metrics(ethanol_run, tmp_path, capsys):
     panels, fig, stats = panel_stats(ethanol_run)
     assert list(stats) == ["energy", "forces"]
@@ -175,6 +177,7 @@ def test_parity_numbers_are_the_trainers_test_metrics(ethanol_run, tmp_path, cap
     assert f"energy: MAE {stats['energy']['mae']:.4g} meV/atom" in out and output.read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_stress_panel_of_a_periodic_energy_model(copper_run):
     from sciml.inference import load_model, predict
 
@@ -195,6 +198,7 @@ def test_stress_panel_of_a_periodic_energy_model(copper_run):
     assert np.allclose(panels["stress"].reference, reference, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_property_panel_of_a_comformer_model(comformer_run, tmp_path, capsys):
     panels, fig, stats = panel_stats(comformer_run)
     assert list(stats) == ["formation_energy_peratom"]

@@ -132,6 +132,7 @@ def _run_until_signalled(script: Path, env: dict, log: Path, signum: int, **extr
     return output, requeues
 
 
+@pytest.mark.slow
 def test_usr1_stops_training_then_requeues(tmp_path, config, slurm_env):
     env, log = slurm_env
     script = render_to(tmp_path, config)
@@ -141,6 +142,7 @@ def test_usr1_stops_training_then_requeues(tmp_path, config, slurm_env):
 
 
 @pytest.mark.parametrize("state, requeued", [("RUNNING", True), ("CANCELLED", False)])
+@pytest.mark.slow
 def test_term_requeues_unless_cancelled(tmp_path, config, slurm_env, state, requeued):
     env, log = slurm_env
     script = render_to(tmp_path, config)
@@ -149,6 +151,7 @@ def test_term_requeues_unless_cancelled(tmp_path, config, slurm_env, state, requ
     assert requeues == (["requeue 4242"] if requeued else []), output
 
 
+@pytest.mark.slow
 def test_usr1_requeues_when_training_does_not_stop(tmp_path, config, slurm_env):
     env, log = slurm_env
     script = render_to(tmp_path, config, signal_lead_s=61)  # waits signal_lead_s - 60 = 1 s for the checkpoint

@@ -35,6 +35,7 @@ def two_cpus():
     threads.disable_adaptive_threads()
 
 
+@pytest.mark.slow
 def test_governor_gives_a_cpu_to_a_competing_process_and_takes_it_back(two_cpus):
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"],
                             preexec_fn=lambda: os.sched_setaffinity(0, two_cpus[:1]))

@@ -222,6 +222,7 @@ def _official_or_skip():
         pytest.skip("the matbench package is not installed")
 
 
+@pytest.mark.slow
 def test_matbench_folds_equal_the_official_ones():
     validation = _official_or_skip()
     assert validation["metadata"] == {"n_splits": 5, "random_state": 18012019, "shuffle": True}
@@ -387,6 +388,7 @@ def test_bad_cif_names_file_and_problem(tmp_path, name):
     assert message.startswith(f"{path}: ") and "\n" not in message
 
 
+@pytest.mark.slow
 def test_read_crystal_files_skips_and_lists(tmp_path):
     good = tmp_path / "good.cif"
     good.write_text(ROCKSALT_CIF)
@@ -464,6 +466,7 @@ def test_split_files(tmp_path):
 # -------------------------------------------------------------------------------- dispatcher
 
 
+@pytest.mark.slow
 def test_read_crystal_dataset_every_format(tmp_path, records):
     write_jarvis(records, tmp_path / "dft_3d.json.zip")
     write_matbench(records, tmp_path / "matbench_x.json.gz", "mbj_bandgap")
@@ -502,6 +505,7 @@ def test_records_to_atoms_drops_missing():
         records_to_atoms(records, "z")
 
 
+@pytest.mark.slow
 def test_materials_project_skips_bad_structures(tmp_path):
     (tmp_path / "mp-1.cif").write_text(ROCKSALT_CIF)
     (tmp_path / "mp-2.cif").write_text(ROCKSALT_CIF.replace("Cl1 Cl", "Xx1 Xx"))

@@ -37,6 +37,7 @@ def _rotations(atoms, symprec=0.1):
     return dataset.rotations
 
 
+@pytest.mark.slow
 def test_relaxed_and_labelled(achiral):
     assert len(achiral) == 4 and all("enantiomorph_of" not in a.info for a in achiral)
     assert [a.info["id"] for a in achiral] == ["gen-000001", "gen-000002", "gen-000003", "gen-000004"]
@@ -56,6 +57,7 @@ def test_relaxed_and_labelled(achiral):
         assert probe.get_potential_energy() == pytest.approx(atoms.get_potential_energy(), rel=1e-10)
 
 
+@pytest.mark.slow
 def test_reproducible_for_a_seed(achiral):
     again = generate_crystals(2, seed=0, elements=("Cu", "Au", "Al"), max_atoms=6, chiral_fraction=0.0, fmax=FMAX)
     for first, second in zip(achiral, again):
@@ -63,6 +65,7 @@ def test_reproducible_for_a_seed(achiral):
         assert first.get_potential_energy() == second.get_potential_energy()
 
 
+@pytest.mark.slow
 def test_enantiomorph_pairs(chiral):
     pairs = [(a, b) for a, b in zip(chiral, chiral[1:]) if b.info.get("enantiomorph_of") == a.info["id"]]
     assert len(pairs) == 3 and len(chiral) == 6
@@ -92,6 +95,7 @@ def test_enantiomorph_pairs(chiral):
     assert enantiomorphic_groups >= 1
 
 
+@pytest.mark.slow
 def test_mirror_image_twice_is_the_original(chiral):
     original = chiral[0]
     back = mirror_image(mirror_image(original))
@@ -100,6 +104,7 @@ def test_mirror_image_twice_is_the_original(chiral):
     np.testing.assert_allclose(back.get_forces(), original.get_forces())
 
 
+@pytest.mark.slow
 def test_written_dataset_reads_back(achiral, chiral, tmp_path):
     with pytest.raises(ValueError, match="gen-000001"):
         write_crystal_dataset(achiral + chiral, tmp_path / "clash")
@@ -124,6 +129,7 @@ def test_written_dataset_reads_back(achiral, chiral, tmp_path):
     assert rows[-1].targets[target] == pytest.approx(crystals[-1].info["formation_energy_peratom"])
 
 
+@pytest.mark.slow
 def test_cli(tmp_path, capsys):
     from sciml.cli.main import main
 

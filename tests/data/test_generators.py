@@ -69,6 +69,7 @@ def _energies(sim: dict[str, np.ndarray]) -> np.ndarray:
     return kinetic + (q[..., i] * q[..., j] / r).sum(axis=-1)
 
 
+@pytest.mark.slow
 def test_nbody_conserves_energy_and_momentum() -> None:
     """Energy drift is small on unclipped trajectories; linear momentum is conserved exactly.
 

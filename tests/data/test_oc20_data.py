@@ -69,6 +69,7 @@ def assert_records_equal(actual, expected, atol=0.0, skip=()):
 # ----------------------------------------------------------------------------- generator
 
 
+@pytest.mark.slow
 def test_generator_tags_fixed_atoms_and_reproducibility(relaxations):
     assert len(relaxations) == 6
     for relaxation in relaxations:
@@ -107,6 +108,7 @@ def test_generator_rejects_unknown_choices():
 # ----------------------------------------------------------------------------- S2EF extxyz
 
 
+@pytest.mark.slow
 def test_s2ef_extxyz_round_trip(relaxations, dataset):
     expected = list(s2ef_records(relaxations))
     files = sorted(p.name for p in dataset["s2ef"].iterdir())
@@ -336,6 +338,7 @@ def test_cache_corrupted_record(dataset, tmp_path):
         CachedDataset(path)[3]
 
 
+@pytest.mark.slow
 def test_cache_dataset_with_workers_and_balanced_sampler(dataset, tmp_path):
     path = tmp_path / "cache.lmdb"
     preprocess(dataset["s2ef"], path)
@@ -360,6 +363,7 @@ def test_cache_dataset_with_workers_and_balanced_sampler(dataset, tmp_path):
 # ----------------------------------------------------------------------------- sources, trainer, CLI
 
 
+@pytest.mark.slow
 def test_detect_format_and_load_graphs(dataset, tmp_path):
     assert detect_format(dataset["s2ef"]) == "s2ef-extxyz"
     assert detect_format(dataset["s2ef"] / "0.extxyz.xz") == "s2ef-extxyz"
@@ -380,6 +384,7 @@ def test_detect_format_and_load_graphs(dataset, tmp_path):
 
 
 @pytest.mark.parametrize("source", ["s2ef", "s2ef_lmdb"])
+@pytest.mark.slow
 def test_sciml_train_runs_on_oc20_sources(dataset, tmp_path, source):
     config = load_config(None, {
         "data.path": str(dataset[source]), "model.name": "egnn",
@@ -400,6 +405,7 @@ def test_trainer_rejects_is2re_without_energies(dataset, tmp_path):
         train(config, verbose=False)
 
 
+@pytest.mark.slow
 def test_cli_generate_and_preprocess(tmp_path, capsys):
     output = tmp_path / "emt"
     args = ["data", "generate", "oc20", "--systems", "2", "--max-steps", "3", "--metals", "Pt", "--output", str(output)]

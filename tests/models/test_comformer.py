@@ -38,6 +38,7 @@ def _predict(model, atoms):
     return model(graph)[model.target]
 
 
+@pytest.mark.slow
 def test_parameter_counts_equal_the_reference():
     """AIRS defaults: iComFormer 4,966,497 (of which 74,080 unused and left out here),
     eComFormer 5,583,809 (the paper's 'eComFormer-half'; measured on the reference code).
@@ -63,6 +64,7 @@ def _cells(atoms):
 
 @pytest.mark.parametrize("name", VARIANTS)
 @pytest.mark.parametrize("crystal", ["triclinic", "rocksalt"])
+@pytest.mark.slow
 def test_prediction_is_independent_of_the_unit_cell(name, crystal):
     model = _model(name)
     atoms = _triclinic(1) if crystal == "triclinic" else bulk("NaCl", "rocksalt", a=5.64)
@@ -83,6 +85,7 @@ def _mirror(atoms):
 
 
 @pytest.mark.parametrize("name", VARIANTS)
+@pytest.mark.slow
 def test_enantiomorphs_are_told_apart_but_not_by_an_e3_invariant_model(name):
     """Mirror images get different outputs, far above rounding; trained on +1 for three chiral
     crystals and -1 for their mirror images, the model separates them. An E(3)-invariant model
@@ -110,6 +113,7 @@ def test_enantiomorphs_are_told_apart_but_not_by_an_e3_invariant_model(name):
 
 
 @pytest.mark.parametrize("name", VARIANTS)
+@pytest.mark.slow
 def test_energy_model_forces_and_stress_are_derivatives(name):
     from sciml.testing.consistency import check_conservative
 
@@ -120,6 +124,7 @@ def test_energy_model_forces_and_stress_are_derivatives(name):
     assert errors["forces"] < 1e-6 and errors["stress"] < 1e-6, errors
 
 
+@pytest.mark.slow
 def test_relaxation_with_the_cell_filter():
     from ase.filters import FrechetCellFilter
     from ase.optimize import FIRE
@@ -212,6 +217,7 @@ def test_encodings_are_the_references_gaussians():
 
 
 @pytest.mark.parametrize("name", VARIANTS)
+@pytest.mark.slow
 def test_shared_equivariance_checker(name):
     """sciml's one checker: rotations, translations, permutations, supercells, other lattice
     bases and wrapping leave the property unchanged (reflections do not: see the chirality test)."""
@@ -273,6 +279,7 @@ def test_energy_models_leave_the_hand_out_and_property_models_read_it(name):
 
 
 @pytest.mark.parametrize("name", VARIANTS)
+@pytest.mark.slow
 def test_enantiomers_of_real_chiral_crystals_get_different_outputs(name):
     """Se, Te, alpha-quartz (P3_121 / P3_221) and a chiral molecular crystal: the untrained model
     gives the two hands outputs far apart (> 1e-4 relative, where a 1% strain moves them by
@@ -296,6 +303,7 @@ def test_enantiomers_of_real_chiral_crystals_get_different_outputs(name):
 
 
 @pytest.mark.parametrize("name", VARIANTS)
+@pytest.mark.slow
 def test_checkpoints_from_before_the_chirality_feature_load_as_saved(name, tmp_path):
     """A checkpoint saved before ``chirality`` existed (no such config key, no chirality weights)
     rebuilds as the model it was: without the feature, same outputs."""
@@ -332,6 +340,7 @@ def _labelled_set(seed: int, copies: int):
 
 
 @pytest.mark.parametrize("name", VARIANTS)
+@pytest.mark.slow
 def test_a_trained_model_separates_the_hands_of_real_chiral_crystals(name):
     """Trained (200 Adam steps) on strained and rattled Se, Te and quartz labelled by hand, the
     model gives the right sign on new strained and rattled copies. Layer norm keeps training and

@@ -49,6 +49,7 @@ def test_outputs_equal_the_reference_on_the_same_weights_and_graph():
         torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=0.0, msg=lambda m, name=name: f"{name}: {m}")
 
 
+@pytest.mark.slow
 def test_bench_runs_on_a_tiny_set():
     result = bench_comformer(crystals=2, train_crystals=4, batch_size=2, repeats=1, threads=1,
                              model_options=dict(features=16, rbf_bins=16, fc_features=16, k=6))

@@ -1,17 +1,20 @@
 """Every registered model passes the conformance suite (sciml.testing.conformance), from what it
-declares; a model that breaks its declared contract fails it."""
-
+declares; a model that breaks its declared contract fails it (see test_model_contract.py)."""
 
 import pytest
 
 from sciml.models import MODELS
 from sciml.testing import conformance
 
-NAMES = sorted(MODELS)
+
+def _slow(name: str, check: str) -> bool:
+    """Building every preset (up to 153M parameters) and EquiformerV2's checks take seconds each."""
+    return check == "presets" or name == "equiformer_v2"
 
 
-@pytest.mark.parametrize("check", [pytest.param(c, marks=pytest.mark.slow) if c == "presets" else c
-                                   for c in conformance.CHECKS])
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name, check", [
+    pytest.param(name, check, marks=[pytest.mark.slow] if _slow(name, check) else [], id=f"{name}-{check}")
+    for name in sorted(MODELS) for check in conformance.CHECKS
+])
 def test_registered_model_conforms(name, check):
     getattr(conformance, f"check_{check}")(name)

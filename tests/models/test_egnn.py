@@ -63,6 +63,7 @@ def nbody_model():
     return model.eval()
 
 
+@pytest.mark.slow
 def test_nbody_model_learns_on_generated_trajectories():
     from sciml.data.generators.nbody import nbody_samples, simulate_charged_nbody
 

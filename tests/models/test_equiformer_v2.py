@@ -52,6 +52,7 @@ def fairchem_graphs():
 
 
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-5), (torch.float64, 2e-6)])
+@pytest.mark.slow
 def test_fairchem_checkpoint_reproduces_fairchem(reference, fairchem_graphs, dtype, tolerance):
     # fairchem 1.10's own float64 run keeps float32 Wigner tables (Jd.pt), so float64 agrees to
     # ~1e-6 only; float32 agrees to ~2e-7, well inside the 1e-5 bar.
@@ -70,6 +71,7 @@ def test_fairchem_checkpoint_reproduces_fairchem(reference, fairchem_graphs, dty
         assert forces.abs().max() > 1e-2  # the comparison is not trivially small
 
 
+@pytest.mark.slow
 def test_sciml_graphs_equal_fairchem_graphs(fairchem_graphs):
     model, _ = load_fairchem_checkpoint(FIXTURES / "small_random.pt")
     for atoms in ase.io.read(FIXTURES / "structures.extxyz", ":"):
@@ -98,6 +100,7 @@ def test_grid_matrices_equal_fairchem_buffers():
 
 
 @pytest.mark.parametrize("config, count", [("oc20_2M", 83_164_802), ("oc20_31M", 31_058_690), ("oc20_153M", 153_602_690)])
+@pytest.mark.slow
 def test_parameter_counts_equal_fairchem(config, count):
     model = build_model("equiformer_v2", preset=config)
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == count
@@ -111,6 +114,7 @@ def slab(seed: int = 0):
     return atoms
 
 
+@pytest.mark.slow
 def test_equivariance_so3_is_near_exact_and_o3_is_not_claimed():
     torch.manual_seed(0)
     model = build_model("equiformer_v2", **SMALL, grid_resolution=16).double().eval()
@@ -130,6 +134,7 @@ def test_equivariance_so3_is_near_exact_and_o3_is_not_claimed():
     assert reflection.max_error("reflection") > 1e3 * rotation.max_error("rotation")
 
 
+@pytest.mark.slow
 def test_rotation_error_shrinks_with_grid_resolution():
     errors = []
     for resolution in (8, 24):
@@ -139,6 +144,7 @@ def test_rotation_error_shrinks_with_grid_resolution():
     assert errors[1] < 0.2 * errors[0], errors
 
 
+@pytest.mark.slow
 def test_conservative_forces_and_stress_equal_finite_differences():
     torch.manual_seed(0)
     model = build_model("equiformer_v2", **{**SMALL, "direct_forces": False}).double().eval()
@@ -146,6 +152,7 @@ def test_conservative_forces_and_stress_equal_finite_differences():
     assert errors["forces"] < 1e-6 and errors["stress"] < 1e-6, errors
 
 
+@pytest.mark.slow
 def test_activation_checkpointing_gives_the_same_gradients():
     torch.manual_seed(0)
     model = build_model("equiformer_v2", **SMALL).double().train()
@@ -160,6 +167,7 @@ def test_activation_checkpointing_gives_the_same_gradients():
     assert torch.allclose(grads[0], grads[1], atol=1e-10)
 
 
+@pytest.mark.slow
 def test_atoms_beyond_the_embedding_table_give_a_clear_error():
     model = build_model("equiformer_v2", **SMALL)
     atoms = molecule("H2O")
@@ -174,6 +182,7 @@ def _save(tmp_path, checkpoint, name="ckpt.pt"):
     return path
 
 
+@pytest.mark.slow
 def test_checkpoint_without_module_prefix_and_with_normalizers_and_ema(tmp_path, reference, fairchem_graphs):
     original = torch.load(FIXTURES / "small_random.pt", weights_only=True)
     state = {k.removeprefix("module."): v for k, v in original["state_dict"].items()}
@@ -197,6 +206,7 @@ def test_checkpoint_without_module_prefix_and_with_normalizers_and_ema(tmp_path,
     assert not info["used_ema"] and float(model.sphere_embedding.weight.detach().abs().max()) > 0
 
 
+@pytest.mark.slow
 def test_checkpoint_errors_name_the_problem(tmp_path):
     original = torch.load(FIXTURES / "small_random.pt", weights_only=True)
     with pytest.raises(CheckpointError, match="not a fairchem EquiformerV2"):
@@ -218,6 +228,7 @@ def test_checkpoint_errors_name_the_problem(tmp_path):
         load_fairchem_checkpoint(corrupted)
 
 
+@pytest.mark.slow
 def test_bf16_autocast_runs_and_stays_close():
     torch.manual_seed(0)
     model = build_model("equiformer_v2", **SMALL).eval()
@@ -234,6 +245,7 @@ def test_bf16_autocast_runs_and_stays_close():
     assert np.isclose(float(low["energy"]), float(full["energy"]), rtol=0.01)
 
 
+@pytest.mark.slow
 def test_export_to_fairchem_names_round_trips(tmp_path):
     model, _ = load_fairchem_checkpoint(FIXTURES / "small_random.pt")
     exported = torch.load(export_fairchem_checkpoint(model, tmp_path / "out.pt"), weights_only=True)
@@ -245,6 +257,7 @@ def test_export_to_fairchem_names_round_trips(tmp_path):
     assert all(torch.equal(v, again.state_dict()[k]) for k, v in model.state_dict().items())
 
 
+@pytest.mark.slow
 def test_normalizers_from_the_config_dataset_section(tmp_path, reference, fairchem_graphs):
     original = torch.load(FIXTURES / "small_random.pt", weights_only=True)
     dataset = {"train": {"transforms": {"normalizer": {"energy": {"mean": -0.7554, "stdev": 2.8873},
@@ -258,6 +271,7 @@ def test_normalizers_from_the_config_dataset_section(tmp_path, reference, fairch
     assert (out["forces"] - 2.8873 * torch.tensor(structure["float32"]["forces"])).abs().max() < 1e-5
 
 
+@pytest.mark.slow
 def test_hydra_layout_loads_like_the_legacy_class(tmp_path):
     original = torch.load(FIXTURES / "small_random.pt", weights_only=True)
     state = {}
@@ -276,6 +290,7 @@ def test_hydra_layout_loads_like_the_legacy_class(tmp_path):
     assert all(torch.equal(v, hydra.state_dict()[k]) for k, v in legacy.state_dict().items())
 
 
+@pytest.mark.slow
 def test_cli_predicts_with_a_fairchem_checkpoint(tmp_path, reference):
     from sciml.cli.main import main
 
@@ -287,6 +302,7 @@ def test_cli_predicts_with_a_fairchem_checkpoint(tmp_path, reference):
     assert np.allclose(energies, expected, atol=1e-5)  # our graphs equal fairchem's (see above)
 
 
+@pytest.mark.slow
 def test_triton_rotations_in_the_model_match_torch():
     from sciml.ops import so2_triton
     from triton_testing import run_in_interpreter
@@ -296,6 +312,7 @@ def test_triton_rotations_in_the_model_match_torch():
     run_in_interpreter(__file__, "interpreted_equiformer")
 
 
+@pytest.mark.slow
 def test_interpreted_equiformer_v2_triton_backend():
     from sciml.ops import so2_triton
 
@@ -362,6 +379,7 @@ def _symmetry_errors(rule: str, atoms, max_neighbors: int) -> dict:
 
 
 @pytest.mark.parametrize("crystal", [0, 1], ids=["Si", "Fe"])
+@pytest.mark.slow
 def test_capped_graph_follows_rotations_permutations_and_supercells(crystal):
     """sciml's default "ties" cap keeps a whole shell of tied neighbours, so the capped graph is a
     function of the geometry: forces rotate with the crystal up to the S2 grid's error, and
@@ -375,6 +393,7 @@ def test_capped_graph_follows_rotations_permutations_and_supercells(crystal):
     assert strict["rotation_forces"] > 0.1 and strict["supercell"] > 1e-3, strict
 
 
+@pytest.mark.slow
 def test_max_neighbors_rule_round_trips_through_checkpoints(tmp_path):
     torch.manual_seed(0)
     built = build_model("equiformer_v2", **{**SMALL, "max_neighbors": 12})

@@ -43,6 +43,7 @@ def _origin_rotation(x):
 
 
 @pytest.mark.parametrize("name", sorted(REFERENCE_PARAMETERS))
+@pytest.mark.slow
 def test_parameter_counts_match_the_reference(name):
     model = build_model(name)
     assert sum(p.numel() for p in model.parameters()) == REFERENCE_PARAMETERS[name]
@@ -56,6 +57,7 @@ def test_parameter_counts_match_the_reference(name):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("n", [32, 48])
 @pytest.mark.parametrize("name", ["gfno2d_p4", "gfno2d_p4m", "gfno3d_p4", "gfno3d_p4m"])
+@pytest.mark.slow
 def test_gfno_is_exactly_equivariant(name, n, dtype):
     """model(g x) = g model(x) for every g of the group, g acting as torch.rot90 / torch.flip."""
     options = SMALL_3D if "3d" in name else {}
@@ -83,6 +85,7 @@ def test_p4_is_not_reflection_equivariant():
         assert _relative_error(model(x.flip(1)), model(x).flip(1)) > 1e-2
 
 
+@pytest.mark.slow
 def test_rotation_convention():
     """The symmetric grid feature is centred on the array's centre, so the model is equivariant to
     torch.rot90 (tested above) but not to the rotation about grid point (0, 0); without the grid
@@ -213,6 +216,7 @@ def test_spectral_convolution_of_a_scaled_and_shifted_input():
     ("fno2d", dict(width=3, modes=3, blocks=2), (2, 8, 10, 10)),
     ("gfno3d_p4", dict(width=1, modes=3, time_modes=2, blocks=2, norm=True), (1, 6, 6, 4, 10)),
 ])
+@pytest.mark.slow
 def test_model_gradients_pass_gradcheck(name, options, shape):
     torch.manual_seed(0)
     model = build_model(name, **options).double()
@@ -226,6 +230,7 @@ def test_model_gradients_pass_gradcheck(name, options, shape):
     assert torch.autograd.gradcheck(run, (x, *parameters), eps=1e-6, atol=1e-7, rtol=1e-6, fast_mode=True)
 
 
+@pytest.mark.slow
 def test_inference_mode_then_training():
     """The cached DFT matrices are made outside inference mode, so a first call under
     torch.inference_mode does not break training afterwards."""
@@ -239,6 +244,7 @@ def test_inference_mode_then_training():
     assert all(p.grad is not None for p in model.parameters())
 
 
+@pytest.mark.slow
 def test_super_resolution():
     """Weights for 64 x 64 run at 128 x 128 (and FNO on a non-square grid)."""
     for name in ("fno2d", "gfno2d_p4"):
@@ -287,6 +293,7 @@ def test_bad_input_values_and_options():
         build_model("gfno2d_p4", group="p6")
 
 
+@pytest.mark.slow
 def test_bench_gfno_runs():
     from sciml.bench.gfno import bench_gfno, format_gfno_table
 

@@ -21,6 +21,8 @@ from sciml.inference import load_model
 from sciml.io import load_checkpoint
 from sciml.models.domain import DomainError, ModelDomain
 
+pytestmark = pytest.mark.slow  # every test uses the models trained by the module fixtures
+
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "datasets" / "ethanol_xtb_500K" / "ethanol_xtb_500K.extxyz"
 

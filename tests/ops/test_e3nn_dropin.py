@@ -32,6 +32,7 @@ def ours_like(e3nn_tp: torch.nn.Module, cls=so.TensorProduct, backend=None, **ov
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("mode", MODES)
+@pytest.mark.slow
 def test_empty_batches_and_zero_width_irreps_for_every_mode(mode, backend):
     """A batch of 0 and irreps without components give e3nn's shapes, zeros, and gradients."""
     e3nn_tp = random_e3nn_tensor_product(0, mode, shared=False, dtype=F64)
@@ -62,6 +63,7 @@ def test_empty_batches_and_zero_width_irreps_for_every_mode(mode, backend):
 
 
 @pytest.mark.parametrize("mode", MODES)
+@pytest.mark.slow
 def test_api_attributes_and_methods_equal_e3nn(mode):
     """output_mask, right(), weight views, per-instruction weight lists, instructions, repr."""
     e3nn_tp = random_e3nn_tensor_product(1, mode, shared=True, dtype=F64)
@@ -146,6 +148,7 @@ def _saved(state: dict) -> bytes:
     return buffer.getvalue()
 
 
+@pytest.mark.slow
 def test_state_dicts_load_both_ways_and_the_named_products_equal_e3nn():
     """Every named product and Linear: same irreps, outputs and weights as e3nn's, and each loads
     the other's state dict with strict=True (e3nn's code-generation constants included)."""
@@ -223,6 +226,7 @@ def test_e3nn_jit_compile_traces_with_dynamic_batches_and_gradients():
         traced_tp(x[:, :3], y)
 
 
+@pytest.mark.slow
 def test_patch_e3nn_swaps_everywhere_and_undoes():
     """The patch reaches e3nn.o3, e3nn's submodules and names imported elsewhere; e3nn modules
     built under it (e3nn's own Norm, Gate) run on sciml and give e3nn's numbers."""

@@ -13,6 +13,8 @@ from sciml.bench.mace import (  # noqa: E402
     HIDDEN_IRREPS, atoms_to_batch, build_mace, energy_forces, training_step, water_box)
 from sciml.ops import patch_e3nn  # noqa: E402
 
+pytestmark = pytest.mark.slow  # every test builds and runs MACE models
+
 # Tolerance of every comparison: |a - b| <= ATOL + RTOL * |b| elementwise (torch.testing.assert_close),
 # energies in eV, forces in eV/Å, gradients in the loss's units per parameter unit.
 RTOL = ATOL = 1e-6

@@ -8,6 +8,8 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
+
 RUNNER = Path(__file__).resolve().parents[2] / "workflows" / "e3nn_suite" / "run_suite.py"
 
 TESTS = '''
@@ -36,6 +38,7 @@ def _git(repo: Path, *args: str) -> None:
                         "GIT_COMMITTER_EMAIL": "t@t", "PATH": "/usr/bin:/bin"})
 
 
+@pytest.mark.slow
 def test_runner_patches_before_collection_and_counts(tmp_path):
     repo = tmp_path / "e3nn"
     (repo / "tests").mkdir(parents=True)

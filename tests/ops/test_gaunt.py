@@ -81,6 +81,7 @@ def test_gaunt_coefficients_match_brute_force_quadrature_and_selection_rules():
     assert torch.allclose(sym, sym.permute(1, 0, 2)) and torch.allclose(sym, sym.permute(2, 1, 0))
 
 
+@pytest.mark.slow
 def test_gaunt_coefficients_are_the_wigner_3j_times_the_derived_constant():
     lmax = 5
     table = gaunt_coefficients(lmax, lmax, lmax)
@@ -248,6 +249,7 @@ def test_layer_is_o3_equivariant(method):
 
 
 @pytest.mark.parametrize("method", ["fourier", "grid", "dense"])
+@pytest.mark.slow
 def test_layer_gradcheck(method):
     layer = _layer(1, 2, 2, 2, method=method)
     g = torch.Generator().manual_seed(7)
@@ -282,6 +284,7 @@ def test_blocked_evaluation_equals_one_pass_with_gradients(monkeypatch, method, 
 
 
 @pytest.mark.parametrize("method", ["fourier", "grid"])
+@pytest.mark.slow
 def test_layer_second_derivatives(method):
     """Double backward (forces in training need d/dx2 of a gradient) works through every op."""
     layer = _layer(1, 1, 2, 2, method=method)
@@ -291,6 +294,7 @@ def test_layer_second_derivatives(method):
     assert torch.autograd.gradgradcheck(lambda a, b: layer(a, b), (x1, x2))
 
 
+@pytest.mark.slow
 def test_layer_equals_e3nn_uvu_tensor_product_on_the_gaunt_paths():
     """With weights c(l1,l2,l3) w1 w2 / path_weight, e3nn's CG product is the Gaunt layer (the bench's baseline)."""
     from sciml.bench.gaunt import e3nn_gaunt_tensor_product

@@ -29,6 +29,7 @@ def _conv(tp: ChannelwiseTensorProduct, edges: int, nodes: int, dtype=torch.floa
 
 
 @pytest.mark.parametrize("out_slot", [3, 0, 2])
+@pytest.mark.slow
 def test_tp_core_operator_passes_opcheck(out_slot):
     """Schema, fake (meta) implementation, autograd registration and AOT dispatch with dynamic
     shapes of ``sciml::tp_core``, for the forward slot and two gradient slots with row maps."""
@@ -45,6 +46,7 @@ def test_tp_core_operator_passes_opcheck(out_slot):
     torch.library.opcheck(torch.ops.sciml.tp_core.default, args)
 
 
+@pytest.mark.slow
 def test_small_operators_pass_opcheck():
     points = torch.randn(7, 3, dtype=torch.float64, requires_grad=True)
     from sciml.ops.sh_codegen import harmonics_kernels
@@ -101,6 +103,7 @@ def _eager_forces(positions, feats, radial, tp, edge_index):
     return energy, -grad
 
 
+@pytest.mark.slow
 def test_force_training_traces_through_the_operators():
     """make_fx of forces from ``torch.func.grad`` unfolds the force derivative into one graph of
     sciml operators (no Python kernels, no ctypes); the traced graph's energy, forces and
@@ -130,6 +133,7 @@ def test_force_training_traces_through_the_operators():
             torch.testing.assert_close(graph, eager, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_operators_compile_without_graph_breaks():
     """torch.compile(fullgraph=True, dynamic=True) through the operators, forward and gradient."""
     positions, feats, radial, tp, edge_index = _system()
@@ -179,6 +183,7 @@ def test_specialised_kernels_reach_the_gradient_slots(monkeypatch):
         torch.testing.assert_close(specialised, generic, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_no_ctypes_or_raw_pointers_in_the_ops():
     """The kernels are reached only through torch.ops.sciml: no ctypes, no data_ptr in Python."""
     for path in OPS.rglob("*.py"):

@@ -138,6 +138,7 @@ def test_rotate_back_rescales_dropped_degrees_like_fairchem():
         assert torch.allclose(scaled[:, l * l : (l + 1) ** 2], factor * plain[:, l * l : (l + 1) ** 2], atol=1e-13)
 
 
+@pytest.mark.slow
 def test_gradients_reach_inputs_weights_and_geometry():
     torch.manual_seed(2)
     conv = SO2Convolution(2, 1, in_channels=2, out_channels=2).double()
@@ -172,6 +173,7 @@ def test_bad_input_raises():
         edge_tensor_product_paths(tp)
 
 
+@pytest.mark.slow
 def test_bench_rows_have_the_documented_keys(monkeypatch):
     import sciml.bench.so3 as bench
 

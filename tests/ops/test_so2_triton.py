@@ -151,6 +151,7 @@ def test_triton_rotations_validate_inputs():
         so2_triton.rotate_to_edge_frame(torch.zeros(3, 9, 2, dtype=torch.float64), blocks, 2, 3)
 
 
+@pytest.mark.slow
 def test_so2_triton_kernels_compile_for_sm90():
     """Triton's NVIDIA backend lowers every kernel to a cubin (types and layouts the interpreter accepts)."""
     if not so2_triton._SUPPORTED:
@@ -174,6 +175,7 @@ def test_so2_triton_kernels_compile_for_sm90():
             assert compile_for_sm90(kernel, signature, constants, num_warps), (kernel.__name__, constants)
 
 
+@pytest.mark.slow
 def test_so2_triton_in_interpreter():
     if not so2_triton._SUPPORTED:
         pytest.skip(so2_triton.unavailable_reason() or NO_TRITON)

@@ -98,6 +98,7 @@ def test_zero_vectors_follow_e3nn(backend, dtype):
             assert (g1[rows].double() - g2[rows]).abs().max() <= 10 * tolerance * g2[rows].abs().max()
 
 
+@pytest.mark.slow
 def test_batch_shapes_module_and_threads(backend):
     v = torch.randn(2, 5, 3, dtype=torch.float64)
     module = SphericalHarmonics(upto(5), normalize=True, normalization="norm")
@@ -126,6 +127,7 @@ def test_batch_shapes_module_and_threads(backend):
     assert (grad.double() - ref_grad).abs().max() < 2e-5 * ref_grad.abs().max()
 
 
+@pytest.mark.slow
 def test_polar_axis_is_y_and_signs(backend):
     # On +y only m = 0 is non-zero, with value sqrt(2l+1) ("component"), for every degree.
     y = spherical_harmonics_upto(16, torch.tensor([[0.0, 2.0, 0.0]], dtype=torch.float64))[0]

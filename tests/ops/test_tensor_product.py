@@ -42,6 +42,7 @@ def _forward_backward(module, x1, x2, weight):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("shared", [True, False])
 @pytest.mark.parametrize("mode", MODES)
+@pytest.mark.slow
 def test_every_backend_equals_e3nn(mode, shared, dtype):
     for seed in range(2):
         e3nn_tp = random_e3nn_tensor_product(seed, mode, shared, dtype=dtype)
@@ -93,6 +94,7 @@ def test_builders_equal_e3nn_and_broadcast_batch_dimensions():
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS[1:])
+@pytest.mark.slow
 def test_gradcheck_and_second_derivatives(backend):
     irreps = o3.Irreps("2x0e+2x1o+1x2e")
     tp = ChannelwiseTensorProduct(irreps, o3.Irreps.spherical_harmonics(2), backend=backend).double()
@@ -160,6 +162,7 @@ def test_bad_call_is_a_clear_value_error():
 
 @pytest.mark.skipif("cpu" not in CPU_BACKENDS, reason="no C compiler for the cpu kernel")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.slow
 def test_plan_specialised_cpu_kernel_equals_reference(monkeypatch, dtype):
     """The generated kernel (forced on small inputs) for every output slot: channel counts that
     fill whole vectors (16) and leave a scalar tail (3), shared and per-sample weights, all modes."""
@@ -177,6 +180,7 @@ def test_plan_specialised_cpu_kernel_equals_reference(monkeypatch, dtype):
 
 
 @pytest.mark.parametrize("specialise", ["never", "always"])
+@pytest.mark.slow
 def test_one_block_per_path_and_per_sample_fully_connected_equal_e3nn(monkeypatch, specialise):
     """The MACE/NequIP layout (uvu, one output block per path, per-edge weights, read and written in
     mul_ir through the core's column selections) and fully connected products with per-sample
@@ -199,6 +203,7 @@ def test_one_block_per_path_and_per_sample_fully_connected_equal_e3nn(monkeypatc
                 torch.testing.assert_close(got, want, **TOLERANCE[torch.float64], msg=backend)
 
 
+@pytest.mark.slow
 def test_bench_rows_check_against_e3nn_and_report_the_roofline():
     from sciml.bench.tp import channelwise_rows, conv_rows, format_tp_table
 

@@ -30,6 +30,7 @@ def _products():
 
 
 @pytest.mark.parametrize("name", ["channelwise", "fully_connected", "swapped"])
+@pytest.mark.slow
 def test_conv_equals_gather_product_scatter(name):
     tp = _products()[name].double()
     e3nn_tp = e3nn_module(
@@ -61,6 +62,7 @@ def test_conv_equals_gather_product_scatter(name):
 
 
 @pytest.mark.skipif("cpu" not in BACKENDS, reason="no C compiler for the cpu kernel")
+@pytest.mark.slow
 def test_fused_conv_is_deterministic_and_differentiable_twice():
     tp = _products()["channelwise"].double()
     tp.backend = "cpu"

@@ -194,6 +194,7 @@ def interpreter():
         pytest.skip("runs in the TRITON_INTERPRET=1 subprocess of test_triton_kernel_in_interpreter")
 
 
+@pytest.mark.slow
 def test_triton_kernel_in_interpreter():
     if triton_core.triton is None:
         pytest.skip(triton_core.unavailable_reason())
@@ -264,6 +265,7 @@ def test_interpreted_triton_gradcheck(interpreter):
     assert torch.autograd.gradcheck(tp, inputs)
 
 
+@pytest.mark.slow
 def test_triton_kernel_compiles_for_sm90():
     """Triton's NVIDIA backend lowers the kernel to a cubin without a GPU (catches type errors the
     interpreter accepts)."""
@@ -295,6 +297,7 @@ def test_triton_kernel_compiles_for_sm90():
 # ---------------------------------------------------------------- CUDA: compile, emulate, run
 
 
+@pytest.mark.slow
 def test_cuda_kernel_compiles_standalone(tmp_path):
     nvcc = shutil.which("nvcc")
     if nvcc is None:
@@ -340,6 +343,7 @@ def emulated_cuda(tmp_path_factory) -> str:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("shared", [False, True], ids=["per-sample", "shared"])
 @pytest.mark.parametrize("mode", sorted(CASES))
+@pytest.mark.slow
 def test_emulated_cuda_matches_reference(emulated_cuda, mode, shared, dtype):
     tp = _product(mode, shared, backend="reference")
     inputs = _inputs(tp, terms=5, dtype=dtype)
@@ -348,12 +352,14 @@ def test_emulated_cuda_matches_reference(emulated_cuda, mode, shared, dtype):
 
 
 @pytest.mark.parametrize("mode", CORE_MODES)
+@pytest.mark.slow
 def test_emulated_cuda_core_equals_torch_core(emulated_cuda, mode):
     _check_core_against_torch(core_backend(emulated_cuda), mode)
 
 
 @pytest.mark.parametrize("shared", [False, True], ids=["per-sample", "shared"])
 @pytest.mark.parametrize("mode", MODES)
+@pytest.mark.slow
 def test_emulated_cuda_random_e3nn_product(emulated_cuda, mode, shared):
     """Random irreps (tests/tp_cases.py), converted from e3nn."""
     for seed in range(2):
@@ -366,11 +372,13 @@ def test_emulated_cuda_random_e3nn_product(emulated_cuda, mode, shared):
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.slow
 def test_emulated_cuda_fused_gather_scatter(emulated_cuda, monkeypatch, dtype, layout):
     _set_layout(monkeypatch, layout, cuda)
     _check_scatter(emulated_cuda, dtype)
 
 
+@pytest.mark.slow
 def test_emulated_cuda_second_derivatives(emulated_cuda):
     """Double backward (forces of a force-trained model) runs through the same kernel."""
     instructions = [(0, 1, 1, "uvu", True), (1, 0, 1, "uvu", True), (1, 1, 0, "uvu", True), (1, 1, 2, "uvu", False)]

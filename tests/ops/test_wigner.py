@@ -51,6 +51,7 @@ def test_orthogonal_representation(backend):
     assert (wigner_D(6, r1.transpose(1, 2)) - d1.transpose(1, 2)).abs().max() < 1e-12
 
 
+@pytest.mark.slow
 def test_blocks_batch_shape_and_gradients(backend):
     rot = rotations(6).view(2, 3, 3, 3)
     dense = wigner_D(3, rot)

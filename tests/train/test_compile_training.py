@@ -63,12 +63,14 @@ def assert_compiled_trains_as_eager(tmp_path: Path, overrides: list) -> None:
         assert compiled == pytest.approx(eager, rel=1e-5, abs=0)
 
 
+@pytest.mark.slow
 def test_egnn_trains_compiled_on_forces_and_stress_as_eager(data, tmp_path):
     assert_compiled_trains_as_eager(tmp_path, [
         f"data.path={data['crystals']}", "model={name: egnn, options: {hidden: 16, layers: 2, cutoff: 4.0}}",
         "loss.stress=1.0"])
 
 
+@pytest.mark.slow
 def test_conservative_equiformer_v2_trains_compiled_as_eager_with_dropout(data, tmp_path):
     # dropout and drop path draw random numbers inside the compiled graph: the same ones as eager
     options = f"{{{TINY_EQUIFORMER}, direct_forces: false, alpha_drop: 0.2, drop_path_rate: 0.2}}"
@@ -77,6 +79,7 @@ def test_conservative_equiformer_v2_trains_compiled_as_eager_with_dropout(data, 
         "compile_backend=aot_eager"])
 
 
+@pytest.mark.slow
 def test_direct_force_equiformer_v2_trains_compiled_as_eager(data, tmp_path):
     options = f"{{{TINY_EQUIFORMER}, direct_forces: true, alpha_drop: 0.0, drop_path_rate: 0.0}}"
     assert_compiled_trains_as_eager(tmp_path, [
@@ -84,6 +87,7 @@ def test_direct_force_equiformer_v2_trains_compiled_as_eager(data, tmp_path):
         "compile_backend=aot_eager"])
 
 
+@pytest.mark.slow
 def test_compiled_force_training_refuses_activation_checkpointing(data, tmp_path):
     config = load_config(None, SETTINGS + [
         f"data.path={data['ethanol']}", "model={name: egnn, options: {hidden: 8, layers: 1}}", "compile=true",
@@ -107,6 +111,7 @@ class EdgeCountingPotential(torch.nn.Module):
         return {"energy": (self.strength / lengths).sum().reshape(1)}
 
 
+@pytest.mark.slow
 def test_a_model_that_fixes_the_number_of_edges_is_refused_when_traced():
     batch = AtomicGraph.collate([AtomicGraph.from_ase(a, cutoff=3.0) for a in ase.io.read(ETHANOL, index=":3")])
     with pytest.raises(ValueError, match=f"fixed the number of edges to {batch.num_edges}"):
@@ -114,6 +119,7 @@ def test_a_model_that_fixes_the_number_of_edges_is_refused_when_traced():
 
 
 @pytest.mark.parametrize("name", ["egnn", "equiformer_v2"])
+@pytest.mark.slow
 def test_compiled_force_and_stress_loss_has_the_eager_parameter_gradients(name):
     """float64: outputs and every parameter's gradient of a loss on energy, forces and stress equal
     eager autograd's to round-off (a force graph traced through autograd.grad would be off by 1e-7

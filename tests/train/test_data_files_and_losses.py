@@ -66,6 +66,7 @@ def test_separate_files_are_exactly_the_train_valid_and_test_sets(files, tmp_pat
     assert saved["file_structures"] == {str(files["train"]): 60, str(files["valid"]): 20, str(files["test"]): 20}
 
 
+@pytest.mark.slow
 def test_a_set_without_its_file_is_drawn_from_the_train_file(files, tmp_path):
     run = tmp_path / "run"
     trainer = Trainer(config_for(run, f"data.train={files['train']}", f"data.test={files['test']}",
@@ -93,6 +94,7 @@ def test_data_path_splits_json_keeps_its_indices(files, tmp_path):
     assert [float(trainer.samples[i].energy) for i in saved["valid"]] == [float(g.energy) for g in trainer.valid_set]
 
 
+@pytest.mark.slow
 def test_training_on_separate_files_lowers_the_loss_tests_on_data_test_and_resumes(files, tmp_path, capsys):
     """EGNN sits on a plateau for a few hundred steps here before it learns the forces (as with
     mse): 50 epochs of 12 batches."""
@@ -120,6 +122,7 @@ def test_training_on_separate_files_lowers_the_loss_tests_on_data_test_and_resum
         Trainer(config_for(run, "epochs=52", *shorter), resume=True, verbose=False)
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_data_file_that_changed(files, tmp_path):
     valid = tmp_path / "valid.extxyz"
     valid.write_bytes(files["valid"].read_bytes())
@@ -195,6 +198,7 @@ def energy_head(trainer: Trainer) -> EnergyHead:
     return next(m for m in trainer.model.modules() if isinstance(m, EnergyHead))
 
 
+@pytest.mark.slow
 def test_element_energies_fit_zero_and_given(files, tmp_path):
     data = f"data.path={files['all']}"
     fitted = energy_head(Trainer(config_for(tmp_path / "fit", data), verbose=False)).element_energies

@@ -89,6 +89,7 @@ def two_rank_run(workdir) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_two_ranks_take_the_same_steps_as_one_rank_with_the_global_batch(workdir, two_rank_run):
     config = load_config(write_config(workdir, "one_rank"), [f"output_dir={workdir / 'one_rank'}", "batch_size=8"])
     train(config, verbose=False)
@@ -125,6 +126,7 @@ def _wait_for_step(run_dir: Path, step: int, process: subprocess.Popen, timeout:
     raise AssertionError(f"no step checkpoint {step} within {timeout} s")
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_auto_ends_as_an_uninterrupted_run(workdir):
     config = write_config(workdir, "every_step", checkpoint_every=1, keep_checkpoints=3)
     straight, killed = workdir / "straight", workdir / "killed"
@@ -147,6 +149,7 @@ def test_sigkill_mid_epoch_then_resume_auto_ends_as_an_uninterrupted_run(workdir
     assert (straight / "metrics.csv").read_text().count("\n") == (killed / "metrics.csv").read_text().count("\n")
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_the_run_resumes(workdir):
     config = write_config(workdir, "sigterm")
     straight, stopped = workdir / "sigterm_straight", workdir / "sigterm_stopped"
@@ -173,6 +176,7 @@ def _children(pid: int) -> list:
     return [int(p) for p in path.read_text().split()] if path.exists() else []
 
 
+@pytest.mark.slow
 def test_torchrun_max_restarts_recovers_a_killed_worker(workdir, two_rank_run):
     """A worker SIGKILLed mid-run: torchrun restarts both ranks, --resume auto continues from the
     newest step checkpoint, and the run ends with the uninterrupted run's weights."""
@@ -191,6 +195,7 @@ def test_torchrun_max_restarts_recovers_a_killed_worker(workdir, two_rank_run):
     assert_same_weights(weights(two_rank_run), weights(out), atol=0)
 
 
+@pytest.mark.slow
 def test_a_truncated_newest_checkpoint_is_skipped_with_a_warning(workdir, capsys):
     out = workdir / "truncated"
     config = load_config(write_config(workdir, "truncated"), [f"output_dir={out}", "epochs=1", "checkpoint_every=5",
@@ -222,6 +227,7 @@ def finished_run(workdir, tmp_path) -> tuple:
     return config, out
 
 
+@pytest.mark.slow
 def test_unreachable_rendezvous_is_a_clear_error_and_touches_nothing(finished_run):
     config, out = finished_run
     before = file_digests(out)
@@ -237,6 +243,7 @@ def test_unreachable_rendezvous_is_a_clear_error_and_touches_nothing(finished_ru
     assert file_digests(out) == before
 
 
+@pytest.mark.slow
 def test_resuming_with_another_number_of_ranks_is_refused(finished_run):
     config, out = finished_run
     before = file_digests(out)
@@ -246,6 +253,7 @@ def test_resuming_with_another_number_of_ranks_is_refused(finished_run):
     assert file_digests(out) == before
 
 
+@pytest.mark.slow
 def test_a_checkpoint_of_another_model_is_refused(finished_run, tmp_path, capsys):
     config, out = finished_run
     other = tmp_path / "other"
@@ -262,6 +270,7 @@ def test_a_checkpoint_of_another_model_is_refused(finished_run, tmp_path, capsys
     assert file_digests(out) == before
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_equals_the_larger_batch(workdir, tmp_path):
     config = write_config(workdir, "accumulate", epochs=1)
     train(load_config(config, [f"output_dir={tmp_path / 'big'}", "batch_size=8"]), verbose=False)
@@ -272,6 +281,7 @@ def test_gradient_accumulation_equals_the_larger_batch(workdir, tmp_path):
 
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
+@pytest.mark.slow
 def test_mixed_precision_trains(workdir, tmp_path, amp):
     config = load_config(write_config(workdir, f"amp_{amp}", epochs=2), [f"output_dir={tmp_path}", f"amp={amp}",
                                                                          "checkpoint_every=7"])
@@ -315,6 +325,7 @@ def test_activation_checkpointing_keeps_gradients(name):
         assert torch.allclose(grad, grads[1][key], atol=1e-6, rtol=1e-5), key
 
 
+@pytest.mark.slow
 def test_compile_trains_field_models_as_eager(tmp_path):
     from sciml.data.pde import generate_navier_stokes, write_fno_mat
 
@@ -332,6 +343,7 @@ def test_compile_trains_field_models_as_eager(tmp_path):
     assert losses[1] == pytest.approx(losses[0], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_bench_ddp_prints_the_ratio_of_two_ranks_to_one(capsys):
     assert main(["bench", "ddp", "--structures", "48", "--epochs", "1", "--batch", "8"]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -358,6 +370,7 @@ def test_inconsistent_launch_environments_are_clear_errors(monkeypatch):
     assert not setup("cpu").enabled
 
 
+@pytest.mark.slow
 def test_two_ranks_train_and_evaluate_a_field_model_as_one_rank(tmp_path):
     """FNO through the trainer: 2 ranks x batch 2 equal 1 rank x batch 4, including the test-set
     errors (rotated set included) that the ranks compute on halves of the trajectories."""

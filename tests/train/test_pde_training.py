@@ -11,6 +11,8 @@ import torch
 from sciml.data.pde import generate_navier_stokes, write_fno_mat
 from sciml.train import load_config, train
 
+pytestmark = pytest.mark.slow  # every test uses the generated Navier-Stokes files and trains FNOs
+
 
 def _write(path, num, resolution, seed):
     data = generate_navier_stokes(num, resolution=resolution, solver_resolution=32, viscosity=1e-3,

@@ -45,6 +45,7 @@ def read_metrics(run: Path) -> list:
         return list(csv.DictReader(handle))
 
 
+@pytest.mark.slow
 def test_training_beats_trivial_baselines(ethanol150, tmp_path):
     config = make_config(ethanol150, tmp_path / "run", "epochs=150", "optimizer.lr=5e-3", "loss.energy=5",
                          "ema_decay=0.99")
@@ -67,6 +68,7 @@ def test_training_beats_trivial_baselines(ethanol150, tmp_path):
     assert json.loads((tmp_path / "run" / "test_metrics.json").read_text())["model"]["num_structures"] == 20
 
 
+@pytest.mark.slow
 def test_resume_after_a_crash_is_identical_to_an_uninterrupted_run(ethanol150, tmp_path, monkeypatch):
     settings = ("epochs=4", "ema_decay=0.9", "scheduler.warmup_epochs=1")
     train(make_config(ethanol150, tmp_path / "straight", *settings), verbose=False)
@@ -96,6 +98,7 @@ def test_resume_after_a_crash_is_identical_to_an_uninterrupted_run(ethanol150, t
     assert [r["valid_loss"] for r in crashed] == [r["valid_loss"] for r in straight]
 
 
+@pytest.mark.slow
 def test_resume_extends_a_finished_run(ethanol150, tmp_path):
     run = tmp_path / "run"
     train(make_config(ethanol150, run, "epochs=2"), verbose=False)
@@ -110,6 +113,7 @@ def test_resume_extends_a_finished_run(ethanol150, tmp_path):
         Trainer(make_config(ethanol150, tmp_path / "empty", "epochs=2"), resume=True)
 
 
+@pytest.mark.slow
 def test_a_second_run_never_overwrites_the_first(ethanol150, tmp_path):
     run = tmp_path / "run"
     train(make_config(ethanol150, run, "epochs=1"), verbose=False)
@@ -119,6 +123,7 @@ def test_a_second_run_never_overwrites_the_first(ethanol150, tmp_path):
     assert (run / "best.pt").read_bytes() == best
 
 
+@pytest.mark.slow
 def test_splits_and_resolved_config_are_saved(ethanol150, tmp_path):
     config = make_config(ethanol150, tmp_path / "a", "epochs=1", "split.seed=7")
     Trainer(config, verbose=False)
@@ -175,6 +180,7 @@ def test_learning_rate_schedule_warms_up_then_decays():
     assert plateau.apply() == 0.5
 
 
+@pytest.mark.slow
 def test_atom_balanced_batches_respect_the_atom_budget(ethanol150, tmp_path, monkeypatch):
     seen = []
     original = AtomicGraph.collate
@@ -194,6 +200,7 @@ def test_atom_balanced_batches_respect_the_atom_budget(ethanol150, tmp_path, mon
     assert sum(count for count, _ in training) >= len(trainer.train_set)
 
 
+@pytest.mark.slow
 def test_resume_accepts_a_run_saved_before_new_config_keys(ethanol150, tmp_path):
     """A checkpoint whose stored config lacks keys added later (here the fields section) resumes:
     missing keys take their defaults."""

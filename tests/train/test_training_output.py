@@ -50,6 +50,7 @@ def logged_run(small, tmp_path_factory):
             "trainer": trainer}
 
 
+@pytest.mark.slow
 def test_header_numbers_come_from_the_data(logged_run, small):
     out, trainer = logged_run["out"], logged_run["trainer"]
     log = logged_run["first_log"]
@@ -73,6 +74,7 @@ def test_header_numbers_come_from_the_data(logged_run, small):
     assert "training 3 epochs x 4 batches of <= 10 structures" in log
 
 
+@pytest.mark.slow
 def test_train_log_holds_everything_printed(logged_run):
     out, stdout, stderr, log = logged_run["out"], logged_run["stdout"], logged_run["stderr"], logged_run["first_log"]
     for line in stdout.splitlines() + stderr.splitlines():
@@ -93,6 +95,7 @@ def test_train_log_holds_everything_printed(logged_run):
     assert "run " in log and "best epoch" in log  # the final summary
 
 
+@pytest.mark.slow
 def test_epoch_header_names_units_and_the_best_marker_once(logged_run):
     lines = logged_run["first_log"].splitlines()
     at = next(n for n, line in enumerate(lines) if re.match(r"epoch +train +valid", line))
@@ -107,6 +110,7 @@ def test_epoch_header_names_units_and_the_best_marker_once(logged_run):
         assert units[end - len(unit):end] == unit
 
 
+@pytest.mark.slow
 def test_progress_lines_with_eta_when_stderr_is_not_a_terminal(logged_run):
     progress = [line for line in logged_run["stderr"].splitlines() if "ETA" in line]
     # every batch but the epoch's last, 3 epochs of 4 batches
@@ -115,6 +119,7 @@ def test_progress_lines_with_eta_when_stderr_is_not_a_terminal(logged_run):
                     r"ETA epoch \d+:\d\d:\d\d \(\+ validation\), run \d+:\d\d:\d\d", progress[0]), progress[0]
 
 
+@pytest.mark.slow
 def test_resume_appends_to_train_log(logged_run):
     log = (logged_run["out"] / "train.log").read_text()
     assert log.startswith(logged_run["first_log"])
@@ -173,6 +178,7 @@ def test_property_columns_take_their_units():
     assert table.row(row, True) == "  7/100       0.5      0.25       0.1235    0.001      12.5      1234 *"
 
 
+@pytest.mark.slow
 def test_set_before_the_config_and_dtype_double(small, tmp_path, capsys):
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({"model": {"name": "egnn", "options": {"hidden": 8, "layers": 1}},

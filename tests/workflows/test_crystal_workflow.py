@@ -15,6 +15,8 @@ from ase.io import write
 from sciml.cli.main import main
 from sciml.data.crystals import alignn_split, matbench_folds, read_jarvis
 
+pytestmark = pytest.mark.slow  # end-to-end training and relaxation runs
+
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "datasets" / "crystals_emt"
 CONFIG = ROOT / "workflows" / "crystals" / "emt_small.yaml"

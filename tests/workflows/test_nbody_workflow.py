@@ -73,6 +73,7 @@ def test_prepare_writes_inputs_targets_and_reference_split(sim, dataset):
         prepare.select_sets(sim, (("train", 0, 400),))
 
 
+@pytest.mark.slow
 def test_training_positions_beats_constant_position_baseline(dataset, tmp_path, capsys):
     path, ranges = dataset
     config = config_for(path, ranges, tmp_path / "run", "epochs=6", "batch_size=20", "optimizer.lr=1e-3",
@@ -103,6 +104,7 @@ def test_training_positions_beats_constant_position_baseline(dataset, tmp_path, 
     assert "positions_target_mse" in printed and "(300 structures)" in printed
 
 
+@pytest.mark.slow
 def test_split_ranges_and_property_models_are_checked(dataset, tmp_path):
     path, ranges = dataset
     with pytest.raises(ValueError, match="overlapping"):

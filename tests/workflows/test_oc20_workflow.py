@@ -18,6 +18,8 @@ from sciml.data.oc20.sources import load_graphs
 from sciml.inference import load_model
 from sciml.tasks.oc20 import evaluate_is2re, evaluate_s2ef
 
+pytestmark = pytest.mark.slow  # end-to-end training and relaxation runs
+
 TINY = {"num_layers": 1, "sphere_channels": 16, "attn_hidden_channels": 16, "num_heads": 2, "attn_alpha_channels": 8,
         "attn_value_channels": 8, "ffn_hidden_channels": 16, "lmax": 2, "mmax": 1, "grid_resolution": 8,
         "edge_channels": 16, "cutoff": 5.0, "max_neighbors": 16, "alpha_drop": 0.0, "drop_path_rate": 0.0,
