@@ -22,6 +22,7 @@ from sciml.data.crystals import read_jarvis
 from sciml.data.generators import perturbed_crystals
 from sciml.graph import AtomicGraph
 from sciml.io.files import write_extxyz
+from sciml.models import ENERGY_OUTPUTS, Model
 from sciml.train import Trainer, load_config, train
 from sciml.train.compile import CompiledOutputs
 
@@ -96,9 +97,12 @@ def test_compiled_force_training_refuses_activation_checkpointing(data, tmp_path
         Trainer(config, verbose=False)
 
 
-class EdgeCountingPotential(torch.nn.Module):
+class EdgeCountingPotential(torch.nn.Module, Model):
     """A pair potential written with ``int()`` of the number of edges, as size-fixing code is.
     Its forces are -dE/dx of its energy (taken by CompiledOutputs)."""
+
+    outputs = {"energy": ENERGY_OUTPUTS["energy"]}
+    forces = "conservative"
 
     def __init__(self):
         super().__init__()

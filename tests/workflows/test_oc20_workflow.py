@@ -15,7 +15,9 @@ from sciml.cli.main import main
 from sciml.data.oc20 import is2re_records, relax_adsorbates, write_oc20_dataset
 from sciml.data.oc20.records import graph_from_record
 from sciml.data.oc20.sources import load_graphs
+from sciml.graph import GraphSpec
 from sciml.inference import load_model
+from sciml.models import ENERGY_OUTPUTS, Model
 from sciml.tasks.oc20 import evaluate_is2re, evaluate_s2ef
 
 pytestmark = pytest.mark.slow  # end-to-end training and relaxation runs
@@ -60,10 +62,12 @@ def test_s2ef_training_with_equiformer_v2_beats_zero_forces(tmp_path, relaxation
     assert metrics["forces_cosine_similarity"] > 0.8
 
 
-class EMTModel(nn.Module):
+class EMTModel(nn.Module, Model):
     """EMT as a sciml model (energy eV, forces eV/Å): an exact model of EMT-generated labels."""
 
-    cutoff, max_neighbors = 5.0, None
+    graph_spec = GraphSpec(cutoff=5.0)
+    outputs = {k: v for k, v in ENERGY_OUTPUTS.items() if k in ("energy", "forces")}
+    forces = "direct"  # EMT's own forces, not a derivative taken by sciml
 
     def forward(self, graph, compute_forces: bool = True, compute_stress: bool = False):
         atoms = graph.to_ase()[0]
