@@ -127,6 +127,7 @@ class Trainer:
         config.validate()
         # a fine-tune's model comes from its parent checkpoint (sciml.train.finetune)
         self.parent = finetune.Parent.load(config.init_from) if config.init_from else None
+        self.options_given = dict(config.model.options)  # the header names these; config.yaml all
         if self.parent is not None:
             config = finetune.resolve_config(config, self.parent)
         self.config = config
@@ -262,7 +263,7 @@ class Trainer:
                                              self.new_elements))
         lines = header_lines(f"sciml train: {self.output_dir} ({state}), {time.strftime('%Y-%m-%d %H:%M:%S %Z')}",
                              data,
-                             model_line(config.model.name, self.model, config.model.options), training, runtime)
+                             model_line(config.model.name, self.model, self.options_given), training, runtime)
         self.log.info("\n".join(lines))
 
     def _make_splits(self, total: int) -> Dict[str, List[int]]:

@@ -10,10 +10,12 @@ import ase.io
 import numpy as np
 import pytest
 import torch
+from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from sciml.cli.info import describe
 from sciml.cli.main import main
+from sciml.inference import load_model
 from sciml.io.checkpoint import load_checkpoint, save_checkpoint
 from sciml.models import build_model
 from sciml.models.contract import model_entry
@@ -254,3 +256,21 @@ def test_keys_that_need_init_from_are_refused_without_it(data, tmp_path):
                               ("data.element_energies=keep", "keep needs init_from")):
         with pytest.raises(ValueError, match=message):
             load_config(None, [f"data.path={data['new']}", override])
+
+
+def test_a_fairchem_checkpoint_is_a_parent(tmp_path):
+    """The fairchem EquiformerV2 fixture (random weights) starts a fine-tune on EMT labels."""
+    fixtures = Path(__file__).resolve().parents[1] / "fixtures" / "equiformer_v2_fairchem"
+    frames = ase.io.read(fixtures / "structures.extxyz", index=":")
+    for atoms in frames:
+        atoms.calc = EMT()
+        atoms.calc = SinglePointCalculator(atoms, energy=atoms.get_potential_energy(), forces=atoms.get_forces())
+    ase.io.write(tmp_path / "emt.extxyz", frames)
+    trainer = Trainer(load_config(None, [f"data.path={tmp_path / 'emt.extxyz'}", f"output_dir={tmp_path / 'ft'}",
+                                         f"init_from={fixtures / 'small_random.pt'}", "split.valid=1", "split.test=0",
+                                         "model.options={alpha_drop: 0.1}", "freeze=[blocks.0]"]), verbose=False)
+    parent = load_model(fixtures / "small_random.pt").state_dict()
+    assert trainer.config.model.name == "equiformer_v2" and trainer.model.options.alpha_drop == 0.1
+    assert all(torch.equal(value, parent[name]) for name, value in trainer.model.state_dict().items()
+               if not name.startswith("head."))
+    assert not any(p.requires_grad for n, p in trainer.model.named_parameters() if n.startswith("blocks.0."))
