@@ -190,8 +190,8 @@ def check_new_data(config: TrainConfig, model: nn.Module, parent: Parent, sample
             new element; a loss on stress for a model without stress output; a loss property the
             model has no output for.
     """
-    numbers = sorted({int(z) for g in samples for z in g.atomic_numbers.unique().tolist()}) if samples and \
-        hasattr(samples[0], "atomic_numbers") else []
+    graphs = [g for g in samples if hasattr(g, "atomic_numbers")]  # none for the fields of neural operators
+    numbers = sorted({int(z) for g in graphs for z in g.atomic_numbers.unique().tolist()})
     size = getattr(model, "num_elements", None)
     beyond = [z for z in numbers if size is not None and z >= size]
     if beyond:
@@ -203,8 +203,7 @@ def check_new_data(config: TrainConfig, model: nn.Module, parent: Parent, sample
         raise ValueError(f"data.element_energies keep: {parent.path} has no reference energy for "
                          f"{', '.join(chemical_symbols[z] for z in new)} (new in this data); use refit")
     outputs = getattr(model, "outputs", {})
-    first = samples[0] if samples else None
-    stress = getattr(first, "stress", None) is not None and any(bool(g.pbc.any()) for g in samples)
+    stress = bool(graphs) and graphs[0].stress is not None and any(bool(g.pbc.any()) for g in graphs)
     if config.loss.stress > 0 and stress and "stress" not in outputs:
         raise ValueError(f"init_from {parent.path}: the data has stress labels and loss.stress is "
                          f"{config.loss.stress:g}, but this {model.model_name} model predicts no stress; "

@@ -21,6 +21,9 @@ A run writes into ``config.output_dir``:
   ends exactly as an uninterrupted run;
 - ``test_metrics.json``: the best model and trivial baselines on the test set.
 
+With ``init_from`` the run is a fine-tune: it starts from the weights of that checkpoint, whose
+model and options it takes, and records it as its parent (see :mod:`sciml.train.finetune`).
+
 Launched by ``torchrun`` the run is data-parallel (:mod:`sciml.distributed`): every rank takes its
 share of each step from one shared plan (:class:`~sciml.data.sampling.AtomBalancedBatchSampler`,
 balanced by atoms), gradients are averaged over ranks (:mod:`sciml.train.parallel`), losses and
@@ -120,7 +123,8 @@ class Trainer:
     Raises:
         ValueError: the output directory already holds a run and ``resume`` is False; nothing to
             resume from; a checkpoint of another model, config, data or number of ranks; bad
-            data or config; :class:`~sciml.distributed.DistributedError` for a broken launch.
+            data or config; a fine-tune the parent does not allow (:mod:`sciml.train.finetune`);
+            :class:`~sciml.distributed.DistributedError` for a broken launch.
     """
 
     def __init__(self, config: TrainConfig, resume: "bool | str" = False, verbose: bool = True):
