@@ -25,6 +25,8 @@ rate is ``optimizer.lr`` as configured (no lower one is chosen for you).
   of the optimizer. A pattern that matches no parameter is refused.
 - ``reset_heads``: the modules of :data:`HEADS` get the values of a newly built model (the
   random initialisation, and the energy head's references and scale refitted on the new data).
+  The output normalisation of converted fairchem models (EquiformerV2's ``energy_shift`` and
+  ``force_scale`` buffers) is kept either way.
 - The parent is recorded (``parent``: path and sha256) in every checkpoint of the run, in its
   header and ``train.log``, and shown by ``sciml info``. Resuming (``--resume auto``) continues
   the fine-tune from its own checkpoints; the parent file must still be there, unchanged (its

@@ -266,8 +266,7 @@ class Trainer:
             data.append(finetune.header_line(self.parent, config, self.frozen, len(list(self.model.parameters())),
                                              self.new_elements))
         lines = header_lines(f"sciml train: {self.output_dir} ({state}), {time.strftime('%Y-%m-%d %H:%M:%S %Z')}",
-                             data,
-                             model_line(config.model.name, self.model, self.options_given), training, runtime)
+                             data, model_line(config.model.name, self.model, self.options_given), training, runtime)
         self.log.info("\n".join(lines))
 
     def _make_splits(self, total: int) -> Dict[str, List[int]]:
