@@ -57,6 +57,9 @@ def describe(path: str) -> list:
             lines.append("options: " + ", ".join(f"{k}={v}" for k, v in options.items()))
         if training:
             lines.append(training)
+        parent = payload.get("parent") if is_sciml_payload(payload) else None
+        if parent:
+            lines.append(f"fine-tuned from {parent['path']} (sha256 {parent['sha256']})")
         domain = model.domain
     if domain is None:
         lines.append("domain: not recorded (a checkpoint from before sciml recorded domains): no element check")

@@ -11,6 +11,8 @@ TRAIN_EXAMPLES = """  sciml train workflows/ethanol/egnn.yaml
   sciml train config.yaml --output-dir runs/try2 --epochs 50 --set optimizer.lr=5e-4 loss.forces=10
   sciml train config.yaml --output-dir runs/try2 --resume      # continue from the newest checkpoint
   sciml train config.yaml --resume auto --set checkpoint_every=500 amp=bf16   # job scripts: resume if possible
+  sciml train config.yaml --output-dir runs/more --resume runs/try2/last.pt   # continue that run in a new folder
+  sciml train finetune.yaml --init-from runs/try2/best.pt      # fine-tune: a new run from its weights, new data
   torchrun --standalone --nproc-per-node 4 --no-python sciml train config.yaml --resume auto   # data-parallel
 """
 EVAL_EXAMPLES = """  sciml eval --checkpoint runs/ethanol/best.pt datasets/ethanol_xtb_500K/ethanol_xtb_500K.extxyz
@@ -23,7 +25,7 @@ EVAL_EXAMPLES = """  sciml eval --checkpoint runs/ethanol/best.pt datasets/ethan
 # CLI flags that are shortcuts for YAML keys (every other key via --set key=value).
 _SHORTCUTS = {
     "epochs": "epochs", "batch_size": "batch_size", "output_dir": "output_dir", "seed": "seed",
-    "device": "device", "lr": "optimizer.lr", "data": "data.path",
+    "device": "device", "lr": "optimizer.lr", "data": "data.path", "init_from": "init_from",
 }
 
 
@@ -38,10 +40,15 @@ def register(sub) -> None:
     train.add_argument("--resume", nargs="?", const=True, default=False, metavar="auto|CHECKPOINT",
                        help="continue the run in OUTPUT_DIR from its newest valid checkpoint; 'auto': the same, "
                             "or a new run when OUTPUT_DIR has none (for job scripts and requeued jobs); "
-                            "CHECKPOINT: from that file")
+                            "CHECKPOINT: from that file of this run (same config; into a new OUTPUT_DIR too, "
+                            "with the split of the checkpoint's run folder). New data or settings: --init-from")
     for flag, key in _SHORTCUTS.items():
         kind = float if flag == "lr" else int if flag in ("epochs", "batch_size", "seed") else str
-        train.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=kind, help=f"same as --set {key}=...")
+        metavar = {"init_from": "CHECKPOINT"}.get(flag)
+        extra = {"init_from": ": fine-tune, a new run from the weights of a sciml or fairchem checkpoint "
+                              "(see sciml.train.finetune)"}.get(flag, "")
+        train.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=kind, metavar=metavar,
+                           help=f"same as --set {key}=...{extra}")
     train.set_defaults(run=run_train)
 
     evaluate = add_command(sub, "eval", "evaluate a checkpoint on a labelled data file", EVAL_EXAMPLES)

@@ -25,13 +25,19 @@ from sciml.train.config import DataConfig, TrainConfig
 from sciml.train.evaluation import error_sums, evaluate, mean_baseline_metrics, metrics_from_sums
 
 
-def reference_energies(choice: Union[str, Mapping[str, float]], graphs: Sequence[AtomicGraph]) -> torch.Tensor:
+References = Union[str, Mapping[str, float], torch.Tensor]
+
+
+def reference_energies(choice: References, graphs: Sequence[AtomicGraph]) -> torch.Tensor:
     """Per-element reference energies (NUM_ELEMENTS,) float64 eV of ``data.element_energies``
-    ``zero`` (all 0) or a mapping {symbol: eV} (exactly those values, 0 for unnamed elements).
+    ``zero`` (all 0) or a mapping {symbol: eV} (exactly those values, 0 for unnamed elements), or
+    given references (NUM_ELEMENTS,) eV (a fine-tune's ``keep``: the parent's), returned as they are.
 
     Raises:
         ValueError: a symbol that is no element, or an element of ``graphs`` the mapping lacks.
     """
+    if isinstance(choice, torch.Tensor):
+        return choice.detach().to(torch.float64).cpu().clone()
     energies = torch.zeros(NUM_ELEMENTS, dtype=torch.float64)
     if isinstance(choice, str):
         if choice != "zero":
@@ -51,12 +57,12 @@ def reference_energies(choice: Union[str, Mapping[str, float]], graphs: Sequence
 
 
 def fit_statistics(graphs: Sequence[AtomicGraph], property_keys: Sequence[str] = (),
-                   element_energies: Union[str, Mapping[str, float]] = "fit") -> Dict[str, Any]:
+                   element_energies: References = "fit") -> Dict[str, Any]:
     """Training-set statistics for the energy head and the loss normalisation.
 
-    ``element_energies`` (``data.element_energies``): ``fit`` fits the per-element reference
-    energies by least squares, ``zero`` sets them to 0, a mapping {symbol: eV} to its values
-    (see :func:`reference_energies`).
+    ``element_energies`` (``data.element_energies``): ``fit`` (or ``refit``) fits the per-element
+    reference energies by least squares, ``zero`` sets them to 0, a mapping {symbol: eV} or a
+    tensor (NUM_ELEMENTS,) eV to its values (see :func:`reference_energies`).
 
     Returns ``element_energies`` (119,) eV (the per-element reference energies; None,
     like ``energy_rms_per_atom`` and ``energy_scale``, when the graphs carry no energies),
@@ -74,7 +80,7 @@ def fit_statistics(graphs: Sequence[AtomicGraph], property_keys: Sequence[str] =
     references, residual_rms = None, None
     if graphs[0].energy is not None:
         energies = torch.cat([g.energy for g in graphs]).double().cpu()
-        if element_energies == "fit":
+        if isinstance(element_energies, str) and element_energies in ("fit", "refit"):
             references, residual_rms = fit_element_energies(list(graphs), energies)
         else:
             references = reference_energies(element_energies, graphs)
@@ -113,6 +119,8 @@ class AtomisticProblem:
         self.statistics: Dict[str, Any] = {}
         self.use_forces = self.use_stress = False
         self.compiled_outputs: Optional[CompiledOutputs] = None
+        # the parent's references (NUM_ELEMENTS,) eV of a fine-tune, for data.element_energies keep
+        self.kept_element_energies: Optional[torch.Tensor] = None
         # role (path, or train/valid/test) -> (file, start, stop): where each file's structures
         # lie in the list load() returns
         self.files: Dict[str, Tuple[str, int, int]] = {}
@@ -158,7 +166,12 @@ class AtomisticProblem:
     def fit(self, train: Sequence[AtomicGraph]) -> Dict[str, Any]:
         """Fit the training statistics and give them to the model's heads; returns them."""
         config = self.config
-        self.statistics = fit_statistics(train, config.data.property_keys, config.data.element_energies)
+        choice = config.data.element_energies
+        if choice == "keep":
+            if self.kept_element_energies is None:
+                raise ValueError("data.element_energies keep: the parent checkpoint has no energy head")
+            choice = self.kept_element_energies
+        self.statistics = fit_statistics(train, config.data.property_keys, choice)
         head = _energy_head(self.model)
         if head is not None:
             if self.statistics["element_energies"] is None:

@@ -37,9 +37,12 @@ LOSS_FUNCTIONS = ("mse", "mae", "huber")
 @dataclass
 class ModelConfig:
     """Which model to build: ``build_model(name, preset, **options)`` (a named preset of the
-    model, or None for its defaults, with ``options`` overriding its fields)."""
+    model, or None for its defaults, with ``options`` overriding its fields).
 
-    name: str = "egnn"
+    ``name`` None is ``egnn``, or with ``init_from`` the checkpoint's model (whose options are then
+    the base that ``options`` override; see :mod:`sciml.train.finetune`)."""
+
+    name: Optional[str] = None
     preset: Optional[str] = None
     options: Dict[str, Any] = field(default_factory=dict)
 
@@ -86,7 +89,10 @@ class DataConfig:
     model's per-atom energies are added to: ``fit`` (least squares on the training set), ``zero``
     (none: the model learns the total energy, e.g. for energies already referenced) or a mapping
     of element symbols to energies in eV, ``{H: -13.6, O: -432.1}``, that must name every element
-    of the data.
+    of the data. With ``init_from`` also ``refit`` (least squares on the new training set, as
+    ``fit``: new data usually comes from other DFT settings, whose energies differ by a constant
+    per element) and ``keep`` (the parent checkpoint's references). None (the default) is ``fit``,
+    or ``refit`` with ``init_from``; the resolved config names the choice.
 
     ``format`` names a registered format (:mod:`sciml.data.formats`: those above, ``ase``,
     ``oc20`` and its sources ``s2ef-extxyz``, ``ase-db``, ``legacy-lmdb``, ``sciml-cache``, and
@@ -113,7 +119,7 @@ class DataConfig:
     property_units: Dict[str, str] = field(default_factory=dict)
     cutoff: Optional[float] = None
     max_neighbors: Optional[int] = None
-    element_energies: Union[str, Dict[str, float]] = "fit"
+    element_energies: Optional[Union[str, Dict[str, float]]] = None
 
 
 @dataclass
@@ -254,6 +260,13 @@ class TrainConfig:
     op: compiles in seconds, to check that a model compiles). ``dtype`` float32 (also ``single``)
     or float64 (``double``); ``progress_every_s``: seconds between progress lines (batches,
     throughput, ETA) in ``train.log`` and, when stderr is not a terminal, on stderr.
+
+    Fine-tuning (:mod:`sciml.train.finetune`): ``init_from`` starts a new run from the weights of a
+    checkpoint (a sciml checkpoint or a fairchem EquiformerV2 one: whatever
+    :func:`sciml.inference.load_model` reads), with this config's data, split, optimizer and
+    schedule; ``freeze`` lists parameter names or glob patterns (``blocks.0.*``, ``embedding.*``;
+    a module name freezes all its parameters) kept as they are; ``reset_heads`` re-initialises the
+    model's output heads (with ``init_from`` only).
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -282,6 +295,9 @@ class TrainConfig:
     compile: bool = False
     compile_backend: str = field(default="inductor", metadata={"choices": COMPILE_BACKENDS})
     progress_every_s: float = 30.0
+    init_from: Optional[str] = None
+    freeze: List[str] = field(default_factory=list)
+    reset_heads: bool = False
 
     def to_dict(self) -> Dict[str, Any]:
         """Plain nested dict (YAML/JSON/checkpoint friendly) that :meth:`from_dict` reads back."""
@@ -319,10 +335,15 @@ class TrainConfig:
                 raise ValueError("config keys split.ranges and split.method index one data.path file; with data.train "
                                  "give the sets as files (data.valid, data.test) or as random fractions")
         choice = data.element_energies
+        if choice is None:
+            data.element_energies = choice = "refit" if self.init_from else "fit"
         if isinstance(choice, str):
-            if choice not in ("fit", "zero"):
-                raise ValueError(f"config key data.element_energies must be fit, zero or a mapping {{symbol: eV}}, "
-                                 f"got {choice!r}")
+            if choice not in ("fit", "zero", "refit", "keep"):
+                raise ValueError(f"config key data.element_energies must be fit, zero, refit, keep or a mapping "
+                                 f"{{symbol: eV}}, got {choice!r}")
+            if choice in ("refit", "keep") and not self.init_from:
+                raise ValueError(f"config key data.element_energies {choice} needs init_from (the checkpoint to "
+                                 f"fine-tune); without it use fit")
         else:
             from ase.data import atomic_numbers
 
@@ -360,6 +381,10 @@ class TrainConfig:
         """Check values that types alone cannot (ranges, required keys, consistency); ``dtype``
         single/double becomes float32/float64."""
         self.dtype = dtype_name(resolve_dtype(self.dtype))
+        if self.model.name is None and not self.init_from:
+            self.model.name = "egnn"
+        if self.reset_heads and not self.init_from:
+            raise ValueError("config key reset_heads needs init_from (the checkpoint whose heads to reset)")
         self._validate_data()
         self._validate_loss()
         positive = {

@@ -21,6 +21,9 @@ A run writes into ``config.output_dir``:
   ends exactly as an uninterrupted run;
 - ``test_metrics.json``: the best model and trivial baselines on the test set.
 
+With ``init_from`` the run is a fine-tune: it starts from the weights of that checkpoint, whose
+model and options it takes, and records it as its parent (see :mod:`sciml.train.finetune`).
+
 Launched by ``torchrun`` the run is data-parallel (:mod:`sciml.distributed`): every rank takes its
 share of each step from one shared plan (:class:`~sciml.data.sampling.AtomBalancedBatchSampler`,
 balanced by atoms), gradients are averaged over ranks (:mod:`sciml.train.parallel`), losses and
@@ -57,8 +60,9 @@ from sciml.io.files import atomic_path
 from sciml.models import build_model
 from sciml.models.domain import PROPERTY_UNITS
 from sciml.threads import adapt_threads
+from sciml.train import finetune
 from sciml.train.acceleration import enable_activation_checkpointing
-from sciml.train.checkpoints import newest_checkpoint, prune_step_checkpoints, step_checkpoint_path
+from sciml.train.checkpoints import STEP_FOLDER, newest_checkpoint, prune_step_checkpoints, step_checkpoint_path
 from sciml.train.config import TrainConfig
 from sciml.train.evaluation import format_metrics
 from sciml.train.optim import ExponentialMovingAverage, LearningRateSchedule, build_optimizer
@@ -119,11 +123,17 @@ class Trainer:
     Raises:
         ValueError: the output directory already holds a run and ``resume`` is False; nothing to
             resume from; a checkpoint of another model, config, data or number of ranks; bad
-            data or config; :class:`~sciml.distributed.DistributedError` for a broken launch.
+            data or config; a fine-tune the parent does not allow (:mod:`sciml.train.finetune`);
+            :class:`~sciml.distributed.DistributedError` for a broken launch.
     """
 
     def __init__(self, config: TrainConfig, resume: "bool | str" = False, verbose: bool = True):
         config.validate()
+        # a fine-tune's model comes from its parent checkpoint (sciml.train.finetune)
+        self.parent = finetune.Parent.load(config.init_from) if config.init_from else None
+        self.options_given = dict(config.model.options)  # the header names these; config.yaml all
+        if self.parent is not None:
+            config = finetune.resolve_config(config, self.parent)
         self.config = config
         self.output_dir = Path(config.output_dir)
         self.context = distributed.setup(config.device)
@@ -134,14 +144,23 @@ class Trainer:
         checkpoint = self._check_output_dir(resume)
         torch.manual_seed(config.seed)
         self.model = build_model(config.model.name, config.model.preset, **config.model.options)
+        if self.parent is not None and checkpoint is None:
+            finetune.start_from_parent(self.model, self.parent, config.reset_heads)
+        self.frozen = finetune.freeze_parameters(self.model, config.freeze)
         self.problem = make_problem(config, self.model, self.dtype)
         files = ", ".join(f for f in (config.data.path, config.data.train, config.data.valid, config.data.test) if f)
         self.log.info(f"sciml train: reading {files} for {config.model.name} ...", stderr=True)
         self.samples = self.problem.load()
+        self.new_elements: List[int] = []
+        if self.parent is not None:
+            self.new_elements = finetune.check_new_data(config, self.model, self.parent, self.samples)
+            self.problem.kept_element_energies = self.parent.element_energies()
         self.splits = self._load_splits() if checkpoint is not None else self._make_splits(len(self.samples))
         self.train_set, self.valid_set, self.test_set = (
             [self.samples[i] for i in self.splits[name]] for name in ("train", "valid", "test"))
         self.statistics = self.problem.fit(self.train_set)
+        if self.parent is not None:
+            finetune.after_fit(self.model, self.parent, config.reset_heads)
         self.model.to(device=self.device, dtype=self.dtype)
         broadcast_parameters(self.model, self.context)
         self.optimizer = build_optimizer(self.model, config.optimizer)
@@ -189,6 +208,7 @@ class Trainer:
         else:
             path = Path(resume)
             checkpoint = load_checkpoint(path)
+        self.resume_path = path
         name = self.config.model.name
         if checkpoint.get("model_name") != name or "train_config" not in checkpoint:
             raise CheckpointError(f"cannot resume from {path}: it holds a {checkpoint.get('model_name')!r} model "
@@ -201,7 +221,12 @@ class Trainer:
         changed = [c for c in changed if c.split(":")[0] not in _RESUMABLE_CHANGES]
         if changed:
             raise ValueError(f"cannot resume {self.output_dir}: the config differs from the saved run at "
-                             f"{'; '.join(changed)} (only {', '.join(_RESUMABLE_CHANGES[:-1])} may change)")
+                             f"{'; '.join(changed)} (only {', '.join(_RESUMABLE_CHANGES[:-1])} may change; to "
+                             f"start a new run from its weights, set init_from: {path})")
+        recorded = checkpoint.get("parent") or {}
+        if self.parent is not None and recorded.get("sha256") not in (None, self.parent.sha256):
+            raise ValueError(f"cannot resume {self.output_dir}: its parent {self.parent.path} has changed since the "
+                             f"run began (sha256 {recorded['sha256'][:12]} -> {self.parent.sha256[:12]})")
         saved_ranks = int(checkpoint.get("world_size", 1))
         if saved_ranks != self.context.world_size:
             raise ValueError(f"cannot resume from {path}: it was written by a run of {saved_ranks} rank(s), this one "
@@ -236,9 +261,12 @@ class Trainer:
                     + (f", amp {config.amp}" if config.amp != "none" else ""))
         runtime = runtime_line(self.device, self.dtype) + (f", {self.context.world_size} ranks" if self.context.enabled else "")
         splits = {"train": self.train_set, "valid": self.valid_set, "test": self.test_set}
+        data = data_lines(config.data.path or config.data.train, splits, self._units())
+        if self.parent is not None:
+            data.append(finetune.header_line(self.parent, config, self.frozen, len(list(self.model.parameters())),
+                                             self.new_elements))
         lines = header_lines(f"sciml train: {self.output_dir} ({state}), {time.strftime('%Y-%m-%d %H:%M:%S %Z')}",
-                             data_lines(config.data.path or config.data.train, splits, self._units()),
-                             model_line(config.model.name, self.model, config.model.options), training, runtime)
+                             data, model_line(config.model.name, self.model, self.options_given), training, runtime)
         self.log.info("\n".join(lines))
 
     def _make_splits(self, total: int) -> Dict[str, List[int]]:
@@ -309,8 +337,16 @@ class Trainer:
     def _load_splits(self) -> Dict[str, List[int]]:
         """The split of the run being resumed, from its ``splits.json`` (as indices into
         ``self.samples``); refused when a file it names is no longer in the config or has changed
-        size."""
+        size. A run resumed into another folder from a checkpoint file takes the ``splits.json``
+        of the checkpoint's run folder (beside it, or above ``checkpoints/``) and copies it over."""
         path = self.output_dir / "splits.json"
+        if not path.exists():
+            source = self.resume_path.parent
+            source = source.parent if source.name == STEP_FOLDER else source
+            if (source / "splits.json").exists() and self.context.is_main:
+                with atomic_path(path) as tmp:
+                    tmp.write_text((source / "splits.json").read_text())
+            path = path if path.exists() else source / "splits.json"
         try:
             saved = json.loads(path.read_text())
         except (OSError, ValueError) as err:
@@ -550,6 +586,7 @@ class Trainer:
             valid_metrics=valid_metrics,
             rng=rng,
             train_config=self.config.to_dict(),
+            parent=self.parent.record() if self.parent is not None else None,
         )
 
     def _append_metrics(self, row: Dict[str, float]) -> None:

@@ -235,7 +235,7 @@ def test_element_energies_fit_zero_and_given(files, tmp_path):
      "config key loss.huber_delta has no delta for 'energy'"),
     (["data.train=b.xyz"], "config keys data.path and data.train exclude each other"),
     (["data.path=null", "data.valid=v.xyz"], "config key data.valid needs data.train"),
-    (["data.element_energies=fitted"], "config key data.element_energies must be fit, zero or a mapping"),
+    (["data.element_energies=fitted"], "config key data.element_energies must be fit, zero, refit, keep or a mapping"),
     (["data.element_energies={Hx: 1.0}"], "config key data.element_energies has 'Hx', which is not an element symbol"),
     (["data.path=null", "data.train=t.xyz", "split.method=matbench"], "config keys split.ranges and split.method"),
 ])
