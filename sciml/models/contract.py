@@ -39,6 +39,7 @@ probes for optional attributes):
   is built, and ``atom_inputs`` names the per-atom inputs read from ``graph.atom_properties`` with
   their kind) or "grid" (channels-last tensors; ``space_time`` True when the model maps
   (B, X, Y, T, C_in) -> (B, X, Y, T, C_out) at once instead of stepping (B, X, Y, T_in));
+- ``heads``: names of its output-head modules (new values with fine-tuning's ``reset_heads``);
 - ``domain``: what it was trained on (:class:`~sciml.models.domain.ModelDomain`; None untrained).
 """
 
@@ -132,6 +133,7 @@ class Model:
     #: ("atom_vector" (N, 3) or "atom_scalar" (N,))
     atom_inputs: ClassVar[Mapping[str, str]] = {}
     space_time: bool = False
+    heads: ClassVar[Tuple[str, ...]] = ()
     graph_spec: Optional[GraphSpec] = None
     domain: Optional[Any] = None
 

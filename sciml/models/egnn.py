@@ -243,6 +243,7 @@ class EGNNEnergyModel(MessagePassing, Model):
     symmetry = "E(3)"
     outputs = ENERGY_OUTPUTS
     forces = "conservative"
+    heads = ("readout", "head")
 
     def __init__(self, options: EGNNOptions = EGNNOptions()):
         super().__init__(cutoff=options.cutoff, max_neighbors=options.max_neighbors)

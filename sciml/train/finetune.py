@@ -23,8 +23,8 @@ rate is ``optimizer.lr`` as configured (no lower one is chosen for you).
 - ``freeze``: parameter names or glob patterns (``blocks.0.*``, ``embedding.*``; a module name
   stands for all its parameters); frozen parameters get ``requires_grad`` False and are left out
   of the optimizer. A pattern that matches no parameter is refused.
-- ``reset_heads``: the modules of :data:`HEADS` get the values of a newly built model (the
-  random initialisation, and the energy head's references and scale refitted on the new data).
+- ``reset_heads``: the modules the model declares as its ``heads`` (:mod:`sciml.models.contract`)
+  get the values of a newly built model (the random initialisation, and the energy head's references and scale refitted on the new data).
   The output normalisation of converted fairchem models (EquiformerV2's ``energy_shift`` and
   ``force_scale`` buffers) is kept either way.
 - The parent is recorded (``parent``: path and sha256) in every checkpoint of the run, in its
@@ -56,17 +56,6 @@ from sciml.models import build_model
 from sciml.models.domain import ModelDomain
 from sciml.models.heads import EnergyHead
 from sciml.train.config import TrainConfig
-
-#: The output heads of each model (its module attributes) that ``reset_heads`` re-initialises:
-#: EGNN's per-atom readout MLP and EnergyHead (references and scale); EquiformerV2's energy
-#: block, force block (direct-force models) and EnergyHead; ComFormer's readout and energy or
-#: property head (PropertyHead: its MLP and label statistics).
-HEADS: Dict[str, Sequence[str]] = {
-    "egnn": ("readout", "head"),
-    "equiformer_v2": ("energy_block", "force_block", "head"),
-    "comformer": ("readout", "head"),
-}
-
 
 @dataclass
 class Parent:
@@ -145,14 +134,13 @@ def resolve_config(config: TrainConfig, parent: Parent) -> TrainConfig:
 
 def start_from_parent(model: nn.Module, parent: Parent, reset_heads: bool) -> None:
     """Load the parent's weights into ``model`` (built with the resolved options); with
-    ``reset_heads`` its :data:`HEADS` then get the values of a newly built model."""
+    ``reset_heads`` the modules it declares as its ``heads`` then get the values of a newly built model."""
     model.load_state_dict(parent.model.state_dict())
     if not reset_heads:
         return
-    names = HEADS.get(model.model_name)
-    if names is None:
-        raise ValueError(f"reset_heads: no output heads are known for model {model.model_name!r} "
-                         f"(known: {', '.join(sorted(HEADS))})")
+    names = model.heads
+    if not names:
+        raise ValueError(f"reset_heads: model {model.model_name!r} declares no output heads (Model.heads)")
     fresh = build_model(model.model_name, **model.options.to_dict()).state_dict()
     prefixes = tuple(f"{name}." for name in names)
     with torch.no_grad():
@@ -239,7 +227,7 @@ def header_line(parent: Parent, config: TrainConfig, frozen: int, total: int, ne
     if frozen:
         parts.append(f"{frozen}/{total} parameter tensors frozen ({', '.join(config.freeze)})")
     if config.reset_heads:
-        parts.append(f"heads reset ({', '.join(HEADS.get(config.model.name, ()))})")
+        parts.append(f"heads reset ({', '.join(parent.model.heads)})")
     if new_elements:
         parts.append(f"new elements {' '.join(chemical_symbols[z] for z in new_elements)} (untrained embedding rows)")
     return "; ".join(parts)

@@ -144,6 +144,7 @@ class ComFormer(MessagePassing, Model):
 
     #: right-handed lattice frames tell mirror images apart: invariant under rotations, not reflections
     symmetry = "SE(3)"
+    heads = ("readout", "head")
 
     def __init__(self, options: ComFormerOptions):
         super().__init__(cutoff=options.search_radius, knn=options.k, lattice_frame=True)
