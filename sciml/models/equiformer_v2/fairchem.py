@@ -319,14 +319,15 @@ def fairchem_checkpoint_model(checkpoint: Any, path: "str | Path",
 def fairchem_domain(config: Mapping[str, Any], options: Mapping[str, Any], source: str = "") -> ModelDomain:
     """The domain of a fairchem checkpoint from its config: the elements its embedding has rows
     for (atomic numbers 1 to ``max_num_elements`` - 1), periodic cells (fairchem's EquiformerV2
-    models are trained on slabs and bulk crystals), energy, forces (and stress with a stress head)
-    and the training data's
-    path where the config names it. Structure counts and label ranges are not recorded there."""
+    models are trained on slabs and bulk crystals), the labels its heads were trained on (energy;
+    forces for direct-force models; stress with a stress head) and the training data's path where
+    the config names it. Structure counts and label ranges are not recorded there."""
     dataset = config.get("dataset") if isinstance(config, Mapping) else None
     if isinstance(dataset, Mapping) and isinstance(dataset.get("train"), Mapping):
         dataset = dataset["train"]
     src = dataset.get("src", "") if isinstance(dataset, Mapping) else ""
-    labels = {k: LABEL_UNITS[k] for k in ("energy", "forces", "stress") if k != "stress" or options.get("stress_head")}
+    trained = {"energy": True, "forces": options.get("direct_forces", True), "stress": options.get("stress_head", False)}
+    labels = {k: LABEL_UNITS[k] for k, present in trained.items() if present}
     return ModelDomain(tuple(range(1, int(options["max_num_elements"]))), periodic=1, molecules=0, labels=labels,
                        dataset=f"fairchem config: {src}" if src else "fairchem config", counted=False, source=source)
 
@@ -334,25 +335,42 @@ def fairchem_domain(config: Mapping[str, Any], options: Mapping[str, Any], sourc
 def _fairchem_name(key: str) -> str:
     """Inverse of the renames of :func:`convert_state_dict` (legacy monolithic layout)."""
     key = re.sub(r"\.fc_m\.(\d+)\.", r".so2_m_conv.\1.fc.", key)
-    return re.sub(r"^((?:blocks\.\d+\.ga)|force_block)\.rad_func\.", r"\1.so2_conv_1.rad_func.", key)
+    return re.sub(r"^((?:blocks\.\d+\.ga)|force_block|denoising_pos_block)\.rad_func\.", r"\1.so2_conv_1.rad_func.", key)
+
+
+def _hydra_name(key: str, dens: bool) -> str:
+    """The hydra name of a sciml parameter: ``backbone.``, or ``output_heads.<energy|forces|stress>.``
+    with the DeNS heads' ``scalar_block`` / ``vector_block``."""
+    key = _fairchem_name(key)
+    heads = {"energy_block.": ("energy", "scalar_block." if dens else "energy_block."),
+             "force_block.": ("forces", "vector_block." if dens else "force_block."),
+             "denoising_pos_block.": ("forces", "denoising_pos_block."), "stress_head.": ("stress", "")}
+    for prefix, (head, name) in heads.items():
+        if key.startswith(prefix):
+            return f"output_heads.{head}.{name}{key[len(prefix):]}"
+    return "backbone." + key
 
 
 def fairchem_checkpoint_dict(model: EquiformerV2) -> Dict[str, Any]:
-    """``model``'s weights as a fairchem v1 checkpoint of the legacy ``equiformer_v2`` class
-    (``state_dict`` prefixed ``module.``, ``config["model"]``; written by
-    :func:`sciml.fairchem.export_fairchem_checkpoint`), e.g. to run fairchem on the same weights. Output normalisation is not exported: the model must have the identity one. A model
-    with ``max_neighbors`` must use one of fairchem's rules ("strict" or "fairchem"): fairchem
-    cannot build the graph of sciml's "ties" rule."""
+    """``model``'s weights as a fairchem v1 checkpoint (``state_dict`` prefixed ``module.``,
+    ``config["model"]``; written by :func:`sciml.fairchem.export_fairchem_checkpoint`), e.g. to
+    run fairchem on the same weights: the legacy ``equiformer_v2`` class, or for models with a
+    stress head or the DeNS layout, ``hydra`` with the OMat24 family's backbone and heads. Output
+    normalisation is not exported: the model must have the identity one. A model with
+    ``max_neighbors`` must use one of fairchem's rules ("strict" or "fairchem"): fairchem cannot
+    build the graph of sciml's "ties" rule."""
     c = model.options.to_dict()
-    if c["stress_head"] or c["dens"]:
-        raise ValueError("the legacy fairchem class has no stress head or DeNS layout: only plain energy/force models export")
     if c["max_neighbors"] is not None and c["max_neighbors_rule"] == "ties":
         raise ValueError("fairchem has no max_neighbors rule equal to sciml's 'ties'; build the model with "
                          "max_neighbors_rule='strict' or 'fairchem' (or max_neighbors=None) to export it")
     if float(model.head.scale) != 1.0 or float(model.energy_shift) != 0.0 or float(model.head.element_energies.abs().max()) != 0.0:
         raise ValueError("a fairchem checkpoint needs a model without output normalisation or element energies")
-    model_config = dict(
-        name="equiformer_v2", regress_forces=c["direct_forces"], otf_graph=True,
+    head = model.stress_head
+    if head is not None and not (float(head.isotropic_scale) == float(head.anisotropic_scale) == 1.0
+                                 and not head.isotropic_shift.any() and not head.anisotropic_shift.any()):
+        raise ValueError("a fairchem checkpoint needs a stress head without normalisation")
+    backbone = dict(
+        use_pbc=True, regress_forces=c["direct_forces"], otf_graph=True,
         max_neighbors=c["max_neighbors"], enforce_max_neighbors_strictly=c["max_neighbors_rule"] != "fairchem",
         max_radius=c["cutoff"], max_num_elements=c["max_num_elements"], num_layers=c["num_layers"],
         sphere_channels=c["sphere_channels"], attn_hidden_channels=c["attn_hidden_channels"],
@@ -360,7 +378,22 @@ def fairchem_checkpoint_dict(model: EquiformerV2) -> Dict[str, Any]:
         ffn_hidden_channels=c["ffn_hidden_channels"], lmax_list=[c["lmax"]], mmax_list=[c["mmax"]],
         grid_resolution=c["grid_resolution"], edge_channels=c["edge_channels"], avg_num_nodes=c["avg_num_nodes"],
         avg_degree=c["avg_degree"], alpha_drop=c["alpha_drop"], drop_path_rate=c["drop_path_rate"], proj_drop=0.0,
-        weight_init="uniform", **_REQUIRED,
+        weight_init="uniform", **{k: v for k, v in _REQUIRED.items() if k != "use_pbc"},
     )  # fmt: skip
-    state = {"module." + _fairchem_name(k): v.detach().cpu() for k, v in model.state_dict().items() if k not in _SCIML_ONLY}
-    return {"state_dict": state, "config": {"model": model_config}, "normalizers": {}, "ema": None}
+    learned = {k: v.detach().cpu() for k, v in model.state_dict().items() if k not in _SCIML_ONLY}
+    if not (c["stress_head"] or c["dens"]):
+        state = {"module." + _fairchem_name(k): v for k, v in learned.items()}
+        return {"state_dict": state, "config": {"model": {"name": "equiformer_v2", **backbone}}, "normalizers": {}, "ema": None}
+    if not c["direct_forces"]:
+        raise ValueError("the hydra export writes direct force heads: build the model with direct_forces=True")
+    dens = c["dens"]
+    heads = {"energy": {"module": "eqV2_DeNS_scalar_head" if dens else "equiformer_v2_energy_head"},
+             "forces": {"module": "eqV2_DeNS_vector_head" if dens else "equiformer_v2_force_head"}}
+    if c["stress_head"]:
+        heads["stress"] = {"module": "dens_rank2_symmetric_head" if dens else "rank2_symmetric_head",
+                           "output_name": "stress", "decompose": True, "num_mlp_layers": c["stress_head_mlp_layers"],
+                           "use_source_target_embedding": c["stress_head_source_target"]}
+    backbone["model"] = "equiformer_v2_dens_backbone" if dens else "equiformer_v2_backbone"
+    model_config = {"name": "hydra", "otf_graph": True, "pass_through_head_outputs": True, "backbone": backbone, "heads": heads}
+    state = {"module." + _hydra_name(k, dens): v for k, v in learned.items()}
+    return {"state_dict": state, "config": {"model": model_config}, "normalizers": {}, "elementrefs": {}, "ema": None}

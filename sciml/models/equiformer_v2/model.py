@@ -134,6 +134,13 @@ class EquiformerV2Options(ModelOptions):
             raise ValueError(f"stress_head_mlp_layers must be >= 1, got {self.stress_head_mlp_layers}")
 
 
+# fairchem's statistics of OMat24 (configs/omat24/all/*.yml), its defaults for the OMat24 family.
+OMAT24_AVG_NUM_NODES = 31.17
+OMAT24_AVG_DEGREE = 61.95
+# the OMat24 family: rank-2 stress head, 96 elements, fairchem's non-strict neighbour cap
+_OMAT24 = dict(max_num_elements=96, avg_num_nodes=OMAT24_AVG_NUM_NODES, avg_degree=OMAT24_AVG_DEGREE,
+               drop_path_rate=0.1, stress_head=True, max_neighbors_rule="fairchem")
+
 PRESETS: Dict[str, EquiformerV2Options] = {
     # configs/oc20/s2ef/2M/equiformer_v2/equiformer_v2_N@12_L@6_M@2.yml: 83,164,802 parameters
     "oc20_2M": EquiformerV2Options(num_layers=12, lmax=6, mmax=2, drop_path_rate=0.05),
@@ -141,6 +148,10 @@ PRESETS: Dict[str, EquiformerV2Options] = {
     "oc20_31M": EquiformerV2Options(num_layers=8, lmax=4, mmax=2, drop_path_rate=0.1),
     # configs/oc20/s2ef/all/equiformer_v2/equiformer_v2_N@20_L@6_M@3_153M.yml: 153,602,690
     "oc20_153M": EquiformerV2Options(num_layers=20, lmax=6, mmax=3, drop_path_rate=0.1),
+    # configs/omat24/all/eqV2_{31M,86M,153M}.yml (also the MPtrj and sAlex fine-tunes' structure)
+    "omat24_31M": EquiformerV2Options(num_layers=8, lmax=4, mmax=2, **_OMAT24),
+    "omat24_86M": EquiformerV2Options(num_layers=10, lmax=6, mmax=4, **_OMAT24),
+    "omat24_153M": EquiformerV2Options(num_layers=20, lmax=6, mmax=3, **_OMAT24),
 }
 
 
