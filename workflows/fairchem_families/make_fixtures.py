@@ -30,8 +30,12 @@ import yaml
 from ase.build import add_adsorbate, bulk, fcc111, molecule
 
 import fairchem.core
+import fairchem.core.models.base  # noqa: F401  (registers "hydra")
+import fairchem.core.models.equiformer_v2.equiformer_v2  # noqa: F401  (backbone and heads)
+import fairchem.core.models.equiformer_v2.equiformer_v2_dens  # noqa: F401  (DeNS backbone and heads)
+import fairchem.core.models.equiformer_v2.equiformer_v2_deprecated  # noqa: F401  (the legacy class)
 from fairchem.core.common.registry import registry
-from fairchem.core.common.utils import cg_change_mat, irreps_sum, setup_imports
+from fairchem.core.common.utils import cg_change_mat, irreps_sum
 from fairchem.core.datasets import data_list_collater
 from fairchem.core.modules.normalization.element_references import LinearReferences
 from fairchem.core.modules.normalization.normalizer import Normalizer
@@ -54,12 +58,31 @@ PUBLISHED = [
     "oc22/s2ef/equiformer_v2/equiformer_v2_N@18_L@6_M@2_e4_f100_121M.yml",
     "odac/s2ef/eqv2_31M.yml", "odac/s2ef/eqv2_153M.yml", "odac/is2re/eqv2_31M.yml",
 ]  # fmt: skip
-# keys of published configs that fairchem's constructors reject (the ODAC IS2RE YAML's) or that
-# only the trainer reads
-DROPPED_KEYS = ("norm_scale_nodes", "norm_scale_degree")
+# keys of published configs that fairchem 1.10's constructors reject: the ODAC IS2RE YAML's
+# norm_scale_*, the 86M/153M DeNS YAMLs' backbone use_denoising_energy/stress
+DROPPED_KEYS = ("norm_scale_nodes", "norm_scale_degree", "use_denoising_energy", "use_denoising_stress")
 # the 86M/153M DeNS YAMLs name heads that do not exist (DeNSEnergyHead, DeNSForceHead): the
 # released checkpoints' configs use these
 DENS_HEADS = {"DeNSEnergyHead": "DeNSScalarHead", "DeNSForceHead": "DeNSVectorHead"}
+
+
+def _radius_graph_pbc_from_float32(data, *args, **kwargs):
+    """fairchem 1.10's ``radius_graph_pbc`` builds its image offsets in float32 and fails on a
+    float64 cell or default dtype: in the float64 runs the graph topology comes from float32
+    copies of the positions and cell, built with float32 as default dtype (the edge vectors are then computed by fairchem in float64, with its
+    ``get_pbc_distances``' float32 periodic offsets)."""
+    data = data.clone()
+    data.pos, data.cell = data.pos.float(), data.cell.float()
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
+    try:
+        return _RADIUS_GRAPH_PBC(data, *args, **kwargs)
+    finally:
+        torch.set_default_dtype(default)
+
+
+_RADIUS_GRAPH_PBC = fairchem.core.models.base.radius_graph_pbc
+fairchem.core.models.base.radius_graph_pbc = _radius_graph_pbc_from_float32
 
 
 def model_config(path: Path) -> Dict[str, Any]:
@@ -70,6 +93,7 @@ def model_config(path: Path) -> Dict[str, Any]:
         head["module"] = f"{module}.{DENS_HEADS.get(name, name)}" if module else DENS_HEADS.get(name, name)
     for key in DROPPED_KEYS:
         config.pop(key, None)
+        (config.get("backbone") or {}).pop(key, None)
     return config
 
 
@@ -80,10 +104,11 @@ def build(config: Dict[str, Any]) -> torch.nn.Module:
 
 
 def small_config(config: Dict[str, Any]) -> Dict[str, Any]:
-    """The published structure at a small size: SMALL widths, 2 layers, lmax 4 / mmax 2 kept."""
+    """The published structure at a small size: SMALL widths, 2 layers, lmax at most 4 (files of
+    about 2 MB: the checkpoint holds fairchem's grid buffers, which grow with lmax)."""
     config = copy.deepcopy(config)
     target = config["backbone"] if config["name"] == "hydra" else config
-    target.update(SMALL, alpha_drop=0.0, drop_path_rate=0.0)
+    target.update(SMALL, alpha_drop=0.0, drop_path_rate=0.0, lmax_list=[min(target["lmax_list"][0], 4)])
     return config
 
 
@@ -97,12 +122,15 @@ def randomise(model: torch.nn.Module, seed: int) -> None:
 
 
 def structures() -> Dict[str, ase.Atoms]:
-    """A strained, rattled rock-salt crystal, a Pt(111)+O slab and ethanol in a 40 Å box."""
+    """A strained, rattled rock-salt crystal, a Pt(111) 3x3x3 + O slab and ethanol in a 40 Å box.
+    The slab is 3x3 so that no atom's own periodic images (8.3 Å) are among its 20 nearest
+    neighbours within ODAC's 8 Å: images at +a and -a are exactly tied, and the strict cap
+    (ODAC) would keep one of them by an order fairchem does not define."""
     crystal = bulk("NaCl", "rocksalt", a=5.64, cubic=True)
     crystal.set_cell(crystal.cell.array @ np.array([[1.0, 0.02, 0.0], [0.0, 0.99, 0.03], [0.01, 0.0, 1.01]]),
                      scale_atoms=True)
     crystal.rattle(0.05, seed=1)
-    slab = fcc111("Pt", (2, 2, 3), vacuum=8.0)
+    slab = fcc111("Pt", (3, 3, 3), vacuum=8.0)
     add_adsorbate(slab, "O", 1.5, "fcc")
     slab.rattle(0.05, seed=2)
     ethanol = molecule("CH3CH2OH")
@@ -208,7 +236,6 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--skip-counts", action="store_true", help="do not build the full-size published models")
     args = parser.parse_args()
-    setup_imports()
     torch.set_num_threads(2)
     args.out.mkdir(parents=True, exist_ok=True)
     labelled = []

@@ -77,6 +77,12 @@ _FAIRCHEM_DEFAULTS = {
 }  # fmt: skip
 
 
+def config_flag(model_config: Mapping[str, Any], key: str) -> bool:
+    """A boolean of a fairchem model config, legacy or hydra (there in its backbone)."""
+    backbone = model_config.get("backbone")
+    return bool(model_config.get(key) or (isinstance(backbone, Mapping) and backbone.get(key)))
+
+
 def _head_kind(head: Any) -> Tuple[str, str]:
     """(module name without its dotted path, kind) of one hydra head config."""
     module = str(head.get("module", "")) if isinstance(head, Mapping) else ""
@@ -159,6 +165,7 @@ def fairchem_model_options(model_config: Mapping[str, Any]) -> Dict[str, Any]:
         direct_forces=bool(config.get("regress_forces", True)),
         # fairchem's EquiformerV2 caps neighbours strictly unless its config says otherwise
         max_neighbors_rule="strict" if config.get("enforce_max_neighbors_strictly", True) else "fairchem",
+        energy_lin_ref=config_flag(config, "load_energy_lin_ref"),
         stress_head=stress is not None,
         stress_head_source_target=bool((stress or {}).get("use_source_target_embedding", False)),
         stress_head_mlp_layers=int((stress or {}).get("num_mlp_layers", 2)),
@@ -274,8 +281,8 @@ def fairchem_checkpoint_model(checkpoint: Any, path: "str | Path",
     if not isinstance(model_config, Mapping):
         raise CheckpointError(f"{path} has no config['model']: cannot tell which EquiformerV2 it holds")
     options = fairchem_model_options(model_config)
-    state_dict, ignored = convert_state_dict(checkpoint["state_dict"], fairchem_heads(model_config))
-    lin_ref = state_dict.pop("energy_lin_ref", None)
+    heads = fairchem_heads(model_config)
+    state_dict, ignored = convert_state_dict(checkpoint["state_dict"], heads)
     model = EquiformerV2(EquiformerV2Options(**options))
 
     expected = model.state_dict()
@@ -301,8 +308,10 @@ def fairchem_checkpoint_model(checkpoint: Any, path: "str | Path",
         model.head.scale.fill_(energy_scale)
         model.energy_shift.fill_(energy_mean)
         model.force_scale.fill_((forces[1] if forces is not None else energy_scale) / energy_scale)
-        if lin_ref is not None and model_config.get("use_energy_lin_ref"):
-            model.head.element_energies[: lin_ref.numel()] = lin_ref.to(model.head.element_energies) * energy_scale
+        # fairchem applies the loaded energy_lin_ref only in the legacy class with use_energy_lin_ref
+        applied = config_flag(model_config, "use_energy_lin_ref") and not heads
+        if model.energy_lin_ref is not None and not applied:
+            model.energy_lin_ref.zero_()
         element_references = _element_references(checkpoint.get("elementrefs"), path)
         if element_references is not None:
             model.head.element_energies[: element_references.numel()] += element_references.to(model.head.element_energies)
@@ -378,14 +387,16 @@ def fairchem_checkpoint_dict(model: EquiformerV2) -> Dict[str, Any]:
         ffn_hidden_channels=c["ffn_hidden_channels"], lmax_list=[c["lmax"]], mmax_list=[c["mmax"]],
         grid_resolution=c["grid_resolution"], edge_channels=c["edge_channels"], avg_num_nodes=c["avg_num_nodes"],
         avg_degree=c["avg_degree"], alpha_drop=c["alpha_drop"], drop_path_rate=c["drop_path_rate"], proj_drop=0.0,
-        weight_init="uniform", **{k: v for k, v in _REQUIRED.items() if k != "use_pbc"},
+        weight_init="uniform", load_energy_lin_ref=c["energy_lin_ref"], use_energy_lin_ref=c["energy_lin_ref"],
+        **{k: v for k, v in _REQUIRED.items() if k != "use_pbc"},
     )  # fmt: skip
     learned = {k: v.detach().cpu() for k, v in model.state_dict().items() if k not in _SCIML_ONLY}
     if not (c["stress_head"] or c["dens"]):
         state = {"module." + _fairchem_name(k): v for k, v in learned.items()}
         return {"state_dict": state, "config": {"model": {"name": "equiformer_v2", **backbone}}, "normalizers": {}, "ema": None}
-    if not c["direct_forces"]:
-        raise ValueError("the hydra export writes direct force heads: build the model with direct_forces=True")
+    if not c["direct_forces"] or c["energy_lin_ref"]:
+        raise ValueError("the hydra export writes direct force heads without energy_lin_ref (fairchem's hydra "
+                         "energy head does not apply it): build the model with direct_forces=True, energy_lin_ref=False")
     dens = c["dens"]
     heads = {"energy": {"module": "eqV2_DeNS_scalar_head" if dens else "equiformer_v2_energy_head"},
              "forces": {"module": "eqV2_DeNS_vector_head" if dens else "equiformer_v2_force_head"}}

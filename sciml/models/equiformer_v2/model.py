@@ -84,6 +84,9 @@ class EquiformerV2Options(ModelOptions):
         stress_head_source_target: the stress head reads [x_sender, x_receiver] per edge
             (fairchem's ``use_source_target_embedding``) instead of x_receiver.
         stress_head_mlp_layers: Linear layers of the stress head's two MLPs (``num_mlp_layers``).
+        energy_lin_ref: a learned per-element energy ``energy_lin_ref`` (max_num_elements,), in
+            the energy output's units before its scale, added for every atom (fairchem's OC22
+            ``energy_lin_ref`` with ``load_energy_lin_ref`` and ``use_energy_lin_ref``).
         dens: fairchem's DeNS layout (``equiformer_v2_dens_backbone``): a ``force_embedding`` whose
             input, the noised-force encoding, is zero outside denoising training, so only its
             l = 0 bias is added to every node's initial features; the force head also holds the
@@ -120,6 +123,7 @@ class EquiformerV2Options(ModelOptions):
     stress_head: bool = False
     stress_head_source_target: bool = True
     stress_head_mlp_layers: int = 2
+    energy_lin_ref: bool = False
     dens: bool = False
 
     def __post_init__(self) -> None:
@@ -213,6 +217,7 @@ class EquiformerV2(MessagePassing, Model):
         self.stress_head = (Rank2StressHead(o.sphere_channels, o.lmax, o.stress_head_mlp_layers,
                                             o.stress_head_source_target) if o.stress_head else None)
         self.head = EnergyHead()
+        self.energy_lin_ref = nn.Parameter(torch.zeros(o.max_num_elements)) if o.energy_lin_ref else None
         # Output normalisation of converted fairchem models: energy += energy_shift per structure
         # and forces *= force_scale on top of the head's scale.
         self.register_buffer("energy_shift", torch.zeros(()))
@@ -266,9 +271,10 @@ class EquiformerV2(MessagePassing, Model):
                 x = block(*args)
         x = self.norm(x)
 
-        node_energy = self.energy_block(x, scalars_only=True)[:, 0, 0]
-        out = self.head(node_energy / self.avg_num_nodes, graph, geometry if derivatives else None,
-                        training=self.training)
+        node_energy = self.energy_block(x, scalars_only=True)[:, 0, 0] / self.avg_num_nodes
+        if self.energy_lin_ref is not None:
+            node_energy = node_energy + self.energy_lin_ref[numbers]
+        out = self.head(node_energy, graph, geometry if derivatives else None, training=self.training)
         out["energy"] = out["energy"] + self.energy_shift
         # the shift is per structure: shared evenly by its atoms, so the per-atom energies sum to it
         out["energies"] = out["energies"] + self.energy_shift / graph.num_atoms_per_graph[graph.batch].to(x.dtype)

@@ -66,8 +66,9 @@ class Rank2StressHead(nn.Module):
     """Direct stress from the final node features x (N, (lmax+1)^2, C).
 
     Per edge (sender j, receiver i, vector r): the features [x_j, x_i] (with ``source_target``,
-    else x_i alone) are contracted over their coefficients with the layer-normed, unnormalised
-    spherical harmonics Y(r) of degrees 0..lmax and layer-normed: e (E, W). The isotropic input of
+    else x_i alone) are contracted over their coefficients with the layer-normed spherical
+    harmonics Y(r) of degrees 0..lmax (of r itself, not r/|r|; orthonormal "integral"
+    normalisation, e3nn's default, as fairchem) and layer-normed: e (E, W). The isotropic input of
     node i is the mean of e over its edges, the anisotropic one the mean of Y^2(r/|r|) (x) e
     (5, W); MLPs map them to 1 and 5 numbers, which are averaged over each structure.
 
@@ -93,10 +94,11 @@ class Rank2StressHead(nn.Module):
         """x (N, K, C), edge vectors (E, 3) Å, ``edge_index`` (2, E) receiver-first, ``batch`` (N,)
         -> stress (B, 3, 3) eV/Å^3 in ase's convention."""
         receiver = edge_index[0]
-        harmonics = self.sphharm_norm(spherical_harmonics_upto(self.lmax, vectors, normalize=False)[:, :, None])
+        # e3nn's default "integral" normalisation, as fairchem calls it
+        harmonics = self.sphharm_norm(spherical_harmonics_upto(self.lmax, vectors, False, "integral")[:, :, None])
         pairs = gather_pairs(x, edge_index) if self.source_target else x.index_select(0, receiver)
         edge = self.xedge_layer_norm(torch.einsum("ekc,ek->ec", pairs, harmonics[:, :, 0]))  # (E, W)
-        irrep2 = spherical_harmonics(2, vectors, normalize=True, normalization="component")  # (E, 5)
+        irrep2 = spherical_harmonics(2, vectors, normalize=True, normalization="integral")  # (E, 5)
         num_nodes = x.shape[0]
         node_scalar = self.block.scalar_MLP(scatter(edge, receiver, num_nodes, "mean"))  # (N, 1)
         node_irrep2 = self.block.irrep2_MLP(scatter(irrep2[:, :, None] * edge[:, None, :], receiver, num_nodes, "mean"))
