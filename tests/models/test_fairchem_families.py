@@ -104,6 +104,26 @@ def test_calculator_and_load_model_give_fairchem_stress_in_ase_voigt():
     np.testing.assert_allclose(atoms.get_stress(), voigt, rtol=0, atol=2e-6)
 
 
+def test_stress_trace_is_rotation_invariant_like_fairchems_head():
+    # fairchem's anisotropic MLP (biases, SiLU per l = 2 component) is not equivariant; its
+    # isotropic part is: the trace follows rotations exactly, the rest only approximately
+    from scipy.spatial.transform import Rotation
+
+    model, _ = load_fairchem_checkpoint(FIXTURES / "omat24.pt")
+    model = model.double()
+    atoms = STRUCTURES["bulk"]
+    rotation = Rotation.random(random_state=3).as_matrix()
+    rotated = atoms.copy()
+    rotated.set_cell(atoms.cell.array @ rotation.T)
+    rotated.positions = atoms.positions @ rotation.T
+    with torch.no_grad():
+        stress = model(AtomicGraph.from_ase(atoms, model.graph_spec, dtype=torch.float64), compute_stress=True)["stress"][0]
+        turned = model(AtomicGraph.from_ase(rotated, model.graph_spec, dtype=torch.float64), compute_stress=True)["stress"][0]
+    r = torch.tensor(rotation)
+    assert abs(float(torch.trace(turned) - torch.trace(stress))) < 1e-8  # the backbone's grid error
+    assert float((r @ stress @ r.T - turned).abs().max()) > 1e-4  # fairchem's head, not a sciml bug
+
+
 def build_published(config: dict) -> EquiformerV2:
     return EquiformerV2(EquiformerV2Options(**fairchem_model_options(config)))
 

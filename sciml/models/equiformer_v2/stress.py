@@ -6,6 +6,11 @@ anisotropic part (five l = 2 components in e3nn's basis), each de-standardised b
 normaliser, then composed into a symmetric 3x3 tensor with the Clebsch-Gordan change of basis.
 The head reads only the final node features and the edge vectors; it is trained on ase-convention
 stress (eV/Å^3, positive under tension), so its output is ase's stress as is.
+
+Symmetry (fairchem's design, reproduced as is): the isotropic part, hence the trace, is invariant;
+the anisotropic MLP acts on each of the five l = 2 components separately with biases and SiLU,
+so the anisotropic part rotates with the structure only as far as training made it (with random
+weights, errors of a quarter of the stress).
 """
 
 from __future__ import annotations
