@@ -80,6 +80,29 @@ def test_stress_families_declare_stress_with_direct_forces():
             assert info["elementrefs"] is not None and float(info["elementrefs"][8]) != 0.0
 
 
+@pytest.mark.parametrize("family", ["omat24_dens", "oc22"])
+def test_ema_weights_follow_fairchems_parameter_order(tmp_path, family):
+    # fairchem's EMA lists shadows in its parameters() order, which differs from sciml's for the
+    # DeNS force_embedding (OC22's energy_lin_ref happens to agree): loading with EMA must equal
+    # loading the shadows as the state dict
+    checkpoint = torch.load(FIXTURES / f"{family}.pt", weights_only=True)
+    generator = torch.Generator().manual_seed(0)
+    parameters = [k for k, v in checkpoint["state_dict"].items() if v.is_floating_point() and not any(
+        b in k for b in ("SO3_", "mappingReduced", "expand_index", "balance_degree_weight", "offset"))]
+    shadows = [checkpoint["state_dict"][k] + 0.01 * torch.randn(checkpoint["state_dict"][k].shape, generator=generator)
+               for k in parameters]
+    checkpoint["ema"] = {"shadow_params": shadows}
+    torch.save(checkpoint, tmp_path / "ema.pt")
+    checkpoint["ema"] = None
+    checkpoint["state_dict"].update(zip(parameters, shadows))
+    torch.save(checkpoint, tmp_path / "shadows.pt")
+    with_ema, info = load_fairchem_checkpoint(tmp_path / "ema.pt")
+    expected, _ = load_fairchem_checkpoint(tmp_path / "shadows.pt")
+    assert info["used_ema"]
+    for (name, value), (_, reference) in zip(with_ema.state_dict().items(), expected.state_dict().items()):
+        assert torch.equal(value, reference), name
+
+
 def test_dens_force_embedding_bias_is_applied():
     model, _ = load_fairchem_checkpoint(FIXTURES / "omat24_dens.pt")
     assert model.options.dens and model.force_embedding.bias.abs().max() > 0

@@ -179,9 +179,10 @@ def fairchem_model_options(model_config: Mapping[str, Any]) -> Dict[str, Any]:
 
 
 def convert_state_dict(state_dict: Mapping[str, torch.Tensor],
-                       heads: Mapping[str, str] = {}) -> Tuple[Dict[str, torch.Tensor], List[str]]:
-    """fairchem parameter names -> sciml names; returns (converted, ignored constant buffers).
-    ``heads``: hydra head name -> kind (:func:`fairchem_heads`)."""
+                       heads: Optional[Mapping[str, str]] = None) -> Tuple[Dict[str, torch.Tensor], List[str]]:
+    """fairchem parameter names -> sciml names, in the checkpoint's order; returns (converted,
+    ignored constant buffers). ``heads``: hydra head name -> kind (:func:`fairchem_heads`)."""
+    heads = heads or {}
     converted, ignored = {}, []
     for key, value in state_dict.items():
         new = key
@@ -203,7 +204,8 @@ def convert_state_dict(state_dict: Mapping[str, torch.Tensor],
 
 def _with_ema(state_dict: Dict[str, torch.Tensor], ema: Any, parameter_names: List[str]) -> bool:
     """Replace parameters by their EMA shadows (fairchem's ``ExponentialMovingAverage`` keeps them
-    in the order of ``model.parameters()``); False when the EMA does not fit."""
+    in the order of fairchem's ``model.parameters()``, ``parameter_names``); False when the EMA
+    does not fit."""
     shadows = ema.get("shadow_params") if isinstance(ema, Mapping) else None
     if not shadows or len(shadows) != len(parameter_names):
         return False
@@ -300,7 +302,11 @@ def fairchem_checkpoint_model(checkpoint: Any, path: "str | Path",
         parts = [f"{label} ({len(keys)}): {', '.join(keys[:12])}{' ...' if len(keys) > 12 else ''}"
                  for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape)) if keys]
         raise CheckpointError(f"{path} does not match an EquiformerV2 with its config: " + "; ".join(parts))
-    used_ema = bool(use_ema) and _with_ema(state_dict, checkpoint.get("ema"), [n for n, _ in model.named_parameters()])
+    # fairchem's parameter order is its state dict's (same module traversal), not sciml's: the DeNS
+    # backbone's force_embedding comes before the heads there
+    parameters = {n for n, _ in model.named_parameters()}
+    order = [k for k in state_dict if k in parameters]
+    used_ema = bool(use_ema) and _with_ema(state_dict, checkpoint.get("ema"), order)
     model.load_state_dict({k: state_dict[k] for k in learned}, strict=False)
 
     normalizers = {**_config_normalizers(config), **(checkpoint.get("normalizers") or {})}
