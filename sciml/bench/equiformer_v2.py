@@ -197,7 +197,8 @@ def _run_fairchem(python: str, model, frames, graphs: List[AtomicGraph], repeats
 def format_equiformer_v2_table(result: Dict[str, object]) -> str:
     ours = result["sciml"]
     lines = [
-        f"EquiformerV2 {result['config']} ({result['parameters']:,} parameters), {result['case']}, {result['structures']} structure(s), "
+        f"EquiformerV2 {result['config']} ({result['parameters']:,} parameters), {result['case']}, "
+        f"{result['structures']} structure(s), "
         f"{result['atoms']} atoms, {result['edges']} edges, float32, {result['threads']} threads",
         f"{'pass':<22}{'sciml s':>10}{'fairchem s':>14}{'sciml/fairchem':>16}",
     ]

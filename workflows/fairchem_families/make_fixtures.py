@@ -68,9 +68,9 @@ DENS_HEADS = {"DeNSEnergyHead": "DeNSScalarHead", "DeNSForceHead": "DeNSVectorHe
 
 def _radius_graph_pbc_from_float32(data, *args, **kwargs):
     """fairchem 1.10's ``radius_graph_pbc`` builds its image offsets in float32 and fails on a
-    float64 cell or default dtype: in the float64 runs the graph topology comes from float32
-    copies of the positions and cell, built with float32 as default dtype (the edge vectors are then computed by fairchem in float64, with its
-    ``get_pbc_distances``' float32 periodic offsets)."""
+    float64 cell or default dtype: in the float64 runs the graph topology comes from float32 copies
+    of the positions and cell, built with float32 as default dtype (the edge vectors are then
+    computed by fairchem in float64, with its ``get_pbc_distances``' float32 periodic offsets)."""
     data = data.clone()
     data.pos, data.cell = data.pos.float(), data.cell.float()
     default = torch.get_default_dtype()

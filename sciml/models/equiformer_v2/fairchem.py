@@ -2,20 +2,20 @@
 
 A fairchem trainer checkpoint is a dict with ``state_dict`` (keys prefixed ``module.`` when saved
 from DDP), ``config["model"]`` (the model's constructor options: the legacy monolithic
-``equiformer_v2`` class, or ``hydra`` with a ``backbone`` and heads), ``normalizers`` (target
-mean and rmsd) and optionally ``ema`` (exponential moving averages of the parameters, which
-fairchem uses for predictions). Files are read and written by :mod:`sciml.fairchem`; this module
-converts their contents.
+``equiformer_v2`` class, or ``hydra`` with a ``backbone`` and heads), ``normalizers`` (target mean
+and rmsd) and optionally ``ema`` (exponential moving averages of the parameters, which fairchem uses
+for predictions). Files are read and written by :mod:`sciml.fairchem`; this module converts their
+contents.
 
 Renamed parameters: ``so2_m_conv.{k}.fc`` -> ``fc_m.{k}`` and ``so2_conv_1.rad_func`` ->
-``rad_func`` (the radial MLP sits beside the SO(2) linear here); the hydra prefix ``backbone.``
-is dropped, and ``output_heads.<name>.`` by the head's kind: energy and force heads are dropped
-(the DeNS heads' ``scalar_block`` / ``vector_block`` become ``energy_block`` / ``force_block``),
-the rank-2 stress head goes to ``stress_head.``. ``elementrefs`` (energy) become the energy head's
-element energies; the ``stress_isotropic`` / ``stress_anisotropic`` normalisers go into the
-stress head. ``use_pbc_single`` and ``otf_graph`` need nothing (sciml builds each structure's
-graph on the fly); ``enforce_max_neighbors_strictly`` picks the neighbour-cap rule. Constant buffers (Wigner/grid tables, index maps,
-Gaussian offsets) are rebuilt by sciml and ignored.
+``rad_func`` (the radial MLP sits beside the SO(2) linear here); the hydra prefix ``backbone.`` is
+dropped, and ``output_heads.<name>.`` by the head's kind: energy and force heads are dropped (the
+DeNS heads' ``scalar_block`` / ``vector_block`` become ``energy_block`` / ``force_block``), the
+rank-2 stress head goes to ``stress_head.``. ``elementrefs`` (energy) become the energy head's
+element energies; the ``stress_isotropic`` / ``stress_anisotropic`` normalisers go into the stress
+head. ``use_pbc_single`` and ``otf_graph`` need nothing (sciml builds each structure's graph on the
+fly); ``enforce_max_neighbors_strictly`` picks the neighbour-cap rule. Constant buffers (Wigner/grid
+tables, index maps, Gaussian offsets) are rebuilt by sciml and ignored.
 """
 
 from __future__ import annotations
