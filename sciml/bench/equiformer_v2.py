@@ -3,11 +3,15 @@
 The batch is OC20-like and fixed: Ag(111) 3x3x3 with an O adsorbate at the fcc site, 10 Å of
 vacuum, rattled by 0.05 Å (seed 0): 28 atoms, 560 edges at the paper's 12 Å / 20 neighbours
 (the first structure of the fairchem fixture). ``structures`` > 1 repeats it with other rattles.
-All runs are float32 with random weights (seed 0) of a named configuration.
+Configurations with a stress head (the OMat24 family, e.g. ``omat24_31M``) run the OMat-style
+case instead: a strained, rattled MgO rock-salt bulk cell of 32 atoms (OMat24 averages 31 atoms),
+with the direct stress head in every pass. All runs are float32 with random weights (seed 0) of
+a named configuration.
 
 "forward" records autograd as fairchem's forward always does; "inference" is sciml's forward
 under ``torch.no_grad()``; "forward+backward" adds the backward pass of
-``energy.sum() + forces.pow(2).sum()`` to the parameters; the ``_bf16`` rows run the same under
+``energy.sum() + forces.pow(2).sum()`` (+ ``stress.pow(2).sum()`` with a stress head) to the
+parameters; the ``_bf16`` rows run the same under
 ``torch.autocast("cpu", torch.bfloat16)`` (GEMMs in bf16; geometry, rotations and norms stay in
 float32) and are compared with fairchem's float32 times, with their force difference to sciml's
 float32 printed. Peak memory is the resident-memory growth of one forward+backward in a forked
@@ -34,13 +38,15 @@ from typing import Dict, List, Optional
 
 import ase.io
 import torch
-from ase.build import add_adsorbate, fcc111
+import numpy as np
+from ase.build import add_adsorbate, bulk, fcc111
 
 from sciml.bench.timing import best_seconds, peak_extra_mb, torch_threads
 from sciml.bench.train_step import compare_training_steps
 from sciml.graph import AtomicGraph
 from sciml.models import build_model
 from sciml.fairchem import export_fairchem_checkpoint
+from sciml.models.equiformer_v2 import PRESETS
 
 # fairchem-core 1.10 (torch 2.4.1) through sciml/bench/fairchem_runner.py on this project's 2-core
 # machine, idle (load < 0.6), 31M config, the structure above, float32, 2 threads, best of 3, two
@@ -67,27 +73,45 @@ def oc20_like_structures(count: int = 1):
     return structures
 
 
+def omat_like_structures(count: int = 1):
+    """``count`` MgO rock-salt cells of 32 atoms (2x2x1 conventional), sheared by 1-3 % and
+    rattled by 0.05 Å: the OMat-style bulk case."""
+    structures = []
+    for seed in range(count):
+        atoms = bulk("MgO", "rocksalt", a=4.21, cubic=True).repeat((2, 2, 1))
+        strain = np.array([[1.0, 0.02, 0.0], [0.0, 0.99, 0.03], [0.01, 0.0, 1.01]])
+        atoms.set_cell(atoms.cell.array @ strain, scale_atoms=True)
+        atoms.rattle(0.05, seed=seed)
+        structures.append(atoms)
+    return structures
+
+
 def bench_equiformer_v2(config: str = "oc20_31M", structures: int = 1, repeats: int = 3, threads: int = 2,
                         fairchem_python: Optional[str] = None) -> Dict[str, object]:
     """Times (s), peak memory (MB) and, with fairchem, its times and output differences."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    # fairchem's neighbour cap (exactly max_neighbors), so that fairchem runs the same model and graphs
-    model = build_model("equiformer_v2", preset=config, max_neighbors_rule="strict").eval()
-    frames = oc20_like_structures(structures)
+    # the family's own neighbour cap, or fairchem's strict one where the preset has sciml's "ties"
+    # (fairchem cannot build that graph), so that fairchem runs the same model and graphs
+    preset = PRESETS.get(config)
+    rule = preset.max_neighbors_rule if preset is not None and preset.max_neighbors_rule != "ties" else "strict"
+    model = build_model("equiformer_v2", preset=config, max_neighbors_rule=rule).eval()
+    stress = model.stress_head is not None
+    frames = omat_like_structures(structures) if stress else oc20_like_structures(structures)
     graphs = [AtomicGraph.from_ase(a, model.graph_spec) for a in frames]
     graph = AtomicGraph.collate(graphs)
 
     def forward():
-        return model(graph)
+        return model(graph, compute_stress=stress)
 
     def inference():
         with torch.no_grad():
-            return model(graph)
+            return model(graph, compute_stress=stress)
 
     def forward_backward():
-        out = model(graph)
-        (out["energy"].sum() + out["forces"].pow(2).sum()).backward()
+        out = model(graph, compute_stress=stress)
+        loss = out["energy"].sum() + out["forces"].pow(2).sum()
+        (loss + out["stress"].pow(2).sum() if stress else loss).backward()
 
     def in_bf16(fn):
         def run():
@@ -105,7 +129,8 @@ def bench_equiformer_v2(config: str = "oc20_31M", structures: int = 1, repeats: 
             model.eval()
 
     result: Dict[str, object] = dict(
-        config=config, atoms=graph.num_nodes, edges=graph.num_edges, structures=structures, threads=threads,
+        config=config, case="OMat-style bulk, direct stress" if stress else "OC20-like slab", atoms=graph.num_nodes,
+        edges=graph.num_edges, structures=structures, threads=threads,
         parameters=sum(p.numel() for p in model.parameters()),
         sciml=dict(
             forward=best_seconds(forward, repeats), inference=best_seconds(inference, repeats),
@@ -144,8 +169,9 @@ def _run_fairchem(python: str, model, frames, graphs: List[AtomicGraph], repeats
                   threads: int) -> Dict[str, object]:
     """fairchem's times on the same weights and structures (one at a time, as its runner does),
     and the max |output difference| from sciml's outputs for each structure's graph."""
+    stress = model.stress_head is not None
     with torch.no_grad():
-        ours = [model(g) for g in graphs]
+        ours = [model(g, compute_stress=stress) for g in graphs]
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = export_fairchem_checkpoint(model, Path(tmp) / "model.pt")
         structures, out = Path(tmp) / "structures.extxyz", Path(tmp) / "fairchem.json"
@@ -161,14 +187,18 @@ def _run_fairchem(python: str, model, frames, graphs: List[AtomicGraph], repeats
     rows = report["structures"]
     energy = max(abs(float(o["energy"][0]) - r["energy"]) for o, r in zip(ours, rows))
     forces = max(float((o["forces"] - torch.tensor(r["forces"])).abs().max()) for o, r in zip(ours, rows))
-    return dict(version=report.get("fairchem_version"), forward=sum(r["forward_s"] for r in rows),
-                forward_backward=sum(r["forward_backward_s"] for r in rows), energy_diff=energy, forces_diff=forces)
+    result = dict(version=report.get("fairchem_version"), forward=sum(r["forward_s"] for r in rows),
+                  forward_backward=sum(r["forward_backward_s"] for r in rows), energy_diff=energy, forces_diff=forces)
+    if stress:
+        result["stress_diff"] = max(float((o["stress"][0] - torch.tensor(r["stress"])).abs().max()) for o, r in zip(ours, rows))
+    return result
 
 
 def format_equiformer_v2_table(result: Dict[str, object]) -> str:
     ours = result["sciml"]
     lines = [
-        f"EquiformerV2 {result['config']} ({result['parameters']:,} parameters), {result['structures']} structure(s), "
+        f"EquiformerV2 {result['config']} ({result['parameters']:,} parameters), {result['case']}, "
+        f"{result['structures']} structure(s), "
         f"{result['atoms']} atoms, {result['edges']} edges, float32, {result['threads']} threads",
         f"{'pass':<22}{'sciml s':>10}{'fairchem s':>14}{'sciml/fairchem':>16}",
     ]
@@ -188,8 +218,9 @@ def format_equiformer_v2_table(result: Dict[str, object]) -> str:
     lines.append(f"peak memory of forward+backward: {ours['peak_mb']:.0f} MB "
                  f"({ours['peak_mb_checkpointed']:.0f} MB with activation checkpointing)")
     if fairchem is not None:
+        stress = f", max |dsigma| {fairchem['stress_diff']:.1e} eV/Å^3" if "stress_diff" in fairchem else ""
         lines.append(f"fairchem {fairchem['version']} in the same run on the same weights: max |dE| "
-                     f"{fairchem['energy_diff']:.1e} eV, max |dF| {fairchem['forces_diff']:.1e} eV/Å")
+                     f"{fairchem['energy_diff']:.1e} eV, max |dF| {fairchem['forces_diff']:.1e} eV/Å{stress}")
     elif recorded is not None:
         lines.append("* fairchem-core 1.10 times recorded on this machine type (not this run); "
                      "pass --fairchem-python to run fairchem here")

@@ -9,7 +9,9 @@ This file runs ONLY in a separate Python environment that has fairchem-core 1.10
 The checkpoint is a fairchem v1 trainer checkpoint: a dict with ``state_dict`` (keys possibly
 prefixed ``module.``) and ``config["model"]`` holding the constructor options of fairchem's legacy
 monolithic class registered as ``"equiformer_v2"``
-(``fairchem/core/models/equiformer_v2/equiformer_v2_deprecated.py``). Weights are loaded with
+(``fairchem/core/models/equiformer_v2/equiformer_v2_deprecated.py``) or of a ``"hydra"`` model
+with an EquiformerV2 backbone (plain or DeNS) and energy, force and rank-2 stress heads (the
+OMat24 family). Weights are loaded with
 ``strict=False`` so that fairchem's constant buffers (Wigner/grid tables, index maps, Gaussian
 offsets) may be absent, but any missing parameter or any key the model does not have is an error.
 EMA weights, if present, are not applied: ``state_dict`` is used as is.
@@ -23,10 +25,13 @@ Measured per structure, float32, CPU, batch of one structure, model in eval mode
 
 * ``forward_s``: seconds for one forward (fairchem's forward always records autograd);
 * ``forward_backward_s``: seconds for forward plus backward of
-  ``loss = energy.sum() + forces.pow(2).sum()`` to the parameters;
+  ``loss = energy.sum() + forces.pow(2).sum()`` (+ ``stress.pow(2).sum()`` with a stress head)
+  to the parameters;
 * both are the minimum over ``--repeats`` timed runs, after one untimed warm-up of each;
 * ``energy`` (model units, eV for OC20 models; no normaliser applied) and ``forces`` (natoms x 3,
   direct force head, eV/Å) from one seeded forward;
+* ``stress`` (3 x 3, model units, no normalisers) with a stress head: its isotropic and
+  anisotropic outputs composed with fairchem's ``cg_change_mat(2)`` as its trainer does;
 * ``num_edges``: directed edges of the graph the model builds (``generate_graph``).
 """
 
@@ -44,8 +49,11 @@ import torch
 
 
 def load_model(path: Path) -> torch.nn.Module:
-    """Build fairchem's legacy ``equiformer_v2`` model from a v1 trainer checkpoint, in eval mode."""
-    import fairchem.core.models.equiformer_v2.equiformer_v2_deprecated  # noqa: F401  (registers the class)
+    """Build fairchem's legacy ``equiformer_v2`` or ``hydra`` model from a v1 trainer checkpoint, in eval mode."""
+    import fairchem.core.models.base  # noqa: F401  (registers "hydra")
+    import fairchem.core.models.equiformer_v2.equiformer_v2  # noqa: F401  (backbone and heads)
+    import fairchem.core.models.equiformer_v2.equiformer_v2_dens  # noqa: F401  (DeNS backbone and heads)
+    import fairchem.core.models.equiformer_v2.equiformer_v2_deprecated  # noqa: F401  (the legacy class)
     from fairchem.core.common.registry import registry
 
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
@@ -55,8 +63,8 @@ def load_model(path: Path) -> torch.nn.Module:
     else:
         options = dict(config["model"])
     name = options.pop("name", None)
-    if name != "equiformer_v2":
-        raise SystemExit(f"checkpoint model is {name!r}, this runner supports only 'equiformer_v2'")
+    if name not in ("equiformer_v2", "hydra"):
+        raise SystemExit(f"checkpoint model is {name!r}, this runner supports only 'equiformer_v2' and 'hydra'")
     model = registry.get_model_class(name)(**options)
 
     state = {k.removeprefix("module."): v for k, v in checkpoint["state_dict"].items()}
@@ -104,23 +112,36 @@ def measure(model: torch.nn.Module, batch: Any, repeats: int) -> dict[str, Any]:
     def forward_backward() -> None:
         model.zero_grad(set_to_none=True)
         out = forward()
-        (out["energy"].sum() + out["forces"].pow(2).sum()).backward()
+        loss = out["energy"].sum() + out["forces"].pow(2).sum()
+        (loss + stress(out).pow(2).sum() if "stress_isotropic" in out else loss).backward()
 
     num_edges: int | None
     try:
         with torch.no_grad():
-            graph = model.generate_graph(batch, enforce_max_neighbors_strictly=model.enforce_max_neighbors_strictly)
+            graph_model = getattr(model, "backbone", model)
+            graph = graph_model.generate_graph(batch, enforce_max_neighbors_strictly=graph_model.enforce_max_neighbors_strictly)
         num_edges = int(graph.edge_index.shape[1])
     except Exception:  # noqa: BLE001  (edge count is informative only)
         num_edges = None
     out = forward()
-    energy = float(out["energy"].detach().reshape(-1)[0])
-    forces = out["forces"].detach().double().tolist()
-    forward_s = best_time(forward, repeats)
-    forward_backward_s = best_time(forward_backward, repeats)
+    result = {"num_edges": num_edges, "energy": float(out["energy"].detach().reshape(-1)[0]),
+              "forces": out["forces"].detach().double().tolist()}
+    if "stress_isotropic" in out:
+        result["stress"] = stress(out).detach().double()[0].tolist()
+    result["forward_s"] = best_time(forward, repeats)
+    result["forward_backward_s"] = best_time(forward_backward, repeats)
     model.zero_grad(set_to_none=True)
-    return {"num_edges": num_edges, "forward_s": forward_s, "forward_backward_s": forward_backward_s,
-            "energy": energy, "forces": forces}  # fmt: skip
+    return result
+
+
+def stress(out: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(B, 3, 3) from the rank-2 head's ``stress_isotropic`` (B, 1) and ``stress_anisotropic`` (B, 5),
+    as fairchem's trainer composes them (``cg_change_mat(2)``; irreps 0 and 2 of 9)."""
+    from fairchem.core.common.utils import cg_change_mat
+
+    isotropic, anisotropic = out["stress_isotropic"], out["stress_anisotropic"]
+    irreps = torch.cat([isotropic.view(-1, 1), isotropic.new_zeros(isotropic.shape[0], 3), anisotropic.view(-1, 5)], 1)
+    return torch.einsum("ba, cb->ca", cg_change_mat(2).to(irreps.dtype), irreps).view(-1, 3, 3)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -144,7 +165,7 @@ def main(argv: list[str] | None = None) -> None:
         "threads": args.threads,
         "repeats": args.repeats,
         "num_parameters": sum(p.numel() for p in model.parameters()),
-        "units": {"time": "s", "energy": "eV (model units)", "forces": "eV/Å (model units)"},
+        "units": {"time": "s", "energy": "eV (model units)", "forces": "eV/Å (model units)", "stress": "eV/Å^3 (model units)"},
         "structures": structures,
     }
     args.out.write_text(json.dumps(result, indent=1))

@@ -9,7 +9,9 @@ through :func:`sciml.fairchem.load_fairchem_checkpoint`.
 Outputs: energy = sum over atoms of the energy block's l = 0 output / ``avg_num_nodes`` (through
 :class:`~sciml.models.heads.EnergyHead`, so training-set statistics apply), and forces either
 from a direct head (an attention block whose l = 1 output is the force, as in the paper) or
-conservatively, -dE/dx with stress from the strain derivative (``direct_forces=False``).
+conservatively, -dE/dx with stress from the strain derivative (``direct_forces=False``). Direct
+models may also have a direct stress head (``stress_head``: fairchem's rank-2 symmetric head of
+the OMat24 family, :mod:`~sciml.models.equiformer_v2.stress`).
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from sciml.graph import AtomicGraph, MessagePassing
 from sciml.graph.radial import GaussianBasis
 from sciml.models.equiformer_v2.attention import EdgeDegreeEmbedding, SO2GraphAttention
 from sciml.models.equiformer_v2.grid import GridFeedForward
-from sciml.models.equiformer_v2.layers import EquivariantLayerNorm, GraphDropPath
+from sciml.models.equiformer_v2.layers import EquivariantLayerNorm, GraphDropPath, SO3Linear
+from sciml.models.equiformer_v2.stress import Rank2StressHead
 from sciml.models.contract import ENERGY_OUTPUTS, Model, ModelOptions, Output, register_model
 from sciml.models.heads import EnergyHead, check_embedded_elements
 from sciml.ops import EdgeFrames
@@ -76,6 +79,18 @@ class EquiformerV2Options(ModelOptions):
         alpha_drop: dropout of the attention weights. drop_path_rate: per-structure stochastic depth.
         avg_num_nodes: the energy sum is divided by it. avg_degree: the edge-degree embedding sum is.
         direct_forces: forces from the force head (True) or -dE/dx with stress (False).
+        stress_head: a direct stress head (fairchem's ``rank2_symmetric_head`` with
+            ``decompose=True``); needs ``direct_forces``.
+        stress_head_source_target: the stress head reads [x_sender, x_receiver] per edge
+            (fairchem's ``use_source_target_embedding``) instead of x_receiver.
+        stress_head_mlp_layers: Linear layers of the stress head's two MLPs (``num_mlp_layers``).
+        energy_lin_ref: a learned per-element energy ``energy_lin_ref`` (max_num_elements,), in
+            the energy output's units before its scale, added for every atom (fairchem's OC22
+            ``energy_lin_ref`` with ``load_energy_lin_ref`` and ``use_energy_lin_ref``).
+        dens: fairchem's DeNS layout (``equiformer_v2_dens_backbone``): a ``force_embedding`` whose
+            input, the noised-force encoding, is zero outside denoising training, so only its
+            l = 0 bias is added to every node's initial features; the force head also holds the
+            unused ``denoising_pos_block`` (kept so the weights and parameter counts match).
         activation_checkpoint: recompute each block in the backward pass instead of storing its
             activations (less memory, about one more forward of time).
         so2_backend: "auto" (Triton rotation kernels on CUDA), "torch" or "triton".
@@ -105,6 +120,11 @@ class EquiformerV2Options(ModelOptions):
     activation_checkpoint: bool = False
     so2_backend: str = "auto"
     max_neighbors_rule: str = "ties"
+    stress_head: bool = False
+    stress_head_source_target: bool = True
+    stress_head_mlp_layers: int = 2
+    energy_lin_ref: bool = False
+    dens: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -112,7 +132,18 @@ class EquiformerV2Options(ModelOptions):
             raise ValueError(f"need 0 <= mmax <= lmax, got lmax={self.lmax}, mmax={self.mmax}")
         if self.lmax < 1 and self.direct_forces:
             raise ValueError("the direct force head reads the l = 1 features: lmax must be >= 1")
+        if self.stress_head and not self.direct_forces:
+            raise ValueError("stress_head is for direct models; conservative ones get stress from the strain derivative")
+        if self.stress_head_mlp_layers < 1:
+            raise ValueError(f"stress_head_mlp_layers must be >= 1, got {self.stress_head_mlp_layers}")
 
+
+# fairchem's statistics of OMat24 (configs/omat24/all/*.yml), its defaults for the OMat24 family.
+OMAT24_AVG_NUM_NODES = 31.17
+OMAT24_AVG_DEGREE = 61.95
+# the OMat24 family: rank-2 stress head, 96 elements, fairchem's non-strict neighbour cap
+_OMAT24 = dict(max_num_elements=96, avg_num_nodes=OMAT24_AVG_NUM_NODES, avg_degree=OMAT24_AVG_DEGREE,
+               drop_path_rate=0.1, stress_head=True, max_neighbors_rule="fairchem")
 
 PRESETS: Dict[str, EquiformerV2Options] = {
     # configs/oc20/s2ef/2M/equiformer_v2/equiformer_v2_N@12_L@6_M@2.yml: 83,164,802 parameters
@@ -121,6 +152,10 @@ PRESETS: Dict[str, EquiformerV2Options] = {
     "oc20_31M": EquiformerV2Options(num_layers=8, lmax=4, mmax=2, drop_path_rate=0.1),
     # configs/oc20/s2ef/all/equiformer_v2/equiformer_v2_N@20_L@6_M@3_153M.yml: 153,602,690
     "oc20_153M": EquiformerV2Options(num_layers=20, lmax=6, mmax=3, drop_path_rate=0.1),
+    # configs/omat24/all/eqV2_{31M,86M,153M}.yml (also the MPtrj and sAlex fine-tunes' structure)
+    "omat24_31M": EquiformerV2Options(num_layers=8, lmax=4, mmax=2, **_OMAT24),
+    "omat24_86M": EquiformerV2Options(num_layers=10, lmax=6, mmax=4, **_OMAT24),
+    "omat24_153M": EquiformerV2Options(num_layers=20, lmax=6, mmax=3, **_OMAT24),
 }
 
 
@@ -138,8 +173,9 @@ class EquiformerV2(MessagePassing, Model):
     Options: :class:`EquiformerV2Options`.
 
     ``forward(graph, compute_forces=True, compute_stress=False)`` returns ``energy`` (B,) eV and
-    ``energies`` (N,), plus ``forces`` (N, 3) eV/Å and, for conservative models,
-    ``stress`` (B, 3, 3) eV/Å^3 (0 for structures without a periodic direction).
+    ``energies`` (N,), plus ``forces`` (N, 3) eV/Å and, for conservative models and models with
+    a stress head, ``stress`` (B, 3, 3) eV/Å^3 in ase's sign (conservative: 0 for structures
+    without a periodic direction; the head predicts one for every structure).
     """
 
     symmetry = "SE(3)"  # SO(2) convolutions mix +m/-m like complex numbers: no reflections
@@ -176,7 +212,13 @@ class EquiformerV2(MessagePassing, Model):
         self.norm = EquivariantLayerNorm(o.lmax, o.sphere_channels)
         self.energy_block = ffn(1)
         self.force_block = attention(1, 0.0) if o.direct_forces else None
+        if o.dens:
+            self.force_embedding = SO3Linear(1, o.sphere_channels, o.lmax)
+            self.denoising_pos_block = attention(1, 0.0) if o.direct_forces else None
+        self.stress_head = (Rank2StressHead(o.sphere_channels, o.lmax, o.stress_head_mlp_layers,
+                                            o.stress_head_source_target) if o.stress_head else None)
         self.head = EnergyHead()
+        self.energy_lin_ref = nn.Parameter(torch.zeros(o.max_num_elements)) if o.energy_lin_ref else None
         # Output normalisation of converted fairchem models: energy += energy_shift per structure
         # and forces *= force_scale on top of the head's scale.
         self.register_buffer("energy_shift", torch.zeros(()))
@@ -189,8 +231,9 @@ class EquiformerV2(MessagePassing, Model):
 
     @property
     def outputs(self) -> Dict[str, Output]:
-        """Energy outputs; stress only for conservative models."""
-        return {k: v for k, v in ENERGY_OUTPUTS.items() if k != "stress" or not self.direct_forces}
+        """Energy outputs; stress for conservative models and models with a stress head."""
+        stress = not self.direct_forces or self.stress_head is not None
+        return {k: v for k, v in ENERGY_OUTPUTS.items() if k != "stress" or stress}
 
     @property
     def num_elements(self) -> int:
@@ -217,6 +260,8 @@ class EquiformerV2(MessagePassing, Model):
             edge_scalars = self.distance_expansion(geometry.lengths)
 
         x = self.sphere_embedding(numbers).unsqueeze(1)
+        if self.options.dens:  # the force encoding is zero: its SO3 linear adds its l = 0 bias
+            x = x + self.force_embedding.bias
         x = torch.cat([x, x.new_zeros(x.shape[0], (self.lmax + 1) ** 2 - 1, x.shape[2])], 1)
         x = x + self.edge_degree_embedding(edge_scalars, numbers, edge_index, frames, graph.num_nodes)
         for block in self.blocks:
@@ -227,13 +272,16 @@ class EquiformerV2(MessagePassing, Model):
                 x = block(*args)
         x = self.norm(x)
 
-        node_energy = self.energy_block(x, scalars_only=True)[:, 0, 0]
-        out = self.head(node_energy / self.avg_num_nodes, graph, geometry if derivatives else None,
-                        training=self.training)
+        node_energy = self.energy_block(x, scalars_only=True)[:, 0, 0] / self.avg_num_nodes
+        if self.energy_lin_ref is not None:
+            node_energy = node_energy + self.energy_lin_ref[numbers]
+        out = self.head(node_energy, graph, geometry if derivatives else None, training=self.training)
         out["energy"] = out["energy"] + self.energy_shift
         # the shift is per structure: shared evenly by its atoms, so the per-atom energies sum to it
         out["energies"] = out["energies"] + self.energy_shift / graph.num_atoms_per_graph[graph.batch].to(x.dtype)
         if self.direct_forces and compute_forces:
             forces = self.force_block(x, edge_scalars, numbers, edge_index, frames, degrees=2)[:, 1:4, 0]
             out["forces"] = forces * (self.head.scale * self.force_scale)
+        if self.stress_head is not None and compute_stress:
+            out["stress"] = self.stress_head(x, geometry.vectors, edge_index, graph.batch, graph.num_graphs)
         return out
