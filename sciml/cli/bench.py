@@ -62,7 +62,8 @@ def register(sub) -> None:
     egnn.set_defaults(run=_run_egnn)
 
     eqv2 = add_command(targets, "equiformer_v2", "EquiformerV2 forward/backward time and memory vs fairchem", EXAMPLES)
-    eqv2.add_argument("--config", help="named configuration (default oc20_31M; with --train-step, small)")
+    eqv2.add_argument("--config", help="named configuration (default oc20_31M: an OC20-like slab; omat24_31M/86M/153M: "
+                                       "a 32-atom MgO bulk cell with the direct stress head; with --train-step, small)")
     eqv2.add_argument("--structures", type=int, default=1, help="28-atom OC20-like slabs in the batch")
     eqv2.add_argument("--repeats", type=int, default=3, help="timed repeats; the best is reported")
     eqv2.add_argument("--threads", type=int, default=2)

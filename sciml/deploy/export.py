@@ -127,6 +127,9 @@ def check_exportable(model: nn.Module) -> None:
     name, spec = model.model_name, model.graph_spec
     if model.inputs != "graph" or "energy" not in model.outputs:
         raise ExportError(f"{name} does not predict energies; only energy models can be exported")
+    if model.forces == "direct" and "stress" in model.outputs:
+        raise ExportError(f"{name} predicts stress with a direct stress head, which the exported interface (energy, "
+                          f"forces and the virial of -dE/d(strain)) does not carry; use it from Python")
     if spec is not None and spec.knn is not None:
         raise ExportError(f"{name} reads a k-nearest-neighbour crystal graph with lattice frames, which the "
                           f"exported interface (a radius graph, as LAMMPS builds it) cannot give; use it from Python")

@@ -218,6 +218,7 @@ def test_predict_and_relax_run_a_package(egnn_checkpoint, egnn_package, tmp_path
         ("egnn", {"max_neighbors": 12}, "max_neighbors=12"),
         ("egnn", {"cutoff": None}, "cutoff=None"),
         ("egnn_nbody", {}, "does not predict energies"),
+        ("equiformer_v2", {"direct_forces": True, "stress_head": True}, "direct stress head"),
     ],
 )
 def test_unexportable_models_are_refused_naming_why(name, options, message, tmp_path):

@@ -179,7 +179,7 @@ class EquiformerV2(MessagePassing, Model):
     """
 
     symmetry = "SE(3)"  # SO(2) convolutions mix +m/-m like complex numbers: no reflections
-    heads = ("energy_block", "force_block", "head")
+    heads = ("energy_block", "force_block", "stress_head", "head")
 
     def __init__(self, options: EquiformerV2Options = EquiformerV2Options()):
         o = options
