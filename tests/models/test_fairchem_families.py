@@ -42,7 +42,8 @@ def predict(model: EquiformerV2, name: str, dtype: torch.dtype) -> dict:
         return model(graph, compute_forces=True, compute_stress=True)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("dtype", [torch.float32, pytest.param(torch.float64, marks=pytest.mark.slow)],
+                         ids=["float32", "float64"])
 @pytest.mark.parametrize("family", FAMILIES)
 def test_family_reproduces_fairchem(family, dtype):
     model, info = load_fairchem_checkpoint(FIXTURES / f"{family}.pt")
@@ -68,6 +69,7 @@ def test_family_reproduces_fairchem(family, dtype):
             assert not model.options.stress_head
 
 
+@pytest.mark.slow
 def test_stress_families_declare_stress_with_direct_forces():
     for family in FAMILIES:
         model, info = load_fairchem_checkpoint(FIXTURES / f"{family}.pt")
@@ -80,6 +82,7 @@ def test_stress_families_declare_stress_with_direct_forces():
             assert info["elementrefs"] is not None and float(info["elementrefs"][8]) != 0.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["omat24_dens", "oc22"])
 def test_ema_weights_follow_fairchems_parameter_order(tmp_path, family):
     # fairchem's EMA lists shadows in its parameters() order, which differs from sciml's for the
@@ -155,6 +158,7 @@ def count(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+@pytest.mark.slow
 def test_small_fixture_parameter_counts_equal_fairchem():
     for family in FAMILIES:
         record = REFERENCE["families"][family]

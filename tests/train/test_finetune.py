@@ -258,6 +258,7 @@ def test_keys_that_need_init_from_are_refused_without_it(data, tmp_path):
             load_config(None, [f"data.path={data['new']}", override])
 
 
+@pytest.mark.slow
 def test_a_fairchem_checkpoint_is_a_parent(tmp_path):
     """The fairchem EquiformerV2 fixture (random weights) starts a fine-tune on EMT labels."""
     fixtures = Path(__file__).resolve().parents[1] / "fixtures" / "equiformer_v2_fairchem"
