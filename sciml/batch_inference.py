@@ -27,7 +27,6 @@ SHA-256); a resume under another description is refused.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import sys
@@ -225,14 +224,6 @@ class _Plan:
     file_errors: List[str]
     pending: List[int]
     done: int
-
-
-def file_sha256(path: "str | os.PathLike") -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def predict_to_file(

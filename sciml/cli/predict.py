@@ -99,7 +99,7 @@ def run(args) -> int:
 
 def _job(checkpoint: str, model) -> dict:
     """What OUTPUT.parts must have been made with to be resumed: the same model in the same dtype."""
-    from sciml.batch_inference import file_sha256
+    from sciml.io.files import file_sha256
     from sciml.devices import dtype_name
     from sciml.inference import model_dtype
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from contextlib import contextmanager
@@ -49,3 +50,12 @@ def write_extxyz(path: "str | os.PathLike", frames) -> Path:
     with atomic_path(path) as tmp:
         write(tmp, frames, format="extxyz")
     return Path(path)
+
+
+def file_sha256(path: "str | os.PathLike") -> str:
+    """Hex SHA-256 digest of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

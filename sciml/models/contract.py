@@ -171,7 +171,9 @@ def register_model(name: str, options: Type[ModelOptions], presets: Optional[Map
                    fixed: Optional[Mapping[str, Any]] = None, small: Optional[ModelOptions] = None) -> Callable[[M], M]:
     """Class decorator: register a model under ``name`` (stack it to register one class under
     several names with different ``fixed`` options). Its class must derive :class:`Model` and
-    take its options object as the only constructor argument."""
+    take its options object as the only constructor argument. The decorator sets ``model_name``
+    for a class registered under one name; a class registered under several names sets it from
+    its options (the conformance suite checks it equals the registry key)."""
 
     def register(cls: M) -> M:
         if not issubclass(cls, Model) or not issubclass(cls, nn.Module):
@@ -202,6 +204,4 @@ def build_model(name: str, preset: Optional[str] = None, **options: Any) -> nn.M
     ``build_model("equiformer_v2", preset="oc20_31M")``), with ``options`` overriding fields.
     Unknown names, presets and options raise ValueError."""
     entry = model_entry(name)
-    model = entry.cls(entry.resolve(preset, **options))
-    model.model_name = name
-    return model
+    return entry.cls(entry.resolve(preset, **options))

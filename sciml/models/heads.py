@@ -177,3 +177,12 @@ def fit_element_energies(
     element_energies[present] = solution
     residual = (targets - counts @ element_energies) / counts.sum(1).clamp(min=1)
     return element_energies, float(residual.square().mean().sqrt()) if residual.numel() else 0.0
+
+
+def energy_head(model: nn.Module) -> Optional[EnergyHead]:
+    """The model's :class:`EnergyHead` (None for a model that predicts no energy); ValueError for
+    a model with more than one, whose training statistics would be ambiguous."""
+    heads = [m for m in model.modules() if isinstance(m, EnergyHead)]
+    if len(heads) > 1:
+        raise ValueError(f"the trainer needs a model with at most one EnergyHead, {type(model).__name__} has {len(heads)}")
+    return heads[0] if heads else None

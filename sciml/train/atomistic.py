@@ -18,7 +18,7 @@ from sciml.data.readers import check_structures, load_graph_dataset
 from sciml.graph import AtomicGraph, GraphSpec
 from sciml.inference import model_outputs
 from sciml.models.domain import LABEL_UNITS, PROPERTY_UNITS, ModelDomain
-from sciml.models.heads import NUM_ELEMENTS, EnergyHead, PropertyHead, element_counts, fit_element_energies
+from sciml.models.heads import NUM_ELEMENTS, PropertyHead, element_counts, energy_head, fit_element_energies
 from sciml.distributed import DistributedContext
 from sciml.train.compile import CompiledOutputs, compile_model
 from sciml.train.config import DataConfig, TrainConfig
@@ -172,7 +172,7 @@ class AtomisticProblem:
                 raise ValueError("data.element_energies keep: the parent checkpoint has no energy head")
             choice = self.kept_element_energies
         self.statistics = fit_statistics(train, config.data.property_keys, choice)
-        head = _energy_head(self.model)
+        head = energy_head(self.model)
         if head is not None:
             if self.statistics["element_energies"] is None:
                 raise ValueError(f"model {config.model.name!r} predicts energies but {self._source()} has no "
@@ -401,12 +401,3 @@ def _oc20_graphs(data, format: str, required: Sequence[str], spec: GraphSpec,
                          f"{sorted(first.atom_properties)} per atom)")
     drop = {name: None for name, key in (("energy", data.energy_key), ("forces", data.forces_key)) if key is None}
     return [replace(g, **drop) for g in graphs] if drop else graphs
-
-
-def _energy_head(model: torch.nn.Module) -> Optional[EnergyHead]:
-    """The model's :class:`EnergyHead`, which receives the training-set statistics (None for a
-    model that predicts no energy)."""
-    heads = [m for m in model.modules() if isinstance(m, EnergyHead)]
-    if len(heads) > 1:
-        raise ValueError(f"the trainer needs a model with at most one EnergyHead, {type(model).__name__} has {len(heads)}")
-    return heads[0] if heads else None

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -52,9 +51,10 @@ from ase.data import chemical_symbols
 from torch import nn
 
 from sciml.inference import load_model
+from sciml.io.files import file_sha256
 from sciml.models import build_model
 from sciml.models.domain import ModelDomain
-from sciml.models.heads import EnergyHead
+from sciml.models.heads import energy_head
 from sciml.train.config import TrainConfig
 
 @dataclass
@@ -87,22 +87,8 @@ class Parent:
 
     def elements(self) -> List[int]:
         """Atomic numbers of the parent's domain (none when it recorded no domain)."""
-        domain = getattr(self.model, "domain", None)
+        domain = self.model.domain
         return list(domain.elements) if domain is not None else []
-
-
-def file_sha256(path: "str | Path") -> str:
-    """Hex SHA-256 digest of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def energy_head(model: nn.Module) -> Optional[EnergyHead]:
-    """The first :class:`EnergyHead` of ``model``, or None."""
-    return next((m for m in model.modules() if isinstance(m, EnergyHead)), None)
 
 
 def resolve_config(config: TrainConfig, parent: Parent) -> TrainConfig:
@@ -192,7 +178,7 @@ def check_new_data(config: TrainConfig, model: nn.Module, parent: Parent, sample
     if config.data.element_energies == "keep" and new:
         raise ValueError(f"data.element_energies keep: {parent.path} has no reference energy for "
                          f"{', '.join(chemical_symbols[z] for z in new)} (new in this data); use refit")
-    outputs = getattr(model, "outputs", {})
+    outputs = model.outputs
     stress = bool(graphs) and graphs[0].stress is not None and any(bool(g.pbc.any()) for g in graphs)
     if config.loss.stress > 0 and stress and "stress" not in outputs:
         raise ValueError(f"init_from {parent.path}: the data has stress labels and loss.stress is "
@@ -213,7 +199,7 @@ def after_fit(model: nn.Module, parent: Parent, reset_heads: bool) -> None:
     head, theirs = energy_head(model), energy_head(parent.model)
     if head is not None and theirs is not None and not reset_heads:
         head.scale.copy_(theirs.scale)
-    domain: Optional[ModelDomain] = getattr(model, "domain", None)
+    domain: Optional[ModelDomain] = model.domain
     if domain is not None:
         elements = tuple(sorted(set(domain.elements) | set(parent.elements())))
         model.domain = dataclasses.replace(domain, elements=elements)
